@@ -1,0 +1,1 @@
+//! shapeshard perf harness.
