@@ -1,0 +1,22 @@
+//! What the ingest sends each shard, in WAL order, over a bounded channel.
+
+use std::sync::Arc;
+
+use crate::change::{Relation, Transaction};
+use crate::lsn::Lsn;
+
+/// Events per shard feed before the ingest waits: bounds memory held by a
+/// slow shard and pushes back on the replication stream (Postgres then keeps
+/// the WAL, which is where it belongs).
+pub const FEED_CAPACITY: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub enum FeedEvent {
+    /// A committed transaction touching a relation this shard has shapes on.
+    Transaction(Arc<Transaction>),
+    /// A relation's (possibly new) definition, for schema-change detection.
+    Relation(Arc<Relation>),
+    /// Every transaction before this WAL position that concerns this shard
+    /// has been sent; a shard with nothing pending is durable up to here.
+    Progress(Lsn),
+}
