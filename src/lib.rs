@@ -2,4 +2,11 @@
 //! replication ingest, dev-mode Postgres). The per-core core is the `shards`
 //! crate; dependencies point one way, from here to there.
 
+pub mod config;
+pub mod devpg;
+pub mod http;
+pub mod ingest;
+pub mod logging;
 pub mod pg;
+pub mod server;
+pub mod status;

@@ -1,1 +1,5 @@
-//! shapeshard perf harness.
+//! shapeshard perf harness: workloads against a real Postgres and the real
+//! server code, with reports that state the machine and compare against a
+//! limit measured in the same run.
+
+pub mod report;

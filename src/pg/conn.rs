@@ -1,0 +1,1174 @@
+//! The Postgres wire client: one connection over TCP or a Unix socket,
+//! running inside a glommio executor. It speaks the simple query protocol
+//! (admin SQL, snapshots via COPY TO STDOUT) and COPY BOTH for the logical
+//! replication stream; the caller decodes the replication sub-messages.
+//!
+//! Reads are cancel-safe: a message is taken out of the read buffer only
+//! once it is complete, so a read raced against a timer and dropped loses
+//! nothing. Writes drain the write buffer as the socket accepts bytes, so a
+//! dropped write is completed by the next one.
+
+// PgError carries the server's error report inline (128 bytes), which is the
+// shape callers match on; errors are the cold path, so the size is fine.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::rc::Rc;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpStream, UnixStream};
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+
+use super::connstr::{ConnConfig, Host, SslMode};
+use super::error::{DbError, PgError};
+
+const READ_CHUNK: usize = 64 * 1024;
+/// Postgres itself caps a message at 1 GiB; anything larger is garbage.
+const MAX_MESSAGE: usize = 1 << 30;
+/// How long `close` waits to hand Terminate to the socket.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The result of one statement of a simple query.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    /// Empty for statements that return no rows.
+    pub columns: Rc<[String]>,
+    pub rows: Vec<Row>,
+    /// E.g. `SELECT 3`, `INSERT 0 1`, `CREATE_REPLICATION_SLOT`.
+    pub command_tag: String,
+}
+
+/// One row in text format.
+#[derive(Clone)]
+pub struct Row {
+    columns: Rc<[String]>,
+    /// All values back to back; `values` index into it (None for NULL).
+    text: String,
+    values: Vec<Option<Range<usize>>>,
+}
+
+impl Row {
+    /// Decodes a DataRow body after its column count: per column an i32
+    /// length (-1 for NULL) and that many bytes.
+    fn decode(columns: Rc<[String]>, mut body: &[u8]) -> Result<Row, PgError> {
+        let mut text = String::with_capacity(body.len());
+        let mut values = Vec::with_capacity(columns.len());
+        while !body.is_empty() {
+            if body.len() < 4 {
+                return Err(PgError::Protocol("DataRow truncated".into()));
+            }
+            let len = body.get_i32();
+            if len == -1 {
+                values.push(None);
+                continue;
+            }
+            if len < 0 {
+                return Err(PgError::Protocol(format!("DataRow value length {len}")));
+            }
+            let value = body
+                .get(..len as usize)
+                .ok_or_else(|| PgError::Protocol("DataRow value runs past the message".into()))?;
+            let value = std::str::from_utf8(value).map_err(|_| {
+                let name = columns.get(values.len()).map_or("?", |c| c.as_str());
+                PgError::Protocol(format!("column {name:?} is not valid UTF-8"))
+            })?;
+            let start = text.len();
+            text.push_str(value);
+            values.push(Some(start..text.len()));
+            body.advance(len as usize);
+        }
+        if values.len() != columns.len() {
+            return Err(PgError::Protocol(format!(
+                "DataRow has {} values for {} columns",
+                values.len(),
+                columns.len()
+            )));
+        }
+        Ok(Row {
+            columns,
+            text,
+            values,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The value of column `idx`; None for NULL or no such column.
+    pub fn get(&self, idx: usize) -> Option<&str> {
+        let range = self.values.get(idx)?.clone()?;
+        self.text.get(range)
+    }
+
+    /// The value of the first column called `name`.
+    pub fn get_by_name(&self, name: &str) -> Option<&str> {
+        let idx = self.columns.iter().position(|c| c == name)?;
+        self.get(idx)
+    }
+
+    /// The value of column `idx` parsed as `T`; Ok(None) for NULL.
+    pub fn try_get<T: FromStr>(&self, idx: usize) -> Result<Option<T>, PgError> {
+        let Some(name) = self.columns.get(idx) else {
+            return Err(PgError::Protocol(format!(
+                "no column {idx}: the row has {} columns",
+                self.len()
+            )));
+        };
+        let Some(value) = self.get(idx) else {
+            return Ok(None);
+        };
+        value.parse().map(Some).map_err(|_| {
+            let shown: String = value.chars().take(64).collect();
+            PgError::Protocol(format!(
+                "column {name:?}: cannot parse {shown:?} as {}",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+}
+
+impl fmt::Debug for Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries((0..self.len()).map(|i| (&self.columns[i], self.get(i))))
+            .finish()
+    }
+}
+
+/// A COPY ... TO STDOUT in progress; see [`Connection::copy_out`].
+pub struct CopyOut<'a> {
+    conn: &'a mut Connection,
+    command_tag: Option<String>,
+    done: bool,
+}
+
+impl CopyOut<'_> {
+    /// The next CopyData payload (a row, in text or CSV format, or a chunk
+    /// of binary COPY); None once the COPY is complete.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, PgError> {
+        while !self.done {
+            match self.conn.recv().await? {
+                Backend::Message(Message::CopyData(body)) => return Ok(Some(body.into_bytes())),
+                Backend::Message(Message::CopyDone) => {}
+                Backend::Message(Message::CommandComplete(body)) => {
+                    self.command_tag = body.tag().ok().map(str::to_string);
+                }
+                Backend::Message(Message::ReadyForQuery(_)) => {
+                    self.conn.state = State::Idle;
+                    self.done = true;
+                }
+                Backend::Error(e) => {
+                    self.done = true;
+                    self.conn.finish_pending().await?;
+                    return Err(PgError::Db(e));
+                }
+                other => return Err(unexpected(&other, "COPY TO STDOUT")),
+            }
+        }
+        Ok(None)
+    }
+
+    /// E.g. `COPY 1000`, once `next` has returned None.
+    pub fn command_tag(&self) -> Option<&str> {
+        self.command_tag.as_deref()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    /// A query was sent and its responses are not yet read up to
+    /// ReadyForQuery (possibly because the caller dropped the future).
+    Busy,
+    /// Replication streaming; `server_done` once the server sent CopyDone.
+    CopyBoth {
+        server_done: bool,
+    },
+}
+
+enum Transport {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Transport {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.read(buf).await,
+            Transport::Unix(s) => s.read(buf).await,
+        }
+    }
+
+    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.write(buf).await,
+            Transport::Unix(s) => s.write(buf).await,
+        }
+    }
+}
+
+pub struct Connection {
+    transport: Transport,
+    read_buf: BytesMut,
+    /// Socket reads land here first and move to `read_buf` only when the
+    /// read completed, which is what makes a dropped read harmless.
+    scratch: Box<[u8]>,
+    write_buf: BytesMut,
+    parameters: HashMap<String, String>,
+    backend_pid: i32,
+    state: State,
+}
+
+impl Connection {
+    /// Connects, authenticates and waits until the server is ready, all
+    /// within `cfg.connect_timeout`.
+    pub async fn connect(cfg: &ConnConfig) -> Result<Connection, PgError> {
+        Connection::connect_with(cfg, false).await
+    }
+
+    /// A walsender connection (`replication=database`): accepts
+    /// IDENTIFY_SYSTEM, CREATE_REPLICATION_SLOT, START_REPLICATION and SQL.
+    pub async fn connect_replication(cfg: &ConnConfig) -> Result<Connection, PgError> {
+        Connection::connect_with(cfg, true).await
+    }
+
+    async fn connect_with(cfg: &ConnConfig, replication: bool) -> Result<Connection, PgError> {
+        // Unix sockets never use TLS, as in libpq, so any sslmode is fine there.
+        let needs_tls = matches!(
+            cfg.sslmode,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        );
+        if needs_tls && matches!(cfg.host, Host::Tcp(_)) {
+            return Err(PgError::Tls(format!(
+                "sslmode={}: TLS is not supported yet; use sslmode=disable or prefer",
+                cfg.sslmode
+            )));
+        }
+        let work = async {
+            let transport = open(cfg).await?;
+            let mut conn = Connection {
+                transport,
+                read_buf: BytesMut::with_capacity(READ_CHUNK),
+                scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+                write_buf: BytesMut::with_capacity(1024),
+                parameters: HashMap::new(),
+                backend_pid: 0,
+                state: State::Busy,
+            };
+            conn.startup(cfg, replication).await?;
+            tracing::debug!(
+                endpoint = %cfg.endpoint(),
+                pid = conn.backend_pid,
+                replication,
+                "connected to Postgres"
+            );
+            Ok(conn)
+        };
+        if cfg.connect_timeout.is_zero() {
+            return work.await;
+        }
+        futures_lite::future::or(work, async {
+            glommio::timer::sleep(cfg.connect_timeout).await;
+            Err(PgError::Timeout(
+                "connecting to Postgres (see connect_timeout)",
+            ))
+        })
+        .await
+    }
+
+    /// A server parameter as last reported (server_version, TimeZone, ...).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// Runs `sql` (one or more statements) with the simple query protocol.
+    /// Statements outside an explicit BEGIN/COMMIT run together as one
+    /// implicit transaction (Postgres' rule for a multi-statement Query).
+    /// On an ErrorResponse the rest of the response is still read, so the
+    /// connection stays usable.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<QueryResult>, PgError> {
+        self.send_query(sql).await?;
+        self.collect().await
+    }
+
+    /// The rows of the last statement in `sql`.
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Row>, PgError> {
+        let results = self.simple_query(sql).await?;
+        Ok(results
+            .into_iter()
+            .last()
+            .map(|r| r.rows)
+            .unwrap_or_default())
+    }
+
+    pub async fn execute(&mut self, sql: &str) -> Result<(), PgError> {
+        self.simple_query(sql).await.map(drop)
+    }
+
+    /// Starts `COPY ... TO STDOUT` and streams its data. If the CopyOut is
+    /// dropped early, the next call on this connection first reads (and
+    /// discards) the rest of the COPY.
+    pub async fn copy_out(&mut self, sql: &str) -> Result<CopyOut<'_>, PgError> {
+        self.send_query(sql).await?;
+        match self.recv().await? {
+            Backend::Message(Message::CopyOutResponse(_)) => Ok(CopyOut {
+                conn: self,
+                command_tag: None,
+                done: false,
+            }),
+            Backend::Error(e) => {
+                self.finish_pending().await?;
+                Err(PgError::Db(e))
+            }
+            other => {
+                self.abandon(other).await?;
+                Err(PgError::Protocol(
+                    "copy_out needs a COPY ... TO STDOUT statement".into(),
+                ))
+            }
+        }
+    }
+
+    /// Sends `sql` (START_REPLICATION ...) and waits for CopyBothResponse.
+    pub async fn start_copy_both(&mut self, sql: &str) -> Result<(), PgError> {
+        self.send_query(sql).await?;
+        match self.recv().await? {
+            Backend::CopyBothResponse => {
+                self.state = State::CopyBoth { server_done: false };
+                Ok(())
+            }
+            Backend::Error(e) => {
+                self.finish_pending().await?;
+                Err(PgError::Db(e))
+            }
+            other => {
+                let what = other.name();
+                self.abandon(other).await?;
+                Err(PgError::Protocol(format!(
+                    "expected CopyBothResponse after START_REPLICATION, got {what}"
+                )))
+            }
+        }
+    }
+
+    /// The next CopyData payload of the COPY BOTH stream; None once the
+    /// server ended it. Cancel-safe: it may be raced against a timer and
+    /// called again.
+    pub async fn read_copy_data(&mut self) -> Result<Option<Bytes>, PgError> {
+        match self.state {
+            State::CopyBoth { server_done: false } => {}
+            State::CopyBoth { server_done: true } => return Ok(None),
+            State::Idle | State::Busy => {
+                return Err(PgError::Protocol(
+                    "read_copy_data outside COPY BOTH mode: call start_copy_both first".into(),
+                ))
+            }
+        }
+        match self.recv().await? {
+            Backend::Message(Message::CopyData(body)) => Ok(Some(body.into_bytes())),
+            Backend::Message(Message::CopyDone) => {
+                self.state = State::CopyBoth { server_done: true };
+                Ok(None)
+            }
+            Backend::Message(Message::CommandComplete(_)) => {
+                self.state = State::Busy;
+                Ok(None)
+            }
+            Backend::Message(Message::ReadyForQuery(_)) => {
+                self.state = State::Idle;
+                Ok(None)
+            }
+            Backend::Error(e) => {
+                // ReadyForQuery follows unless the walsender exits.
+                self.state = State::Busy;
+                Err(PgError::Db(e))
+            }
+            other => Err(unexpected(&other, "COPY BOTH")),
+        }
+    }
+
+    /// Sends one CopyData message (a standby status update, say) and flushes.
+    pub async fn write_copy_data(&mut self, payload: &[u8]) -> Result<(), PgError> {
+        if !matches!(self.state, State::CopyBoth { .. }) {
+            return Err(PgError::Protocol(
+                "write_copy_data outside COPY BOTH mode: call start_copy_both first".into(),
+            ));
+        }
+        let message = frontend::CopyData::new(payload)
+            .map_err(|e| PgError::Protocol(format!("cannot send CopyData: {e}")))?;
+        message.write(&mut self.write_buf);
+        self.flush().await
+    }
+
+    /// Ends COPY BOTH cleanly: sends CopyDone and reads (discarding any
+    /// further CopyData) until the server is ready for queries again.
+    pub async fn end_copy_both(&mut self) -> Result<(), PgError> {
+        if let State::CopyBoth { .. } = self.state {
+            frontend::copy_done(&mut self.write_buf);
+            self.state = State::Busy;
+            self.flush().await?;
+        }
+        self.finish_pending().await
+    }
+
+    /// Says goodbye (Terminate) and closes the socket; errors are moot here.
+    pub async fn close(mut self) {
+        frontend::terminate(&mut self.write_buf);
+        futures_lite::future::or(
+            async {
+                let _ = self.flush().await;
+            },
+            glommio::timer::sleep(CLOSE_TIMEOUT),
+        )
+        .await;
+    }
+
+    async fn startup(&mut self, cfg: &ConnConfig, replication: bool) -> Result<(), PgError> {
+        let mut params = vec![
+            ("user", cfg.user.as_str()),
+            ("database", cfg.dbname.as_str()),
+            // Row values become &str: have the server send UTF-8.
+            ("client_encoding", "UTF8"),
+        ];
+        if !cfg.application_name.is_empty() {
+            params.push(("application_name", cfg.application_name.as_str()));
+        }
+        if replication {
+            params.push(("replication", "database"));
+        }
+        params.extend(cfg.options.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.encode("the startup parameters", |buf| {
+            frontend::startup_message(params, buf)
+        })?;
+        self.flush().await?;
+        self.authenticate(cfg).await?;
+        loop {
+            match self.recv().await? {
+                Backend::Message(Message::BackendKeyData(body)) => {
+                    self.backend_pid = body.process_id();
+                }
+                Backend::Message(Message::ReadyForQuery(_)) => {
+                    self.state = State::Idle;
+                    return Ok(());
+                }
+                Backend::Error(e) => return Err(PgError::Db(e)),
+                other => return Err(unexpected(&other, "start-up")),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, cfg: &ConnConfig) -> Result<(), PgError> {
+        loop {
+            match self.recv().await? {
+                Backend::Message(Message::AuthenticationOk) => return Ok(()),
+                Backend::Message(Message::AuthenticationCleartextPassword) => {
+                    let password = password(cfg)?;
+                    self.encode("the password", |buf| {
+                        frontend::password_message(password.as_bytes(), buf)
+                    })?;
+                    self.flush().await?;
+                }
+                Backend::Message(Message::AuthenticationMd5Password(body)) => {
+                    let hash =
+                        md5_hash(cfg.user.as_bytes(), password(cfg)?.as_bytes(), body.salt());
+                    self.encode("the password", |buf| {
+                        frontend::password_message(hash.as_bytes(), buf)
+                    })?;
+                    self.flush().await?;
+                }
+                Backend::SaslMechanisms(mechanisms) => self.scram(cfg, &mechanisms).await?,
+                Backend::Error(e) => return Err(PgError::Db(e)),
+                Backend::Message(Message::AuthenticationGss)
+                | Backend::Message(Message::AuthenticationGssContinue(_)) => {
+                    return Err(unsupported_auth("GSSAPI"))
+                }
+                Backend::Message(Message::AuthenticationSspi) => {
+                    return Err(unsupported_auth("SSPI"))
+                }
+                Backend::Message(Message::AuthenticationKerberosV5) => {
+                    return Err(unsupported_auth("Kerberos V5"))
+                }
+                Backend::Message(Message::AuthenticationScmCredential) => {
+                    return Err(unsupported_auth("SCM credential"))
+                }
+                other => return Err(unexpected(&other, "authentication")),
+            }
+        }
+    }
+
+    /// SCRAM-SHA-256 without channel binding (that needs TLS). Leaves the
+    /// final AuthenticationOk to the caller.
+    async fn scram(&mut self, cfg: &ConnConfig, mechanisms: &[String]) -> Result<(), PgError> {
+        const MECHANISM: &str = "SCRAM-SHA-256";
+        if !mechanisms.iter().any(|m| m == MECHANISM) {
+            return Err(PgError::Auth(format!(
+                "the server offers SASL mechanisms {mechanisms:?}, but only {MECHANISM} without channel binding is supported"
+            )));
+        }
+        let password = password(cfg)?;
+        let mut scram =
+            sasl::ScramSha256::new(password.as_bytes(), sasl::ChannelBinding::unsupported());
+        self.encode("the SCRAM message", |buf| {
+            frontend::sasl_initial_response(MECHANISM, scram.message(), buf)
+        })?;
+        self.flush().await?;
+
+        let body = match self.recv().await? {
+            Backend::Message(Message::AuthenticationSaslContinue(body)) => body,
+            Backend::Error(e) => return Err(PgError::Db(e)),
+            other => return Err(unexpected(&other, "SCRAM authentication")),
+        };
+        scram
+            .update(body.data())
+            .map_err(|e| PgError::Auth(format!("invalid SCRAM message from the server: {e}")))?;
+        self.encode("the SCRAM message", |buf| {
+            frontend::sasl_response(scram.message(), buf)
+        })?;
+        self.flush().await?;
+
+        match self.recv().await? {
+            // The server proves it knows the password too.
+            Backend::Message(Message::AuthenticationSaslFinal(body)) => {
+                scram.finish(body.data()).map_err(|e| {
+                    PgError::Auth(format!("the server's SCRAM proof did not verify ({e})"))
+                })
+            }
+            Backend::Error(e) => Err(PgError::Db(e)),
+            other => Err(unexpected(&other, "SCRAM authentication")),
+        }
+    }
+
+    async fn send_query(&mut self, sql: &str) -> Result<(), PgError> {
+        self.finish_pending().await?;
+        self.encode("the query", |buf| frontend::query(sql, buf))?;
+        self.state = State::Busy;
+        self.flush().await
+    }
+
+    /// Reads the responses to a query up to ReadyForQuery.
+    async fn collect(&mut self) -> Result<Vec<QueryResult>, PgError> {
+        let mut results = Vec::new();
+        let mut columns: Option<Rc<[String]>> = None;
+        let mut rows = Vec::new();
+        // The first error wins; we keep reading so the connection stays in
+        // step with the server.
+        let mut error = None;
+        loop {
+            let message = match self.recv().await {
+                Ok(message) => message,
+                // A FATAL error is followed by the server hanging up: report
+                // the error, not the hang-up.
+                Err(e) => return Err(error.unwrap_or(e)),
+            };
+            match message {
+                Backend::RowDescription(c) => {
+                    columns = Some(c);
+                    rows = Vec::new();
+                }
+                Backend::Message(Message::DataRow(body)) => {
+                    // No columns happens when draining a response whose
+                    // RowDescription a caller already took (see `abandon`).
+                    let Some(c) = &columns else {
+                        error.get_or_insert(PgError::Protocol(
+                            "DataRow without RowDescription".into(),
+                        ));
+                        continue;
+                    };
+                    match Row::decode(c.clone(), body.buffer()) {
+                        Ok(row) => rows.push(row),
+                        Err(e) => {
+                            error.get_or_insert(e);
+                        }
+                    }
+                }
+                Backend::Message(Message::CommandComplete(body)) => {
+                    let command_tag = body
+                        .tag()
+                        .map_err(|e| PgError::Protocol(format!("bad CommandComplete: {e}")))?
+                        .to_string();
+                    results.push(QueryResult {
+                        columns: columns.take().unwrap_or_else(|| Rc::from(Vec::new())),
+                        rows: std::mem::take(&mut rows),
+                        command_tag,
+                    });
+                }
+                Backend::Message(Message::EmptyQueryResponse) => {}
+                Backend::Error(e) => {
+                    error.get_or_insert(PgError::Db(e));
+                }
+                Backend::Message(Message::CopyInResponse(_)) => {
+                    self.encode("CopyFail", |buf| {
+                        frontend::copy_fail("COPY FROM STDIN is not supported here", buf)
+                    })?;
+                    self.flush().await?;
+                }
+                Backend::Message(Message::CopyOutResponse(_)) => {
+                    error.get_or_insert(PgError::Protocol(
+                        "COPY TO STDOUT needs copy_out, not simple_query".into(),
+                    ));
+                }
+                Backend::CopyBothResponse => {
+                    // Ask the server to end the stream so we get back in step.
+                    frontend::copy_done(&mut self.write_buf);
+                    self.flush().await?;
+                    error.get_or_insert(PgError::Protocol(
+                        "replication streaming needs start_copy_both, not simple_query".into(),
+                    ));
+                }
+                Backend::Message(Message::CopyData(_)) | Backend::Message(Message::CopyDone) => {}
+                Backend::Message(Message::ReadyForQuery(_)) => {
+                    self.state = State::Idle;
+                    return match error {
+                        Some(e) => Err(e),
+                        None => Ok(results),
+                    };
+                }
+                other => return Err(unexpected(&other, "a query")),
+            }
+        }
+    }
+
+    /// Gets back in step after an abandoned query or COPY: whatever it
+    /// returned is discarded.
+    async fn finish_pending(&mut self) -> Result<(), PgError> {
+        match self.state {
+            State::Idle => Ok(()),
+            State::Busy => {
+                let result = self.collect().await;
+                match self.state {
+                    State::Idle => Ok(()),
+                    _ => result.map(drop),
+                }
+            }
+            State::CopyBoth { .. } => Err(PgError::Protocol(
+                "the connection is streaming replication: call end_copy_both or use another connection".into(),
+            )),
+        }
+    }
+
+    /// Like `finish_pending`, for when `message` (the first response) was
+    /// already read and was not what the caller wanted.
+    async fn abandon(&mut self, message: Backend) -> Result<(), PgError> {
+        match message {
+            Backend::Message(Message::ReadyForQuery(_)) => self.state = State::Idle,
+            Backend::Message(Message::CopyInResponse(_)) => {
+                self.encode("CopyFail", |buf| {
+                    frontend::copy_fail("unexpected COPY FROM STDIN", buf)
+                })?;
+                self.flush().await?;
+            }
+            Backend::CopyBothResponse => {
+                frontend::copy_done(&mut self.write_buf);
+                self.flush().await?;
+            }
+            _ => {}
+        }
+        self.finish_pending().await
+    }
+
+    /// Encodes a message into the write buffer; on failure (a NUL byte in a
+    /// string, say) nothing of it stays there.
+    fn encode(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut BytesMut) -> io::Result<()>,
+    ) -> Result<(), PgError> {
+        let before = self.write_buf.len();
+        f(&mut self.write_buf).map_err(|e| {
+            self.write_buf.truncate(before);
+            PgError::Protocol(format!("cannot encode {what}: {e}"))
+        })
+    }
+
+    async fn flush(&mut self) -> Result<(), PgError> {
+        while !self.write_buf.is_empty() {
+            let n = self.transport.write(&self.write_buf).await?;
+            if n == 0 {
+                return Err(PgError::Closed);
+            }
+            self.write_buf.advance(n);
+        }
+        Ok(())
+    }
+
+    /// The next message, after handling those that may come at any time
+    /// (notices, parameter changes, notifications).
+    async fn recv(&mut self) -> Result<Backend, PgError> {
+        loop {
+            match self.read_message().await? {
+                Backend::Notice(notice) => {
+                    tracing::debug!(
+                        severity = %notice.severity,
+                        code = %notice.code,
+                        "Postgres notice: {}",
+                        notice.message
+                    );
+                }
+                Backend::Message(Message::ParameterStatus(body)) => {
+                    if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
+                        self.parameters.insert(name.to_string(), value.to_string());
+                    }
+                }
+                Backend::Message(Message::NotificationResponse(body)) => {
+                    tracing::debug!(channel = ?body.channel().ok(), "ignoring NOTIFY");
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    async fn read_message(&mut self) -> Result<Backend, PgError> {
+        loop {
+            if let Some(message) = parse_frame(&mut self.read_buf)? {
+                return Ok(message);
+            }
+            let n = self.transport.read(&mut self.scratch).await?;
+            if n == 0 {
+                return Err(PgError::Closed);
+            }
+            self.read_buf.extend_from_slice(&self.scratch[..n]);
+        }
+    }
+}
+
+/// A backend message. postgres-protocol 0.6 cannot parse CopyBothResponse,
+/// and its RowDescription, ErrorResponse and SASL bodies are only readable
+/// through `fallible-iterator` (not a dependency here), so those are decoded
+/// in this file.
+enum Backend {
+    Message(Message),
+    RowDescription(Rc<[String]>),
+    Error(DbError),
+    Notice(DbError),
+    CopyBothResponse,
+    SaslMechanisms(Vec<String>),
+}
+
+impl Backend {
+    fn name(&self) -> String {
+        match self {
+            Backend::RowDescription(_) => "RowDescription".into(),
+            Backend::Error(e) => format!("ErrorResponse ({e})"),
+            Backend::Notice(_) => "NoticeResponse".into(),
+            Backend::CopyBothResponse => "CopyBothResponse".into(),
+            Backend::SaslMechanisms(_) => "AuthenticationSASL".into(),
+            Backend::Message(m) => match m {
+                Message::AuthenticationOk => "AuthenticationOk",
+                Message::BackendKeyData(_) => "BackendKeyData",
+                Message::CommandComplete(_) => "CommandComplete",
+                Message::CopyData(_) => "CopyData",
+                Message::CopyDone => "CopyDone",
+                Message::CopyInResponse(_) => "CopyInResponse",
+                Message::CopyOutResponse(_) => "CopyOutResponse",
+                Message::DataRow(_) => "DataRow",
+                Message::EmptyQueryResponse => "EmptyQueryResponse",
+                Message::ReadyForQuery(_) => "ReadyForQuery",
+                Message::AuthenticationSaslContinue(_) => "AuthenticationSASLContinue",
+                Message::AuthenticationSaslFinal(_) => "AuthenticationSASLFinal",
+                _ => "an unexpected message",
+            }
+            .into(),
+        }
+    }
+}
+
+fn unexpected(message: &Backend, during: &str) -> PgError {
+    PgError::Protocol(format!("unexpected {} during {during}", message.name()))
+}
+
+fn unsupported_auth(method: &str) -> PgError {
+    PgError::Auth(format!(
+        "the server asks for {method} authentication, which is not supported; use scram-sha-256, md5, password or trust in pg_hba.conf"
+    ))
+}
+
+fn password(cfg: &ConnConfig) -> Result<&str, PgError> {
+    cfg.password.as_deref().ok_or_else(|| {
+        PgError::Auth(format!(
+            "server asked for a password for user {} but none was given",
+            cfg.user
+        ))
+    })
+}
+
+/// Takes one complete message off the front of `buf`, or returns None (and
+/// leaves `buf` as it was) if it is not all there yet.
+fn parse_frame(buf: &mut BytesMut) -> Result<Option<Backend>, PgError> {
+    let Some(header) = buf.get(..5) else {
+        return Ok(None);
+    };
+    let tag = header[0];
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len < 4 {
+        return Err(PgError::Protocol(format!(
+            "message {:?} has an invalid length {len}",
+            tag as char
+        )));
+    }
+    if len > MAX_MESSAGE {
+        return Err(PgError::Protocol(format!(
+            "message {:?} of {len} bytes is over the 1 GiB limit",
+            tag as char
+        )));
+    }
+    let total = len + 1;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    let is_sasl = tag == b'R' && total >= 9 && buf[5..9] == 10u32.to_be_bytes();
+    if matches!(tag, b'W' | b'T' | b'E' | b'N') || is_sasl {
+        let frame = buf.split_to(total);
+        let body = &frame[5..];
+        let message = match tag {
+            // Same layout as CopyOutResponse; for replication the format
+            // and column count carry nothing we need.
+            b'W' => Backend::CopyBothResponse,
+            b'T' => Backend::RowDescription(parse_row_description(body)?),
+            b'E' => Backend::Error(DbError::parse(body)),
+            b'N' => Backend::Notice(DbError::parse(body)),
+            _ => Backend::SaslMechanisms(parse_sasl_mechanisms(&body[4..])?),
+        };
+        return Ok(Some(message));
+    }
+    match Message::parse(buf) {
+        Ok(Some(message)) => Ok(Some(Backend::Message(message))),
+        Ok(None) => Err(PgError::Protocol(format!(
+            "message {:?} could not be framed",
+            tag as char
+        ))),
+        Err(e) => Err(PgError::Protocol(format!(
+            "cannot decode message {:?}: {e}",
+            tag as char
+        ))),
+    }
+}
+
+/// Column names from a RowDescription body: an i16 count, then per field
+/// a name and 18 bytes of type information.
+fn parse_row_description(mut body: &[u8]) -> Result<Rc<[String]>, PgError> {
+    let bad = || PgError::Protocol("RowDescription truncated".into());
+    if body.len() < 2 {
+        return Err(bad());
+    }
+    let count = body.get_u16() as usize;
+    let mut names = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (name, rest) = split_cstr(body).ok_or_else(bad)?;
+        names.push(name);
+        body = rest.get(18..).ok_or_else(bad)?;
+    }
+    Ok(names.into())
+}
+
+/// The mechanism list of AuthenticationSASL: names, then an empty name.
+fn parse_sasl_mechanisms(mut body: &[u8]) -> Result<Vec<String>, PgError> {
+    let mut names = Vec::new();
+    loop {
+        let (name, rest) = split_cstr(body)
+            .ok_or_else(|| PgError::Protocol("AuthenticationSASL truncated".into()))?;
+        if name.is_empty() {
+            return Ok(names);
+        }
+        names.push(name);
+        body = rest;
+    }
+}
+
+fn split_cstr(bytes: &[u8]) -> Option<(String, &[u8])> {
+    let end = bytes.iter().position(|&b| b == 0)?;
+    let text = String::from_utf8_lossy(&bytes[..end]).into_owned();
+    Some((text, &bytes[end + 1..]))
+}
+
+/// Opens the socket; over TCP with sslmode=prefer, asks for TLS first and
+/// falls back to plaintext.
+async fn open(cfg: &ConnConfig) -> Result<Transport, PgError> {
+    match &cfg.host {
+        Host::Unix(_) => {
+            let path = cfg.socket_path().unwrap_or_default();
+            let stream = UnixStream::connect(&path)
+                .await
+                .map_err(|e| connect_error(&cfg.endpoint(), e.into()))?;
+            Ok(Transport::Unix(stream))
+        }
+        Host::Tcp(host) => {
+            let mut last_error = None;
+            for addr in resolve(host, cfg.port).await? {
+                match open_tcp(addr, cfg.sslmode).await {
+                    Ok(stream) => return Ok(Transport::Tcp(stream)),
+                    // Like libpq, try the next address (::1 then 127.0.0.1).
+                    Err(PgError::Io(e)) => last_error = Some(PgError::Io(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(last_error.unwrap_or_else(|| {
+                connect_error(
+                    &cfg.endpoint(),
+                    io::Error::new(io::ErrorKind::NotFound, "the host has no addresses"),
+                )
+            }))
+        }
+    }
+}
+
+async fn open_tcp(addr: SocketAddr, sslmode: SslMode) -> Result<TcpStream, PgError> {
+    let mut stream = tcp(addr).await?;
+    if sslmode != SslMode::Prefer {
+        return Ok(stream);
+    }
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    let mut answer = [0u8; 1];
+    let negotiated = async {
+        stream.write_all(&request).await?;
+        // Exactly one byte: anything after it would be unencrypted data
+        // injected ahead of the handshake (CVE-2021-23222).
+        stream.read_exact(&mut answer).await
+    };
+    negotiated
+        .await
+        .map_err(|e| connect_error(&addr.to_string(), e))?;
+    match answer[0] {
+        b'N' => Ok(stream),
+        b'S' => {
+            tracing::warn!(
+                %addr,
+                "Postgres offers TLS, which shapeshard does not support yet; reconnecting without it (set sslmode=disable to skip the attempt)"
+            );
+            drop(stream);
+            tcp(addr).await
+        }
+        other => Err(PgError::Protocol(format!(
+            "unexpected answer {:?} to SSLRequest from {addr}; try sslmode=disable",
+            other as char
+        ))),
+    }
+}
+
+async fn tcp(addr: SocketAddr) -> Result<TcpStream, PgError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| connect_error(&addr.to_string(), e.into()))?;
+    // Without it a small write waits for the previous one's ACK: a 44 ms
+    // stall per round trip was measured.
+    stream
+        .set_nodelay(true)
+        .map_err(|e| connect_error(&addr.to_string(), e.into()))?;
+    Ok(stream)
+}
+
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, PgError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let name = host.to_string();
+    // getaddrinfo blocks; keep it off the executor thread.
+    let resolved = glommio::executor()
+        .spawn_blocking(move || (name.as_str(), port).to_socket_addrs().map(Vec::from_iter))
+        .await;
+    resolved.map_err(|e| {
+        PgError::Io(io::Error::new(
+            e.kind(),
+            format!("cannot resolve Postgres host {host}: {e}"),
+        ))
+    })
+}
+
+fn connect_error(endpoint: &str, e: io::Error) -> PgError {
+    PgError::Io(io::Error::new(
+        e.kind(),
+        format!("cannot connect to Postgres at {endpoint}: {e}"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn row_description(names: &[&str]) -> Vec<u8> {
+        let mut body = (names.len() as u16).to_be_bytes().to_vec();
+        for name in names {
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+            body.extend_from_slice(&[0; 18]);
+        }
+        frame(b'T', &body)
+    }
+
+    fn data_row(values: &[Option<&str>]) -> Vec<u8> {
+        let mut body = (values.len() as u16).to_be_bytes().to_vec();
+        for value in values {
+            match value {
+                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    body.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+        frame(b'D', &body)
+    }
+
+    #[test]
+    fn partial_frames_stay_in_the_buffer() {
+        let whole = frame(b'd', b"hello");
+        let mut buf = BytesMut::new();
+        for (i, byte) in whole.iter().enumerate() {
+            assert!(parse_frame(&mut buf).unwrap().is_none());
+            assert_eq!(buf.len(), i);
+            buf.extend_from_slice(&[*byte]);
+        }
+        buf.extend_from_slice(&frame(b'c', b""));
+        match parse_frame(&mut buf).unwrap() {
+            Some(Backend::Message(Message::CopyData(body))) => assert_eq!(body.data(), b"hello"),
+            _ => panic!("expected CopyData"),
+        }
+        assert!(matches!(
+            parse_frame(&mut buf).unwrap(),
+            Some(Backend::Message(Message::CopyDone))
+        ));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn copy_both_response_is_parsed_here() {
+        let mut buf = BytesMut::from(&frame(b'W', &[0, 0, 0])[..]);
+        assert!(matches!(
+            parse_frame(&mut buf).unwrap(),
+            Some(Backend::CopyBothResponse)
+        ));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_lengths() {
+        let mut buf = BytesMut::from(&[b'd', 0, 0, 0, 3][..]);
+        assert!(matches!(parse_frame(&mut buf), Err(PgError::Protocol(_))));
+        let mut buf = BytesMut::from(&[b'd', 0x7f, 0xff, 0xff, 0xff][..]);
+        let e = parse_frame(&mut buf).err().unwrap().to_string();
+        assert!(e.contains("1 GiB"), "{e}");
+        // An unknown tag is an error, not a panic.
+        let mut buf = BytesMut::from(&frame(b'?', b"x")[..]);
+        assert!(matches!(parse_frame(&mut buf), Err(PgError::Protocol(_))));
+    }
+
+    #[test]
+    fn error_and_notice_responses() {
+        let body = b"SERROR\0VERROR\0C42601\0Msyntax error at or near \"SELEC\"\0P1\0\0";
+        let mut buf = BytesMut::from(&frame(b'E', body)[..]);
+        buf.extend_from_slice(&frame(b'N', b"SNOTICE\0C00000\0Mhi\0\0"));
+        match parse_frame(&mut buf).unwrap() {
+            Some(Backend::Error(e)) => {
+                assert_eq!(e.code, "42601");
+                assert_eq!(
+                    e.to_string(),
+                    "ERROR 42601: syntax error at or near \"SELEC\" (at position 1)"
+                );
+            }
+            _ => panic!("expected ErrorResponse"),
+        }
+        assert!(matches!(
+            parse_frame(&mut buf).unwrap(),
+            Some(Backend::Notice(n)) if n.message == "hi"
+        ));
+    }
+
+    #[test]
+    fn sasl_mechanisms() {
+        let mut body = 10u32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let mut buf = BytesMut::from(&frame(b'R', &body)[..]);
+        match parse_frame(&mut buf).unwrap() {
+            Some(Backend::SaslMechanisms(m)) => {
+                assert_eq!(m, vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"])
+            }
+            _ => panic!("expected AuthenticationSASL"),
+        }
+        // Other authentication requests still go through postgres-protocol.
+        let mut buf = BytesMut::from(&frame(b'R', &[0, 0, 0, 0])[..]);
+        assert!(matches!(
+            parse_frame(&mut buf).unwrap(),
+            Some(Backend::Message(Message::AuthenticationOk))
+        ));
+        let mut buf = BytesMut::from(&frame(b'R', &[0, 0, 0, 10, b'x'])[..]);
+        assert!(matches!(parse_frame(&mut buf), Err(PgError::Protocol(_))));
+        // A short 'R' followed by bytes that look like a SASL subtype.
+        let mut buf = BytesMut::from(&frame(b'R', &[])[..]);
+        buf.extend_from_slice(&[0, 0, 0, 10]);
+        assert!(matches!(parse_frame(&mut buf), Err(PgError::Protocol(_))));
+    }
+
+    #[test]
+    fn rows_decode_with_nulls_and_names() {
+        let mut buf = BytesMut::from(&row_description(&["id", "name", "n"])[..]);
+        buf.extend_from_slice(&data_row(&[Some("7"), None, Some("héllo")]));
+        let Some(Backend::RowDescription(columns)) = parse_frame(&mut buf).unwrap() else {
+            panic!("expected RowDescription");
+        };
+        assert_eq!(&columns[..], ["id", "name", "n"]);
+        let Some(Backend::Message(Message::DataRow(body))) = parse_frame(&mut buf).unwrap() else {
+            panic!("expected DataRow");
+        };
+        let row = Row::decode(columns, body.buffer()).unwrap();
+        assert_eq!(row.len(), 3);
+        assert_eq!(row.get(0), Some("7"));
+        assert_eq!(row.get(1), None);
+        assert_eq!(row.get(3), None);
+        assert_eq!(row.get_by_name("n"), Some("héllo"));
+        assert_eq!(row.try_get::<u32>(0).unwrap(), Some(7));
+        assert_eq!(row.try_get::<u32>(1).unwrap(), None);
+        let e = row.try_get::<u32>(2).unwrap_err().to_string();
+        assert!(e.contains("column \"n\"") && e.contains("u32"), "{e}");
+        assert!(row.try_get::<u32>(9).is_err());
+        assert_eq!(
+            format!("{row:?}"),
+            r#"{"id": Some("7"), "name": None, "n": Some("héllo")}"#
+        );
+    }
+
+    #[test]
+    fn malformed_rows_are_errors() {
+        let columns: Rc<[String]> = vec!["a".to_string()].into();
+        for body in [
+            &[0, 0, 0][..],                      // truncated length
+            &[0, 0, 0, 5, b'x'][..],             // value past the end
+            &[0, 0, 0, 1, 0xff][..],             // not UTF-8
+            &[0, 0, 0, 1, b'x', 0, 0, 0, 0][..], // too many values
+            &[][..],                             // too few
+        ] {
+            assert!(Row::decode(columns.clone(), body).is_err(), "{body:?}");
+        }
+        assert!(parse_row_description(&[0, 1, b'a']).is_err());
+        assert!(parse_row_description(&[0, 1, b'a', 0, 1, 2]).is_err());
+    }
+}

@@ -106,7 +106,10 @@ mod tests {
                 }
             })
             .collect();
-        spawn_shards(Placement::Unbound, gens).unwrap().join().unwrap();
+        spawn_shards(Placement::Unbound, gens)
+            .unwrap()
+            .join()
+            .unwrap();
         let mut got = results.lock().unwrap().clone();
         got.sort();
         let mut want: Vec<_> = (0..shards)

@@ -1,0 +1,272 @@
+//! Configuration: Electric's environment variables where they exist, a clap
+//! flag for each, validated up front. Bad config is one actionable line on
+//! stderr and exit code 2.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::builder::BoolishValueParser;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::pg::connstr::ConnConfig;
+
+/// Exit code for invalid configuration (as clap uses for bad arguments).
+pub const EXIT_BAD_CONFIG: i32 = 2;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "shapeshard",
+    version,
+    about = "Thread-per-core Postgres sync server speaking Electric's HTTP Shape API"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Run against an embedded throwaway Postgres (initdb'd into the storage
+    /// directory), even when DATABASE_URL is set.
+    Dev,
+    /// Run the server (the default). Without DATABASE_URL it starts an
+    /// embedded Postgres, as `dev` does.
+    Serve,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Postgres connection string (URL or key=value). Unset: an embedded
+    /// Postgres is started in the storage directory.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// HTTP port every shard listens on (SO_REUSEPORT).
+    #[arg(long, env = "ELECTRIC_PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "SHAPESHARD_LISTEN_ADDRESS", default_value = "0.0.0.0")]
+    pub listen_address: IpAddr,
+
+    /// Where shard logs, metadata and the embedded Postgres live.
+    #[arg(long, env = "ELECTRIC_STORAGE_DIR", default_value = "./persistent")]
+    pub storage_dir: PathBuf,
+
+    /// Secret clients must send as `secret` (or `api_secret`).
+    #[arg(long, env = "ELECTRIC_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Serve without a secret. Never in production.
+    #[arg(long, env = "ELECTRIC_INSECURE", value_parser = BoolishValueParser::new(), default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: bool,
+
+    /// Suffix of the replication slot and publication names
+    /// (`electric_slot_<id>`, `electric_publication_<id>`).
+    #[arg(
+        long,
+        env = "ELECTRIC_REPLICATION_STREAM_ID",
+        default_value = "default"
+    )]
+    pub replication_stream_id: String,
+
+    /// debug, info, warning or error (or a tracing filter directive).
+    #[arg(long, env = "ELECTRIC_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    #[arg(long, env = "SHAPESHARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Number of shards (one executor each). Default: one per available core.
+    #[arg(long, env = "SHAPESHARD_SHARDS")]
+    pub shards: Option<usize>,
+
+    /// `pinned` runs shard i on core i; `unbound` lets the kernel place them
+    /// (for tests that run several servers on the same cores).
+    #[arg(long, env = "SHAPESHARD_PLACEMENT", value_enum, default_value_t = PlacementArg::Pinned)]
+    pub placement: PlacementArg,
+
+    /// Milliseconds between standby status updates sent to Postgres.
+    #[arg(long, env = "SHAPESHARD_STATUS_INTERVAL_MS", default_value_t = 1000)]
+    pub status_interval_ms: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacementArg {
+    Pinned,
+    Unbound,
+}
+
+/// Where the server gets its Postgres.
+#[derive(Debug, Clone)]
+pub enum Database {
+    External(ConnConfig),
+    /// Start an embedded Postgres in the storage directory.
+    Embedded,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: Database,
+    pub port: u16,
+    pub listen_address: IpAddr,
+    pub storage_dir: PathBuf,
+    pub secret: Option<String>,
+    pub insecure: bool,
+    pub replication_stream_id: String,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub shards: usize,
+    pub placement: shards::runtime::Placement,
+    pub status_interval_ms: u64,
+}
+
+impl Config {
+    pub fn slot_name(&self) -> String {
+        format!("electric_slot_{}", self.replication_stream_id)
+    }
+
+    pub fn publication_name(&self) -> String {
+        format!("electric_publication_{}", self.replication_stream_id)
+    }
+}
+
+/// Checks `cli` and builds the configuration, or says in one line what to fix.
+pub fn validate(cli: &Cli) -> Result<Config, String> {
+    let o = &cli.options;
+    let dev = matches!(cli.command, Some(Command::Dev));
+    let database = match (&o.database_url, dev) {
+        (Some(url), false) if !url.trim().is_empty() => {
+            let conn = url
+                .parse::<ConnConfig>()
+                .map_err(|e| format!("invalid DATABASE_URL: {e}"))?;
+            Database::External(conn)
+        }
+        _ => Database::Embedded,
+    };
+    // The embedded Postgres is local and throwaway: no secret to protect.
+    let insecure = o.insecure || matches!(database, Database::Embedded);
+    let secret = o.secret.clone().filter(|s| !s.is_empty());
+    if secret.is_none() && !insecure {
+        return Err("ELECTRIC_SECRET is not set: set it (or --secret) to the secret clients must send, or set ELECTRIC_INSECURE=true to serve without one".into());
+    }
+    validate_stream_id(&o.replication_stream_id)?;
+    let shards = o
+        .shards
+        .unwrap_or_else(shards::runtime::executor::default_shard_count);
+    if shards == 0 || shards > shards::routes::MAX_SHARDS {
+        return Err(format!(
+            "--shards must be between 1 and {} (got {shards})",
+            shards::routes::MAX_SHARDS
+        ));
+    }
+    if o.port == 0 {
+        return Err("ELECTRIC_PORT must be a port number between 1 and 65535".into());
+    }
+    if o.status_interval_ms == 0 {
+        return Err("SHAPESHARD_STATUS_INTERVAL_MS must be at least 1".into());
+    }
+    Ok(Config {
+        database,
+        port: o.port,
+        listen_address: o.listen_address,
+        storage_dir: o.storage_dir.clone(),
+        secret,
+        insecure,
+        replication_stream_id: o.replication_stream_id.clone(),
+        log_filter: log_filter(&o.log_level)?,
+        log_format: o.log_format,
+        shards,
+        placement: match o.placement {
+            PlacementArg::Pinned => shards::runtime::Placement::Pinned,
+            PlacementArg::Unbound => shards::runtime::Placement::Unbound,
+        },
+        status_interval_ms: o.status_interval_ms,
+    })
+}
+
+/// The stream id becomes part of unquoted identifiers, as in Electric.
+fn validate_stream_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 40
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("ELECTRIC_REPLICATION_STREAM_ID {id:?} is invalid: use 1-40 characters of a-z, 0-9 and _"))
+    }
+}
+
+/// Electric's level names, or any tracing filter directive.
+fn log_filter(level: &str) -> Result<String, String> {
+    let filter = match level.trim().to_ascii_lowercase().as_str() {
+        "debug" => "debug".to_string(),
+        "info" => "info".to_string(),
+        "warning" | "warn" => "warn".to_string(),
+        "error" => "error".to_string(),
+        _ => level.to_string(),
+    };
+    tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
+        format!("ELECTRIC_LOG_LEVEL {level:?} is invalid ({e}): use debug, info, warning or error")
+    })?;
+    Ok(filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["shapeshard"];
+        argv.extend_from_slice(args);
+        validate(&Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn external_database_needs_a_secret_or_insecure() {
+        let err = parse(&["--database-url", "postgres://u@h/db"]).unwrap_err();
+        assert!(err.contains("ELECTRIC_SECRET"), "{err}");
+        let ok = parse(&["--database-url", "postgres://u@h/db", "--insecure"]).unwrap();
+        assert!(ok.insecure);
+        let ok = parse(&["--database-url", "postgres://u@h/db", "--secret", "s"]).unwrap();
+        assert_eq!(ok.secret.as_deref(), Some("s"));
+        assert!(!ok.insecure);
+    }
+
+    #[test]
+    fn embedded_database_is_insecure_by_default() {
+        let config = parse(&[]).unwrap();
+        assert!(matches!(config.database, Database::Embedded));
+        assert!(config.insecure);
+        assert_eq!(config.port, 3000);
+        assert_eq!(config.slot_name(), "electric_slot_default");
+        assert_eq!(config.publication_name(), "electric_publication_default");
+    }
+
+    #[test]
+    fn bad_values_say_what_to_fix() {
+        let err = parse(&["--replication-stream-id", "Bad-Id"]).unwrap_err();
+        assert!(err.contains("ELECTRIC_REPLICATION_STREAM_ID"), "{err}");
+        let err = parse(&["--shards", "0"]).unwrap_err();
+        assert!(err.contains("--shards"), "{err}");
+        let err = parse(&["--log-level", "loud[["]).unwrap_err();
+        assert!(err.contains("ELECTRIC_LOG_LEVEL"), "{err}");
+        assert_eq!(
+            parse(&["--log-level", "warning"]).unwrap().log_filter,
+            "warn"
+        );
+        let err = parse(&["--database-url", "mysql://x", "--insecure"]).unwrap_err();
+        assert!(err.contains("DATABASE_URL"), "{err}");
+    }
+}

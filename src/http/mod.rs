@@ -1,0 +1,97 @@
+//! The HTTP edge: every shard runs its own listener on the shared port
+//! (SO_REUSEPORT) and serves HTTP/1.1 with hyper over the runtime's streams.
+
+mod health;
+mod io;
+mod response;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use shards::runtime::{self, net, Shutdown};
+
+use crate::status::ServiceStatus;
+use response::Body;
+
+/// Connections one shard serves at once; beyond it, accepting waits and the
+/// kernel's backlog absorbs the burst.
+pub const MAX_CONNECTIONS_PER_SHARD: usize = 16 * 1024;
+
+/// How long in-flight requests get to finish once a stop is requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every request handler on a shard can reach.
+pub struct HttpContext {
+    pub shard: usize,
+    pub status: Arc<ServiceStatus>,
+}
+
+/// Accepts and serves connections on this shard until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    context: HttpContext,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let listener = net::bind_shared(addr)?;
+    let context = Rc::new(context);
+    let open = Rc::new(std::cell::Cell::new(0usize));
+    let accept_loop = async {
+        loop {
+            if open.get() >= MAX_CONNECTIONS_PER_SHARD {
+                runtime::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+            let stream = match net::accept(&listener).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(shard = context.shard, "accept failed: {e}");
+                    runtime::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            open.set(open.get() + 1);
+            let context = context.clone();
+            let open = open.clone();
+            runtime::spawn_detached(async move {
+                serve_connection(stream, context).await;
+                open.set(open.get() - 1);
+            });
+        }
+    };
+    futures_lite::future::or(accept_loop, shutdown.wait()).await;
+    drop(listener);
+    // Let in-flight requests finish, bounded.
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+    while open.get() > 0 && std::time::Instant::now() < deadline {
+        runtime::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+async fn serve_connection(stream: net::TcpStream, context: Rc<HttpContext>) {
+    let service = hyper::service::service_fn(move |request| {
+        let context = context.clone();
+        async move { Ok::<_, Infallible>(route(request, &context).await) }
+    });
+    let result = hyper::server::conn::http1::Builder::new()
+        // hyper's header timeout needs a Send timer; glommio's is not.
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .serve_connection(io::HyperIo(stream), service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!("connection ended: {e}");
+    }
+}
+
+async fn route(request: Request<Incoming>, context: &HttpContext) -> Response<Body> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/v1/health") => health::respond(&context.status),
+        _ => response::not_found(),
+    }
+}

@@ -1,0 +1,48 @@
+//! Response building shared by every route: CORS as Electric does it.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, CACHE_CONTROL,
+    CONTENT_TYPE,
+};
+use hyper::{Response, StatusCode};
+
+pub type Body = Full<Bytes>;
+
+/// Headers a browser client may read across origins.
+const EXPOSED_HEADERS: &str = "electric-cursor,electric-handle,electric-offset,electric-schema,electric-up-to-date,electric-has-data,electric-internal-known-error,retry-after";
+
+pub fn json(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    cache_control: &'static str,
+) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    with_cors(response)
+}
+
+pub fn with_cors(mut response: Response<Body>) -> Response<Body> {
+    let headers = response.headers_mut();
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSED_HEADERS),
+    );
+    response
+}
+
+pub fn not_found() -> Response<Body> {
+    json(
+        StatusCode::NOT_FOUND,
+        r#"{"message":"Not found"}"#,
+        "no-store",
+    )
+}

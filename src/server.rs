@@ -1,0 +1,162 @@
+//! Process wiring: the embedded Postgres if needed, the shard executors (each
+//! with its HTTP listener and feed), the ingest executor, and signals.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shards::feed::{FeedEvent, FEED_CAPACITY};
+use shards::fence::DurableProgress;
+use shards::routes::RouteTable;
+use shards::runtime::{self, channel, Shutdown};
+use shards::shard::ShardCore;
+use shards::Lsn;
+
+use crate::config::{Config, Database};
+use crate::devpg::{DevPgOptions, DevPostgres};
+use crate::ingest::{Ingest, IngestConfig};
+use crate::pg::connstr::ConnConfig;
+use crate::status::ServiceStatus;
+
+/// Runs the server until SIGINT/SIGTERM. Errors are one line for the operator.
+pub fn run(config: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&config.storage_dir).map_err(|e| {
+        format!(
+            "cannot create storage directory {}: {e}",
+            config.storage_dir.display()
+        )
+    })?;
+    let shutdown = Shutdown::new();
+    install_signal_handlers(&shutdown)?;
+
+    let mut embedded = None;
+    let conn = match &config.database {
+        Database::External(conn) => conn.clone(),
+        Database::Embedded => {
+            let pg = DevPostgres::start(
+                &config.storage_dir.join("postgres"),
+                &DevPgOptions::default(),
+            )
+            .map_err(|e| e.to_string())?;
+            let url = pg.url("postgres");
+            tracing::info!("embedded Postgres running: {url}");
+            println!("DATABASE_URL={url}");
+            let conn = url.parse::<ConnConfig>().map_err(|e| e.to_string())?;
+            embedded = Some(pg);
+            conn
+        }
+    };
+
+    let result = run_with_database(&config, conn, shutdown);
+    if let Some(mut pg) = embedded {
+        pg.stop();
+        tracing::info!("embedded Postgres stopped");
+    }
+    result
+}
+
+fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> Result<(), String> {
+    let shard_count = config.shards;
+    let progress = DurableProgress::new(shard_count, Lsn::ZERO);
+    let routes = Arc::new(RouteTable::new());
+    let status = Arc::new(ServiceStatus::default());
+    let addr = SocketAddr::new(config.listen_address, config.port);
+
+    // Bind once up front so a port in use is a clear start-up error, not a
+    // failure inside every shard.
+    std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen on {addr}: {e} (set ELECTRIC_PORT to a free port)"))?;
+
+    let mut senders = Vec::with_capacity(shard_count);
+    let mut shard_gens = Vec::with_capacity(shard_count);
+    for index in 0..shard_count {
+        let (sender, receiver) = channel::new_bounded::<FeedEvent>(FEED_CAPACITY);
+        senders.push(sender);
+        let progress = progress.clone();
+        let status = status.clone();
+        let shutdown = shutdown.clone();
+        let shard_dir = config.storage_dir.join("shards").join(index.to_string());
+        shard_gens.push(move || async move {
+            if let Err(e) = runtime::dma::open_marker_first(&shard_dir).await {
+                tracing::error!(shard = index, "storage unusable: {e}");
+                shutdown.trigger();
+                return;
+            }
+            let feed = receiver.connect().await;
+            let mut core = ShardCore::new(index, progress);
+            let http = crate::http::serve(
+                addr,
+                crate::http::HttpContext {
+                    shard: index,
+                    status,
+                },
+                shutdown.clone(),
+            );
+            let http = runtime::spawn_local(http);
+            core.run(feed).await;
+            tracing::debug!(
+                shard = index,
+                transactions = core.transactions_seen(),
+                "feed closed"
+            );
+            if let Err(e) = http.join().await {
+                tracing::error!(shard = index, "HTTP listener failed: {e}");
+                shutdown.trigger();
+            }
+        });
+    }
+    let shards = runtime::spawn_shards(config.placement, shard_gens)
+        .map_err(|e| format!("cannot start shards: {e}"))?;
+
+    let ingest_config = IngestConfig {
+        status_interval: std::time::Duration::from_millis(config.status_interval_ms),
+        ..IngestConfig::new(conn, &config.replication_stream_id)
+    };
+    let ingest_shutdown = shutdown.clone();
+    let ingest = runtime::spawn_thread("ingest", move || async move {
+        let mut feeds = Vec::with_capacity(senders.len());
+        for sender in senders {
+            feeds.push(sender.connect().await);
+        }
+        Ingest::new(
+            ingest_config,
+            feeds,
+            progress,
+            routes,
+            status,
+            ingest_shutdown,
+            Arc::default(),
+        )
+        .run()
+        .await;
+    })
+    .map_err(|e| format!("cannot start the ingest: {e}"))?;
+    tracing::info!(shards = shard_count, %addr, "shapeshard listening");
+
+    let ingest_result = ingest.join();
+    // The ingest only ends on shutdown; make sure the shards see it too.
+    shutdown.trigger();
+    let shards_result = shards.join();
+    match ingest_result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("ingest failed: {e}")),
+        Err(_) => return Err("ingest thread panicked".into()),
+    }
+    shards_result
+}
+
+fn install_signal_handlers(shutdown: &Shutdown) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let shutdown = shutdown.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "stopping");
+                shutdown.trigger();
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}

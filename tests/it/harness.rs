@@ -1,0 +1,172 @@
+//! Test harness: a private Postgres cluster started once per test binary
+//! (the same embedded-Postgres code dev mode uses), a fresh database per
+//! test, and helpers to run async code on a glommio executor.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use shapeshard::devpg::{DevPgOptions, DevPostgres};
+use shapeshard::pg::connstr::ConnConfig;
+
+pub struct Cluster {
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The cluster for this test binary, started on first use. Postgres runs
+/// under a thread that lives as long as the process, so its parent-death
+/// signal fires only when the test process exits.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let base = std::env::temp_dir();
+        remove_stale_clusters(&base);
+        let dir = base.join(format!("shapeshard-it-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_dir = dir.clone();
+        std::thread::Builder::new()
+            .name("test-postgres".into())
+            .spawn(move || {
+                let mut options = DevPgOptions::default();
+                // Tests check our durability, not Postgres'.
+                options.settings.push(("fsync".into(), "off".into()));
+                options
+                    .settings
+                    .push(("synchronous_commit".into(), "off".into()));
+                options
+                    .settings
+                    .push(("max_wal_senders".into(), "64".into()));
+                options
+                    .settings
+                    .push(("max_replication_slots".into(), "64".into()));
+                let pg = DevPostgres::start(&thread_dir, &options);
+                match pg {
+                    Ok(pg) => {
+                        tx.send(Ok(pg.port())).unwrap();
+                        // Keep the cluster (and this thread) alive until exit.
+                        let _pg = pg;
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    Err(e) => tx.send(Err(e.to_string())).unwrap(),
+                }
+            })
+            .unwrap();
+        let port = rx
+            .recv()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("test Postgres failed to start: {e}"));
+        Cluster { port, dir }
+    })
+}
+
+/// Clusters of earlier runs whose process is gone.
+fn remove_stale_clusters(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(pid) = name.strip_prefix("shapeshard-it-") {
+            if let Ok(pid) = pid.parse::<i32>() {
+                if unsafe { libc::kill(pid, 0) } != 0 {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+}
+
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url))
+    }
+
+    pub fn conn_config(&self) -> ConnConfig {
+        self.url.parse().unwrap()
+    }
+
+    /// A replication stream id unique to this database.
+    pub fn stream_id(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// A fresh database named after the test.
+pub fn database(prefix: &str) -> TestDb {
+    let cluster = cluster();
+    let name = format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin_url = format!(
+        "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+        cluster.port
+    );
+    let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    TestDb {
+        url: format!(
+            "postgresql://postgres@127.0.0.1:{}/{name}?sslmode=disable",
+            cluster.port
+        ),
+        name,
+    }
+}
+
+/// Runs `make()` on a fresh glommio executor thread and returns its output.
+pub fn block_on<G, F, T>(make: G) -> T
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    shards::runtime::spawn_thread("test-executor", make)
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap()
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A scratch directory under the system temp dir (reachable by the
+/// `postgres` user when tests run as root).
+pub fn scratch_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "shapeshard-{prefix}-{}-{}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

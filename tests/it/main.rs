@@ -1,0 +1,10 @@
+//! Integration tests: one binary (links once), one private Postgres cluster
+//! for the whole run, each test in its own database.
+
+mod auth;
+mod decode;
+mod dev_mode;
+mod harness;
+mod reconnect;
+mod rig;
+mod standby;
