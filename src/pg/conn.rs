@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::ops::Range;
 use std::rc::Rc;
 use std::str::FromStr;
 use std::time::Duration;
@@ -47,65 +46,92 @@ pub struct QueryResult {
     pub command_tag: String,
 }
 
-/// One row in text format.
+/// One row in text format. It shares the socket read buffer its DataRow
+/// came in (like tokio-postgres' rows), so decoding a row copies no values;
+/// a row kept alive keeps that buffer chunk (up to ~64 KiB) alive with it.
 #[derive(Clone)]
 pub struct Row {
     columns: Rc<[String]>,
-    /// All values back to back; `values` index into it (None for NULL).
-    text: String,
-    values: Vec<Option<Range<usize>>>,
+    /// The DataRow body after its column count.
+    body: Bytes,
+    /// Per column, the value's bytes in `body` (validated UTF-8).
+    spans: Vec<Span>,
+}
+
+/// A value's place in a DataRow body; `start == u32::MAX` for NULL. Bodies
+/// are under 1 GiB, so u32 offsets suffice and a span is 8 bytes.
+#[derive(Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    const NULL: Span = Span {
+        start: u32::MAX,
+        end: 0,
+    };
 }
 
 impl Row {
     /// Decodes a DataRow body after its column count: per column an i32
     /// length (-1 for NULL) and that many bytes.
-    fn decode(columns: Rc<[String]>, mut body: &[u8]) -> Result<Row, PgError> {
-        let mut text = String::with_capacity(body.len());
-        let mut values = Vec::with_capacity(columns.len());
-        while !body.is_empty() {
-            if body.len() < 4 {
+    fn decode(columns: Rc<[String]>, body: &Bytes) -> Result<Row, PgError> {
+        let bytes: &[u8] = body;
+        if bytes.len() > MAX_MESSAGE {
+            return Err(PgError::Protocol("DataRow over the 1 GiB limit".into()));
+        }
+        let mut spans = Vec::with_capacity(columns.len());
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let Some(&[a, b, c, d]) = bytes.get(pos..pos + 4) else {
                 return Err(PgError::Protocol("DataRow truncated".into()));
-            }
-            let len = body.get_i32();
+            };
+            let len = i32::from_be_bytes([a, b, c, d]);
+            pos += 4;
             if len == -1 {
-                values.push(None);
+                spans.push(Span::NULL);
                 continue;
             }
             if len < 0 {
                 return Err(PgError::Protocol(format!("DataRow value length {len}")));
             }
-            let value = body
-                .get(..len as usize)
+            let end = pos + len as usize;
+            let value = bytes
+                .get(pos..end)
                 .ok_or_else(|| PgError::Protocol("DataRow value runs past the message".into()))?;
-            let value = std::str::from_utf8(value).map_err(|_| {
-                let name = columns.get(values.len()).map_or("?", |c| c.as_str());
-                PgError::Protocol(format!("column {name:?} is not valid UTF-8"))
-            })?;
-            let start = text.len();
-            text.push_str(value);
-            values.push(Some(start..text.len()));
-            body.advance(len as usize);
+            if std::str::from_utf8(value).is_err() {
+                let name = columns.get(spans.len()).map_or("?", |c| c.as_str());
+                return Err(PgError::Protocol(format!(
+                    "column {name:?} is not valid UTF-8"
+                )));
+            }
+            spans.push(Span {
+                start: pos as u32,
+                end: end as u32,
+            });
+            pos = end;
         }
-        if values.len() != columns.len() {
+        if spans.len() != columns.len() {
             return Err(PgError::Protocol(format!(
                 "DataRow has {} values for {} columns",
-                values.len(),
+                spans.len(),
                 columns.len()
             )));
         }
         Ok(Row {
             columns,
-            text,
-            values,
+            body: body.clone(),
+            spans,
         })
     }
 
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.spans.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.spans.is_empty()
     }
 
     pub fn columns(&self) -> &[String] {
@@ -114,8 +140,14 @@ impl Row {
 
     /// The value of column `idx`; None for NULL or no such column.
     pub fn get(&self, idx: usize) -> Option<&str> {
-        let range = self.values.get(idx)?.clone()?;
-        self.text.get(range)
+        let span = *self.spans.get(idx)?;
+        if span.start == u32::MAX {
+            return None;
+        }
+        let value = &self.body[span.start as usize..span.end as usize];
+        // SAFETY: `decode` checked that every non-NULL span is UTF-8, and
+        // neither `body` nor `spans` change after that.
+        Some(unsafe { std::str::from_utf8_unchecked(value) })
     }
 
     /// The value of the first column called `name`.
@@ -189,6 +221,58 @@ impl CopyOut<'_> {
     /// E.g. `COPY 1000`, once `next` has returned None.
     pub fn command_tag(&self) -> Option<&str> {
         self.command_tag.as_deref()
+    }
+}
+
+/// The rows of a statement started by [`Connection::query_stream`].
+pub struct RowStream<'a> {
+    conn: &'a mut Connection,
+    columns: Rc<[String]>,
+    done: bool,
+}
+
+impl RowStream<'_> {
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The next row; None once the statement completed.
+    pub async fn next(&mut self) -> Result<Option<Row>, PgError> {
+        while !self.done {
+            match self.conn.recv().await? {
+                Backend::Message(Message::DataRow(body)) => {
+                    let row = Row::decode(self.columns.clone(), body.buffer_bytes());
+                    if row.is_err() {
+                        self.done = true;
+                        self.conn.finish_pending().await?;
+                    }
+                    return row.map(Some);
+                }
+                Backend::Message(
+                    Message::CommandComplete(_)
+                    | Message::EmptyQueryResponse
+                    | Message::PortalSuspended,
+                ) => {}
+                Backend::Message(Message::ReadyForQuery(_)) => {
+                    self.conn.state = State::Idle;
+                    self.done = true;
+                }
+                Backend::Error(e) => {
+                    self.done = true;
+                    self.conn.finish_pending().await?;
+                    return Err(PgError::Db(e));
+                }
+                other => {
+                    self.done = true;
+                    let what = other.name();
+                    self.conn.abandon(other).await?;
+                    return Err(PgError::Protocol(format!(
+                        "unexpected {what} while reading rows"
+                    )));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -325,6 +409,96 @@ impl Connection {
 
     pub async fn execute(&mut self, sql: &str) -> Result<(), PgError> {
         self.simple_query(sql).await.map(drop)
+    }
+
+    /// Runs one statement with `$n` parameters bound as text (never
+    /// spliced into the SQL) and returns all its rows.
+    pub async fn query_params(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+    ) -> Result<Vec<Row>, PgError> {
+        let mut stream = self.query_stream(sql, params).await?;
+        let mut rows = Vec::new();
+        while let Some(row) = stream.next().await? {
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// Starts one statement with bound text parameters through the
+    /// extended protocol and streams its rows as they arrive, so a large
+    /// result is never held whole. Errors in parsing, planning or binding
+    /// come back here; errors while executing come from `RowStream::next`.
+    /// A stream dropped early is drained by the next call.
+    pub async fn query_stream(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+    ) -> Result<RowStream<'_>, PgError> {
+        self.finish_pending().await?;
+        self.encode("the statement", |buf| {
+            frontend::parse("", sql, std::iter::empty(), buf)
+        })?;
+        let before = self.write_buf.len();
+        let bound = frontend::bind(
+            "",
+            "",
+            std::iter::empty(),
+            params.iter(),
+            |value, buf| match value {
+                Some(text) => {
+                    buf.extend_from_slice(text.as_bytes());
+                    Ok(postgres_protocol::IsNull::No)
+                }
+                None => Ok(postgres_protocol::IsNull::Yes),
+            },
+            std::iter::empty(),
+            &mut self.write_buf,
+        );
+        if bound.is_err() {
+            self.write_buf.clear();
+            return Err(PgError::Protocol(format!(
+                "cannot encode {} parameters",
+                params.len()
+            )));
+        }
+        debug_assert!(self.write_buf.len() > before);
+        self.encode("Describe", |buf| frontend::describe(b'P', "", buf))?;
+        self.encode("Execute", |buf| frontend::execute("", 0, buf))?;
+        frontend::sync(&mut self.write_buf);
+        self.state = State::Busy;
+        self.flush().await?;
+        loop {
+            match self.recv().await? {
+                Backend::Message(Message::ParseComplete | Message::BindComplete) => {}
+                Backend::RowDescription(columns) => {
+                    return Ok(RowStream {
+                        conn: self,
+                        columns,
+                        done: false,
+                    })
+                }
+                Backend::Message(Message::NoData) => {
+                    return Ok(RowStream {
+                        conn: self,
+                        columns: Rc::from(Vec::new()),
+                        done: false,
+                    })
+                }
+                Backend::Error(e) => {
+                    self.finish_pending().await?;
+                    return Err(PgError::Db(e));
+                }
+                other => {
+                    let what = other.name();
+                    self.abandon(other).await?;
+                    return Err(PgError::Protocol(format!(
+                        "unexpected {what} while starting a statement"
+                    )));
+                }
+            }
+        }
     }
 
     /// Starts `COPY ... TO STDOUT` and streams its data. If the CopyOut is
@@ -596,7 +770,7 @@ impl Connection {
                         ));
                         continue;
                     };
-                    match Row::decode(c.clone(), body.buffer()) {
+                    match Row::decode(c.clone(), body.buffer_bytes()) {
                         Ok(row) => rows.push(row),
                         Err(e) => {
                             error.get_or_insert(e);
@@ -638,6 +812,14 @@ impl Connection {
                     ));
                 }
                 Backend::Message(Message::CopyData(_)) | Backend::Message(Message::CopyDone) => {}
+                // Extended-protocol acknowledgements of an abandoned stream.
+                Backend::Message(
+                    Message::ParseComplete
+                    | Message::BindComplete
+                    | Message::NoData
+                    | Message::PortalSuspended
+                    | Message::CloseComplete,
+                ) => {}
                 Backend::Message(Message::ReadyForQuery(_)) => {
                     self.state = State::Idle;
                     return match error {
@@ -1139,7 +1321,7 @@ mod tests {
         let Some(Backend::Message(Message::DataRow(body))) = parse_frame(&mut buf).unwrap() else {
             panic!("expected DataRow");
         };
-        let row = Row::decode(columns, body.buffer()).unwrap();
+        let row = Row::decode(columns, body.buffer_bytes()).unwrap();
         assert_eq!(row.len(), 3);
         assert_eq!(row.get(0), Some("7"));
         assert_eq!(row.get(1), None);
@@ -1166,7 +1348,8 @@ mod tests {
             &[0, 0, 0, 1, b'x', 0, 0, 0, 0][..], // too many values
             &[][..],                             // too few
         ] {
-            assert!(Row::decode(columns.clone(), body).is_err(), "{body:?}");
+            let body = Bytes::copy_from_slice(body);
+            assert!(Row::decode(columns.clone(), &body).is_err(), "{body:?}");
         }
         assert!(parse_row_description(&[0, 1, b'a']).is_err());
         assert!(parse_row_description(&[0, 1, b'a', 0, 1, 2]).is_err());

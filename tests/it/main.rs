@@ -7,4 +7,5 @@ mod dev_mode;
 mod harness;
 mod reconnect;
 mod rig;
+mod server;
 mod standby;

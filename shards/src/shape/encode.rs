@@ -1,0 +1,346 @@
+//! Log entries as the client reads them: JSON built once per change (or
+//! snapshot row) and stored verbatim, so serving is concatenation.
+
+use super::definition::TableName;
+use super::json;
+use super::offset::LogOffset;
+
+/// One row's values in table column order. `None` is SQL NULL.
+pub type Row<'a> = [Option<&'a str>];
+
+/// What a shape selects from its table, in output order.
+pub struct Layout<'a> {
+    pub table: &'a TableName,
+    pub column_names: &'a [String],
+    /// Table column indices of the selected columns.
+    pub selected: &'a [usize],
+    /// Table column indices of the key columns, in key order.
+    pub key: &'a [usize],
+    /// Whether `key` is the primary key (as opposed to all columns).
+    pub has_primary_key: bool,
+}
+
+/// `"schema"."table"/"v1"/"v2"`: `/` and `.` doubled in names, `/` doubled in
+/// values, NULL as `_`.
+pub fn row_key(layout: &Layout, row: &Row) -> String {
+    let mut key = String::with_capacity(32);
+    key.push('"');
+    key.push_str(&layout.table.schema.replace('/', "//").replace('.', ".."));
+    key.push_str("\".\"");
+    key.push_str(&layout.table.name.replace('/', "//").replace('.', ".."));
+    key.push('"');
+    for &i in layout.key {
+        key.push('/');
+        match row[i] {
+            Some(v) => {
+                key.push('"');
+                key.push_str(&v.replace('/', "//"));
+                key.push('"');
+            }
+            None => key.push('_'),
+        }
+    }
+    key
+}
+
+/// `{"a":"1","b":null}` of the chosen columns.
+fn push_value<'a>(
+    out: &mut Vec<u8>,
+    layout: &Layout,
+    row: &Row,
+    columns: impl Iterator<Item = &'a usize>,
+) {
+    out.push(b'{');
+    let mut first = true;
+    for &i in columns {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json::push_str(out, &layout.column_names[i]);
+        out.push(b':');
+        json::push_opt_str(out, row[i]);
+    }
+    out.push(b'}');
+}
+
+fn push_relation(out: &mut Vec<u8>, table: &TableName) {
+    out.extend_from_slice(b"\"relation\":[");
+    json::push_str(out, &table.schema);
+    out.push(b',');
+    json::push_str(out, &table.name);
+    out.push(b']');
+}
+
+/// A snapshot row: an insert without transaction headers.
+pub fn snapshot_row(out: &mut Vec<u8>, layout: &Layout, row: &Row) {
+    out.extend_from_slice(b"{\"key\":");
+    json::push_str(out, &row_key(layout, row));
+    out.extend_from_slice(b",\"value\":");
+    push_value(out, layout, row, layout.selected.iter());
+    out.extend_from_slice(b",\"headers\":{\"operation\":\"insert\",");
+    push_relation(out, layout.table);
+    out.extend_from_slice(b"}}");
+}
+
+/// An entry whose headers are still open: `last` is only known once the
+/// whole transaction has been seen by the shape.
+pub struct OpenEntry {
+    pub offset: LogOffset,
+    bytes: Vec<u8>,
+}
+
+impl OpenEntry {
+    /// Closes the entry; `last` marks the shape's final entry of the transaction.
+    pub fn finish(mut self, last: bool) -> (LogOffset, Vec<u8>) {
+        if last {
+            self.bytes.extend_from_slice(b",\"last\":true");
+        }
+        self.bytes.extend_from_slice(b"}}");
+        (self.offset, self.bytes)
+    }
+}
+
+/// The transaction a change belongs to.
+#[derive(Clone, Copy)]
+pub struct TxContext {
+    pub xid: u32,
+    pub commit_lsn: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Insert,
+    Update,
+    Delete,
+}
+
+pub enum KeyChange<'a> {
+    None,
+    To(&'a str),
+    From(&'a str),
+}
+
+/// Everything one entry says, before encoding.
+pub struct EntrySpec<'a, 'r> {
+    pub operation: Operation,
+    pub key: &'a str,
+    pub row: &'a Row<'r>,
+    /// Table column indices for `value`.
+    pub value_columns: &'a [usize],
+    /// Old row and the columns for `old_value` (replica=full updates).
+    pub old_value: Option<(&'a Row<'r>, &'a [usize])>,
+    pub key_change: KeyChange<'a>,
+    pub op: u64,
+}
+
+pub fn change(layout: &Layout, tx: TxContext, spec: EntrySpec) -> OpenEntry {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"key\":");
+    json::push_str(&mut out, spec.key);
+    out.extend_from_slice(b",\"value\":");
+    push_value(&mut out, layout, spec.row, spec.value_columns.iter());
+    if let Some((old, columns)) = spec.old_value {
+        out.extend_from_slice(b",\"old_value\":");
+        push_value(&mut out, layout, old, columns.iter());
+    }
+    out.extend_from_slice(b",\"headers\":{\"operation\":");
+    out.extend_from_slice(match spec.operation {
+        Operation::Insert => b"\"insert\"",
+        Operation::Update => b"\"update\"",
+        Operation::Delete => b"\"delete\"",
+    });
+    out.extend_from_slice(format!(",\"txids\":[{}],", tx.xid).as_bytes());
+    push_relation(&mut out, layout.table);
+    out.extend_from_slice(
+        format!(
+            ",\"lsn\":\"{}\",\"op_position\":{}",
+            tx.commit_lsn, spec.op
+        )
+        .as_bytes(),
+    );
+    match spec.key_change {
+        KeyChange::None => {}
+        KeyChange::To(k) => {
+            out.extend_from_slice(b",\"key_change_to\":");
+            json::push_str(&mut out, k);
+        }
+        KeyChange::From(k) => {
+            out.extend_from_slice(b",\"key_change_from\":");
+            json::push_str(&mut out, k);
+        }
+    }
+    OpenEntry {
+        offset: LogOffset::change(crate::Lsn(tx.commit_lsn), spec.op),
+        bytes: out,
+    }
+}
+
+/// `{"headers":{"control":"up-to-date","global_last_seen_lsn":"<n>"}}`
+pub fn up_to_date(global_last_seen_lsn: u64) -> String {
+    format!(
+        "{{\"headers\":{{\"control\":\"up-to-date\",\"global_last_seen_lsn\":\"{global_last_seen_lsn}\"}}}}"
+    )
+}
+
+pub const MUST_REFETCH: &str = r#"[{"headers":{"control":"must-refetch"}}]"#;
+
+/// A Postgres snapshot, `pg_current_snapshot()` split into its parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgSnapshot {
+    pub xmin: u64,
+    pub xmax: u64,
+    pub xip: Vec<u64>,
+}
+
+impl PgSnapshot {
+    /// Parses `xmin:xmax:xip1,xip2`.
+    pub fn parse(s: &str) -> Option<PgSnapshot> {
+        let mut parts = s.splitn(3, ':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let xip = match parts.next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<Vec<u64>>>()?,
+        };
+        Some(PgSnapshot { xmin, xmax, xip })
+    }
+
+    /// Whether transaction `xid` (32-bit, from pgoutput) committed before the
+    /// snapshot: its changes are already in the snapshot rows. Compared
+    /// modulo 2^32 relative to `xmin`, so it holds across epochs.
+    pub fn contains(&self, xid: u32) -> bool {
+        let distance = |x: u64| (x as u32).wrapping_sub(self.xmin as u32) as i32;
+        let d = (xid).wrapping_sub(self.xmin as u32) as i32;
+        if d < 0 {
+            return true;
+        }
+        if d >= distance(self.xmax) {
+            return false;
+        }
+        !self.xip.iter().any(|&x| x as u32 == xid)
+    }
+
+    /// Whether `xid` started after the snapshot (at or past `xmax`): from the
+    /// first such transaction on, no later one can be in the snapshot.
+    pub fn is_after(&self, xid: u32) -> bool {
+        let d = xid.wrapping_sub(self.xmin as u32) as i32;
+        let max = (self.xmax as u32).wrapping_sub(self.xmin as u32) as i32;
+        d >= max
+    }
+
+    /// The `snapshot-end` control message.
+    pub fn end_message(&self) -> String {
+        let xip: Vec<String> = self.xip.iter().map(|x| format!("\"{x}\"")).collect();
+        format!(
+            "{{\"headers\":{{\"control\":\"snapshot-end\",\"xmin\":\"{}\",\"xmax\":\"{}\",\"xip_list\":[{}]}}}}",
+            self.xmin,
+            self.xmax,
+            xip.join(",")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> TableName {
+        TableName {
+            schema: "public".into(),
+            name: "items".into(),
+        }
+    }
+
+    #[test]
+    fn keys_escape_slashes_dots_and_nulls() {
+        let t = TableName {
+            schema: "he.llo".into(),
+            name: "wo/rld".into(),
+        };
+        let names = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let layout = Layout {
+            table: &t,
+            column_names: &names,
+            selected: &[0, 1, 2],
+            key: &[0, 1, 2],
+            has_primary_key: true,
+        };
+        assert_eq!(
+            row_key(&layout, &[Some("te/st"), None, Some("2")]),
+            r#""he..llo"."wo//rld"/"te//st"/_/"2""#
+        );
+    }
+
+    #[test]
+    fn snapshot_rows_and_changes_encode_like_electric() {
+        let t = table();
+        let names = vec!["id".to_string(), "title".to_string()];
+        let layout = Layout {
+            table: &t,
+            column_names: &names,
+            selected: &[0, 1],
+            key: &[0],
+            has_primary_key: true,
+        };
+        let row = [Some("1"), Some("x \"y\"")];
+        let mut out = Vec::new();
+        snapshot_row(&mut out, &layout, &row);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"key":"\"public\".\"items\"/\"1\"","value":{"id":"1","title":"x \"y\""},"headers":{"operation":"insert","relation":["public","items"]}}"#
+        );
+        let key = row_key(&layout, &row);
+        let entry = change(
+            &layout,
+            TxContext {
+                xid: 741,
+                commit_lsn: 24337200,
+            },
+            EntrySpec {
+                operation: Operation::Update,
+                key: &key,
+                row: &row,
+                value_columns: &[0, 1],
+                old_value: Some((&[Some("1"), None], &[1])),
+                key_change: KeyChange::None,
+                op: 2,
+            },
+        );
+        let (offset, bytes) = entry.finish(true);
+        assert_eq!(offset.to_string(), "24337200_2");
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            r#"{"key":"\"public\".\"items\"/\"1\"","value":{"id":"1","title":"x \"y\""},"old_value":{"title":null},"headers":{"operation":"update","txids":[741],"relation":["public","items"],"lsn":"24337200","op_position":2,"last":true}}"#
+        );
+    }
+
+    #[test]
+    fn snapshot_visibility() {
+        let s = PgSnapshot::parse("100:105:101,103").unwrap();
+        assert_eq!(s.xip, vec![101, 103]);
+        assert!(s.contains(99));
+        assert!(s.contains(100));
+        assert!(!s.contains(101));
+        assert!(s.contains(102));
+        assert!(!s.contains(103));
+        assert!(!s.contains(105));
+        assert!(!s.is_after(104));
+        assert!(s.is_after(105));
+        assert_eq!(
+            s.end_message(),
+            r#"{"headers":{"control":"snapshot-end","xmin":"100","xmax":"105","xip_list":["101","103"]}}"#
+        );
+        // xid8 values from a later epoch compare by their low 32 bits.
+        let epoch = 5u64 << 32;
+        let s = PgSnapshot::parse(&format!("{}:{}:", epoch + 10, epoch + 12)).unwrap();
+        assert!(s.contains(9));
+        assert!(s.contains(11));
+        assert!(!s.contains(12));
+        assert!(PgSnapshot::parse("1:2").is_none());
+        assert!(PgSnapshot::parse("x:2:").is_none());
+    }
+}

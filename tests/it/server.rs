@@ -1,0 +1,161 @@
+//! The real server binary as a child process against a test database.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{scratch_dir, wait_for, TestDb};
+
+pub struct Server {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Server {
+    /// Starts `shapeshard` on `db` with two unpinned shards (tests share
+    /// the cores) and waits until health reports active. `env` adds to or
+    /// overrides the defaults (insecure, integration-testing deletes on).
+    pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
+        let dir = scratch_dir("server");
+        let port = shapeshard::devpg::free_port().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shapeshard"));
+        command
+            .env("DATABASE_URL", &db.url)
+            .env("ELECTRIC_STORAGE_DIR", &dir)
+            .env("ELECTRIC_PORT", port.to_string())
+            .env("ELECTRIC_REPLICATION_STREAM_ID", db.stream_id())
+            .env("ELECTRIC_INSECURE", "true")
+            .env("ELECTRIC_ENABLE_INTEGRATION_TESTING", "true")
+            .env("SHAPESHARD_PLACEMENT", "unbound")
+            .env("SHAPESHARD_SHARDS", "2")
+            .env("ELECTRIC_LOG_LEVEL", "warning")
+            .env_remove("ELECTRIC_SECRET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut server = Server {
+            port,
+            dir,
+            child: command.spawn().unwrap(),
+        };
+        wait_for("the server to be active", Duration::from_secs(60), || {
+            if let Ok(Some(exit)) = server.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut stderr) = server.child.stderr.take() {
+                    let _ = stderr.read_to_string(&mut err);
+                }
+                panic!("server exited early ({exit}): {err}");
+            }
+            let response = ureq::get(&server.url("/v1/health"))
+                .timeout(Duration::from_secs(2))
+                .call()
+                .ok()?;
+            (response.status() == 200).then_some(())
+        });
+        server
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://127.0.0.1:{}{path_and_query}", self.port)
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A GET that returns (status, headers, body) for every status.
+    pub fn get(&self, path_and_query: &str) -> Reply {
+        Reply::from(
+            ureq::get(&self.url(path_and_query))
+                .timeout(Duration::from_secs(60))
+                .call(),
+        )
+    }
+
+    pub fn request(&self, method: &str, path_and_query: &str) -> Reply {
+        Reply::from(
+            ureq::request(method, &self.url(path_and_query))
+                .timeout(Duration::from_secs(60))
+                .call(),
+        )
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+impl From<Result<ureq::Response, ureq::Error>> for Reply {
+    fn from(result: Result<ureq::Response, ureq::Error>) -> Reply {
+        let response = match result {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        let status = response.status();
+        let headers = response
+            .headers_names()
+            .into_iter()
+            .map(|name| {
+                let value = response.header(&name).unwrap_or_default().to_string();
+                (name, value)
+            })
+            .collect();
+        let body = response.into_string().unwrap();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
