@@ -91,6 +91,31 @@ pub struct Options {
     /// Milliseconds between standby status updates sent to Postgres.
     #[arg(long, env = "SHAPESHARD_STATUS_INTERVAL_MS", default_value_t = 1000)]
     pub status_interval_ms: u64,
+
+    /// Milliseconds a live request waits for changes before answering
+    /// up-to-date.
+    #[arg(long, env = "ELECTRIC_LONG_POLL_TIMEOUT", default_value_t = 20_000)]
+    pub long_poll_timeout: u64,
+
+    /// Bytes after which a shape's log starts a new chunk (one response).
+    #[arg(long, env = "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", default_value_t = 10 * 1024 * 1024)]
+    pub chunk_bytes_threshold: usize,
+
+    /// Allow `DELETE /v1/shape` (as Electric, for integration tests).
+    #[arg(long, env = "ELECTRIC_ENABLE_INTEGRATION_TESTING", value_parser = BoolishValueParser::new(), default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_integration_testing: bool,
+
+    /// `max-age` of cacheable non-live responses, seconds.
+    #[arg(long, env = "ELECTRIC_CACHE_MAX_AGE", default_value_t = 60)]
+    pub cache_max_age: u32,
+
+    /// `stale-while-revalidate` of cacheable non-live responses, seconds.
+    #[arg(long, env = "ELECTRIC_CACHE_STALE_AGE", default_value_t = 300)]
+    pub cache_stale_age: u32,
+
+    /// Postgres connections per shard for catalog reads and snapshots.
+    #[arg(long, env = "SHAPESHARD_SNAPSHOT_POOL_SIZE", default_value_t = 4)]
+    pub snapshot_pool_size: usize,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +153,12 @@ pub struct Config {
     pub shards: usize,
     pub placement: shards::runtime::Placement,
     pub status_interval_ms: u64,
+    pub long_poll_timeout: std::time::Duration,
+    pub chunk_bytes_threshold: usize,
+    pub enable_integration_testing: bool,
+    pub cache_max_age: u32,
+    pub cache_stale_age: u32,
+    pub snapshot_pool_size: usize,
 }
 
 impl Config {
@@ -175,6 +206,19 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
     if o.status_interval_ms == 0 {
         return Err("SHAPESHARD_STATUS_INTERVAL_MS must be at least 1".into());
     }
+    if o.chunk_bytes_threshold == 0 {
+        return Err("ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD must be at least 1 byte".into());
+    }
+    // The client gives up on a live request after 45 s.
+    if o.long_poll_timeout > 40_000 {
+        return Err(format!(
+            "ELECTRIC_LONG_POLL_TIMEOUT {} ms is too long: clients abandon live requests after 45 s; use at most 40000",
+            o.long_poll_timeout
+        ));
+    }
+    if o.snapshot_pool_size == 0 || o.snapshot_pool_size > 64 {
+        return Err("SHAPESHARD_SNAPSHOT_POOL_SIZE must be between 1 and 64".into());
+    }
     Ok(Config {
         database,
         port: o.port,
@@ -191,6 +235,12 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
             PlacementArg::Unbound => shards::runtime::Placement::Unbound,
         },
         status_interval_ms: o.status_interval_ms,
+        long_poll_timeout: std::time::Duration::from_millis(o.long_poll_timeout),
+        chunk_bytes_threshold: o.chunk_bytes_threshold,
+        enable_integration_testing: o.enable_integration_testing,
+        cache_max_age: o.cache_max_age,
+        cache_stale_age: o.cache_stale_age,
+        snapshot_pool_size: o.snapshot_pool_size,
     })
 }
 

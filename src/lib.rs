@@ -9,4 +9,5 @@ pub mod ingest;
 pub mod logging;
 pub mod pg;
 pub mod server;
+pub mod shapes;
 pub mod status;

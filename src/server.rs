@@ -1,13 +1,16 @@
 //! Process wiring: the embedded Postgres if needed, the shard executors (each
 //! with its HTTP listener and feed), the ingest executor, and signals.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use shards::feed::{FeedEvent, FEED_CAPACITY};
 use shards::fence::DurableProgress;
 use shards::routes::RouteTable;
 use shards::runtime::{self, channel, Shutdown};
+use shards::shape::registry::Registry;
 use shards::shard::ShardCore;
 use shards::Lsn;
 
@@ -15,6 +18,9 @@ use crate::config::{Config, Database};
 use crate::devpg::{DevPgOptions, DevPostgres};
 use crate::ingest::{Ingest, IngestConfig};
 use crate::pg::connstr::ConnConfig;
+use crate::http::shape::forward::Router;
+use crate::shapes::pool::Pool;
+use crate::shapes::service::{ShapeConfig, ShapeService};
 use crate::status::ServiceStatus;
 
 /// Runs the server until SIGINT/SIGTERM. Errors are one line for the operator.
@@ -66,6 +72,15 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
     std::net::TcpListener::bind(addr)
         .map_err(|e| format!("cannot listen on {addr}: {e} (set ELECTRIC_PORT to a free port)"))?;
 
+    let mesh = shards::runtime::mesh::Mesh::new(shard_count, crate::http::shape::forward::MESH_CAPACITY);
+    let mut shape_config = ShapeConfig::new(config.publication_name());
+    shape_config.long_poll = config.long_poll_timeout;
+    shape_config.chunk_bytes = config.chunk_bytes_threshold;
+    shape_config.cache_max_age = config.cache_max_age;
+    shape_config.cache_stale_age = config.cache_stale_age;
+    shape_config.allow_delete = config.enable_integration_testing;
+    shape_config.pool_size = config.snapshot_pool_size;
+    let secret = if config.insecure { None } else { config.secret.clone() };
     let mut senders = Vec::with_capacity(shard_count);
     let mut shard_gens = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -75,6 +90,11 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         let status = status.clone();
         let shutdown = shutdown.clone();
         let shard_dir = config.storage_dir.join("shards").join(index.to_string());
+        let mesh = mesh.clone();
+        let routes = routes.clone();
+        let shape_config = shape_config.clone();
+        let secret = secret.clone();
+        let conn = conn.clone();
         shard_gens.push(move || async move {
             if let Err(e) = runtime::dma::open_marker_first(&shard_dir).await {
                 tracing::error!(shard = index, "storage unusable: {e}");
@@ -82,12 +102,30 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                 return;
             }
             let feed = receiver.connect().await;
-            let mut core = ShardCore::new(index, progress);
+            let links = match mesh.join().await {
+                Ok(links) => links,
+                Err(e) => {
+                    tracing::error!(shard = index, "{e}");
+                    shutdown.trigger();
+                    return;
+                }
+            };
+            let registry = Rc::new(RefCell::new(Registry::new(
+                index,
+                routes,
+                shape_config.chunk_bytes,
+            )));
+            let pool = Pool::new(conn, shape_config.pool_size);
+            let service = ShapeService::new(index, registry.clone(), pool, shape_config);
+            let router = Router::new(links, service);
+            let mut core = ShardCore::new(index, progress, registry);
             let http = crate::http::serve(
                 addr,
                 crate::http::HttpContext {
                     shard: index,
                     status,
+                    secret,
+                    shapes: Some(router),
                 },
                 shutdown.clone(),
             );
@@ -109,7 +147,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
 
     let ingest_config = IngestConfig {
         status_interval: std::time::Duration::from_millis(config.status_interval_ms),
-        ..IngestConfig::new(conn, &config.replication_stream_id)
+        ..IngestConfig::new(conn.clone(), &config.replication_stream_id)
     };
     let ingest_shutdown = shutdown.clone();
     let ingest = runtime::spawn_thread("ingest", move || async move {

@@ -5,6 +5,7 @@ pub mod change;
 pub mod feed;
 pub mod fence;
 pub mod lsn;
+pub mod notify;
 pub mod owner;
 pub mod routes;
 pub mod runtime;

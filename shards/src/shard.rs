@@ -1,12 +1,15 @@
 //! A shard's core loop: it consumes its feed from the ingest in WAL order and
 //! publishes how far it is durable.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::feed::FeedEvent;
 use crate::fence::DurableProgress;
 use crate::lsn::Lsn;
 use crate::runtime::channel::ConnectedReceiver;
+use crate::shape::registry::Registry;
 
 pub struct ShardCore {
     index: usize,
@@ -14,16 +17,23 @@ pub struct ShardCore {
     /// Highest WAL position seen on the feed; only grows.
     last_seen: Lsn,
     transactions_seen: u64,
+    /// The shapes this shard owns, shared with its HTTP handlers.
+    registry: Rc<RefCell<Registry>>,
 }
 
 impl ShardCore {
-    pub fn new(index: usize, progress: Arc<DurableProgress>) -> ShardCore {
+    pub fn new(
+        index: usize,
+        progress: Arc<DurableProgress>,
+        registry: Rc<RefCell<Registry>>,
+    ) -> ShardCore {
         let last_seen = progress.durable(index);
         ShardCore {
             index,
             progress,
             last_seen,
             transactions_seen: 0,
+            registry,
         }
     }
 
@@ -47,15 +57,19 @@ impl ShardCore {
                 );
                 self.last_seen = transaction.end_lsn;
                 self.transactions_seen += 1;
+                self.registry.borrow_mut().apply_transaction(&transaction);
                 // No shape storage holds data yet, so nothing is pending: the
                 // transaction is as durable as this shard needs it to be.
                 self.progress.publish(self.index, self.last_seen);
             }
             FeedEvent::Progress(lsn) => {
                 self.last_seen = self.last_seen.max(lsn);
+                self.registry.borrow_mut().advance(lsn);
                 self.progress.publish(self.index, self.last_seen);
             }
-            FeedEvent::Relation(_) => {}
+            FeedEvent::Relation(relation) => {
+                self.registry.borrow_mut().apply_relation(&relation);
+            }
         }
     }
 

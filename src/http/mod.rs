@@ -4,6 +4,7 @@
 mod health;
 mod io;
 mod response;
+pub mod shape;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +30,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct HttpContext {
     pub shard: usize,
     pub status: Arc<ServiceStatus>,
+    /// The secret clients must send; None when insecure.
+    pub secret: Option<String>,
+    /// Shape routing and serving; None only in tests of the bare edge.
+    pub shapes: Option<Rc<shape::forward::Router>>,
 }
 
 /// Accepts and serves connections on this shard until `shutdown`.
@@ -90,8 +95,32 @@ async fn serve_connection(stream: net::TcpStream, context: Rc<HttpContext>) {
 }
 
 async fn route(request: Request<Incoming>, context: &HttpContext) -> Response<Body> {
-    match (request.method(), request.uri().path()) {
-        (&Method::GET, "/v1/health") => health::respond(&context.status),
+    let path = normalise_path(request.uri().path());
+    match (request.method(), path.as_str()) {
+        (&Method::GET | &Method::HEAD, "/v1/health") => health::respond(&context.status),
+        (_, "/v1/shape") => shape::handle(request, context).await,
         _ => response::not_found(),
+    }
+}
+
+/// `/v1//shape/`, `/v1/%73hape` → `/v1/shape`: routes (and so the secret
+/// check) see one spelling of each path, as in Electric.
+fn normalise_path(path: &str) -> String {
+    let decoded: Vec<u8> = form_urlencoded::parse(format!("p={}", path.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned().into_bytes())
+        .unwrap_or_default();
+    let decoded = String::from_utf8_lossy(&decoded);
+    let parts: Vec<&str> = decoded.split('/').filter(|p| !p.is_empty()).collect();
+    format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paths_normalise_before_routing() {
+        assert_eq!(super::normalise_path("/v1//shape/"), "/v1/shape");
+        assert_eq!(super::normalise_path("/v1/%73hape"), "/v1/shape");
+        assert_eq!(super::normalise_path("/"), "/");
     }
 }

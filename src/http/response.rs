@@ -11,7 +11,7 @@ use hyper::{Response, StatusCode};
 pub type Body = Full<Bytes>;
 
 /// Headers a browser client may read across origins.
-const EXPOSED_HEADERS: &str = "electric-cursor,electric-handle,electric-offset,electric-schema,electric-up-to-date,electric-has-data,electric-internal-known-error,retry-after";
+const EXPOSED_HEADERS: &str = "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,electric-up-to-date,electric-internal-known-error,retry-after";
 
 pub fn json(
     status: StatusCode,
@@ -45,4 +45,34 @@ pub fn not_found() -> Response<Body> {
         r#"{"message":"Not found"}"#,
         "no-store",
     )
+}
+
+/// CORS preflight for `/v1/shape`, as Electric answers it: 204, a day of
+/// max-age, and only `if-none-match`/`traceparent` echoed as allowed headers.
+pub fn preflight<B>(request: &hyper::Request<B>) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, HEAD, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        hyper::header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    for value in request
+        .headers()
+        .get_all(hyper::header::ACCESS_CONTROL_REQUEST_HEADERS)
+    {
+        let allowed = value
+            .to_str()
+            .map(|v| v.trim().to_ascii_lowercase())
+            .is_ok_and(|v| v == "if-none-match" || v == "traceparent");
+        if allowed {
+            headers.append(hyper::header::ACCESS_CONTROL_ALLOW_HEADERS, value.clone());
+        }
+    }
+    with_cors(response)
 }

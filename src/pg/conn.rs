@@ -33,6 +33,14 @@ use super::error::{DbError, PgError};
 const READ_CHUNK: usize = 64 * 1024;
 /// Postgres itself caps a message at 1 GiB; anything larger is garbage.
 const MAX_MESSAGE: usize = 1 << 30;
+/// Output formats of values, sent at start-up on every connection.
+pub const DISPLAY_SETTINGS: &[(&str, &str)] = &[
+    ("bytea_output", "hex"),
+    ("DateStyle", "ISO, DMY"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "1"),
+    ("IntervalStyle", "iso_8601"),
+];
 /// How long `close` waits to hand Terminate to the socket.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -626,6 +634,10 @@ impl Connection {
             // Row values become &str: have the server send UTF-8.
             ("client_encoding", "UTF8"),
         ];
+        // Values go to clients as Postgres prints them; these settings make
+        // snapshot rows and the replication stream print them alike, as
+        // Electric's clients expect.
+        params.extend_from_slice(DISPLAY_SETTINGS);
         if !cfg.application_name.is_empty() {
             params.push(("application_name", cfg.application_name.as_str()));
         }

@@ -180,7 +180,7 @@ impl ShapeLog {
         }
     }
 
-    fn sealed_snapshot_chunks(&self) -> u64 {
+    pub fn sealed_snapshot_chunks(&self) -> u64 {
         self.snapshot.iter().filter(|c| c.sealed.is_some()).count() as u64
     }
 

@@ -1,9 +1,11 @@
 //! The shape domain: what a shape is (definition, handle, offsets), how its
 //! rows and changes are encoded on the wire, and its log.
 
+pub mod convert;
 pub mod definition;
 pub mod encode;
 pub mod json;
 pub mod log;
 pub mod offset;
+pub mod registry;
 pub mod schema;

@@ -1,0 +1,554 @@
+//! A shard's shapes: lookup by handle and by definition, a per-relation
+//! index that finds the shapes a change may concern without asking every
+//! one, and the application of transactions to their logs.
+//!
+//! Owned by one shard and touched only on its executor (shapes are `Rc`);
+//! nothing here crosses shards.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::change::{Change, Relation, RelationId, Transaction};
+use crate::lsn::Lsn;
+use crate::notify::{Listener, Notify};
+use crate::routes::RouteTable;
+
+use super::convert::{self, Converter};
+use super::definition::{ShapeDefinition, ShapeHandle};
+use super::encode::{self, Layout, OpenEntry, PgSnapshot, TxContext};
+use super::log::{LogRead, ShapeLog};
+use super::offset::LogOffset;
+use super::schema::TableSchema;
+
+/// A shard-local shape number; never reused within a run.
+pub type ShapeId = u64;
+
+/// A shape's row predicate (its where clause), evaluated on text values.
+pub trait RowFilter {
+    /// `value(i)`: table column `i` as Postgres text, None for NULL.
+    fn matches<'v>(&self, value: &dyn Fn(usize) -> Option<&'v str>) -> bool;
+    /// `(column, values)` when a row can only match if that column's text is
+    /// one of `values`: lets the registry index the shape.
+    fn index_key(&self) -> Option<(usize, Vec<String>)>;
+}
+
+/// What a shape is, fixed at creation.
+pub struct ShapeSpec {
+    pub handle: ShapeHandle,
+    pub definition: ShapeDefinition,
+    /// `definition.canonical()`, kept for the by-definition map.
+    pub canonical: String,
+    pub schema: TableSchema,
+    /// Table column indices sent to clients, in output order.
+    pub selected: Vec<usize>,
+    /// Table column indices of the row key.
+    pub key: Vec<usize>,
+    pub filter: Option<Box<dyn RowFilter>>,
+    /// The `electric-schema` header value.
+    pub schema_header: String,
+}
+
+/// Whether a shape takes a transaction yet.
+enum Gate {
+    /// The snapshot's visibility is not known yet: hold transactions.
+    Pending(Vec<Arc<Transaction>>),
+    /// Drop transactions the snapshot already saw, until the first one
+    /// that started after it.
+    Filtering(PgSnapshot),
+    Open,
+}
+
+struct ShapeState {
+    log: ShapeLog,
+    gate: Gate,
+    gone: bool,
+    /// Commit LSN of the newest transaction applied: replays are skipped.
+    last_lsn: Lsn,
+    /// The relation description last checked against `spec.schema`.
+    relation: Option<Arc<Relation>>,
+}
+
+pub struct Shape {
+    pub id: ShapeId,
+    pub spec: ShapeSpec,
+    column_names: Vec<String>,
+    state: RefCell<ShapeState>,
+    changed: Rc<Notify>,
+}
+
+impl Shape {
+    pub fn handle(&self) -> &str {
+        self.spec.handle.as_str()
+    }
+
+    pub fn relation_id(&self) -> RelationId {
+        self.spec.schema.relation_id
+    }
+
+    pub fn layout(&self) -> Layout<'_> {
+        Layout {
+            table: &self.spec.definition.table,
+            column_names: &self.column_names,
+            selected: &self.spec.selected,
+            key: &self.spec.key,
+            has_primary_key: self.spec.schema.has_primary_key(),
+        }
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.state.borrow().gone
+    }
+
+    pub fn read(&self, after: LogOffset) -> LogRead {
+        self.state.borrow().log.read(after)
+    }
+
+    pub fn last_offset(&self) -> LogOffset {
+        self.state.borrow().log.last_offset()
+    }
+
+    pub fn snapshot_done(&self) -> bool {
+        self.state.borrow().log.snapshot_done()
+    }
+
+    /// Completes at the next change to this shape's log or its removal.
+    /// Take it before reading, so a change in between is not missed.
+    pub fn listen(&self) -> Listener {
+        self.changed.listen()
+    }
+
+    /// Appends a snapshot row (table-width values). Wakes readers when a
+    /// chunk fills, so the first chunk is served while the rest is read.
+    pub fn push_snapshot_row(&self, row: &[Option<&str>], scratch: &mut Vec<u8>) {
+        scratch.clear();
+        encode::snapshot_row(scratch, &self.layout(), row);
+        let sealed = {
+            let mut state = self.state.borrow_mut();
+            let before = state.log.sealed_snapshot_chunks();
+            state.log.push_snapshot_item(scratch);
+            state.log.sealed_snapshot_chunks() != before
+        };
+        if sealed {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Ends the snapshot with `snapshot-end`.
+    pub fn finish_snapshot(&self, snapshot: &PgSnapshot) {
+        self.state
+            .borrow_mut()
+            .log
+            .finish_snapshot(snapshot.end_message().as_bytes());
+        self.changed.notify_all();
+    }
+
+    pub fn log_bytes(&self) -> usize {
+        self.state.borrow().log.bytes()
+    }
+
+    /// Applies `tx` (changes at `indices`, or all of it) to this shape.
+    /// Returns whether the log grew.
+    fn apply(&self, tx: &Arc<Transaction>, indices: Option<&[usize]>) -> Applied {
+        let mut state = self.state.borrow_mut();
+        if state.gone || tx.commit_lsn <= state.last_lsn {
+            return Applied::Nothing;
+        }
+        match &mut state.gate {
+            Gate::Pending(held) => {
+                held.push(tx.clone());
+                return Applied::Nothing;
+            }
+            Gate::Filtering(snapshot) => {
+                if snapshot.contains(tx.xid) {
+                    return Applied::Nothing;
+                }
+                if snapshot.is_after(tx.xid) {
+                    state.gate = Gate::Open;
+                }
+            }
+            Gate::Open => {}
+        }
+        let all: Vec<usize>;
+        let indices = match indices {
+            Some(i) => i,
+            None => {
+                all = (0..tx.changes.len()).collect();
+                &all
+            }
+        };
+        // Schema and truncate checks before any entry is written: a shape
+        // whose table changed under it must refetch, not get odd rows.
+        for &i in indices {
+            match &tx.changes[i] {
+                Change::Truncate { relations, .. } => {
+                    if relations.iter().any(|r| r.id == self.relation_id()) {
+                        return Applied::Invalidated("truncated");
+                    }
+                }
+                Change::Insert { relation, .. }
+                | Change::Update { relation, .. }
+                | Change::Delete { relation, .. } => {
+                    if relation.id != self.relation_id() {
+                        continue;
+                    }
+                    let known = state
+                        .relation
+                        .as_ref()
+                        .is_some_and(|r| Arc::ptr_eq(r, relation));
+                    if !known {
+                        if !schema_matches(&self.spec.schema, relation) {
+                            return Applied::Invalidated("its table's columns changed");
+                        }
+                        state.relation = Some(relation.clone());
+                    }
+                }
+            }
+        }
+        let filter = self.spec.filter.as_deref().map(|f| {
+            move |row: &[Option<&str>]| f.matches(&|i| row.get(i).copied().flatten())
+        });
+        let converter = Converter {
+            layout: self.layout(),
+            replica: self.spec.definition.replica,
+            filter: filter.as_ref().map(|f| f as &dyn Fn(&[Option<&str>]) -> bool),
+        };
+        let context = TxContext {
+            xid: tx.xid,
+            commit_lsn: tx.commit_lsn.0,
+        };
+        let mut entries: Vec<OpenEntry> = Vec::new();
+        for &i in indices {
+            let change = &tx.changes[i];
+            let ours = change.relation_ids().any(|r| r == self.relation_id());
+            if ours {
+                converter.convert(context, i, change, &mut entries);
+            }
+        }
+        state.last_lsn = tx.commit_lsn;
+        if entries.is_empty() {
+            return Applied::Nothing;
+        }
+        let count = entries.len();
+        for (n, entry) in entries.into_iter().enumerate() {
+            let (offset, bytes) = entry.finish(n + 1 == count);
+            state.log.push_entry(offset, &bytes);
+        }
+        Applied::Grew
+    }
+}
+
+enum Applied {
+    Nothing,
+    Grew,
+    Invalidated(&'static str),
+}
+
+/// Same column names and types, in the same order, as at creation.
+fn schema_matches(schema: &TableSchema, relation: &Relation) -> bool {
+    schema.columns.len() == relation.columns.len()
+        && schema
+            .columns
+            .iter()
+            .zip(&relation.columns)
+            .all(|(a, b)| a.name == b.name && a.type_oid == b.type_oid)
+}
+
+/// The shapes on one relation, indexed by their where clause's
+/// equality/IN column when they have one.
+#[derive(Default)]
+struct RelationShapes {
+    unindexed: Vec<ShapeId>,
+    /// column → value text → shapes requiring that value.
+    indexed: HashMap<usize, HashMap<String, Vec<ShapeId>>>,
+    count: usize,
+}
+
+impl RelationShapes {
+    fn add(&mut self, id: ShapeId, key: Option<(usize, Vec<String>)>) {
+        self.count += 1;
+        match key {
+            Some((column, values)) => {
+                let by_value = self.indexed.entry(column).or_default();
+                for value in values {
+                    by_value.entry(value).or_default().push(id);
+                }
+            }
+            None => self.unindexed.push(id),
+        }
+    }
+
+    fn remove(&mut self, id: ShapeId) {
+        self.count -= 1;
+        self.unindexed.retain(|&s| s != id);
+        for by_value in self.indexed.values_mut() {
+            by_value.retain(|_, ids| {
+                ids.retain(|&s| s != id);
+                !ids.is_empty()
+            });
+        }
+        self.indexed.retain(|_, by_value| !by_value.is_empty());
+    }
+
+    /// Shapes a row may belong to.
+    fn candidates(&self, row: &[Option<&str>], out: &mut Vec<ShapeId>) {
+        out.extend_from_slice(&self.unindexed);
+        for (&column, by_value) in &self.indexed {
+            if let Some(Some(value)) = row.get(column) {
+                if let Some(ids) = by_value.get(*value) {
+                    out.extend_from_slice(ids);
+                }
+            }
+        }
+    }
+}
+
+pub struct Registry {
+    shard: usize,
+    routes: Arc<RouteTable>,
+    chunk_bytes_max: usize,
+    next_id: ShapeId,
+    shapes: HashMap<ShapeId, Rc<Shape>>,
+    by_handle: HashMap<String, ShapeId>,
+    by_definition: HashMap<String, ShapeId>,
+    by_relation: HashMap<RelationId, RelationShapes>,
+    /// The newest WAL position this shard has processed.
+    last_seen: Lsn,
+}
+
+impl Registry {
+    pub fn new(shard: usize, routes: Arc<RouteTable>, chunk_bytes_max: usize) -> Registry {
+        Registry {
+            shard,
+            routes,
+            chunk_bytes_max,
+            next_id: 1,
+            shapes: HashMap::new(),
+            by_handle: HashMap::new(),
+            by_definition: HashMap::new(),
+            by_relation: HashMap::new(),
+            last_seen: Lsn::ZERO,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shapes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shapes.is_empty()
+    }
+
+    pub fn by_handle(&self, handle: &str) -> Option<Rc<Shape>> {
+        self.by_handle
+            .get(handle)
+            .and_then(|id| self.shapes.get(id))
+            .cloned()
+    }
+
+    pub fn by_definition(&self, canonical: &str) -> Option<Rc<Shape>> {
+        self.by_definition
+            .get(canonical)
+            .and_then(|id| self.shapes.get(id))
+            .cloned()
+    }
+
+    /// The newest WAL position processed (`global_last_seen_lsn`).
+    pub fn last_seen(&self) -> Lsn {
+        self.last_seen
+    }
+
+    /// Registers a shape whose snapshot is about to be taken: from now on
+    /// the ingest routes its table here and its transactions are held until
+    /// `snapshot_taken`.
+    pub fn insert(&mut self, spec: ShapeSpec) -> Rc<Shape> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let relation = spec.schema.relation_id;
+        let index_key = spec.filter.as_ref().and_then(|f| f.index_key());
+        let column_names = spec.schema.columns.iter().map(|c| c.name.clone()).collect();
+        let shape = Rc::new(Shape {
+            id,
+            column_names,
+            state: RefCell::new(ShapeState {
+                log: ShapeLog::new(self.chunk_bytes_max),
+                gate: Gate::Pending(Vec::new()),
+                gone: false,
+                last_lsn: Lsn::ZERO,
+                relation: None,
+            }),
+            changed: Notify::new(),
+            spec,
+        });
+        let replaced = self
+            .by_definition
+            .insert(shape.spec.canonical.clone(), id);
+        assert!(replaced.is_none(), "two live shapes for one definition");
+        self.by_handle.insert(shape.handle().to_string(), id);
+        self.by_relation
+            .entry(relation)
+            .or_default()
+            .add(id, index_key);
+        self.shapes.insert(id, shape.clone());
+        self.routes.subscribe(relation, self.shard);
+        shape
+    }
+
+    /// Removes a shape: its readers wake up to find it gone (409).
+    pub fn remove(&mut self, id: ShapeId, why: &str) {
+        let Some(shape) = self.shapes.remove(&id) else {
+            return;
+        };
+        tracing::info!(shard = self.shard, handle = shape.handle(), "shape removed: {why}");
+        self.by_handle.remove(shape.handle());
+        if self.by_definition.get(&shape.spec.canonical) == Some(&id) {
+            self.by_definition.remove(&shape.spec.canonical);
+        }
+        let relation = shape.relation_id();
+        if let Some(shapes) = self.by_relation.get_mut(&relation) {
+            shapes.remove(id);
+            if shapes.count == 0 {
+                self.by_relation.remove(&relation);
+            }
+        }
+        self.routes.unsubscribe(relation, self.shard);
+        {
+            let mut state = shape.state.borrow_mut();
+            state.gone = true;
+            state.gate = Gate::Open;
+        }
+        shape.changed.notify_all();
+    }
+
+    /// The snapshot's visibility is known: replay what was held, dropping
+    /// what the snapshot already contains.
+    pub fn snapshot_taken(&mut self, id: ShapeId, snapshot: PgSnapshot) {
+        let Some(shape) = self.shapes.get(&id).cloned() else {
+            return;
+        };
+        let held = {
+            let mut state = shape.state.borrow_mut();
+            match std::mem::replace(&mut state.gate, Gate::Filtering(snapshot)) {
+                Gate::Pending(held) => held,
+                other => {
+                    state.gate = other;
+                    return;
+                }
+            }
+        };
+        for tx in held {
+            self.apply_one(&shape, &tx, None);
+        }
+    }
+
+    fn apply_one(&mut self, shape: &Rc<Shape>, tx: &Arc<Transaction>, indices: Option<&[usize]>) {
+        match shape.apply(tx, indices) {
+            Applied::Nothing => {}
+            Applied::Grew => shape.changed.notify_all(),
+            Applied::Invalidated(why) => self.remove(shape.id, why),
+        }
+    }
+
+    /// Applies a committed transaction to every shape it concerns.
+    pub fn apply_transaction(&mut self, tx: &Arc<Transaction>) {
+        self.last_seen = self.last_seen.max(tx.end_lsn).max(tx.commit_lsn);
+        // Per shape, the indices of the changes that may concern it.
+        let mut per_shape: HashMap<ShapeId, Vec<usize>> = HashMap::new();
+        let mut candidates = Vec::new();
+        for (i, change) in tx.changes.iter().enumerate() {
+            candidates.clear();
+            match change {
+                Change::Truncate { relations, .. } => {
+                    for relation in relations {
+                        if self.by_relation.contains_key(&relation.id) {
+                            candidates.extend(self.shapes_on(relation.id));
+                        }
+                    }
+                }
+                Change::Insert { relation, new } => {
+                    if let Some(shapes) = self.by_relation.get(&relation.id) {
+                        shapes.candidates(&convert::values(new, None), &mut candidates);
+                    }
+                }
+                Change::Delete { relation, old } => {
+                    if let Some(shapes) = self.by_relation.get(&relation.id) {
+                        shapes.candidates(&convert::values(&old.1, None), &mut candidates);
+                    }
+                }
+                Change::Update { relation, old, new } => {
+                    if let Some(shapes) = self.by_relation.get(&relation.id) {
+                        let old_tuple = old.as_ref().map(|(_, t)| t);
+                        shapes.candidates(&convert::values(new, old_tuple), &mut candidates);
+                        if let Some(old) = old_tuple {
+                            shapes.candidates(&convert::values(old, None), &mut candidates);
+                        }
+                    }
+                }
+            }
+            candidates.sort_unstable();
+            candidates.dedup();
+            for &id in &candidates {
+                per_shape.entry(id).or_default().push(i);
+            }
+        }
+        // Schema changes are detected per shape on the relation, even for
+        // shapes whose index excluded every row of this transaction.
+        let mut ids: Vec<ShapeId> = per_shape.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(shape) = self.shapes.get(&id).cloned() {
+                let indices = &per_shape[&id];
+                self.apply_one(&shape, tx, Some(indices));
+            }
+        }
+        // Shapes still waiting for their snapshot hold every transaction on
+        // their table, whatever the index said.
+        let pending: Vec<Rc<Shape>> = self
+            .shapes
+            .values()
+            .filter(|s| {
+                !per_shape.contains_key(&s.id)
+                    && matches!(s.state.borrow().gate, Gate::Pending(_))
+                    && tx.touches(s.relation_id())
+            })
+            .cloned()
+            .collect();
+        for shape in pending {
+            self.apply_one(&shape, tx, None);
+        }
+    }
+
+    /// A relation's new description: shapes on it whose columns no longer
+    /// match are invalidated now rather than at their next change.
+    pub fn apply_relation(&mut self, relation: &Arc<Relation>) {
+        let stale: Vec<ShapeId> = self
+            .shapes_on(relation.id)
+            .filter(|id| {
+                self.shapes
+                    .get(id)
+                    .is_some_and(|s| !schema_matches(&s.spec.schema, relation))
+            })
+            .collect();
+        for id in stale {
+            self.remove(id, "its table's columns changed");
+        }
+    }
+
+    /// WAL progress with no transaction for this shard.
+    pub fn advance(&mut self, lsn: Lsn) {
+        self.last_seen = self.last_seen.max(lsn);
+    }
+
+    fn shapes_on(&self, relation: RelationId) -> impl Iterator<Item = ShapeId> + '_ {
+        self.shapes
+            .values()
+            .filter(move |s| s.relation_id() == relation)
+            .map(|s| s.id)
+    }
+
+    /// Every shape (for DELETE by definition, metrics, shutdown).
+    pub fn shapes(&self) -> impl Iterator<Item = &Rc<Shape>> {
+        self.shapes.values()
+    }
+}

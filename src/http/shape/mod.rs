@@ -1,0 +1,52 @@
+//! `/v1/shape`: authentication, validation, routing to the owner shard.
+
+pub mod forward;
+pub mod reply;
+pub mod request;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use super::response::Body;
+use super::HttpContext;
+use reply::ShapeReply;
+use request::{Query, RequestKind};
+
+pub async fn handle(request: Request<Incoming>, context: &HttpContext) -> Response<Body> {
+    let kind = match *request.method() {
+        Method::GET | Method::HEAD => RequestKind::Get,
+        Method::DELETE => RequestKind::Delete,
+        Method::OPTIONS => return super::response::preflight(&request),
+        _ => return ShapeReply::message(405, "Method not allowed").into_response(),
+    };
+    let query = Query::parse(request.uri().query());
+    if let Some(secret) = &context.secret {
+        let given = query.get("secret").or_else(|| query.get("api_secret"));
+        if given != Some(secret.as_str()) {
+            return ShapeReply::message(401, "Unauthorized - Invalid API secret").into_response();
+        }
+    }
+    let if_none_match = request
+        .headers()
+        .get(hyper::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    let parsed = match request::parse(kind, &query, if_none_match) {
+        Ok(parsed) => parsed,
+        Err(reply) => return reply.into_response(),
+    };
+    let Some(router) = &context.shapes else {
+        return ShapeReply::unavailable("Shapes are not being served yet", 5).into_response();
+    };
+    let owner = shards::owner::shard_of(parsed.owner_key(), router.shards());
+    let mut reply = router.dispatch(owner, parsed).await;
+    if kind == RequestKind::Delete && reply.status < 400 {
+        reply.headers.retain(|(n, _)| *n != "cache-control");
+        reply = reply.header("cache-control", "no-cache");
+    }
+    let head = request.method() == Method::HEAD;
+    let mut response = reply.into_response();
+    if head {
+        *response.body_mut() = Body::default();
+    }
+    response
+}

@@ -1,0 +1,319 @@
+//! Creating a shape on its owner shard: catalog, column and where-clause
+//! validation, publication, registration, then the snapshot, streamed into
+//! the shape's log as Postgres returns it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use shards::notify::Notify;
+use shards::runtime;
+use shards::shape::definition::{LogMode, ShapeDefinition, ShapeHandle};
+use shards::shape::encode::PgSnapshot;
+use shards::shape::registry::{Shape, ShapeSpec};
+use shards::shape::schema::TableSchema;
+
+use super::catalog::{self, TableInfo};
+use super::filter;
+use super::pool::Pooled;
+use super::service::ShapeService;
+use crate::http::shape::reply::ShapeReply;
+use crate::ingest::publication;
+use crate::pg::error::PgError;
+use crate::pg::sql::quote_ident;
+
+/// Creates the shape and starts its snapshot; returns once the snapshot
+/// query is running (so a query Postgres rejects is this request's 400),
+/// while the rows keep streaming in a task of their own.
+pub async fn create(
+    service: &Rc<ShapeService>,
+    definition: ShapeDefinition,
+) -> Result<Rc<Shape>, ShapeReply> {
+    let mut conn = service.pool.get().await.map_err(|e| unreachable_db(&e))?;
+    let info = catalog::load_table(&mut conn, &definition.table)
+        .await
+        .map_err(|e| db_error(&e))?
+        .ok_or_else(|| {
+            ShapeReply::invalid(&[(
+                "table",
+                format!(
+                    "Table {} does not exist. If the table name contains capitals or special characters you must quote it.",
+                    definition.table
+                ),
+            )])
+        })?;
+    let selected = select_columns(&info.schema, definition.columns.as_deref())?;
+    let filter = match &definition.where_sql {
+        Some(sql) => Some(filter::compile(sql, &info, &definition.params)?),
+        None => None,
+    };
+    publication::add_table(
+        &mut conn,
+        &service.config.publication,
+        &definition.table.schema,
+        &definition.table.name,
+    )
+    .await
+    .map_err(|e| db_error(&e))?;
+
+    let TableInfo { schema, .. } = info;
+    let key = schema.key_columns();
+    let schema_header = schema.header_json(&selected);
+    let snapshot_sql = snapshot_query(&schema, &selected, &key, filter.as_ref());
+    let handle = ShapeHandle::new(definition.hash(), service.next_handle_micros());
+    let spec = ShapeSpec {
+        handle,
+        canonical: definition.canonical(),
+        definition,
+        schema,
+        selected,
+        key,
+        filter: filter.clone().map(|f| Box::new(f) as Box<_>),
+        schema_header,
+    };
+    // Registered (and so routed) before the snapshot starts: every
+    // transaction the snapshot does not see reaches the shape.
+    let shape = service.registry.borrow_mut().insert(spec);
+    let started = Rc::new(Started::default());
+    {
+        let service = service.clone();
+        let shape = shape.clone();
+        let started = started.clone();
+        // The task owns the connection for the whole snapshot, so rows
+        // stream straight from the socket into the log.
+        runtime::spawn_detached(async move {
+            let result = snapshot(&service, &shape, &mut conn, &snapshot_sql, &started).await;
+            if let Err(e) = result {
+                conn.set_reusable(false);
+                service
+                    .registry
+                    .borrow_mut()
+                    .remove(shape.id, "its snapshot failed");
+                if started.outcome.borrow().is_none() {
+                    started.finish(Err(snapshot_error(&e, &snapshot_sql)));
+                } else {
+                    tracing::warn!(
+                        shard = service.shard,
+                        handle = shape.handle(),
+                        "snapshot failed: {e}"
+                    );
+                }
+            }
+        });
+    }
+    loop {
+        let done = started.done.listen();
+        if let Some(outcome) = started.outcome.borrow().as_ref() {
+            return outcome.clone().map(|()| shape);
+        }
+        done.await;
+    }
+}
+
+/// Set once the snapshot query is running (or could not start).
+#[derive(Default)]
+struct Started {
+    outcome: RefCell<Option<Result<(), ShapeReply>>>,
+    done: Rc<Notify>,
+}
+
+impl Started {
+    fn finish(&self, outcome: Result<(), ShapeReply>) {
+        *self.outcome.borrow_mut() = Some(outcome);
+        self.done.notify_all();
+    }
+}
+
+/// The snapshot query: key and selected columns (as text, in table order)
+/// and the where clause with its parameters bound.
+pub struct SnapshotSql {
+    pub sql: String,
+    pub params: Vec<String>,
+    /// Table column index of each selected output column.
+    pub columns: Vec<usize>,
+    pub width: usize,
+    /// Where the where clause starts in `sql`, for error positions.
+    pub where_at: Option<usize>,
+}
+
+fn snapshot_query(
+    schema: &TableSchema,
+    selected: &[usize],
+    key: &[usize],
+    filter: Option<&filter::Filter>,
+) -> SnapshotSql {
+    let mut columns: Vec<usize> = selected.iter().chain(key).copied().collect();
+    columns.sort_unstable();
+    columns.dedup();
+    let list: Vec<String> = columns
+        .iter()
+        .map(|&i| quote_ident(&schema.columns[i].name))
+        .collect();
+    let mut sql = format!(
+        "SELECT {} FROM {}.{}",
+        list.join(", "),
+        quote_ident(&schema.table.schema),
+        quote_ident(&schema.table.name)
+    );
+    let mut params = Vec::new();
+    let mut where_at = None;
+    if let Some(filter) = filter {
+        let (where_sql, values) = filter.to_sql();
+        sql.push_str(" WHERE ");
+        where_at = Some(sql.len());
+        sql.push_str(&where_sql);
+        params = values;
+    }
+    SnapshotSql {
+        sql,
+        params,
+        columns,
+        width: schema.columns.len(),
+        where_at,
+    }
+}
+
+/// Opens the snapshot transaction, records its visibility, runs the query
+/// and writes its rows into the shape's log as they arrive, then
+/// `snapshot-end`. `started` is told once the query runs: planning errors
+/// (a where clause Postgres rejects) reach the creating request.
+async fn snapshot(
+    service: &Rc<ShapeService>,
+    shape: &Rc<Shape>,
+    conn: &mut Pooled,
+    sql: &SnapshotSql,
+    started: &Started,
+) -> Result<(), PgError> {
+    conn.set_reusable(false);
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let rows = conn
+        .query_rows("SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text")
+        .await?;
+    let snapshot = rows
+        .first()
+        .and_then(|r| r.get(0))
+        .and_then(PgSnapshot::parse)
+        .ok_or_else(|| PgError::Protocol("pg_current_snapshot() returned no snapshot".into()))?;
+    service
+        .registry
+        .borrow_mut()
+        .snapshot_taken(shape.id, snapshot.clone());
+    if shape.spec.definition.log_mode == LogMode::ChangesOnly {
+        started.finish(Ok(()));
+    } else {
+        let params: Vec<Option<&str>> = sql.params.iter().map(|p| Some(p.as_str())).collect();
+        let mut rows = conn.query_stream(&sql.sql, &params).await?;
+        started.finish(Ok(()));
+        let mut scratch = Vec::with_capacity(256);
+        while let Some(row) = rows.next().await? {
+            if shape.is_gone() {
+                break;
+            }
+            let mut values: Vec<Option<&str>> = vec![None; sql.width];
+            for (n, &column) in sql.columns.iter().enumerate() {
+                values[column] = row.get(n);
+            }
+            shape.push_snapshot_row(&values, &mut scratch);
+            runtime::yield_if_needed().await;
+        }
+    }
+    conn.execute("COMMIT").await?;
+    conn.set_reusable(true);
+    if !shape.is_gone() {
+        shape.finish_snapshot(&snapshot);
+    }
+    Ok(())
+}
+
+/// Table column indices the shape sends, in table order: all, or the
+/// requested ones (which must exist and include the primary key).
+fn select_columns(schema: &TableSchema, columns: Option<&[String]>) -> Result<Vec<usize>, ShapeReply> {
+    let Some(columns) = columns else {
+        return Ok((0..schema.columns.len()).collect());
+    };
+    let missing_pk: Vec<&str> = {
+        let mut pk: Vec<(usize, &str)> = schema
+            .columns
+            .iter()
+            .filter_map(|c| c.pk_index.map(|k| (k, c.name.as_str())))
+            .filter(|(_, name)| !columns.iter().any(|c| c == name))
+            .collect();
+        pk.sort();
+        pk.into_iter().map(|(_, n)| n).collect()
+    };
+    if !missing_pk.is_empty() {
+        return Err(ShapeReply::invalid(&[(
+            "columns",
+            format!(
+                "The list of columns must include all primary key columns, missing: {}",
+                missing_pk.join(", ")
+            ),
+        )]));
+    }
+    let unknown: Vec<&str> = columns
+        .iter()
+        .filter(|c| schema.column_index(c).is_none())
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ShapeReply::invalid(&[(
+            "columns",
+            format!(
+                "The following columns are not found on the table: {}",
+                unknown.join(", ")
+            ),
+        )]));
+    }
+    let mut selected: Vec<usize> = columns
+        .iter()
+        .filter_map(|c| schema.column_index(c))
+        .collect();
+    selected.sort_unstable();
+    selected.dedup();
+    Ok(selected)
+}
+
+fn unreachable_db(e: &PgError) -> ShapeReply {
+    tracing::warn!("cannot reach Postgres for a shape: {e}");
+    ShapeReply::error(
+        503,
+        r#"{"code":"database_unreachable","error":"Database is unreachable"}"#,
+    )
+    .header("retry-after", "10")
+}
+
+fn db_error(e: &PgError) -> ShapeReply {
+    match e {
+        PgError::Db(db) => ShapeReply::message(400, &db.message),
+        other => unreachable_db(other),
+    }
+}
+
+/// A snapshot Postgres refused: its message, located in the where clause
+/// when that is where the problem is.
+fn snapshot_error(e: &PgError, sql: &SnapshotSql) -> ShapeReply {
+    let PgError::Db(db) = e else {
+        return unreachable_db(e);
+    };
+    let message = match (db.position, sql.where_at) {
+        (Some(position), Some(start)) if position as usize > start => {
+            format!("At location {}: {}", position as usize - start - 1, db.message)
+        }
+        _ => db.message.clone(),
+    };
+    ShapeReply::invalid(&[("where", message)])
+}
+
+impl ShapeService {
+    /// Microseconds now, strictly above the last handle's: handles are
+    /// never reused, even for the same definition within a microsecond.
+    pub(super) fn next_handle_micros(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let next = now.max(self.last_handle_micros.get() + 1);
+        self.last_handle_micros.set(next);
+        next
+    }
+}

@@ -1,0 +1,8 @@
+//! Shapes on the edge that knows Postgres: catalog reads, snapshots, the
+//! per-shard connection pool, and the owner-side request handling.
+
+pub mod catalog;
+pub mod create;
+pub mod filter;
+pub mod pool;
+pub mod service;

@@ -1,0 +1,365 @@
+//! The owner shard's side of `/v1/shape`: find or create the shape, then
+//! answer from its log with Electric's offsets, headers and long-poll.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use shards::notify::Notify;
+use shards::runtime;
+use shards::shape::definition::ShapeDefinition;
+use shards::shape::encode;
+use shards::shape::log::LogRead;
+use shards::shape::offset::LogOffset;
+use shards::shape::registry::{Registry, Shape};
+
+use super::create;
+use super::pool::Pool;
+use crate::http::shape::reply::ShapeReply;
+use crate::http::shape::request::{RequestKind, ShapeRequest, StartOffset};
+
+/// Settings of the shape API (Electric's names in README).
+#[derive(Clone, Debug)]
+pub struct ShapeConfig {
+    pub long_poll: Duration,
+    pub chunk_bytes: usize,
+    pub cache_max_age: u32,
+    pub cache_stale_age: u32,
+    pub allow_delete: bool,
+    pub publication: String,
+    /// Postgres connections per shard for catalog reads and snapshots.
+    pub pool_size: usize,
+}
+
+impl ShapeConfig {
+    pub fn new(publication: String) -> ShapeConfig {
+        ShapeConfig {
+            long_poll: Duration::from_secs(20),
+            chunk_bytes: 10 * 1024 * 1024,
+            cache_max_age: 60,
+            cache_stale_age: 300,
+            allow_delete: false,
+            publication,
+            pool_size: 4,
+        }
+    }
+}
+
+/// A creation in progress: everyone asking for the definition meanwhile
+/// waits for this one result.
+struct Creation {
+    result: RefCell<Option<Result<Rc<Shape>, ShapeReply>>>,
+    done: Rc<Notify>,
+}
+
+pub struct ShapeService {
+    pub(super) shard: usize,
+    pub(super) registry: Rc<RefCell<Registry>>,
+    pub(super) pool: Rc<Pool>,
+    pub(super) config: ShapeConfig,
+    creating: RefCell<HashMap<String, Rc<Creation>>>,
+    /// Last handle timestamp, so handles from this shard never repeat.
+    pub(super) last_handle_micros: Cell<u64>,
+    /// Suffix of etags for responses that must not revalidate.
+    etag_counter: Cell<u64>,
+}
+
+impl ShapeService {
+    pub fn new(
+        shard: usize,
+        registry: Rc<RefCell<Registry>>,
+        pool: Rc<Pool>,
+        config: ShapeConfig,
+    ) -> Rc<ShapeService> {
+        Rc::new(ShapeService {
+            shard,
+            registry,
+            pool,
+            config,
+            creating: RefCell::new(HashMap::new()),
+            last_handle_micros: Cell::new(0),
+            etag_counter: Cell::new(0),
+        })
+    }
+
+    pub async fn serve(self: &Rc<Self>, request: ShapeRequest) -> ShapeReply {
+        match request.kind {
+            RequestKind::Get => self.get(request).await,
+            RequestKind::Delete => self.delete(request),
+        }
+    }
+
+    async fn get(self: &Rc<Self>, request: ShapeRequest) -> ShapeReply {
+        let Some(definition) = &request.definition else {
+            return ShapeReply::invalid(&[("table", "can't be blank".into())]);
+        };
+        let shape = match self.get_or_create(definition).await {
+            Ok(shape) => shape,
+            Err(reply) => return reply,
+        };
+        if let Some(handle) = &request.handle {
+            if handle != shape.handle() {
+                return ShapeReply::must_refetch(Some(shape.handle()));
+            }
+        }
+        self.read(&request, &shape).await
+    }
+
+    /// The live shape for `definition`, created (once, however many ask at
+    /// the same time) when there is none.
+    pub async fn get_or_create(
+        self: &Rc<Self>,
+        definition: &ShapeDefinition,
+    ) -> Result<Rc<Shape>, ShapeReply> {
+        let canonical = definition.canonical();
+        if let Some(shape) = self.registry.borrow().by_definition(&canonical) {
+            return Ok(shape);
+        }
+        let existing = self.creating.borrow().get(&canonical).cloned();
+        let creation = match existing {
+            Some(creation) => creation,
+            None => {
+                let creation = Rc::new(Creation {
+                    result: RefCell::new(None),
+                    done: Notify::new(),
+                });
+                self.creating
+                    .borrow_mut()
+                    .insert(canonical.clone(), creation.clone());
+                // A task of its own: the creation must finish even if the
+                // request that started it goes away.
+                let service = self.clone();
+                let definition = definition.clone();
+                let task_creation = creation.clone();
+                runtime::spawn_detached(async move {
+                    let result = create::create(&service, definition).await;
+                    service.creating.borrow_mut().remove(&canonical);
+                    *task_creation.result.borrow_mut() = Some(result);
+                    task_creation.done.notify_all();
+                });
+                creation
+            }
+        };
+        loop {
+            let done = creation.done.listen();
+            if let Some(result) = creation.result.borrow().as_ref() {
+                return result.clone();
+            }
+            done.await;
+        }
+    }
+
+    fn delete(&self, request: ShapeRequest) -> ShapeReply {
+        if !self.config.allow_delete {
+            return ShapeReply::message(405, "DELETE not allowed");
+        }
+        let shape = {
+            let registry = self.registry.borrow();
+            match &request.definition {
+                Some(definition) => registry.by_definition(&definition.canonical()),
+                None => request.handle.as_deref().and_then(|h| registry.by_handle(h)),
+            }
+        };
+        let Some(shape) = shape else {
+            return ShapeReply::message(404, "No existing shape found");
+        };
+        if let Some(handle) = &request.handle {
+            if handle != shape.handle() {
+                return ShapeReply::invalid(&[(
+                    "handle",
+                    "The specified shape definition and handle do not match. Please ensure the shape definition is correct or omit the shape handle from the request to obtain a new one".into(),
+                )]);
+            }
+        }
+        self.registry.borrow_mut().remove(shape.id, "deleted by request");
+        ShapeReply::new(202, Bytes::new()).header("cache-control", "no-cache")
+    }
+
+    /// Serves `(offset, chunk end]` of the shape's log, waiting where
+    /// Electric waits: for the snapshot's first chunk, for new changes on a
+    /// live request, and briefly for an offset from a log not yet rebuilt.
+    async fn read(&self, request: &ShapeRequest, shape: &Rc<Shape>) -> ShapeReply {
+        let offset = match request.offset {
+            StartOffset::Now => {
+                let last = shape.last_offset();
+                let global = self.global_lsn(last);
+                let body = format!("[{}]", encode::up_to_date(global));
+                return self.ok(request, shape, Bytes::from(body), last, Outcome::NoData, true);
+            }
+            StartOffset::At(offset) => offset,
+        };
+        let started = std::time::Instant::now();
+        let mut waited_out_of_bounds = false;
+        loop {
+            let changed = shape.listen();
+            if shape.is_gone() {
+                return ShapeReply::must_refetch(None);
+            }
+            let last = shape.last_offset();
+            match shape.read(offset) {
+                LogRead::Items { items, end } => {
+                    if items.is_empty() && request.live {
+                        let left = self.config.long_poll.saturating_sub(started.elapsed());
+                        if left.is_zero() || runtime::timeout(left, changed).await.is_none() {
+                            let global = self.registry.borrow().last_seen().0;
+                            let body = format!("[{}]", encode::up_to_date(global));
+                            return self.ok(request, shape, Bytes::from(body), offset, Outcome::TimedOut, true);
+                        }
+                        continue;
+                    }
+                    // Electric: up to date once the chunk reaches the log's
+                    // end, never for the first (long-cached) response.
+                    let up_to_date = end >= last.max(offset) && offset != LogOffset::BeforeAll;
+                    let mut body = BytesMut::with_capacity(items.len() + 96);
+                    body.put_u8(b'[');
+                    body.extend_from_slice(&items);
+                    if up_to_date {
+                        if !items.is_empty() {
+                            body.put_u8(b',');
+                        }
+                        let global = if request.live {
+                            end.tx()
+                        } else {
+                            self.global_lsn(end)
+                        };
+                        body.extend_from_slice(encode::up_to_date(global).as_bytes());
+                    }
+                    body.put_u8(b']');
+                    return self.ok(request, shape, body.freeze(), end, Outcome::Data, up_to_date);
+                }
+                LogRead::NotYet => {
+                    // The snapshot is still being read; its chunk is coming.
+                    changed.await;
+                }
+                LogRead::OutOfBounds => {
+                    if waited_out_of_bounds {
+                        return ShapeReply::invalid(&[(
+                            "offset",
+                            "out of bounds for this shape".into(),
+                        )]);
+                    }
+                    waited_out_of_bounds = true;
+                    runtime::timeout(self.config.long_poll / 2, changed).await;
+                }
+            }
+        }
+    }
+
+    fn global_lsn(&self, end: LogOffset) -> u64 {
+        self.registry.borrow().last_seen().0.max(end.tx())
+    }
+
+    fn ok(
+        &self,
+        request: &ShapeRequest,
+        shape: &Shape,
+        body: Bytes,
+        end: LogOffset,
+        outcome: Outcome,
+        up_to_date: bool,
+    ) -> ShapeReply {
+        let request_offset = match request.offset {
+            StartOffset::Now => "now".to_string(),
+            StartOffset::At(o) => o.to_string(),
+        };
+        let mut etag = format!("{}:{request_offset}:{end}", shape.handle());
+        if outcome == Outcome::TimedOut {
+            // Never revalidated by a CDN: each timeout is its own answer.
+            self.etag_counter.set(self.etag_counter.get() + 1);
+            etag.push_str(&format!(":{}", monotonic_micros() + self.etag_counter.get()));
+        }
+        let matched = request.if_none_match.as_deref().is_some_and(|header| {
+            header
+                .split(',')
+                .any(|tag| tag.trim().trim_start_matches("W/").trim_matches('"') == etag)
+        });
+        let mut reply = if matched {
+            ShapeReply::new(304, Bytes::new())
+        } else {
+            ShapeReply::new(200, body)
+        };
+        reply = reply
+            .header("electric-handle", shape.handle())
+            .header("electric-offset", end.to_string())
+            .header("etag", format!("\"{etag}\""))
+            .header(
+                "electric-has-data",
+                if outcome == Outcome::Data { "true" } else { "false" },
+            );
+        if up_to_date {
+            reply = reply.header("electric-up-to-date", "");
+        }
+        if request.live {
+            reply = reply
+                .header("electric-cursor", next_cursor(self.config.long_poll, request.cursor).to_string())
+                .header("cache-control", "public, max-age=5, stale-while-revalidate=5");
+        } else {
+            if !matched {
+                reply = reply.header("electric-schema", shape.spec.schema_header.clone());
+            }
+            let cache = if request.offset == StartOffset::At(LogOffset::BeforeAll) {
+                "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746".to_string()
+            } else {
+                format!(
+                    "public, max-age={}, stale-while-revalidate={}",
+                    self.config.cache_max_age, self.config.cache_stale_age
+                )
+            };
+            reply = reply.header("cache-control", cache);
+        }
+        reply
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Data,
+    NoData,
+    TimedOut,
+}
+
+/// 2024-10-09T00:00:00Z, the epoch of Electric's live cursors.
+const CURSOR_EPOCH_S: u64 = 1_728_432_000;
+
+/// The next long-poll interval boundary (seconds since the cursor epoch);
+/// strictly above the client's previous cursor so a CDN never serves a
+/// stale live response from an earlier interval.
+pub fn next_cursor(long_poll: Duration, previous: Option<u64>) -> u64 {
+    let interval = long_poll.as_secs();
+    if interval == 0 {
+        return 0;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(CURSOR_EPOCH_S);
+    let next = now.div_ceil(interval) * interval;
+    match previous {
+        Some(prev) if next <= prev => prev + 1 + (monotonic_micros() % 3600),
+        _ => next,
+    }
+}
+
+fn monotonic_micros() -> u64 {
+    thread_local! {
+        static START: std::time::Instant = std::time::Instant::now();
+    }
+    START.with(|s| s.elapsed().as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_move_forward() {
+        let t = Duration::from_secs(20);
+        let a = next_cursor(t, None);
+        assert_eq!(a % 20, 0);
+        let b = next_cursor(t, Some(a));
+        assert!(b > a && b <= a + 3600, "{a} {b}");
+        assert_eq!(next_cursor(Duration::ZERO, Some(5)), 0);
+    }
+}
