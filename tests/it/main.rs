@@ -8,4 +8,6 @@ mod harness;
 mod reconnect;
 mod rig;
 mod server;
+mod shape_api;
+mod shape_client;
 mod standby;

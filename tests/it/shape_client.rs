@@ -1,0 +1,144 @@
+//! A strict shape client: follows a shape over HTTP as Electric's client
+//! does and materialises its rows, failing on anything a correct server
+//! never sends (an insert of a present key, an update or delete of a missing
+//! one, a 409 for a shape that still exists).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::server::Server;
+
+pub struct ShapeClient {
+    /// The query string defining the shape (`table=...&where=...`).
+    pub definition: String,
+    pub handle: Option<String>,
+    pub offset: String,
+    pub up_to_date: bool,
+    pub rows: BTreeMap<String, Map<String, Value>>,
+    /// Requests made, for paging assertions.
+    pub requests: usize,
+    cursor: Option<String>,
+}
+
+impl ShapeClient {
+    pub fn new(definition: &str) -> ShapeClient {
+        ShapeClient {
+            definition: definition.to_string(),
+            handle: None,
+            offset: "-1".into(),
+            up_to_date: false,
+            rows: BTreeMap::new(),
+            requests: 0,
+            cursor: None,
+        }
+    }
+
+    /// One request; `live` only once up to date (as the client does).
+    /// Returns an error message on anything unexpected.
+    pub fn poll(&mut self, server: &Server) -> Result<(), String> {
+        let live = self.up_to_date;
+        let mut url = format!("/v1/shape?{}&offset={}", self.definition, self.offset);
+        if let Some(handle) = &self.handle {
+            url.push_str(&format!("&handle={handle}"));
+        }
+        if live {
+            url.push_str("&live=true");
+            if let Some(cursor) = &self.cursor {
+                url.push_str(&format!("&cursor={cursor}"));
+            }
+        }
+        let reply = server.get(&url);
+        self.requests += 1;
+        if reply.status != 200 {
+            return Err(format!("GET {url} → {} {}", reply.status, reply.body));
+        }
+        let handle = reply
+            .header("electric-handle")
+            .ok_or("no electric-handle")?
+            .to_string();
+        if let Some(old) = &self.handle {
+            if *old != handle {
+                return Err(format!("handle changed from {old} to {handle} without a 409"));
+            }
+        }
+        self.handle = Some(handle);
+        self.offset = reply
+            .header("electric-offset")
+            .ok_or("no electric-offset")?
+            .to_string();
+        self.cursor = reply.header("electric-cursor").map(str::to_string);
+        if reply.header("electric-up-to-date").is_some() {
+            self.up_to_date = true;
+        }
+        let messages: Vec<Value> =
+            serde_json::from_str(&reply.body).map_err(|e| format!("bad body ({e}): {}", reply.body))?;
+        for message in messages {
+            self.apply(&message)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, message: &Value) -> Result<(), String> {
+        let headers = message.get("headers").ok_or("message without headers")?;
+        let Some(operation) = headers.get("operation").and_then(Value::as_str) else {
+            return Ok(()); // control message
+        };
+        let key = message
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or("change without key")?
+            .to_string();
+        let value = message
+            .get("value")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        match operation {
+            "insert" => {
+                if self.rows.insert(key.clone(), value).is_some() {
+                    return Err(format!("insert of present key {key}"));
+                }
+            }
+            "update" => {
+                let row = self
+                    .rows
+                    .get_mut(&key)
+                    .ok_or_else(|| format!("update of missing key {key}"))?;
+                row.extend(value);
+            }
+            "delete" => {
+                if self.rows.remove(&key).is_none() {
+                    return Err(format!("delete of missing key {key}"));
+                }
+            }
+            other => return Err(format!("unknown operation {other}")),
+        }
+        Ok(())
+    }
+
+    /// Polls until up to date (the initial sync, or catching up).
+    pub fn sync(&mut self, server: &Server) -> Result<(), String> {
+        self.up_to_date = false;
+        for _ in 0..10_000 {
+            // Once up to date, a non-live request catches up fully.
+            let live_before = self.up_to_date;
+            self.poll(server)?;
+            if self.up_to_date && !live_before {
+                return Ok(());
+            }
+        }
+        Err("never became up to date".into())
+    }
+
+    /// Rows as `column → text` maps, for comparing with a query.
+    pub fn values(&self, column: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .rows
+            .values()
+            .map(|r| r.get(column).and_then(Value::as_str).unwrap_or("NULL").to_string())
+            .collect();
+        out.sort();
+        out
+    }
+}
