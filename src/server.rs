@@ -126,6 +126,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                     status,
                     secret,
                     shapes: Some(router),
+                    in_flight: Default::default(),
                 },
                 shutdown.clone(),
             );

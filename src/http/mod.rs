@@ -34,6 +34,9 @@ pub struct HttpContext {
     pub secret: Option<String>,
     /// Shape routing and serving; None only in tests of the bare edge.
     pub shapes: Option<Rc<shape::forward::Router>>,
+    /// Shape requests this shard is serving now (bounded by
+    /// `shape::MAX_IN_FLIGHT`).
+    pub in_flight: std::cell::Cell<usize>,
 }
 
 /// Accepts and serves connections on this shard until `shutdown`.

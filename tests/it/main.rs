@@ -10,4 +10,5 @@ mod rig;
 mod server;
 mod shape_api;
 mod shape_client;
+mod shape_consistency;
 mod standby;

@@ -12,7 +12,34 @@ use super::HttpContext;
 use reply::ShapeReply;
 use request::{Query, RequestKind};
 
+/// Shape requests one shard accepts at once (live ones included); past it
+/// the client is told to retry, as Electric's admission control does.
+pub const MAX_IN_FLIGHT: usize = 10_000;
+
 pub async fn handle(request: Request<Incoming>, context: &HttpContext) -> Response<Body> {
+    if context.in_flight.get() >= MAX_IN_FLIGHT {
+        return ShapeReply::error(
+            503,
+            format!(
+                r#"{{"code":"concurrent_request_limit_exceeded","message":"Concurrent request limit exceeded (limit: {MAX_IN_FLIGHT}), please retry"}}"#
+            ),
+        )
+        .header("retry-after", "5")
+        .into_response();
+    }
+    context.in_flight.set(context.in_flight.get() + 1);
+    // Counted down on drop too: a client may hang up mid long-poll.
+    struct Admitted<'a>(&'a std::cell::Cell<usize>);
+    impl Drop for Admitted<'_> {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() - 1);
+        }
+    }
+    let _admitted = Admitted(&context.in_flight);
+    handle_admitted(request, context).await
+}
+
+async fn handle_admitted(request: Request<Incoming>, context: &HttpContext) -> Response<Body> {
     let kind = match *request.method() {
         Method::GET | Method::HEAD => RequestKind::Get,
         Method::DELETE => RequestKind::Delete,
