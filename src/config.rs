@@ -116,6 +116,11 @@ pub struct Options {
     /// Postgres connections per shard for catalog reads and snapshots.
     #[arg(long, env = "SHAPESHARD_SNAPSHOT_POOL_SIZE", default_value_t = 4)]
     pub snapshot_pool_size: usize,
+
+    /// JSON `{"initial": N, "existing": M}`: concurrent requests admitted
+    /// for new shapes and for existing ones; beyond, 503 + retry-after.
+    #[arg(long, env = "ELECTRIC_MAX_CONCURRENT_REQUESTS", default_value = r#"{"initial": 300, "existing": 10000}"#)]
+    pub max_concurrent_requests: String,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +164,8 @@ pub struct Config {
     pub cache_max_age: u32,
     pub cache_stale_age: u32,
     pub snapshot_pool_size: usize,
+    pub max_concurrent_initial: usize,
+    pub max_concurrent_existing: usize,
 }
 
 impl Config {
@@ -216,6 +223,8 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
             o.long_poll_timeout
         ));
     }
+    let (max_concurrent_initial, max_concurrent_existing) =
+        concurrency_limits(&o.max_concurrent_requests)?;
     if o.snapshot_pool_size == 0 || o.snapshot_pool_size > 64 {
         return Err("SHAPESHARD_SNAPSHOT_POOL_SIZE must be between 1 and 64".into());
     }
@@ -241,7 +250,27 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         cache_max_age: o.cache_max_age,
         cache_stale_age: o.cache_stale_age,
         snapshot_pool_size: o.snapshot_pool_size,
+        max_concurrent_initial,
+        max_concurrent_existing,
     })
+}
+
+/// `{"initial": N, "existing": M}`; a missing key keeps Electric's default.
+fn concurrency_limits(json: &str) -> Result<(usize, usize), String> {
+    let bad = || {
+        format!("ELECTRIC_MAX_CONCURRENT_REQUESTS {json:?} is invalid: use JSON like {{\"initial\": 300, \"existing\": 10000}} with positive integers")
+    };
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|_| bad())?;
+    let object = value.as_object().ok_or_else(bad)?;
+    let limit = |key: &str, default: usize| match object.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n > 0)
+            .map(|n| n as usize)
+            .ok_or_else(bad),
+    };
+    Ok((limit("initial", 300)?, limit("existing", 10_000)?))
 }
 
 /// The stream id becomes part of unquoted identifiers, as in Electric.

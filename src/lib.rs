@@ -7,6 +7,7 @@ pub mod devpg;
 pub mod http;
 pub mod ingest;
 pub mod logging;
+pub mod metrics;
 pub mod pg;
 pub mod server;
 pub mod shapes;

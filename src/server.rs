@@ -81,6 +81,11 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
     shape_config.allow_delete = config.enable_integration_testing;
     shape_config.pool_size = config.snapshot_pool_size;
     let secret = if config.insecure { None } else { config.secret.clone() };
+    let admission = crate::http::shape::admission::Admission::new(
+        config.max_concurrent_initial,
+        config.max_concurrent_existing,
+    );
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let mut senders = Vec::with_capacity(shard_count);
     let mut shard_gens = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -95,6 +100,8 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         let shape_config = shape_config.clone();
         let secret = secret.clone();
         let conn = conn.clone();
+        let admission = admission.clone();
+        let metrics = metrics.clone();
         shard_gens.push(move || async move {
             if let Err(e) = runtime::dma::open_marker_first(&shard_dir).await {
                 tracing::error!(shard = index, "storage unusable: {e}");
@@ -116,7 +123,8 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                 shape_config.chunk_bytes,
             )));
             let pool = Pool::new(conn, shape_config.pool_size);
-            let service = ShapeService::new(index, registry.clone(), pool, shape_config);
+            let service =
+                ShapeService::new(index, registry.clone(), pool, shape_config, metrics.clone());
             let router = Router::new(links, service);
             let mut core = ShardCore::new(index, progress, registry);
             let http = crate::http::serve(
@@ -127,6 +135,8 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                     secret,
                     shapes: Some(router),
                     in_flight: Default::default(),
+                    admission,
+                    metrics,
                 },
                 shutdown.clone(),
             );

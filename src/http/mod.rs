@@ -37,6 +37,8 @@ pub struct HttpContext {
     /// Shape requests this shard is serving now (bounded by
     /// `shape::MAX_IN_FLIGHT`).
     pub in_flight: std::cell::Cell<usize>,
+    pub admission: Arc<shape::admission::Admission>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Accepts and serves connections on this shard until `shutdown`.
@@ -102,6 +104,7 @@ async fn route(request: Request<Incoming>, context: &HttpContext) -> Response<Bo
     match (request.method(), path.as_str()) {
         (&Method::GET | &Method::HEAD, "/v1/health") => health::respond(&context.status),
         (_, "/v1/shape") => shape::handle(request, context).await,
+        (&Method::GET, "/metrics") => response::text(context.metrics.render()),
         _ => response::not_found(),
     }
 }

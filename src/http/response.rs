@@ -39,6 +39,17 @@ pub fn with_cors(mut response: Response<Body>) -> Response<Body> {
     response
 }
 
+pub fn text(body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 pub fn not_found() -> Response<Body> {
     json(
         StatusCode::NOT_FOUND,

@@ -203,6 +203,7 @@ async fn snapshot(
         started.finish(Ok(()));
     } else {
         let params: Vec<Option<&str>> = sql.params.iter().map(|p| Some(p.as_str())).collect();
+        crate::metrics::Metrics::inc(&service.metrics.snapshots_started);
         let mut rows = conn.query_stream(&sql.sql, &params).await?;
         started.finish(Ok(()));
         let mut scratch = Vec::with_capacity(256);

@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -17,6 +18,7 @@ use shards::shape::registry::{Registry, Shape};
 
 use super::create;
 use super::pool::Pool;
+use crate::metrics::Metrics;
 use crate::http::shape::reply::ShapeReply;
 use crate::http::shape::request::{RequestKind, ShapeRequest, StartOffset};
 
@@ -64,6 +66,7 @@ pub struct ShapeService {
     pub(super) last_handle_micros: Cell<u64>,
     /// Suffix of etags for responses that must not revalidate.
     etag_counter: Cell<u64>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl ShapeService {
@@ -72,8 +75,10 @@ impl ShapeService {
         registry: Rc<RefCell<Registry>>,
         pool: Rc<Pool>,
         config: ShapeConfig,
+        metrics: Arc<Metrics>,
     ) -> Rc<ShapeService> {
         Rc::new(ShapeService {
+            metrics,
             shard,
             registry,
             pool,
@@ -119,8 +124,13 @@ impl ShapeService {
         }
         let existing = self.creating.borrow().get(&canonical).cloned();
         let creation = match existing {
-            Some(creation) => creation,
+            Some(creation) => {
+                Metrics::inc(&self.metrics.creations_joined);
+                creation
+            }
             None => {
+                Metrics::inc(&self.metrics.creations_started);
+                Metrics::inc(&self.metrics.creations_in_flight);
                 let creation = Rc::new(Creation {
                     result: RefCell::new(None),
                     done: Notify::new(),
@@ -136,6 +146,13 @@ impl ShapeService {
                 runtime::spawn_detached(async move {
                     let result = create::create(&service, definition).await;
                     service.creating.borrow_mut().remove(&canonical);
+                    service
+                        .metrics
+                        .creations_in_flight
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    if result.is_err() {
+                        Metrics::inc(&service.metrics.creations_failed);
+                    }
                     *task_creation.result.borrow_mut() = Some(result);
                     task_creation.done.notify_all();
                 });

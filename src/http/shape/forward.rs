@@ -39,6 +39,10 @@ pub struct Router {
     next_id: Cell<u64>,
     /// Forwarded requests awaiting their reply, by id.
     waiting: RefCell<HashMap<u64, Rc<Waiting>>>,
+    /// Initial requests in flight to their owner, by what they ask: an
+    /// identical one joins instead of crossing the mesh again (a herd on a
+    /// new shape costs one message per shard).
+    initial: RefCell<HashMap<String, Rc<Waiting>>>,
 }
 
 impl Router {
@@ -48,6 +52,7 @@ impl Router {
             service,
             next_id: Cell::new(0),
             waiting: RefCell::new(HashMap::new()),
+            initial: RefCell::new(HashMap::new()),
         });
         for peer in 0..router.links.shards() {
             if peer != router.me() {
@@ -75,6 +80,56 @@ impl Router {
         if owner == self.me() {
             return self.service.serve(request).await;
         }
+        let Some(key) = coalescing_key(&request) else {
+            return self.forward(owner, request).await;
+        };
+        let joined = self.initial.borrow().get(&key).cloned();
+        if let Some(leader) = joined {
+            crate::metrics::Metrics::inc(&self.service.metrics.requests_coalesced);
+            loop {
+                let done = leader.done.listen();
+                if let Some(reply) = leader.reply.borrow().as_ref() {
+                    return reply.clone();
+                }
+                done.await;
+            }
+        }
+        let leader = Rc::new(Waiting {
+            reply: RefCell::new(None),
+            done: Notify::new(),
+        });
+        self.initial.borrow_mut().insert(key.clone(), leader.clone());
+        // Removed and published however this ends (the leader's client may
+        // hang up): followers must never wait on a reply that won't come.
+        struct Publish<'a> {
+            router: &'a Router,
+            key: String,
+            leader: Rc<Waiting>,
+            reply: Option<ShapeReply>,
+        }
+        impl Drop for Publish<'_> {
+            fn drop(&mut self) {
+                self.router.initial.borrow_mut().remove(&self.key);
+                let reply = self.reply.take().unwrap_or_else(|| {
+                    ShapeReply::unavailable("The request was interrupted, please retry", 1)
+                });
+                *self.leader.reply.borrow_mut() = Some(reply);
+                self.leader.done.notify_all();
+            }
+        }
+        let mut publish = Publish {
+            router: self,
+            key,
+            leader,
+            reply: None,
+        };
+        let reply = self.forward(owner, request).await;
+        publish.reply = Some(reply.clone());
+        drop(publish);
+        reply
+    }
+
+    async fn forward(&self, owner: usize, request: ShapeRequest) -> ShapeReply {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let waiting = Rc::new(Waiting {
@@ -119,4 +174,21 @@ impl Router {
             }
         }
     }
+}
+
+/// Initial requests (offset -1, no handle, not live) for the same
+/// definition get the same answer, so they may share one.
+fn coalescing_key(request: &ShapeRequest) -> Option<String> {
+    use super::request::{RequestKind, StartOffset};
+    use shards::shape::offset::LogOffset;
+    let initial = request.kind == RequestKind::Get
+        && request.offset == StartOffset::At(LogOffset::BeforeAll)
+        && request.handle.is_none()
+        && !request.live;
+    let definition = request.definition.as_ref().filter(|_| initial)?;
+    Some(format!(
+        "{}|inm={}",
+        definition.canonical(),
+        request.if_none_match.as_deref().unwrap_or("")
+    ))
 }

@@ -1,5 +1,6 @@
 //! `/v1/shape`: authentication, validation, routing to the owner shard.
 
+pub mod admission;
 pub mod forward;
 pub mod reply;
 pub mod request;
@@ -64,9 +65,19 @@ async fn handle_admitted(request: Request<Incoming>, context: &HttpContext) -> R
     let Some(router) = &context.shapes else {
         return ShapeReply::unavailable("Shapes are not being served yet", 5).into_response();
     };
+    let kind = if parsed.handle.is_some() {
+        admission::Kind::Existing
+    } else {
+        admission::Kind::Initial
+    };
+    let _permit = match context.admission.admit(kind, &context.metrics) {
+        Ok(permit) => permit,
+        Err(reply) => return reply.into_response(),
+    };
     let owner = shards::owner::shard_of(parsed.owner_key(), router.shards());
+    let parsed_kind = parsed.kind;
     let mut reply = router.dispatch(owner, parsed).await;
-    if kind == RequestKind::Delete && reply.status < 400 {
+    if parsed_kind == RequestKind::Delete && reply.status < 400 {
         reply.headers.retain(|(n, _)| *n != "cache-control");
         reply = reply.header("cache-control", "no-cache");
     }
