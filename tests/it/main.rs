@@ -11,4 +11,5 @@ mod server;
 mod shape_api;
 mod shape_client;
 mod shape_consistency;
+mod shape_herd;
 mod standby;
