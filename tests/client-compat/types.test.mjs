@@ -132,9 +132,9 @@ test('the default parser yields the same JS values from snapshot and live rows',
   await insertRow(table, 12, 'b')
   await insertRow(table, 13, null)
   await sync.until('the three live rows', () => sync.rows().length === 6)
-  const byId = new Map(sync.rows().map((row) => [row.id, { ...row }]))
+  const liveRows = new Map(sync.rows().map((row) => [row.id, { ...row }]))
   for (const [live, set] of [[11, 'a'], [12, 'b'], [13, null]]) {
-    assert.deepStrictEqual(byId.get(live), expectedRow(live, set), `live row ${live} parses like snapshot row`)
+    assert.deepStrictEqual(liveRows.get(live), expectedRow(live, set), `live row ${live} parses like snapshot row`)
   }
 })
 

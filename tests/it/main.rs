@@ -2,6 +2,7 @@
 //! for the whole run, each test in its own database.
 
 mod auth;
+mod client_compat;
 mod decode;
 mod dev_mode;
 mod harness;
