@@ -337,3 +337,55 @@ fn the_secret_guards_every_shape_route() {
     // Health needs no secret.
     assert_eq!(server.get("/v1/health").status, 200);
 }
+
+#[test]
+fn changes_only_logs_and_schema_changes() {
+    let db = database("shape_schema");
+    db.client()
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, title text);
+             INSERT INTO items VALUES (1, 'one'), (2, 'two');",
+        )
+        .unwrap();
+    let server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "2000")]);
+
+    // log=changes_only: no snapshot rows, but the snapshot is still taken.
+    let first = server.get("/v1/shape?table=items&offset=-1&log=changes_only");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let body = first.json();
+    assert_eq!(body.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body[0]["headers"]["control"], "snapshot-end");
+    let handle = first.header("electric-handle").unwrap().to_string();
+    let full = server.get("/v1/shape?table=items&offset=-1");
+    assert_ne!(full.header("electric-handle"), Some(handle.as_str()), "a different shape");
+    let full_handle = full.header("electric-handle").unwrap().to_string();
+
+    db.client()
+        .batch_execute("INSERT INTO items VALUES (3, 'three')")
+        .unwrap();
+    let mut client = ShapeClient::new("table=items&log=changes_only");
+    client.handle = Some(handle.clone());
+    client.offset = "0_0".into();
+    crate::harness::wait_for("the insert", Duration::from_secs(20), || {
+        client.poll(&server).unwrap();
+        (client.rows.len() == 1).then_some(())
+    });
+    assert!(client.rows.contains_key("\"public\".\"items\"/\"3\""));
+
+    // A column added under the shapes: they must be refetched.
+    db.client()
+        .batch_execute("ALTER TABLE items ADD COLUMN extra text; INSERT INTO items VALUES (4, 'four', 'x')")
+        .unwrap();
+    for (query, handle) in [
+        ("table=items&log=changes_only", &handle),
+        ("table=items", &full_handle),
+    ] {
+        let reply = crate::harness::wait_for("the schema change to invalidate", Duration::from_secs(20), || {
+            let r = server.get(&format!("/v1/shape?{query}&offset=0_inf&handle={handle}"));
+            (r.status == 409).then_some(r)
+        });
+        assert_eq!(reply.body, MUST_REFETCH);
+        let new = server.get(&format!("/v1/shape?{query}&offset=-1"));
+        assert!(new.header("electric-schema").unwrap().contains("\"extra\""), "{query}");
+    }
+}
