@@ -11,5 +11,6 @@ pub mod routes;
 pub mod runtime;
 pub mod shape;
 pub mod shard;
+pub mod storage;
 
 pub use lsn::Lsn;

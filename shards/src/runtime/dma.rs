@@ -24,3 +24,85 @@ pub async fn open_marker_first(dir: &Path) -> std::io::Result<()> {
     let _ = file.close().await;
     read.map(|_| ()).map_err(std::io::Error::from)
 }
+
+/// Direct-I/O block size: offsets and lengths of `DmaLog` writes are
+/// multiples of it.
+pub const BLOCK: usize = 4096;
+
+/// An append-only direct-I/O file (a segment of a shard's log).
+pub struct DmaLog {
+    file: glommio::io::DmaFile,
+}
+
+impl DmaLog {
+    /// Opens `path` for reading and writing, creating it if missing.
+    pub async fn open(path: &Path) -> std::io::Result<DmaLog> {
+        let file = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(path)
+            .await
+            .map_err(std::io::Error::from)?;
+        Ok(DmaLog { file })
+    }
+
+    /// Writes `bytes` (a whole number of blocks) at block-aligned `pos`.
+    pub async fn write_at(&self, pos: u64, bytes: &[u8]) -> std::io::Result<()> {
+        assert!(
+            pos % BLOCK as u64 == 0 && bytes.len() % BLOCK == 0,
+            "direct I/O needs aligned writes (pos {pos}, {} bytes)",
+            bytes.len()
+        );
+        let mut buffer = self.file.alloc_dma_buffer(bytes.len());
+        buffer.as_bytes_mut().copy_from_slice(bytes);
+        let written = self
+            .file
+            .write_at(buffer, pos)
+            .await
+            .map_err(std::io::Error::from)?;
+        if written != bytes.len() {
+            return Err(std::io::Error::other(format!(
+                "short direct write: {written} of {} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// fdatasync: everything written so far survives a crash.
+    pub async fn sync(&self) -> std::io::Result<()> {
+        self.file.fdatasync().await.map_err(std::io::Error::from)
+    }
+
+    /// Reads `len` bytes at `pos` (fewer at the end of the file).
+    pub async fn read_at(&self, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let read = self
+            .file
+            .read_at(pos, len)
+            .await
+            .map_err(std::io::Error::from)?;
+        Ok(read.to_vec())
+    }
+
+    pub async fn size(&self) -> std::io::Result<u64> {
+        self.file.file_size().await.map_err(std::io::Error::from)
+    }
+
+    /// Reserves `size` bytes on disk without changing the file size, so
+    /// appends do not allocate extents on the write path.
+    pub async fn preallocate(&self, size: u64) -> std::io::Result<()> {
+        self.file
+            .pre_allocate(size, true)
+            .await
+            .map_err(std::io::Error::from)
+    }
+
+    pub async fn truncate(&self, size: u64) -> std::io::Result<()> {
+        self.file.truncate(size).await.map_err(std::io::Error::from)
+    }
+
+    pub async fn close(self) -> std::io::Result<()> {
+        self.file.close().await.map_err(std::io::Error::from)
+    }
+}
