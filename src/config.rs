@@ -117,6 +117,18 @@ pub struct Options {
     #[arg(long, env = "SHAPESHARD_SNAPSHOT_POOL_SIZE", default_value_t = 4)]
     pub snapshot_pool_size: usize,
 
+    /// Group commit tick of each shard's segment log, milliseconds.
+    #[arg(long, env = "SHAPESHARD_FLUSH_INTERVAL_MS", default_value_t = 5)]
+    pub flush_interval_ms: u64,
+
+    /// Pending bytes that trigger a group commit before the tick.
+    #[arg(long, env = "SHAPESHARD_FLUSH_BYTES", default_value_t = 256 * 1024)]
+    pub flush_bytes: usize,
+
+    /// Size of each preallocated segment file (multiple of 4096).
+    #[arg(long, env = "SHAPESHARD_SEGMENT_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub segment_bytes: u64,
+
     /// JSON `{"initial": N, "existing": M}`: concurrent requests admitted
     /// for new shapes and for existing ones; beyond, 503 + retry-after.
     #[arg(long, env = "ELECTRIC_MAX_CONCURRENT_REQUESTS", default_value = r#"{"initial": 300, "existing": 10000}"#)]
@@ -166,6 +178,9 @@ pub struct Config {
     pub snapshot_pool_size: usize,
     pub max_concurrent_initial: usize,
     pub max_concurrent_existing: usize,
+    pub flush_interval_ms: u64,
+    pub flush_bytes: usize,
+    pub segment_bytes: u64,
 }
 
 impl Config {
@@ -223,6 +238,18 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
             o.long_poll_timeout
         ));
     }
+    if o.flush_interval_ms == 0 || o.flush_interval_ms > 10_000 {
+        return Err("SHAPESHARD_FLUSH_INTERVAL_MS must be between 1 and 10000".into());
+    }
+    if o.flush_bytes == 0 {
+        return Err("SHAPESHARD_FLUSH_BYTES must be at least 1".into());
+    }
+    if o.segment_bytes < 1 << 20 || o.segment_bytes % 4096 != 0 {
+        return Err(format!(
+            "SHAPESHARD_SEGMENT_BYTES {} is invalid: use a multiple of 4096 of at least 1 MiB",
+            o.segment_bytes
+        ));
+    }
     let (max_concurrent_initial, max_concurrent_existing) =
         concurrency_limits(&o.max_concurrent_requests)?;
     if o.snapshot_pool_size == 0 || o.snapshot_pool_size > 64 {
@@ -252,6 +279,9 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         snapshot_pool_size: o.snapshot_pool_size,
         max_concurrent_initial,
         max_concurrent_existing,
+        flush_interval_ms: o.flush_interval_ms,
+        flush_bytes: o.flush_bytes,
+        segment_bytes: o.segment_bytes,
     })
 }
 

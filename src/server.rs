@@ -12,6 +12,8 @@ use shards::routes::RouteTable;
 use shards::runtime::{self, channel, Shutdown};
 use shards::shape::registry::Registry;
 use shards::shard::ShardCore;
+use shards::storage::commit::CommitConfig;
+use shards::storage::segment::SegmentWriter;
 use shards::Lsn;
 
 use crate::config::{Config, Database};
@@ -86,6 +88,11 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         config.max_concurrent_existing,
     );
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    let commit_config = CommitConfig {
+        interval: std::time::Duration::from_millis(config.flush_interval_ms),
+        max_pending: config.flush_bytes,
+    };
+    let segment_bytes = config.segment_bytes;
     let mut senders = Vec::with_capacity(shard_count);
     let mut shard_gens = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -126,7 +133,20 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
             let service =
                 ShapeService::new(index, registry.clone(), pool, shape_config, metrics.clone());
             let router = Router::new(links, service);
-            let mut core = ShardCore::new(index, progress, registry);
+            // Shapes do not survive a restart yet (their metadata is not
+            // persisted), so an old log holds nothing to recover: start
+            // clean rather than grow without bound.
+            let log_dir = shard_dir.join("log");
+            let _ = std::fs::remove_dir_all(&log_dir);
+            let writer = match SegmentWriter::open(&log_dir, segment_bytes).await {
+                Ok((writer, _)) => writer,
+                Err(e) => {
+                    tracing::error!(shard = index, "cannot open the segment log in {}: {e}", log_dir.display());
+                    shutdown.trigger();
+                    return;
+                }
+            };
+            let mut core = ShardCore::new(index, progress, registry, writer, commit_config);
             let http = crate::http::serve(
                 addr,
                 crate::http::HttpContext {
@@ -141,7 +161,10 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                 shutdown.clone(),
             );
             let http = runtime::spawn_local(http);
-            core.run(feed).await;
+            if let Err(e) = core.run(feed).await {
+                tracing::error!(shard = index, "segment log failed, stopping: {e}");
+                shutdown.trigger();
+            }
             tracing::debug!(
                 shard = index,
                 transactions = core.transactions_seen(),

@@ -1,5 +1,7 @@
-//! A shard's core loop: it consumes its feed from the ingest in WAL order and
-//! publishes how far it is durable.
+//! A shard's core loop: it consumes its feed from the ingest in WAL order,
+//! applies transactions to its shapes, and leaves publishing durability to
+//! its group commit (`storage::commit`), which publishes a WAL position only
+//! once every record up to it is on disk.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,17 +10,21 @@ use std::sync::Arc;
 use crate::feed::FeedEvent;
 use crate::fence::DurableProgress;
 use crate::lsn::Lsn;
-use crate::runtime::channel::ConnectedReceiver;
+use crate::runtime::{self, channel::ConnectedReceiver};
 use crate::shape::registry::Registry;
+use crate::storage::commit::{CommitConfig, CommitSignals, GroupCommit};
+use crate::storage::segment::SegmentWriter;
 
 pub struct ShardCore {
     index: usize,
-    progress: Arc<DurableProgress>,
     /// Highest WAL position seen on the feed; only grows.
     last_seen: Lsn,
     transactions_seen: u64,
     /// The shapes this shard owns, shared with its HTTP handlers.
     registry: Rc<RefCell<Registry>>,
+    commit: Option<GroupCommit>,
+    signals: Rc<CommitSignals>,
+    max_pending: usize,
 }
 
 impl ShardCore {
@@ -26,14 +32,28 @@ impl ShardCore {
         index: usize,
         progress: Arc<DurableProgress>,
         registry: Rc<RefCell<Registry>>,
+        writer: SegmentWriter,
+        config: CommitConfig,
     ) -> ShardCore {
         let last_seen = progress.durable(index);
+        let signals = Rc::new(CommitSignals::default());
+        signals.seen.set(last_seen);
+        let journal = registry.borrow().journal().clone();
         ShardCore {
             index,
-            progress,
             last_seen,
             transactions_seen: 0,
             registry,
+            commit: Some(GroupCommit {
+                index,
+                config,
+                journal,
+                writer,
+                progress,
+                signals: signals.clone(),
+            }),
+            signals,
+            max_pending: config.max_pending,
         }
     }
 
@@ -55,30 +75,40 @@ impl ShardCore {
                     transaction.end_lsn,
                     self.last_seen
                 );
+                self.registry.borrow_mut().apply_transaction(&transaction);
                 self.last_seen = transaction.end_lsn;
                 self.transactions_seen += 1;
-                self.registry.borrow_mut().apply_transaction(&transaction);
-                // No shape storage holds data yet, so nothing is pending: the
-                // transaction is as durable as this shard needs it to be.
-                self.progress.publish(self.index, self.last_seen);
             }
             FeedEvent::Progress(lsn) => {
                 self.last_seen = self.last_seen.max(lsn);
                 self.registry.borrow_mut().advance(lsn);
-                self.progress.publish(self.index, self.last_seen);
             }
             FeedEvent::Relation(relation) => {
                 self.registry.borrow_mut().apply_relation(&relation);
             }
         }
+        self.signals.seen.set(self.last_seen);
+        if self.registry.borrow().journal().borrow().len() >= self.max_pending {
+            self.signals.wake.notify_all();
+        }
     }
 
     /// Consumes the feed until the ingest closes it (on shutdown, after its
-    /// last event: the shard drains everything it was sent).
-    pub async fn run(&mut self, feed: ConnectedReceiver<FeedEvent>) {
+    /// last event: the shard drains everything it was sent), then makes it
+    /// all durable. An I/O error of the segment log stops the shard: nothing
+    /// undurable is ever published.
+    pub async fn run(&mut self, feed: ConnectedReceiver<FeedEvent>) -> std::io::Result<()> {
+        let commit = self.commit.take().expect("run once");
+        let committer = runtime::spawn_local(commit.run());
         while let Some(event) = feed.recv().await {
+            if self.signals.failed.get() {
+                break;
+            }
             self.apply(event);
-            crate::runtime::yield_if_needed().await;
+            runtime::yield_if_needed().await;
         }
+        self.signals.closing.set(true);
+        self.signals.wake.notify_all();
+        committer.join().await
     }
 }

@@ -72,6 +72,14 @@ impl LogOffset {
             LogOffset::At { tx, .. } => tx,
         }
     }
+
+    /// The operation part (`u64::MAX` for `inf`), 0 for `-1`.
+    pub fn op(self) -> u64 {
+        match self {
+            LogOffset::BeforeAll => 0,
+            LogOffset::At { op, .. } => op,
+        }
+    }
 }
 
 impl fmt::Display for LogOffset {

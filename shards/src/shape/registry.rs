@@ -14,6 +14,7 @@ use crate::change::{Change, Relation, RelationId, Transaction};
 use crate::lsn::Lsn;
 use crate::notify::{Listener, Notify};
 use crate::routes::RouteTable;
+use crate::storage::record::{self, Kind};
 
 use super::convert::{self, Converter};
 use super::definition::{ShapeDefinition, ShapeHandle};
@@ -70,9 +71,14 @@ struct ShapeState {
     relation: Option<Arc<Relation>>,
 }
 
+/// Records for the shard's segment log, framed, waiting for the next group
+/// commit. Shared by the registry and its shapes (one executor).
+pub type Journal = Rc<RefCell<Vec<u8>>>;
+
 pub struct Shape {
     pub id: ShapeId,
     pub spec: ShapeSpec,
+    journal: Journal,
     column_names: Vec<String>,
     state: RefCell<ShapeState>,
     changed: Rc<Notify>,
@@ -124,6 +130,7 @@ impl Shape {
     pub fn push_snapshot_row(&self, row: &[Option<&str>], scratch: &mut Vec<u8>) {
         scratch.clear();
         encode::snapshot_row(scratch, &self.layout(), row);
+        record::encode(&mut self.journal.borrow_mut(), 0, self.id, Kind::SnapshotItem, scratch);
         let sealed = {
             let mut state = self.state.borrow_mut();
             let before = state.log.sealed_snapshot_chunks();
@@ -137,10 +144,9 @@ impl Shape {
 
     /// Ends the snapshot with `snapshot-end`.
     pub fn finish_snapshot(&self, snapshot: &PgSnapshot) {
-        self.state
-            .borrow_mut()
-            .log
-            .finish_snapshot(snapshot.end_message().as_bytes());
+        let end = snapshot.end_message();
+        record::encode(&mut self.journal.borrow_mut(), 0, self.id, Kind::SnapshotEnd, end.as_bytes());
+        self.state.borrow_mut().log.finish_snapshot(end.as_bytes());
         self.changed.notify_all();
     }
 
@@ -231,8 +237,17 @@ impl Shape {
             return Applied::Nothing;
         }
         let count = entries.len();
+        let mut journal = self.journal.borrow_mut();
+        let mut payload = Vec::new();
         for (n, entry) in entries.into_iter().enumerate() {
             let (offset, bytes) = entry.finish(n + 1 == count);
+            // Payload: the entry's offset (tx, op) then its JSON, so the log
+            // is rebuilt byte for byte from the segments.
+            payload.clear();
+            payload.extend_from_slice(&offset.tx().to_le_bytes());
+            payload.extend_from_slice(&offset.op().to_le_bytes());
+            payload.extend_from_slice(&bytes);
+            record::encode(&mut journal, tx.commit_lsn.0, self.id, Kind::Entry, &payload);
             state.log.push_entry(offset, &bytes);
         }
         Applied::Grew
@@ -315,6 +330,7 @@ pub struct Registry {
     by_relation: HashMap<RelationId, RelationShapes>,
     /// The newest WAL position this shard has processed.
     last_seen: Lsn,
+    journal: Journal,
 }
 
 impl Registry {
@@ -329,7 +345,13 @@ impl Registry {
             by_definition: HashMap::new(),
             by_relation: HashMap::new(),
             last_seen: Lsn::ZERO,
+            journal: Rc::default(),
         }
+    }
+
+    /// The records waiting for the shard's next group commit.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     pub fn len(&self) -> usize {
@@ -368,8 +390,14 @@ impl Registry {
         let relation = spec.schema.relation_id;
         let index_key = spec.filter.as_ref().and_then(|f| f.index_key());
         let column_names = spec.schema.columns.iter().map(|c| c.name.clone()).collect();
+        let mut created = Vec::with_capacity(64 + spec.canonical.len());
+        created.extend_from_slice(spec.handle.as_str().as_bytes());
+        created.push(b'\n');
+        created.extend_from_slice(spec.canonical.as_bytes());
+        record::encode(&mut self.journal.borrow_mut(), self.last_seen.0, id, Kind::ShapeCreated, &created);
         let shape = Rc::new(Shape {
             id,
+            journal: self.journal.clone(),
             column_names,
             state: RefCell::new(ShapeState {
                 log: ShapeLog::new(self.chunk_bytes_max),
@@ -401,6 +429,13 @@ impl Registry {
             return;
         };
         tracing::info!(shard = self.shard, handle = shape.handle(), "shape removed: {why}");
+        record::encode(
+            &mut self.journal.borrow_mut(),
+            self.last_seen.0,
+            id,
+            Kind::ShapeRemoved,
+            why.as_bytes(),
+        );
         self.by_handle.remove(shape.handle());
         if self.by_definition.get(&shape.spec.canonical) == Some(&id) {
             self.by_definition.remove(&shape.spec.canonical);

@@ -2,5 +2,6 @@
 //! I/O and group commit. (Recovery of shapes from it, the serving layout and
 //! retention are still to come; see ARCHITECTURE.md.)
 
+pub mod commit;
 pub mod record;
 pub mod segment;
