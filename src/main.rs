@@ -12,6 +12,14 @@ fn main() {
         }
     };
     shapeshard::logging::init(&config.log_filter, config.log_format);
+    // A panic is a broken invariant: a shard that died would leave a server
+    // that accepts requests it can never answer. Stop the whole process
+    // instead; restart recovery is built for exactly this.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     if let Err(message) = shapeshard::server::run(config) {
         tracing::error!("{message}");
         eprintln!("error: {message}");

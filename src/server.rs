@@ -69,9 +69,9 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
     let status = Arc::new(ServiceStatus::default());
     let addr = SocketAddr::new(config.listen_address, config.port);
 
-    // Bind once up front so a port in use is a clear start-up error, not a
+    // Check up front so a port in use is a clear start-up error, not a
     // failure inside every shard.
-    std::net::TcpListener::bind(addr)
+    shards::runtime::net::check_port_free(addr)
         .map_err(|e| format!("cannot listen on {addr}: {e} (set ELECTRIC_PORT to a free port)"))?;
 
     let mesh = shards::runtime::mesh::Mesh::new(shard_count, crate::http::shape::forward::MESH_CAPACITY);
@@ -93,6 +93,11 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         max_pending: config.flush_bytes,
     };
     let segment_bytes = config.segment_bytes;
+    // Shards that have restored their shapes (and so subscribed their
+    // relations): the ingest may not route a transaction before all have,
+    // or one meant for a restored shape would go nowhere while the fence
+    // moved past it.
+    let recovered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut senders = Vec::with_capacity(shard_count);
     let mut shard_gens = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -109,6 +114,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         let conn = conn.clone();
         let admission = admission.clone();
         let metrics = metrics.clone();
+        let recovered = recovered.clone();
         shard_gens.push(move || async move {
             if let Err(e) = runtime::dma::open_marker_first(&shard_dir).await {
                 tracing::error!(shard = index, "storage unusable: {e}");
@@ -129,23 +135,41 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                 routes,
                 shape_config.chunk_bytes,
             )));
-            let pool = Pool::new(conn, shape_config.pool_size);
-            let service =
-                ShapeService::new(index, registry.clone(), pool, shape_config, metrics.clone());
-            let router = Router::new(links, service);
-            // Shapes do not survive a restart yet (their metadata is not
-            // persisted), so an old log holds nothing to recover: start
-            // clean rather than grow without bound.
             let log_dir = shard_dir.join("log");
-            let _ = std::fs::remove_dir_all(&log_dir);
             let writer = match SegmentWriter::open(&log_dir, segment_bytes).await {
-                Ok((writer, _)) => writer,
+                Ok((writer, recovered)) => {
+                    if let Some(torn) = recovered.torn {
+                        tracing::warn!(shard = index, "cut the segment log at byte {}: {torn}", recovered.valid_len);
+                    }
+                    writer
+                }
                 Err(e) => {
                     tracing::error!(shard = index, "cannot open the segment log in {}: {e}", log_dir.display());
                     shutdown.trigger();
                     return;
                 }
             };
+            match crate::shapes::recover::recover(&log_dir, &mut registry.borrow_mut()) {
+                Ok(r) => tracing::info!(
+                    shard = index,
+                    shapes = r.shapes,
+                    records = r.records,
+                    dropped = r.dropped,
+                    "shapes restored from the segment log"
+                ),
+                Err(e) => {
+                    tracing::error!(shard = index, "cannot read the segment log in {}: {e}", log_dir.display());
+                    shutdown.trigger();
+                    return;
+                }
+            }
+            recovered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Only now may requests reach this shard (the router starts
+            // serving forwarded ones): every shape it had is back.
+            let pool = Pool::new(conn, shape_config.pool_size);
+            let service =
+                ShapeService::new(index, registry.clone(), pool, shape_config, metrics.clone());
+            let router = Router::new(links, service);
             let mut core = ShardCore::new(index, progress, registry, writer, commit_config);
             let http = crate::http::serve(
                 addr,
@@ -188,6 +212,12 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         let mut feeds = Vec::with_capacity(senders.len());
         for sender in senders {
             feeds.push(sender.connect().await);
+        }
+        while recovered.load(std::sync::atomic::Ordering::SeqCst) < shard_count {
+            if ingest_shutdown.is_triggered() {
+                return;
+            }
+            runtime::sleep(std::time::Duration::from_millis(5)).await;
         }
         Ingest::new(
             ingest_config,

@@ -42,35 +42,17 @@ pub async fn create(
                 ),
             )])
         })?;
-    let selected = select_columns(&info.schema, definition.columns.as_deref())?;
-    let filter = match &definition.where_sql {
-        Some(sql) => Some(filter::compile(sql, &info, &definition.params)?),
-        None => None,
-    };
+    let handle = ShapeHandle::new(definition.hash(), service.next_handle_micros());
+    let (spec, snapshot_sql) = build_spec(handle, definition, info)?;
     publication::add_table(
         &mut conn,
         &service.config.publication,
-        &definition.table.schema,
-        &definition.table.name,
+        &spec.definition.table.schema,
+        &spec.definition.table.name,
     )
     .await
     .map_err(|e| db_error(&e))?;
 
-    let TableInfo { schema, .. } = info;
-    let key = schema.key_columns();
-    let schema_header = schema.header_json(&selected);
-    let snapshot_sql = snapshot_query(&schema, &selected, &key, filter.as_ref());
-    let handle = ShapeHandle::new(definition.hash(), service.next_handle_micros());
-    let spec = ShapeSpec {
-        handle,
-        canonical: definition.canonical(),
-        definition,
-        schema,
-        selected,
-        key,
-        filter: filter.clone().map(|f| Box::new(f) as Box<_>),
-        schema_header,
-    };
     // Registered (and so routed) before the snapshot starts: every
     // transaction the snapshot does not see reaches the shape.
     let shape = service.registry.borrow_mut().insert(spec);
@@ -108,6 +90,38 @@ pub async fn create(
         }
         done.await;
     }
+}
+
+/// Everything a shape is, from its definition and its table: validates the
+/// columns and the where clause (Electric's 400s). Also used to rebuild
+/// shapes from their creation records on restart.
+pub fn build_spec(
+    handle: ShapeHandle,
+    definition: ShapeDefinition,
+    info: TableInfo,
+) -> Result<(ShapeSpec, SnapshotSql), ShapeReply> {
+    let selected = select_columns(&info.schema, definition.columns.as_deref())?;
+    let filter = match &definition.where_sql {
+        Some(sql) => Some(filter::compile(sql, &info, &definition.params)?),
+        None => None,
+    };
+    let persisted = super::persist::encode(&handle, &definition, &info);
+    let TableInfo { schema, .. } = info;
+    let key = schema.key_columns();
+    let schema_header = schema.header_json(&selected);
+    let snapshot_sql = snapshot_query(&schema, &selected, &key, filter.as_ref());
+    let spec = ShapeSpec {
+        handle,
+        canonical: definition.canonical(),
+        definition,
+        schema,
+        selected,
+        key,
+        filter: filter.map(|f| Box::new(f) as Box<_>),
+        schema_header,
+        persisted,
+    };
+    Ok((spec, snapshot_sql))
 }
 
 /// Set once the snapshot query is running (or could not start).

@@ -4,5 +4,7 @@
 pub mod catalog;
 pub mod create;
 pub mod filter;
+pub mod persist;
 pub mod pool;
+pub mod recover;
 pub mod service;

@@ -13,4 +13,5 @@ mod shape_api;
 mod shape_client;
 mod shape_consistency;
 mod shape_herd;
+mod shape_restart;
 mod standby;

@@ -1,6 +1,5 @@
 //! The real server binary as a child process against a test database.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -11,6 +10,10 @@ pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
     child: Child,
+    /// How it was started, for restarts.
+    db_url: String,
+    stream_id: String,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -20,35 +23,37 @@ impl Server {
     pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
         let dir = scratch_dir("server");
         let port = shapeshard::devpg::free_port().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_shapeshard"));
-        command
-            .env("DATABASE_URL", &db.url)
-            .env("ELECTRIC_STORAGE_DIR", &dir)
-            .env("ELECTRIC_PORT", port.to_string())
-            .env("ELECTRIC_REPLICATION_STREAM_ID", db.stream_id())
-            .env("ELECTRIC_INSECURE", "true")
-            .env("ELECTRIC_ENABLE_INTEGRATION_TESTING", "true")
-            .env("SHAPESHARD_PLACEMENT", "unbound")
-            .env("SHAPESHARD_SHARDS", "2")
-            .env("ELECTRIC_LOG_LEVEL", "warning")
-            .env_remove("ELECTRIC_SECRET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = spawn(&db.url, &db.stream_id(), &dir, port, &env);
         let mut server = Server {
             port,
             dir,
-            child: command.spawn().unwrap(),
+            child,
+            db_url: db.url.clone(),
+            stream_id: db.stream_id(),
+            env,
         };
+        server.wait_active();
+        server
+    }
+
+    /// SIGKILL (no clean shutdown), then start again on the same storage
+    /// directory and port.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.db_url, &self.stream_id, &self.dir, self.port, &self.env);
+        self.wait_active();
+    }
+
+    fn wait_active(&mut self) {
+        let server = self;
         wait_for("the server to be active", Duration::from_secs(60), || {
             if let Ok(Some(exit)) = server.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut stderr) = server.child.stderr.take() {
-                    let _ = stderr.read_to_string(&mut err);
-                }
-                panic!("server exited early ({exit}): {err}");
+                panic!("server exited early ({exit}): {}", server.log_tail());
             }
             let response = ureq::get(&server.url("/v1/health"))
                 .timeout(Duration::from_secs(2))
@@ -56,7 +61,15 @@ impl Server {
                 .ok()?;
             (response.status() == 200).then_some(())
         });
-        server
+    }
+
+    /// The end of the server's log (stderr goes to a file in its storage
+    /// directory, so a chatty server never blocks on a full pipe).
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let start = log.len().saturating_sub(8000);
+        let start = (start..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(0);
+        log[start..].to_string()
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -74,6 +87,21 @@ impl Server {
                 .timeout(Duration::from_secs(60))
                 .call(),
         )
+    }
+
+    /// A GET whose network failure is an error (with the server's log)
+    /// rather than a panic.
+    pub fn try_get(&self, path_and_query: &str) -> Result<Reply, String> {
+        match ureq::get(&self.url(path_and_query))
+            .timeout(Duration::from_secs(60))
+            .call()
+        {
+            Err(ureq::Error::Transport(e)) => Err(format!(
+                "GET {path_and_query}: {e}\nserver log:\n{}",
+                self.log_tail()
+            )),
+            result => Ok(Reply::from(result)),
+        }
     }
 
     pub fn request(&self, method: &str, path_and_query: &str) -> Reply {
@@ -158,4 +186,36 @@ impl From<Result<ureq::Response, ureq::Error>> for Reply {
             body,
         }
     }
+}
+
+fn spawn(
+    db_url: &str,
+    stream_id: &str,
+    dir: &std::path::Path,
+    port: u16,
+    env: &[(String, String)],
+) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shapeshard"));
+    command
+        .env("DATABASE_URL", db_url)
+        .env("ELECTRIC_STORAGE_DIR", dir)
+        .env("ELECTRIC_PORT", port.to_string())
+        .env("ELECTRIC_REPLICATION_STREAM_ID", stream_id)
+        .env("ELECTRIC_INSECURE", "true")
+        .env("ELECTRIC_ENABLE_INTEGRATION_TESTING", "true")
+        .env("SHAPESHARD_PLACEMENT", "unbound")
+        .env("SHAPESHARD_SHARDS", "2")
+        .env("ELECTRIC_LOG_LEVEL", "warning")
+        .env_remove("ELECTRIC_SECRET")
+        .stdout(Stdio::null());
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    command.stderr(Stdio::from(log));
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.spawn().unwrap()
 }

@@ -48,7 +48,7 @@ impl ShapeClient {
                 url.push_str(&format!("&cursor={cursor}"));
             }
         }
-        let reply = server.get(&url);
+        let reply = server.try_get(&url)?;
         self.requests += 1;
         if reply.status != 200 {
             return Err(format!("GET {url} → {} {}", reply.status, reply.body));

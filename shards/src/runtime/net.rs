@@ -18,6 +18,22 @@ pub async fn accept(listener: &TcpListener) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// Whether the shards will be able to listen on `addr`. Binds the way they
+/// do (`SO_REUSEPORT`), so connections of a previous, killed instance still
+/// closing on the port do not count. Two live instances of ours could share
+/// the port this way: keeping a second one out is a storage-directory lock's
+/// job, not this check's.
+pub fn check_port_free(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(())
+}
+
 pub async fn connect_tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let stream = TcpStream::connect(addr)
         .await

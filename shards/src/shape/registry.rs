@@ -49,6 +49,9 @@ pub struct ShapeSpec {
     pub filter: Option<Box<dyn RowFilter>>,
     /// The `electric-schema` header value.
     pub schema_header: String,
+    /// The creation record written to the segment log (opaque here: the
+    /// edge that builds shapes also reads it back on recovery).
+    pub persisted: Vec<u8>,
 }
 
 /// Whether a shape takes a transaction yet.
@@ -148,6 +151,23 @@ impl Shape {
         record::encode(&mut self.journal.borrow_mut(), 0, self.id, Kind::SnapshotEnd, end.as_bytes());
         self.state.borrow_mut().log.finish_snapshot(end.as_bytes());
         self.changed.notify_all();
+    }
+
+    /// Recovery: a snapshot row as the log holds it.
+    pub fn restore_snapshot_item(&self, item: &[u8]) {
+        self.state.borrow_mut().log.push_snapshot_item(item);
+    }
+
+    /// Recovery: the snapshot's end message.
+    pub fn restore_snapshot_end(&self, end_message: &[u8]) {
+        self.state.borrow_mut().log.finish_snapshot(end_message);
+    }
+
+    /// Recovery: a transaction entry, from the record that journaled it.
+    pub fn restore_entry(&self, commit_lsn: Lsn, offset: LogOffset, item: &[u8]) {
+        let mut state = self.state.borrow_mut();
+        state.log.push_entry(offset, item);
+        state.last_lsn = state.last_lsn.max(commit_lsn);
     }
 
     pub fn log_bytes(&self) -> usize {
@@ -387,21 +407,35 @@ impl Registry {
     pub fn insert(&mut self, spec: ShapeSpec) -> Rc<Shape> {
         let id = self.next_id;
         self.next_id += 1;
+        record::encode(
+            &mut self.journal.borrow_mut(),
+            self.last_seen.0,
+            id,
+            Kind::ShapeCreated,
+            &spec.persisted,
+        );
+        self.add(id, spec, Gate::Pending(Vec::new()))
+    }
+
+    /// Rebuilds a shape from its creation record during recovery: same id,
+    /// nothing journaled, taking transactions at once (its snapshot, if it
+    /// completed, is replayed from the log).
+    pub fn restore(&mut self, id: ShapeId, spec: ShapeSpec) -> Rc<Shape> {
+        self.next_id = self.next_id.max(id + 1);
+        self.add(id, spec, Gate::Open)
+    }
+
+    fn add(&mut self, id: ShapeId, spec: ShapeSpec, gate: Gate) -> Rc<Shape> {
         let relation = spec.schema.relation_id;
         let index_key = spec.filter.as_ref().and_then(|f| f.index_key());
         let column_names = spec.schema.columns.iter().map(|c| c.name.clone()).collect();
-        let mut created = Vec::with_capacity(64 + spec.canonical.len());
-        created.extend_from_slice(spec.handle.as_str().as_bytes());
-        created.push(b'\n');
-        created.extend_from_slice(spec.canonical.as_bytes());
-        record::encode(&mut self.journal.borrow_mut(), self.last_seen.0, id, Kind::ShapeCreated, &created);
         let shape = Rc::new(Shape {
             id,
             journal: self.journal.clone(),
             column_names,
             state: RefCell::new(ShapeState {
                 log: ShapeLog::new(self.chunk_bytes_max),
-                gate: Gate::Pending(Vec::new()),
+                gate,
                 gone: false,
                 last_lsn: Lsn::ZERO,
                 relation: None,
@@ -425,17 +459,24 @@ impl Registry {
 
     /// Removes a shape: its readers wake up to find it gone (409).
     pub fn remove(&mut self, id: ShapeId, why: &str) {
+        if self.shapes.contains_key(&id) {
+            record::encode(
+                &mut self.journal.borrow_mut(),
+                self.last_seen.0,
+                id,
+                Kind::ShapeRemoved,
+                why.as_bytes(),
+            );
+        }
+        self.forget(id, why);
+    }
+
+    /// Removes a shape without journaling it (replaying a removal).
+    pub fn forget(&mut self, id: ShapeId, why: &str) {
         let Some(shape) = self.shapes.remove(&id) else {
             return;
         };
         tracing::info!(shard = self.shard, handle = shape.handle(), "shape removed: {why}");
-        record::encode(
-            &mut self.journal.borrow_mut(),
-            self.last_seen.0,
-            id,
-            Kind::ShapeRemoved,
-            why.as_bytes(),
-        );
         self.by_handle.remove(shape.handle());
         if self.by_definition.get(&shape.spec.canonical) == Some(&id) {
             self.by_definition.remove(&shape.spec.canonical);
@@ -585,5 +626,9 @@ impl Registry {
     /// Every shape (for DELETE by definition, metrics, shutdown).
     pub fn shapes(&self) -> impl Iterator<Item = &Rc<Shape>> {
         self.shapes.values()
+    }
+
+    pub fn get(&self, id: ShapeId) -> Option<Rc<Shape>> {
+        self.shapes.get(&id).cloned()
     }
 }

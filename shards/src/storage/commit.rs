@@ -154,6 +154,7 @@ mod tests {
             key: vec![0],
             filter: Some(Box::new(IdIs(n.to_string()))),
             schema_header: String::new(),
+            persisted: Vec::new(),
         }
     }
 

@@ -1,0 +1,121 @@
+//! Crash restarts: the server is SIGKILLed at random moments under a
+//! continuous write load; after each restart every client carries on from
+//! its `(handle, offset)` — no 409, no gap, no duplicate — and ends equal to
+//! Postgres.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::database;
+use crate::server::Server;
+use crate::shape_client::ShapeClient;
+
+/// Restarts per run; `SHAPESHARD_CRASH_RESTARTS` raises it for long runs.
+fn restarts() -> usize {
+    std::env::var("SHAPESHARD_CRASH_RESTARTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+#[test]
+fn shapes_survive_sigkill_under_write_load() {
+    let db = database("restart");
+    db.client()
+        .batch_execute(
+            "CREATE TABLE items (id bigserial PRIMARY KEY, v int NOT NULL, note text);
+             INSERT INTO items (v, note) SELECT g, 'seed' FROM generate_series(1, 300) g;
+             CREATE TABLE others (id int PRIMARY KEY, label text);
+             INSERT INTO others SELECT g, 'o' || g FROM generate_series(1, 50) g;",
+        )
+        .unwrap();
+    let mut server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "500")]);
+    let mut clients = vec![
+        ShapeClient::new("table=items"),
+        ShapeClient::new("table=items&replica=full"),
+        ShapeClient::new("table=others&columns=id"),
+    ];
+    for client in &mut clients {
+        client.sync(&server).unwrap();
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (db.url.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut n: i64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                pg.batch_execute(&format!(
+                    "BEGIN;
+                     INSERT INTO items (v, note) VALUES ({n}, 'w');
+                     UPDATE items SET v = v + 1 WHERE id = {};
+                     DELETE FROM items WHERE id = {};
+                     UPDATE others SET label = 'l{n}' WHERE id = {};
+                     COMMIT;",
+                    1 + n % 300,
+                    1 + (n * 7) % 400,
+                    1 + n % 50
+                ))
+                .unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+
+    let mut seed: u64 = 0x5eed;
+    for round in 0..restarts() {
+        // Follow for a random while, then crash.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let until = Instant::now() + Duration::from_millis(200 + seed % 800);
+        while Instant::now() < until {
+            for client in &mut clients {
+                client.poll(&server).unwrap_or_else(|e| {
+                    panic!("round {round}: {}: {e}\nserver log:\n{}", client.definition, server.log_tail())
+                });
+            }
+        }
+        server.crash_and_restart();
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+
+    let mut pg = db.client();
+    for (client, query) in clients.iter_mut().zip([
+        "SELECT id::text || ':' || v::text FROM items",
+        "SELECT id::text || ':' || v::text FROM items",
+        "SELECT id::text || ':' FROM others",
+    ]) {
+        let mut want: Vec<String> = pg.query(query, &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        want.sort();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut got: Vec<String> = client
+                .rows
+                .values()
+                .map(|r| {
+                    let text = |c: &str| r.get(c).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                    format!("{}:{}", text("id"), text("v"))
+                })
+                .collect();
+            got.sort();
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never converged after restarts: {} rows vs {}",
+                client.definition,
+                got.len(),
+                want.len()
+            );
+            client
+                .poll(&server)
+                .unwrap_or_else(|e| panic!("{}: {e}", client.definition));
+        }
+    }
+}
