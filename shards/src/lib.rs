@@ -8,6 +8,7 @@ pub mod lsn;
 pub mod owner;
 pub mod routes;
 pub mod runtime;
+pub mod shape;
 pub mod shard;
 
 pub use lsn::Lsn;
