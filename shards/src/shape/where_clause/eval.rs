@@ -29,6 +29,17 @@ pub(crate) fn evaluate<'r>(expr: &Expr, row: &dyn Fn(usize) -> Option<&'r str>) 
             None => Ok(Value::Null),
             Some(text) => ok(parse_value(text, ty)),
         },
+        Expr::Call { func, args } if is_predicate(func.kind) => {
+            let [left, right] = args.as_slice() else {
+                return Err(EvalError);
+            };
+            let (a, b) = (operand(left, row)?, operand(right, row)?);
+            if a.get().is_null() || b.get().is_null() {
+                return Ok(Value::Null);
+            }
+            let scalar = func.args.first().map_or(&Scalar::Unknown, |t| &t.scalar);
+            predicate(func.kind, scalar, a.get(), b.get()).map(Value::Bool)
+        }
         Expr::Call { func, args } => {
             let mut values = Vec::with_capacity(args.len());
             for arg in args {
@@ -106,11 +117,11 @@ pub(crate) fn evaluate<'r>(expr: &Expr, row: &dyn Fn(usize) -> Option<&'r str>) 
             right,
             negated,
         } => {
-            let (a, b) = (evaluate(left, row)?, evaluate(right, row)?);
-            let distinct = match (a.is_null(), b.is_null()) {
+            let (a, b) = (operand(left, row)?, operand(right, row)?);
+            let distinct = match (a.get().is_null(), b.get().is_null()) {
                 (true, true) => false,
                 (true, false) | (false, true) => true,
-                (false, false) => !ok(values_equal(&a, &b, &left.ty().scalar))?,
+                (false, false) => !ok(values_equal(a.get(), b.get(), &left.ty().scalar))?,
             };
             Ok(Value::Bool(distinct != *negated))
         }
@@ -120,13 +131,14 @@ pub(crate) fn evaluate<'r>(expr: &Expr, row: &dyn Fn(usize) -> Option<&'r str>) 
             right,
             all,
         } => {
-            let array = match evaluate(right, row)? {
+            let array = operand(right, row)?;
+            let array = match array.get() {
                 Value::Null => return Ok(Value::Null),
                 Value::Array(a) => a,
                 _ => return Err(EvalError),
             };
-            let left = evaluate(left, row)?;
-            quantified(func, left, &array, *all)
+            let left = operand(left, row)?;
+            quantified(func, left.get(), array, *all)
         }
         Expr::Coalesce { args, .. } => {
             for arg in args {
@@ -175,19 +187,20 @@ pub(crate) fn evaluate<'r>(expr: &Expr, row: &dyn Fn(usize) -> Option<&'r str>) 
 
 /// `ANY`: true if any comparison is, else NULL if any was NULL, else false.
 /// `ALL`: false if any comparison is, else NULL if any was NULL, else true.
-fn quantified(func: &Func, left: Value, array: &ArrayValue, all: bool) -> Result<Value> {
+fn quantified(func: &Func, left: &Value, array: &ArrayValue, all: bool) -> Result<Value> {
+    if !is_predicate(func.kind) {
+        return Err(EvalError);
+    }
+    let scalar = func.args.first().map_or(&Scalar::Unknown, |t| &t.scalar);
     let mut unknown = false;
     for element in &array.elements {
-        let result = if left.is_null() || element.is_null() {
-            Value::Null
-        } else {
-            call(func, vec![left.clone(), element.clone()])?
-        };
-        match result {
-            Value::Bool(b) if b != all => return Ok(Value::Bool(b)),
-            Value::Bool(_) => {}
-            Value::Null => unknown = true,
-            _ => return Err(EvalError),
+        if left.is_null() || element.is_null() {
+            unknown = true;
+            continue;
+        }
+        let result = predicate(func.kind, scalar, left, element)?;
+        if result != all {
+            return Ok(Value::Bool(result));
         }
     }
     Ok(if unknown {
@@ -290,10 +303,8 @@ pub(crate) fn call(func: &Func, args: Vec<Value>) -> Result<Value> {
     let a = args.next().unwrap_or(Value::Null);
     let b = args.next().unwrap_or(Value::Null);
     Ok(match func.kind {
-        Eq | Ne | Lt | Gt | Le | Ge => {
-            let ordering = ok(compare_values(&a, &b, &arg_scalar))?;
-            Value::Bool(ordering_result(func.kind, ordering))
-        }
+        Eq | Ne | Lt | Gt | Le | Ge | Like | NotLike | ILike | NotILike | Contains
+        | ContainedBy | Overlap => Value::Bool(predicate(func.kind, &arg_scalar, &a, &b)?),
         Add | Sub | Mul | Div | Mod => arithmetic(func.kind, a, b, ret)?,
         Pow => match (a, b) {
             (Value::Float(x), Value::Float(y)) => {
@@ -347,18 +358,6 @@ pub(crate) fn call(func: &Func, args: Vec<Value>) -> Result<Value> {
             (Value::Text(x), Value::Text(y)) => Value::Text(x + &y),
             _ => return Err(EvalError),
         },
-        Like | NotLike | ILike | NotILike => match (a, b) {
-            (Value::Text(text), Value::Text(pattern)) => {
-                let insensitive = matches!(func.kind, ILike | NotILike);
-                let matched = if insensitive {
-                    like(&text.to_lowercase(), &pattern.to_lowercase())?
-                } else {
-                    like(&text, &pattern)?
-                };
-                Value::Bool(matched != matches!(func.kind, NotLike | NotILike))
-            }
-            _ => return Err(EvalError),
-        },
         Lower | Upper => match a {
             Value::Text(t) => Value::Text(if func.kind == Lower {
                 t.to_lowercase()
@@ -375,17 +374,6 @@ pub(crate) fn call(func: &Func, args: Vec<Value>) -> Result<Value> {
             Value::Array(x) => Value::Int(x.dims.len() as i64),
             _ => return Err(EvalError),
         },
-        Contains | ContainedBy | Overlap => match (a, b) {
-            (Value::Array(x), Value::Array(y)) => {
-                let scalar = &arg_scalar;
-                Value::Bool(match func.kind {
-                    Contains => array_contains(&x, &y, scalar)?,
-                    ContainedBy => array_contains(&y, &x, scalar)?,
-                    _ => array_overlaps(&x, &y, scalar)?,
-                })
-            }
-            _ => return Err(EvalError),
-        },
         JustifyDays | JustifyHours | JustifyInterval => match a {
             Value::Interval(iv) => Value::Interval(match func.kind {
                 JustifyDays => iv.justify_days(),
@@ -395,6 +383,79 @@ pub(crate) fn call(func: &Func, args: Vec<Value>) -> Result<Value> {
             _ => return Err(EvalError),
         },
     })
+}
+
+/// A constant is used in place; anything else is computed for this row.
+enum Operand<'e> {
+    Borrowed(&'e Value),
+    Owned(Value),
+}
+
+impl Operand<'_> {
+    fn get(&self) -> &Value {
+        match self {
+            Operand::Borrowed(v) => v,
+            Operand::Owned(v) => v,
+        }
+    }
+}
+
+/// Constants are borrowed: a comparison with a literal (or an `IN` list,
+/// or `= ANY` of a literal array) allocates nothing per row for it.
+fn operand<'e, 'r>(expr: &'e Expr, row: &dyn Fn(usize) -> Option<&'r str>) -> Result<Operand<'e>> {
+    match expr {
+        Expr::Const { value, .. } => Ok(Operand::Borrowed(value)),
+        other => evaluate(other, row).map(Operand::Owned),
+    }
+}
+
+/// Strict boolean functions of two arguments, computed on borrowed values.
+fn is_predicate(kind: FuncKind) -> bool {
+    use FuncKind::*;
+    matches!(
+        kind,
+        Eq | Ne
+            | Lt
+            | Gt
+            | Le
+            | Ge
+            | Like
+            | NotLike
+            | ILike
+            | NotILike
+            | Contains
+            | ContainedBy
+            | Overlap
+    )
+}
+
+fn predicate(kind: FuncKind, scalar: &Scalar, a: &Value, b: &Value) -> Result<bool> {
+    use FuncKind::*;
+    match kind {
+        Eq | Ne | Lt | Gt | Le | Ge => Ok(ordering_result(kind, ok(compare_values(a, b, scalar))?)),
+        Like | NotLike | ILike | NotILike => {
+            let (Value::Text(text), Value::Text(pattern)) = (a, b) else {
+                return Err(EvalError);
+            };
+            let matched = if matches!(kind, ILike | NotILike) {
+                like(&text.to_lowercase(), &pattern.to_lowercase())?
+            } else {
+                like(text, pattern)?
+            };
+            Ok(matched != matches!(kind, NotLike | NotILike))
+        }
+        Contains | ContainedBy | Overlap => {
+            let (Value::Array(x), Value::Array(y)) = (a, b) else {
+                return Err(EvalError);
+            };
+            match kind {
+                Contains => array_contains(x, y, scalar),
+                ContainedBy => array_contains(y, x, scalar),
+                _ => array_overlaps(x, y, scalar),
+            }
+        }
+        _ => Err(EvalError),
+    }
 }
 
 fn shift(left: bool, x: i64, y: i64, scalar: &Scalar) -> Value {

@@ -334,7 +334,7 @@ impl Numeric {
             return None;
         }
         if exponent.is_integer() && exponent.abs() <= Decimal::from(1000) {
-            let mut n = exponent.abs().to_string().parse::<u32>().ok()?;
+            let mut n = exponent.abs().normalize().to_string().parse::<u32>().ok()?;
             let mut result = Decimal::ONE;
             let mut square = base;
             while n > 0 {
@@ -464,6 +464,8 @@ mod tests {
         );
         assert_eq!(Numeric::div(n("1"), n("0")), None);
         assert_eq!(Numeric::pow(n("2"), n("10")).unwrap().format(), "1024");
+        assert_eq!(Numeric::pow(n("2.0"), n("3.0")).unwrap().format(), "8");
+        assert_eq!(Numeric::parse("1e9999999999"), None);
         assert_eq!(n("2.5").to_i64_in(i64::MIN, i64::MAX), Some(3));
         assert_eq!(n("-2.5").to_i64_in(i64::MIN, i64::MAX), Some(-3));
         assert_eq!(Numeric::from_f64(0.1, false).unwrap().format(), "0.1");

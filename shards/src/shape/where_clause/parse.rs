@@ -10,7 +10,7 @@ use super::lexer::{syntax_error_at, tokenize, Tok, TokenKind};
 /// Bounds on nesting: recursion over the tree (typing, evaluation,
 /// rendering) is proportional to its height, and user input must not be
 /// able to exhaust a shard's stack.
-pub(crate) const MAX_DEPTH: usize = 200;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// Binding levels, loosest first, as in gram.y's precedence declarations.
 const OR: u8 = 1;
@@ -1000,8 +1000,11 @@ impl<'a> Parser<'a> {
         if self.eat_keyword("OVER") {
             if self.eat(&TokenKind::LeftParen) {
                 self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
-            } else if !matches!(self.advance().kind, TokenKind::Word { .. }) {
-                return Err(syntax_error_at(self.text, &self.tokens[self.pos - 1]));
+            } else {
+                let window = self.advance();
+                if !matches!(window.kind, TokenKind::Word { .. }) {
+                    return Err(syntax_error_at(self.text, &window));
+                }
             }
             aggregate = true;
         }

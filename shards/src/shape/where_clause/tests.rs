@@ -1445,3 +1445,135 @@ fn where_clause_locations_count_bytes_for_typing_and_characters_for_syntax() {
         "At location 31: syntax error at or near \")\""
     );
 }
+
+#[test]
+fn where_clause_rendered_sql_is_explicit_postgres() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("small = 1", &[], "(\"small\"::int4 = '1'::int4)"),
+        ("ts < tstz", &[], "(\"ts\"::timestamptz < \"tstz\")"),
+        ("score = 0.1", &[], "(\"score\" = '0.1'::float8)"),
+        (
+            "name < ANY('{a,b}')",
+            &[],
+            "(\"name\" COLLATE \"C\" < ANY ('{a,b}'::text[]))",
+        ),
+        (
+            "greatest(name, code) = 'x'",
+            &[],
+            "(GREATEST(\"name\" COLLATE \"C\", \"code\"::text) = 'x'::text)",
+        ),
+        ("id = ANY($1)", &["{1,2}"], "(\"id\" = ANY ($1::int4[]))"),
+        (
+            "span * 2 > '1 day'",
+            &[],
+            "((\"span\" * '2'::float8) > 'P1D'::interval)",
+        ),
+        ("-id > @ big", &[], "((- \"id\")::int8 > (@ \"big\"))"),
+        (
+            "name LIKE 'a%' AND NOT flag",
+            &[],
+            "((\"name\" ~~ 'a%'::text) AND (NOT \"flag\"))",
+        ),
+        ("like(name, 'a%')", &[], "like(\"name\", 'a%'::text)"),
+        (
+            "array_append(nums, 1) = ARRAY[id]",
+            &[],
+            "(array_append(\"nums\", '1'::int4) = ARRAY[\"id\"])",
+        ),
+        ("mood IS NOT NULL", &[], "(\"mood\" IS NOT NULL)"),
+        ("id = NULL", &[], "(\"id\" = NULL::int4)"),
+    ];
+    for (sql, values, expected) in cases {
+        let clause = parse_with(sql, values);
+        assert_eq!(clause.to_sql().0, *expected, "{sql}");
+    }
+}
+
+#[test]
+fn where_clause_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone + std::fmt::Debug>() {}
+    assert_send_sync::<WhereClause>();
+    let clause = parse("id = 1");
+    let handle = std::thread::spawn(move || clause.matches(&|i| (i == ID).then_some("1")));
+    assert!(handle.join().unwrap_or(false));
+}
+
+/// Every nesting shape, at the deepest nesting the parser accepts, is
+/// typed, evaluated and rendered within half a default thread stack even
+/// in an unoptimised build: user input cannot overflow a shard's stack.
+#[test]
+fn where_clause_deepest_accepted_nesting_fits_half_a_stack() {
+    type Shape = fn(usize) -> String;
+    let shapes: [(&str, Shape); 14] = [
+        ("not", |d| {
+            format!("{}flag{}", "NOT (".repeat(d), ")".repeat(d))
+        }),
+        ("not bare", |d| format!("{}flag", "NOT ".repeat(d))),
+        ("sum", |d| {
+            format!("{}id{} = 190", "(".repeat(d), " + 1)".repeat(d))
+        }),
+        ("concat", |d| format!("name{} = 'x'", " || 'a'".repeat(d))),
+        ("lower", |d| {
+            format!("{}name{} = 'x'", "lower(".repeat(d), ")".repeat(d))
+        }),
+        ("coalesce", |d| {
+            format!("{}id{} = 1", "coalesce(".repeat(d), ", 1)".repeat(d))
+        }),
+        ("negation", |d| format!("{}id = 1", "- ".repeat(d))),
+        ("is null", |d| {
+            format!("{}flag{}", "(".repeat(d), " IS NULL)".repeat(d))
+        }),
+        ("distinct", |d| {
+            format!(
+                "{}flag{}",
+                "(flag IS DISTINCT FROM ".repeat(d),
+                ")".repeat(d)
+            )
+        }),
+        ("and/or", |d| {
+            format!("{}flag{}", "(flag AND (flag OR ".repeat(d), "))".repeat(d))
+        }),
+        ("cast", |d| {
+            format!("{}id{} = 1", "(".repeat(d), ")::int8".repeat(d))
+        }),
+        ("in", |d| {
+            format!("{}flag{}", "(flag IN (".repeat(d), "))".repeat(d))
+        }),
+        ("between", |d| {
+            format!(
+                "{}flag{}",
+                "(flag BETWEEN false AND ".repeat(d),
+                ")".repeat(d)
+            )
+        }),
+        ("any", |d| {
+            format!("{}flag{}", "(flag = ANY(ARRAY[".repeat(d), "]))".repeat(d))
+        }),
+    ];
+    for (label, shape) in shapes {
+        let deepest = (1..=super::parse::MAX_DEPTH)
+            .rev()
+            .find(|d| WhereClause::parse(&shape(*d), &columns(), &BTreeMap::new()).is_ok());
+        let Some(depth) = deepest else {
+            panic!("{label}: no depth parses")
+        };
+        assert!(
+            depth >= 15,
+            "{label}: only {depth} levels of nesting accepted"
+        );
+        assert!(WhereClause::parse(&shape(depth + 10), &columns(), &BTreeMap::new()).is_err());
+        let sql = shape(depth);
+        let survived = std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || {
+                let clause = WhereClause::parse(&sql, &columns(), &BTreeMap::new()).ok()?;
+                let _ = clause.matches(&|_| Some("1"));
+                let _ = clause.matches(&|_| Some("t"));
+                Some(clause.to_sql().0.len() + clause.canonical().len())
+            })
+            .ok()
+            .and_then(|handle| handle.join().ok())
+            .flatten();
+        assert!(survived.is_some(), "{label} at depth {depth}");
+    }
+}

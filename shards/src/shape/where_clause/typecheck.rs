@@ -158,208 +158,68 @@ impl<'a> Checker<'a> {
         Typed::Known { expr, loc }
     }
 
+    /// Dispatches on the node kind. Each construct has its own method so
+    /// that this recursive frame stays small: nesting depth times frame
+    /// size must fit a shard thread's stack, unoptimised builds included.
     fn check(&mut self, node: &Node) -> Result<Typed, WhereError> {
         let loc = node.loc;
-        Ok(match &node.kind {
-            NodeKind::Column(path) => Self::known(self.column(path, loc)?, loc),
-            NodeKind::Number(text) => Self::known(number_const(text, loc)?, loc),
-            NodeKind::String(text) => {
-                if text.contains('\0') {
-                    return Err(WhereError::at(
-                        loc,
-                        "invalid byte sequence for encoding \"UTF8\": 0x00",
-                    ));
-                }
-                Typed::Unknown {
-                    text: Some(text.clone()),
-                    loc,
-                    param: None,
-                }
-            }
-            NodeKind::Bool(b) => Self::known(
-                Expr::Const {
-                    value: Value::Bool(*b),
-                    ty: Type::BOOL,
-                    param: None,
-                },
-                loc,
-            ),
-            NodeKind::Null => Typed::Unknown {
-                text: None,
-                loc,
+        let expr = match &node.kind {
+            NodeKind::Column(path) => self.column(path, loc)?,
+            NodeKind::Number(text) => number_const(text, loc)?,
+            NodeKind::String(text) => return self.string(text, loc),
+            NodeKind::Bool(b) => Expr::Const {
+                value: Value::Bool(*b),
+                ty: Type::BOOL,
                 param: None,
             },
-            NodeKind::Param(n) => self.param(*n, loc)?,
-            NodeKind::TypedString { type_name, value } => {
-                let ty = self.type_of(type_name)?;
-                let unknown = Typed::Unknown {
-                    text: Some(value.clone()),
+            NodeKind::Null => {
+                return Ok(Typed::Unknown {
+                    text: None,
                     loc,
                     param: None,
-                };
-                Self::known(self.explicit_cast(unknown, &ty)?, loc)
+                })
             }
-            NodeKind::Cast { arg, type_name } => {
-                let arg = self.check(arg)?;
-                let ty = self.type_of(type_name)?;
-                Self::known(self.explicit_cast(arg, &ty)?, loc)
+            NodeKind::Param(n) => return self.param(*n, loc),
+            NodeKind::TypedString { type_name, value } => {
+                self.typed_string(type_name, value, loc)?
             }
-            NodeKind::Prefix { op, arg } => {
-                let arg = self.check(arg)?;
-                Self::known(self.operator(op, vec![arg], loc)?, loc)
-            }
-            NodeKind::Infix { op, left, right } => {
-                let left = self.check(left)?;
-                let right = self.check(right)?;
-                Self::known(self.operator(op, vec![left, right], loc)?, loc)
-            }
+            NodeKind::Cast { arg, type_name } => self.cast(arg, type_name)?,
+            NodeKind::Prefix { op, arg } => self.prefix(op, arg, loc)?,
+            NodeKind::Infix { op, left, right } => self.infix(op, left, right, loc)?,
             NodeKind::Quantified {
                 op,
                 left,
                 right,
                 all,
-            } => {
-                let left = self.check(left)?;
-                let right = self.check(right)?;
-                Self::known(self.quantified(op, left, right, *all, loc)?, loc)
-            }
-            NodeKind::And(items) | NodeKind::Or(items) => {
-                let is_and = matches!(node.kind, NodeKind::And(_));
-                let mut args = Vec::with_capacity(items.len());
-                for item in items {
-                    let typed = self.check(item)?;
-                    match self.coerce_bool(typed)? {
-                        Expr::And(inner) if is_and => args.extend(inner),
-                        Expr::Or(inner) if !is_and => args.extend(inner),
-                        other => args.push(other),
-                    }
-                }
-                Self::known(
-                    if is_and {
-                        Expr::And(args)
-                    } else {
-                        Expr::Or(args)
-                    },
-                    loc,
-                )
-            }
-            NodeKind::Not(arg) => {
-                let typed = self.check(arg)?;
-                Self::known(Expr::Not(Box::new(self.coerce_bool(typed)?)), loc)
-            }
-            NodeKind::IsNull { arg, negated } => {
-                let typed = self.check(arg)?;
-                let arg = self.infer(typed)?;
-                Self::known(
-                    Expr::IsNull {
-                        arg: Box::new(arg),
-                        negated: *negated,
-                    },
-                    loc,
-                )
-            }
-            NodeKind::BoolTest { arg, test } => {
-                let typed = self.check(arg)?;
-                let arg = self.bool_test_arg(typed, *test, loc)?;
-                Self::known(
-                    Expr::BoolTest {
-                        arg: Box::new(arg),
-                        test: *test,
-                    },
-                    loc,
-                )
-            }
+            } => self.check_quantified(op, left, right, *all, loc)?,
+            NodeKind::And(items) => self.bool_list(items, true)?,
+            NodeKind::Or(items) => self.bool_list(items, false)?,
+            NodeKind::Not(arg) => self.not(arg)?,
+            NodeKind::IsNull { arg, negated } => self.is_null(arg, *negated)?,
+            NodeKind::BoolTest { arg, test } => self.bool_test(arg, *test, loc)?,
             NodeKind::Distinct {
                 left,
                 right,
                 negated,
-            } => {
-                let left = self.check(left)?;
-                let right = self.check(right)?;
-                let Expr::Call { mut args, .. } = self.operator("=", vec![left, right], loc)?
-                else {
-                    return Err(WhereError::at(loc, "Could not select an operator overload"));
-                };
-                let right = args.pop();
-                let left = args.pop();
-                let (Some(left), Some(right)) = (left, right) else {
-                    return Err(WhereError::at(loc, "Could not select an operator overload"));
-                };
-                Self::known(
-                    Expr::Distinct {
-                        left: Box::new(left),
-                        right: Box::new(right),
-                        negated: *negated,
-                    },
-                    loc,
-                )
-            }
+            } => self.distinct(left, right, *negated, loc)?,
             NodeKind::Between {
                 arg,
                 low,
                 high,
                 negated,
                 symmetric,
-            } => {
-                let arg = self.check(arg)?;
-                let low = self.check(low)?;
-                let high = self.check(high)?;
-                let mut expr = self.between(&arg, &low, &high, loc)?;
-                if *symmetric {
-                    let swapped = self.between(&arg, &high, &low, loc)?;
-                    expr = Expr::Or(vec![expr, swapped]);
-                }
-                if *negated {
-                    expr = Expr::Not(Box::new(expr));
-                }
-                Self::known(expr, loc)
-            }
+            } => self.check_between(arg, low, high, *negated, *symmetric, loc)?,
             NodeKind::InList {
                 arg,
                 items,
                 negated,
-            } => {
-                let arg = self.check(arg)?;
-                let mut comparisons = Vec::with_capacity(items.len());
-                for item in items {
-                    let item = self.check(item)?;
-                    let arg = self.refresh(arg.clone())?;
-                    comparisons.push(self.operator("=", vec![arg, item], loc)?);
-                }
-                let mut expr = if comparisons.len() == 1 {
-                    comparisons.remove(0)
-                } else {
-                    Expr::Or(comparisons)
-                };
-                if *negated {
-                    expr = Expr::Not(Box::new(expr));
-                }
-                Self::known(expr, loc)
-            }
+            } => self.in_list(arg, items, *negated, loc)?,
             NodeKind::Func {
                 name,
                 args,
                 aggregate,
-            } => {
-                if *aggregate {
-                    return Err(WhereError::at(
-                        loc,
-                        "aggregation is not supported in this context",
-                    ));
-                }
-                let mut typed = Vec::with_capacity(args.len());
-                for arg in args {
-                    typed.push(self.check(arg)?);
-                }
-                Self::known(self.function(name, typed, loc)?, loc)
-            }
-            NodeKind::Array(items) => {
-                let mut typed = Vec::with_capacity(items.len());
-                for item in items {
-                    typed.push(self.check(item)?);
-                }
-                Self::known(self.array_ctor(typed, loc)?, loc)
-            }
+            } => self.func_call(name, args, *aggregate, loc)?,
+            NodeKind::Array(items) => self.array(items, loc)?,
             NodeKind::Unsupported(what) => {
                 return Err(WhereError::at(
                     loc,
@@ -367,7 +227,217 @@ impl<'a> Checker<'a> {
                 ))
             }
             NodeKind::UnsupportedMessage(message) => return Err(WhereError::at(loc, message)),
+        };
+        Ok(Self::known(expr, loc))
+    }
+
+    fn string(&mut self, text: &str, loc: usize) -> Result<Typed, WhereError> {
+        if text.contains('\0') {
+            return Err(WhereError::at(
+                loc,
+                "invalid byte sequence for encoding \"UTF8\": 0x00",
+            ));
+        }
+        Ok(Typed::Unknown {
+            text: Some(text.to_string()),
+            loc,
+            param: None,
         })
+    }
+
+    fn typed_string(
+        &mut self,
+        type_name: &TypeName,
+        value: &str,
+        loc: usize,
+    ) -> Result<Expr, WhereError> {
+        let ty = self.type_of(type_name)?;
+        let unknown = Typed::Unknown {
+            text: Some(value.to_string()),
+            loc,
+            param: None,
+        };
+        self.explicit_cast(unknown, &ty)
+    }
+
+    fn cast(&mut self, arg: &Node, type_name: &TypeName) -> Result<Expr, WhereError> {
+        let arg = self.check(arg)?;
+        let ty = self.type_of(type_name)?;
+        self.explicit_cast(arg, &ty)
+    }
+
+    fn prefix(&mut self, op: &str, arg: &Node, loc: usize) -> Result<Expr, WhereError> {
+        let arg = self.check(arg)?;
+        self.operator(op, vec![arg], loc)
+    }
+
+    fn infix(
+        &mut self,
+        op: &str,
+        left: &Node,
+        right: &Node,
+        loc: usize,
+    ) -> Result<Expr, WhereError> {
+        let left = self.check(left)?;
+        let right = self.check(right)?;
+        self.operator(op, vec![left, right], loc)
+    }
+
+    fn check_quantified(
+        &mut self,
+        op: &str,
+        left: &Node,
+        right: &Node,
+        all: bool,
+        loc: usize,
+    ) -> Result<Expr, WhereError> {
+        let left = self.check(left)?;
+        let right = self.check(right)?;
+        self.quantified(op, left, right, all, loc)
+    }
+
+    fn bool_list(&mut self, items: &[Node], is_and: bool) -> Result<Expr, WhereError> {
+        let mut args = Vec::with_capacity(items.len());
+        for item in items {
+            let typed = self.check(item)?;
+            match self.coerce_bool(typed)? {
+                Expr::And(inner) if is_and => args.extend(inner),
+                Expr::Or(inner) if !is_and => args.extend(inner),
+                other => args.push(other),
+            }
+        }
+        Ok(if is_and {
+            Expr::And(args)
+        } else {
+            Expr::Or(args)
+        })
+    }
+
+    fn not(&mut self, arg: &Node) -> Result<Expr, WhereError> {
+        let typed = self.check(arg)?;
+        Ok(Expr::Not(Box::new(self.coerce_bool(typed)?)))
+    }
+
+    fn is_null(&mut self, arg: &Node, negated: bool) -> Result<Expr, WhereError> {
+        let typed = self.check(arg)?;
+        let arg = self.infer(typed)?;
+        Ok(Expr::IsNull {
+            arg: Box::new(arg),
+            negated,
+        })
+    }
+
+    fn bool_test(
+        &mut self,
+        arg: &Node,
+        test: BoolTestKind,
+        loc: usize,
+    ) -> Result<Expr, WhereError> {
+        let typed = self.check(arg)?;
+        let arg = self.bool_test_arg(typed, test, loc)?;
+        Ok(Expr::BoolTest {
+            arg: Box::new(arg),
+            test,
+        })
+    }
+
+    fn distinct(
+        &mut self,
+        left: &Node,
+        right: &Node,
+        negated: bool,
+        loc: usize,
+    ) -> Result<Expr, WhereError> {
+        let left = self.check(left)?;
+        let right = self.check(right)?;
+        let overload_error = || WhereError::at(loc, "Could not select an operator overload");
+        let Expr::Call { mut args, .. } = self.operator("=", vec![left, right], loc)? else {
+            return Err(overload_error());
+        };
+        let (Some(right), Some(left)) = (args.pop(), args.pop()) else {
+            return Err(overload_error());
+        };
+        Ok(Expr::Distinct {
+            left: Box::new(left),
+            right: Box::new(right),
+            negated,
+        })
+    }
+
+    fn check_between(
+        &mut self,
+        arg: &Node,
+        low: &Node,
+        high: &Node,
+        negated: bool,
+        symmetric: bool,
+        loc: usize,
+    ) -> Result<Expr, WhereError> {
+        let arg = self.check(arg)?;
+        let low = self.check(low)?;
+        let high = self.check(high)?;
+        let mut expr = self.between(&arg, &low, &high, loc)?;
+        if symmetric {
+            let swapped = self.between(&arg, &high, &low, loc)?;
+            expr = Expr::Or(vec![expr, swapped]);
+        }
+        if negated {
+            expr = Expr::Not(Box::new(expr));
+        }
+        Ok(expr)
+    }
+
+    fn in_list(
+        &mut self,
+        arg: &Node,
+        items: &[Node],
+        negated: bool,
+        loc: usize,
+    ) -> Result<Expr, WhereError> {
+        let arg = self.check(arg)?;
+        let mut comparisons = Vec::with_capacity(items.len());
+        for item in items {
+            let item = self.check(item)?;
+            let arg = self.refresh(arg.clone())?;
+            comparisons.push(self.operator("=", vec![arg, item], loc)?);
+        }
+        let mut expr = if comparisons.len() == 1 {
+            comparisons.remove(0)
+        } else {
+            Expr::Or(comparisons)
+        };
+        if negated {
+            expr = Expr::Not(Box::new(expr));
+        }
+        Ok(expr)
+    }
+
+    fn func_call(
+        &mut self,
+        name: &[String],
+        args: &[Node],
+        aggregate: bool,
+        loc: usize,
+    ) -> Result<Expr, WhereError> {
+        if aggregate {
+            return Err(WhereError::at(
+                loc,
+                "aggregation is not supported in this context",
+            ));
+        }
+        let mut typed = Vec::with_capacity(args.len());
+        for arg in args {
+            typed.push(self.check(arg)?);
+        }
+        self.function(name, typed, loc)
+    }
+
+    fn array(&mut self, items: &[Node], loc: usize) -> Result<Expr, WhereError> {
+        let mut typed = Vec::with_capacity(items.len());
+        for item in items {
+            typed.push(self.check(item)?);
+        }
+        self.array_ctor(typed, loc)
     }
 
     fn column(&mut self, path: &[String], loc: usize) -> Result<Expr, WhereError> {
