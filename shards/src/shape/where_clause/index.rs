@@ -7,6 +7,7 @@
 //! floats (`0`/`-0`), `bpchar` (padding), `interval` (`1 mon`/`30 days`)
 //! and arrays, which fall back to evaluation.
 
+use super::ast::BoolTestKind;
 use super::expr::{Expr, FuncKind};
 use super::types::{Scalar, Type};
 use super::value::{cast_value, format_value};
@@ -79,7 +80,31 @@ fn equality(expr: &Expr) -> Option<(usize, Vec<String>)> {
     Some((index, text.into_iter().collect()))
 }
 
+/// A bare boolean column (`WHERE active`, `NOT active`, `active IS TRUE`)
+/// is an equality on `t` / `f`.
+fn boolean_column(expr: &Expr) -> Option<(usize, Vec<String>)> {
+    let (column, value) = match expr {
+        Expr::Not(arg) => (arg.as_ref(), "f"),
+        Expr::BoolTest {
+            arg,
+            test: BoolTestKind::IsTrue,
+        } => (arg.as_ref(), "t"),
+        Expr::BoolTest {
+            arg,
+            test: BoolTestKind::IsFalse,
+        } => (arg.as_ref(), "f"),
+        other => (other, "t"),
+    };
+    match column {
+        Expr::Column { index, ty } if *ty == Type::BOOL => Some((*index, vec![value.to_string()])),
+        _ => None,
+    }
+}
+
 pub(crate) fn index_key(expr: &Expr) -> Option<(usize, Vec<String>)> {
+    if let Some(key) = boolean_column(expr) {
+        return Some(key);
+    }
     match expr {
         Expr::And(items) => items.iter().find_map(index_key),
         // `IN (...)` and `a = 1 OR a = 2`: one column, any of the values.

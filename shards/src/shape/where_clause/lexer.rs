@@ -171,12 +171,14 @@ fn operator_kind(token: &Token) -> bool {
 pub(crate) fn tokenize(text: &str) -> Result<Vec<Tok>, WhereError> {
     let dialect = PostgreSqlDialect {};
     let mut positions = Positions::new(text);
-    let raw = Tokenizer::new(&dialect, text)
-        .tokenize_with_location()
-        .map_err(|e| {
-            let start = positions.offset(e.location);
-            lexer_error(text, start, &e.message)
-        })?;
+    let mut raw = Vec::new();
+    if let Err(e) = Tokenizer::new(&dialect, text).tokenize_with_location_into_buf(&mut raw) {
+        // The failing token starts after the last complete one (sqlparser
+        // may report the position where it gave up instead).
+        let after = raw.last().map_or(0, |t| positions.offset(t.span.end));
+        let start = after + text[after..].len() - text[after..].trim_start().len();
+        return Err(lexer_error(text, start, &e.message));
+    }
     let mut tokens = Vec::with_capacity(raw.len() + 1);
     for t in raw {
         let start = positions.offset(t.span.start);
@@ -236,19 +238,23 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<Tok>, WhereError> {
     Ok(tokens)
 }
 
-/// Postgres' scanner messages for what sqlparser's tokenizer rejects.
+/// Postgres' scanner messages for what sqlparser's tokenizer rejects,
+/// told apart by how the failing token starts.
 fn lexer_error(text: &str, start: usize, message: &str) -> WhereError {
     let near = &text[start..];
-    let lower = message.to_ascii_lowercase();
-    let what = if lower.contains("dollar") {
+    let upper = near.to_ascii_uppercase();
+    let what = if near.starts_with('"') {
+        "unterminated quoted identifier"
+    } else if near.starts_with('$') {
         "unterminated dollar-quoted string"
-    } else if lower.contains("unterminated string") || lower.contains("unterminated encoded string")
+    } else if near.starts_with("/*") {
+        "unterminated /* comment"
+    } else if ["'", "E'", "N'", "X'", "B'", "U&'"]
+        .iter()
+        .any(|p| upper.starts_with(p))
+        && message.to_ascii_lowercase().contains("unterminated")
     {
         "unterminated quoted string"
-    } else if lower.contains("quoted identifier") || lower.contains("delimited") {
-        "unterminated quoted identifier"
-    } else if lower.contains("comment") {
-        "unterminated /* comment"
     } else {
         let token: String = near
             .chars()
@@ -334,6 +340,30 @@ mod tests {
             err.message,
             "At location 20: unterminated quoted string at or near \"'abc\""
         );
+        for (text, expected) in [
+            (
+                "id = \"abc",
+                "At location 21: unterminated quoted identifier at or near \"\"abc\"",
+            ),
+            (
+                "id = $$abc",
+                "At location 21: unterminated dollar-quoted string at or near \"$$abc\"",
+            ),
+            (
+                "id = /* abc",
+                "At location 21: unterminated /* comment at or near \"/* abc\"",
+            ),
+            (
+                "id = E'abc",
+                "At location 21: unterminated quoted string at or near \"E'abc\"",
+            ),
+            (
+                "id = 'a' || 'b",
+                "At location 28: unterminated quoted string at or near \"'b\"",
+            ),
+        ] {
+            assert_eq!(tokenize(text).unwrap_err().message, expected, "{text}");
+        }
         let err = tokenize("\"\" = 1").unwrap_err();
         assert_eq!(
             err.message,

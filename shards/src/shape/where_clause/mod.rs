@@ -52,6 +52,21 @@
 //! `lower`/`upper`/`ILIKE` fold case with Unicode rules, which may differ
 //! from the database's locale for some characters.
 //!
+//! Nesting (parentheses, operators, function calls) is bounded at 64
+//! levels (`stack depth limit exceeded`), which keeps typing, evaluation
+//! and rendering within half a default thread stack even unoptimised; `AND`,
+//! `OR` and `IN` lists are flat and unbounded.
+//!
+//! # Snapshot SQL
+//!
+//! [`WhereClause::to_sql`] writes every constant as a typed literal and
+//! every implicit cast explicitly, so Postgres evaluates exactly the tree we
+//! evaluate. It assumes the snapshot session uses the replication stream's
+//! settings (`TimeZone=UTC`, `DateStyle=ISO`, `IntervalStyle=iso_8601`,
+//! `extra_float_digits=1`), which timestamp/timestamptz conversions and
+//! casts to text depend on. Parameter values are bound as we read them
+//! (`'007'` for an `int4` binds `7`), so both sides agree on their meaning.
+//!
 //! # Error messages
 //!
 //! Messages are Electric's, with its `At location N:` prefix (for typing
@@ -177,6 +192,8 @@ impl WhereClause {
     /// into the `columns` given to [`WhereClause::parse`]) in Postgres text
     /// output, None for NULL. NULL/unknown, and any evaluation error
     /// (overflow, a value that does not parse), count as not matching.
+    /// (`'r` lets the row lend its text; an elided lifetime in a `dyn Fn`
+    /// return type does not compile.)
     pub fn matches<'r>(&self, value: &dyn Fn(usize) -> Option<&'r str>) -> bool {
         matches!(
             eval::evaluate(&self.expr, value),

@@ -979,6 +979,9 @@ fn where_clause_index_keys() {
         parse_with("id = $1", &["42"]).index_key(),
         some(ID, &["42"])
     );
+    assert_eq!(key("flag"), some(FLAG, &["t"]));
+    assert_eq!(key("NOT flag AND id > 1"), some(FLAG, &["f"]));
+    assert_eq!(key("flag IS FALSE"), some(FLAG, &["f"]));
     for none in [
         "id = 1 OR name = 'x'",
         "id > 5",
@@ -992,7 +995,8 @@ fn where_clause_index_keys() {
         "nums = '{1}'",
         "id + 0 = 5",
         "id::text = '5'",
-        "flag",
+        "flag IS NOT TRUE",
+        "NOT (flag AND id = 1)",
     ] {
         assert_eq!(key(none), None, "{none}");
     }
