@@ -4,6 +4,7 @@
 //! yields `EvalError`; the caller treats the row as not matching, as
 //! Electric's `includes_record?` does.
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
 
 use super::array::{ArrayValue, Dim, MAX_DIMENSIONS};
@@ -22,13 +23,38 @@ fn ok<T>(value: Option<T>) -> Result<T> {
     value.ok_or(EvalError)
 }
 
-pub(crate) fn evaluate<'r>(expr: &Expr, row: &dyn Fn(usize) -> Option<&'r str>) -> Result<Value> {
+/// The row being evaluated: its text by column, and the columns parsed so
+/// far (an `IN` list compares one column many times; it is parsed once).
+pub(crate) struct Row<'a, 'r> {
+    lookup: &'a dyn Fn(usize) -> Option<&'r str>,
+    parsed: RefCell<Vec<(usize, Value)>>,
+}
+
+impl<'a, 'r> Row<'a, 'r> {
+    pub fn new(lookup: &'a dyn Fn(usize) -> Option<&'r str>) -> Row<'a, 'r> {
+        Row {
+            lookup,
+            parsed: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn column(&self, index: usize, ty: &Type) -> Result<Value> {
+        if let Some((_, value)) = self.parsed.borrow().iter().find(|(i, _)| *i == index) {
+            return Ok(value.clone());
+        }
+        let value = match (self.lookup)(index) {
+            None => Value::Null,
+            Some(text) => ok(parse_value(text, ty))?,
+        };
+        self.parsed.borrow_mut().push((index, value.clone()));
+        Ok(value)
+    }
+}
+
+pub(crate) fn evaluate(expr: &Expr, row: &Row) -> Result<Value> {
     match expr {
         Expr::Const { value, .. } => Ok(value.clone()),
-        Expr::Column { index, ty } => match row(*index) {
-            None => Ok(Value::Null),
-            Some(text) => ok(parse_value(text, ty)),
-        },
+        Expr::Column { index, ty } => row.column(*index, ty),
         Expr::Call { func, args } if is_predicate(func.kind) => {
             let [left, right] = args.as_slice() else {
                 return Err(EvalError);
@@ -402,7 +428,7 @@ impl Operand<'_> {
 
 /// Constants are borrowed: a comparison with a literal (or an `IN` list,
 /// or `= ANY` of a literal array) allocates nothing per row for it.
-fn operand<'e, 'r>(expr: &'e Expr, row: &dyn Fn(usize) -> Option<&'r str>) -> Result<Operand<'e>> {
+fn operand<'e>(expr: &'e Expr, row: &Row) -> Result<Operand<'e>> {
     match expr {
         Expr::Const { value, .. } => Ok(Operand::Borrowed(value)),
         other => evaluate(other, row).map(Operand::Owned),

@@ -196,7 +196,7 @@ impl WhereClause {
     /// return type does not compile.)
     pub fn matches<'r>(&self, value: &dyn Fn(usize) -> Option<&'r str>) -> bool {
         matches!(
-            eval::evaluate(&self.expr, value),
+            eval::evaluate(&self.expr, &eval::Row::new(value)),
             Ok(value::Value::Bool(true))
         )
     }
