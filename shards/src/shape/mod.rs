@@ -1,5 +1,6 @@
-//! The shape domain: what a shape is (definition, handle, offsets), how its
-//! rows and changes are encoded on the wire, and its log.
+//! The shape domain: what a shape is (definition, handle, offsets), its
+//! where clause, how its rows and changes are encoded on the wire, and its
+//! log.
 
 pub mod convert;
 pub mod definition;
@@ -9,3 +10,4 @@ pub mod log;
 pub mod offset;
 pub mod registry;
 pub mod schema;
+pub mod where_clause;

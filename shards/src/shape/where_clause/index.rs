@@ -1,0 +1,130 @@
+//! Equality keys for the per-relation shape index: when a clause can only
+//! hold for rows whose column text equals one of a few strings, a change
+//! is routed by a hash lookup instead of evaluating every shape.
+//!
+//! The key is only sound where equal values always print the same text
+//! and distinct values never do; that rules out `numeric` (`1.0`/`1.00`),
+//! floats (`0`/`-0`), `bpchar` (padding), `interval` (`1 mon`/`30 days`)
+//! and arrays, which fall back to evaluation.
+
+use super::ast::BoolTestKind;
+use super::expr::{Expr, FuncKind};
+use super::types::{Scalar, Type};
+use super::value::{cast_value, format_value};
+
+fn keyable(ty: &Type) -> bool {
+    !ty.array
+        && matches!(
+            ty.scalar,
+            Scalar::Int2
+                | Scalar::Int4
+                | Scalar::Int8
+                | Scalar::Text
+                | Scalar::Varchar
+                | Scalar::Name
+                | Scalar::Uuid
+                | Scalar::Bool
+                | Scalar::Date
+                | Scalar::Time
+                | Scalar::Timestamp
+                | Scalar::Timestamptz
+        )
+}
+
+/// Casts that preserve a value's text: integer widening and the text
+/// family's binary-compatible casts. Anything else changes the text the
+/// comparison sees, so the column's own text cannot be the key.
+fn text_preserving(from: &Type, to: &Type) -> bool {
+    let ints = [Scalar::Int2, Scalar::Int4, Scalar::Int8];
+    (ints.contains(&from.scalar) && ints.contains(&to.scalar))
+        || (matches!(from.scalar, Scalar::Varchar | Scalar::Name) && to.scalar == Scalar::Text)
+}
+
+/// The column under any text-preserving casts.
+fn column_of(expr: &Expr) -> Option<(usize, &Type)> {
+    match expr {
+        Expr::Column { index, ty } => Some((*index, ty)),
+        Expr::Cast { arg, ty } if text_preserving(&arg.ty(), ty) => column_of(arg),
+        _ => None,
+    }
+}
+
+/// `column = constant` (either side): the column and the key values.
+fn equality(expr: &Expr) -> Option<(usize, Vec<String>)> {
+    let Expr::Call { func, args } = expr else {
+        return None;
+    };
+    if func.kind != FuncKind::Eq {
+        return None;
+    }
+    let [left, right] = args.as_slice() else {
+        return None;
+    };
+    let (column, constant) = match (column_of(left), column_of(right)) {
+        (Some(c), None) => (c, right),
+        (None, Some(c)) => (c, left),
+        _ => return None,
+    };
+    let (index, column_type) = column;
+    if !keyable(column_type) {
+        return None;
+    }
+    let Expr::Const { value, ty, .. } = constant else {
+        return None;
+    };
+    // The constant as the column's type prints as the stream would print a
+    // matching row. A NULL, or a value outside the column's range (an int8
+    // beyond int4), matches no row: an empty key set.
+    let text =
+        cast_value(value.clone(), ty, column_type).and_then(|v| format_value(&v, column_type));
+    Some((index, text.into_iter().collect()))
+}
+
+/// A bare boolean column (`WHERE active`, `NOT active`, `active IS TRUE`)
+/// is an equality on `t` / `f`.
+fn boolean_column(expr: &Expr) -> Option<(usize, Vec<String>)> {
+    let (column, value) = match expr {
+        Expr::Not(arg) => (arg.as_ref(), "f"),
+        Expr::BoolTest {
+            arg,
+            test: BoolTestKind::IsTrue,
+        } => (arg.as_ref(), "t"),
+        Expr::BoolTest {
+            arg,
+            test: BoolTestKind::IsFalse,
+        } => (arg.as_ref(), "f"),
+        other => (other, "t"),
+    };
+    match column {
+        Expr::Column { index, ty } if *ty == Type::BOOL => Some((*index, vec![value.to_string()])),
+        _ => None,
+    }
+}
+
+pub(crate) fn index_key(expr: &Expr) -> Option<(usize, Vec<String>)> {
+    if let Some(key) = boolean_column(expr) {
+        return Some(key);
+    }
+    match expr {
+        Expr::And(items) => items.iter().find_map(index_key),
+        // `IN (...)` and `a = 1 OR a = 2`: one column, any of the values.
+        Expr::Or(items) => {
+            let mut column = None;
+            let mut values: Vec<String> = Vec::new();
+            for item in items {
+                let (index, keys) = equality(item)?;
+                if column.is_some_and(|c| c != index) {
+                    return None;
+                }
+                column = Some(index);
+                for key in keys {
+                    if !values.contains(&key) {
+                        values.push(key);
+                    }
+                }
+            }
+            column.map(|c| (c, values))
+        }
+        other => equality(other),
+    }
+}

@@ -1,0 +1,230 @@
+//! A shape's `where` clause: validated and typed against the table's
+//! columns as Electric does it, evaluated on replication tuples (column
+//! values in Postgres' text output), rendered back as SQL for the snapshot
+//! query, and reduced to an equality key for the per-relation shape index.
+//!
+//! # Pipeline
+//!
+//! `lexer` (sqlparser's PostgreSQL tokenizer) → `parse` (our precedence
+//! parser for Postgres' expression grammar; sqlparser's own parser differs
+//! from Postgres in precedence and positions) → `typecheck` (names, types,
+//! overloads, Electric's messages) → a typed [`expr::Expr`] that `eval`,
+//! `render` and `index` walk.
+//!
+//! # Supported
+//!
+//! * Column references (unquoted names fold to lower case), literals
+//!   (integers, decimals, strings, `TRUE`/`FALSE`/`NULL`), `'..'::type`,
+//!   `CAST(.. AS type)`, `type '..'`, function-style casts (`int4('5')`),
+//!   `ARRAY[..]`, `$n` parameters typed from context.
+//! * `= <> != < > <= >=`, `AND OR NOT`, `IS [NOT] NULL`, `ISNULL`,
+//!   `NOTNULL`, `IS [NOT] TRUE/FALSE/UNKNOWN`, `IS [NOT] DISTINCT FROM`,
+//!   `[NOT] LIKE/ILIKE` (and `~~ ~~* !~~ !~~*`), `[NOT] BETWEEN
+//!   [SYMMETRIC]`, `[NOT] IN (list)`, `op ANY/SOME/ALL (array)`.
+//! * Arithmetic `+ - * / % ^ |/ ||/ @` and unary `-`/`+` on numeric types;
+//!   bitwise `& | # ~ << >>` on integers; date/time arithmetic (`date ±
+//!   int4`, `date - date`, `date + time`, date/timestamp/timestamptz/time ±
+//!   interval, timestamp differences, `interval * / float8`).
+//! * `||` on text and arrays; array `@> <@ &&`, comparisons.
+//! * Functions: `lower upper like ilike coalesce greatest least array_cat
+//!   array_prepend array_append array_ndims justify_days justify_hours
+//!   justify_interval`.
+//! * Types: `bool`, `int2/4/8`, `float4/8`, `numeric` (as `rust_decimal`:
+//!   exact to 28 significant digits; larger values fail to parse and the
+//!   row does not match), `text`, `varchar`, `bpchar` (padding-insensitive
+//!   comparison), `name`, `uuid`, `date`, `time`, `timestamp`,
+//!   `timestamptz`, `interval` (ordered like Postgres: a month is 30 days),
+//!   and arrays of these. Enums, `json`, `jsonb`, `bytea` and other types
+//!   support only `IS [NOT] NULL` and casts to text (enums, json, jsonb).
+//!
+//! # Not supported
+//!
+//! Subqueries (`Subqueries are not supported`), aggregates and window
+//! functions, non-deterministic functions and `CURRENT_*`, `CASE`, row
+//! constructors, subscripts, `COLLATE`, `AT TIME ZONE`/`timezone()` (no
+//! zone database), `SIMILAR TO`, `LIKE .. ESCAPE`, regular expressions,
+//! JSON/geometric/range/network operators, type modifiers in casts
+//! (`varchar(3)`, `numeric(10,2)`) and bare `char` (which means `char(1)`),
+//! named time zones in literals (only `Z`, `UTC`, `GMT` and numeric
+//! offsets), literals Postgres reads by `DateStyle` (only ISO year-first
+//! dates), and text comparison by collation: we compare bytes, and the
+//! rendered SQL asks Postgres to do the same with `COLLATE "C"`.
+//! `lower`/`upper`/`ILIKE` fold case with Unicode rules, which may differ
+//! from the database's locale for some characters.
+//!
+//! Nesting (parentheses, operators, function calls) is bounded at 64
+//! levels (`stack depth limit exceeded`), which keeps typing, evaluation
+//! and rendering within half a default thread stack even unoptimised; `AND`,
+//! `OR` and `IN` lists are flat and unbounded.
+//!
+//! # Snapshot SQL
+//!
+//! [`WhereClause::to_sql`] writes every constant as a typed literal and
+//! every implicit cast explicitly, so Postgres evaluates exactly the tree we
+//! evaluate. It assumes the snapshot session uses the replication stream's
+//! settings (`TimeZone=UTC`, `DateStyle=ISO`, `IntervalStyle=iso_8601`,
+//! `extra_float_digits=1`), which timestamp/timestamptz conversions and
+//! casts to text depend on. Parameter values are bound as we read them
+//! (`'007'` for an `int4` binds `7`), so both sides agree on their meaning.
+//!
+//! # Error messages
+//!
+//! Messages are Electric's, with its `At location N:` prefix (for typing
+//! errors N is the byte offset of the offending node in the clause; for
+//! syntax errors it is libpg_query's 1-based character position counted
+//! from the start of Electric's wrapper `SELECT 1 WHERE `, i.e. offset +
+//! 16). Exact by construction: `unknown reference x`, `unknown or
+//! unsupported function f/n`, `Could not select an operator overload`,
+//! `Could not select a function overload for f(types)`, `unknown binary
+//! operator "~"`, `parameter $n was not provided`, `parameter value for $n
+//! was not used`, `invalid syntax for type T: v`, `could not cast value
+//! "v" from text to T`, `unknown cast from type A to type B`,
+//! `unsupported type x`, `aggregation is not supported in this context`,
+//! `argument of IS TRUE must be bool, not T`, `argument of ANY must be an
+//! array`, `X is not supported in this context`, `WHERE clause must
+//! return a boolean`, `Subqueries are not supported`, `unescaped ";"
+//! causing statement split`, `malformed query ending with SQL clauses`,
+//! and under `params`: `Parameters must be numbered sequentially, starting
+//! from 1`. Syntax errors read like Postgres' (`syntax error at or near
+//! "x"`, `syntax error at end of input`, `unterminated quoted string at
+//! or near ...`) but are ours, so the token Postgres blames may differ for
+//! unusual input. Locations of typing errors follow Postgres' node
+//! positions (the operator for an operator, the name for a function).
+
+mod array;
+mod ast;
+mod datetime;
+mod error;
+mod eval;
+mod expr;
+mod functions;
+mod index;
+mod lexer;
+mod numeric;
+mod parse;
+mod render;
+mod typecheck;
+mod types;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+pub use error::{WhereError, WhereErrorField};
+
+/// A column of the shape's table, as the where clause may reference it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WhereColumn {
+    pub name: String,
+    /// `pg_type.typname` of the column, or of its element type for arrays
+    /// (`int4`, `text`, `timestamptz`, ...), or the enum's name.
+    pub type_name: String,
+    /// Array dimensions; 0 when not an array.
+    pub dims: u32,
+    pub is_enum: bool,
+}
+
+/// A validated, typed `where` clause.
+#[derive(Clone, Debug)]
+pub struct WhereClause {
+    expr: expr::Expr,
+    referenced: Vec<usize>,
+    canonical: String,
+    sql: String,
+    /// Parameter values normalised to their types' text form, `$1` first.
+    param_values: Vec<String>,
+    index_key: Option<(usize, Vec<String>)>,
+}
+
+impl WhereClause {
+    /// Parses and typechecks `sql` against `columns`; `params` are the
+    /// `$n` values by 1-based position. Errors carry Electric's messages.
+    pub fn parse(
+        sql: &str,
+        columns: &[WhereColumn],
+        params: &BTreeMap<usize, String>,
+    ) -> Result<WhereClause, WhereError> {
+        let parsed = parse::parse(sql)?;
+        if parsed.has_subquery {
+            return Err(WhereError::plain("Subqueries are not supported"));
+        }
+        if params.keys().copied().ne(1..=params.len()) {
+            return Err(WhereError::params(
+                "Parameters must be numbered sequentially, starting from 1",
+            ));
+        }
+        // Parameters are values like any literal for validation, evaluation,
+        // the index and identity (so `id = $1` with 1 is `id = 1`); a second
+        // pass keeps them as placeholders for the snapshot query's SQL.
+        let checked = typecheck::Checker::new(columns, params, true).check_clause(&parsed.root)?;
+        let with_placeholders =
+            typecheck::Checker::new(columns, params, false).check_clause(&parsed.root)?;
+        let mut param_values = Vec::with_capacity(checked.param_types.len());
+        for (n, ty) in &checked.param_types {
+            // Bind the value as we read it, so Postgres and our evaluation
+            // cannot interpret the user's spelling differently.
+            let text = params.get(n).map(String::as_str).unwrap_or_default();
+            let normalised = value::parse_value(text, ty)
+                .and_then(|v| value::format_value(&v, ty))
+                .unwrap_or_else(|| text.to_string());
+            param_values.push(normalised);
+        }
+        let canonical = render::render(&checked.expr, columns, render::Params::Inline);
+        let sql = render::render(
+            &with_placeholders.expr,
+            columns,
+            render::Params::Placeholders,
+        );
+        let index_key = index::index_key(&checked.expr);
+        Ok(WhereClause {
+            expr: checked.expr,
+            referenced: checked.referenced,
+            canonical,
+            sql,
+            param_values,
+            index_key,
+        })
+    }
+
+    /// Evaluates the clause on a row: `value(i)` is column `i` (an index
+    /// into the `columns` given to [`WhereClause::parse`]) in Postgres text
+    /// output, None for NULL. NULL/unknown, and any evaluation error
+    /// (overflow, a value that does not parse), count as not matching.
+    /// (`'r` lets the row lend its text; an elided lifetime in a `dyn Fn`
+    /// return type does not compile.)
+    pub fn matches<'r>(&self, value: &dyn Fn(usize) -> Option<&'r str>) -> bool {
+        matches!(
+            eval::evaluate(&self.expr, &eval::Row::new(value)),
+            Ok(value::Value::Bool(true))
+        )
+    }
+
+    /// Indices of the columns the clause references, ascending.
+    pub fn referenced_columns(&self) -> &[usize] {
+        &self.referenced
+    }
+
+    /// A normalised SQL form with parameters written in: clauses that mean
+    /// the same (whitespace, case, literal spelling, `$1` versus its value,
+    /// `BETWEEN` versus two comparisons) give the same string.
+    pub fn canonical(&self) -> &str {
+        &self.canonical
+    }
+
+    /// The clause as Postgres SQL for the snapshot query, regenerated from
+    /// the typed tree, with `$n::type` placeholders, and the values to bind
+    /// for `$1..$n` (normalised to each parameter's type).
+    pub fn to_sql(&self) -> (String, Vec<String>) {
+        (self.sql.clone(), self.param_values.clone())
+    }
+
+    /// If every matching row must have column `i` print as one of the
+    /// returned strings (`col = const`, `col IN (...)`, or such a conjunct
+    /// of an `AND`), that column and those strings, in the exact text the
+    /// replication stream carries. Rows with other text cannot match.
+    pub fn index_key(&self) -> Option<(usize, Vec<String>)> {
+        self.index_key.clone()
+    }
+}
