@@ -64,6 +64,7 @@ pub fn run(config: Config) -> Result<(), String> {
 
 fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> Result<(), String> {
     let shard_count = config.shards;
+    check_shard_count(&config.storage_dir.join("shards"), shard_count)?;
     let progress = DurableProgress::new(shard_count, Lsn::ZERO);
     let routes = Arc::new(RouteTable::new());
     let status = Arc::new(ServiceStatus::default());
@@ -244,6 +245,30 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         Err(_) => return Err("ingest thread panicked".into()),
     }
     shards_result
+}
+
+/// Shapes live on the shard that owns their definition hash, so a storage
+/// directory written with N shards only makes sense with N shards. Until
+/// shapes are re-homed on a change, refuse to start rather than lose them.
+fn check_shard_count(dir: &std::path::Path, shards: usize) -> Result<(), String> {
+    let path = dir.join("count");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(n) if n == shards => Ok(()),
+            Ok(n) => Err(format!(
+                "{} holds shapes of {n} shards but {shards} were asked for: start with --shards {n} (SHAPESHARD_SHARDS={n}), or remove {} to start with no shapes",
+                dir.display(),
+                dir.display()
+            )),
+            Err(_) => Err(format!("{} is not a shard count: remove it", path.display())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&path, format!("{shards}\n")))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 fn install_signal_handlers(shutdown: &Shutdown) -> Result<(), String> {

@@ -117,6 +117,12 @@ impl Server {
         self.terminate();
     }
 
+    /// SIGTERM and wait, leaving the storage directory for a next run.
+    pub fn stop_keeping_storage(mut self) {
+        self.terminate();
+        self.dir = PathBuf::new();
+    }
+
     fn terminate(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             unsafe {
@@ -138,7 +144,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.terminate();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

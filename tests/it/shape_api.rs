@@ -254,6 +254,30 @@ fn every_bad_request_gets_electrics_status_and_body() {
         &invalid("columns", "Invalid zero-length identifier"),
     );
 
+    // Where clauses: our checks, in Electric's words and locations.
+    for (url, field, message) in [
+        ("where=nope%20%3D%201", "where", "At location 0: unknown reference nope"),
+        ("where=id%20%3D%20", "where", "At location 21: syntax error at end of input"),
+        ("where=id%20%3D%20%241", "where", "At location 5: parameter $1 was not provided"),
+        (
+            "where=id%20%3D%20%242&params%5B2%5D=1",
+            "params",
+            "Parameters must be numbered sequentially, starting from 1",
+        ),
+        ("where=title", "where", "WHERE clause must return a boolean"),
+        ("where=(SELECT%201)%20%3D%201", "where", "Subqueries are not supported"),
+    ] {
+        check(
+            &format!("/v1/shape?table=items&offset=-1&{url}"),
+            400,
+            &invalid(field, message),
+        );
+    }
+    // A bound parameter is a value, never SQL.
+    let injected = server.get("/v1/shape?table=items&offset=-1&where=title%20%3D%20%241&params%5B1%5D=x%27%20OR%201%3D1%20--");
+    assert_eq!(injected.status, 200, "{}", injected.body);
+    assert_eq!(injected.json().as_array().unwrap().len(), 1, "only snapshot-end: {}", injected.body);
+
     // Handle and definition disagree: 409 naming the definition's shape.
     let first = server.get("/v1/shape?table=items&offset=-1");
     let handle = first.header("electric-handle").unwrap().to_string();

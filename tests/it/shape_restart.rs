@@ -119,3 +119,24 @@ fn shapes_survive_sigkill_under_write_load() {
         }
     }
 }
+
+#[test]
+fn a_different_shard_count_is_refused_with_what_to_do() {
+    let db = database("reshard");
+    let server = Server::start(&db, &[]);
+    let dir = server.dir.clone();
+    server.stop_keeping_storage();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shapeshard"))
+        .env("DATABASE_URL", &db.url)
+        .env("ELECTRIC_STORAGE_DIR", &dir)
+        .env("ELECTRIC_INSECURE", "true")
+        .env("ELECTRIC_PORT", shapeshard::devpg::free_port().unwrap().to_string())
+        .env("SHAPESHARD_SHARDS", "3")
+        .env("SHAPESHARD_PLACEMENT", "unbound")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--shards 2"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
