@@ -67,6 +67,25 @@ pub fn encode(out: &mut Vec<u8>, lsn: u64, shape: u64, kind: Kind, payload: &[u8
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Calls `f(shape, kind)` for each record of `bytes`, which must be whole
+/// records this process framed (no checksum work: for bookkeeping on the
+/// write path). Returns the bytes walked.
+pub fn walk_headers(bytes: &[u8], mut f: impl FnMut(u64, u8)) -> usize {
+    let mut pos = 0;
+    while let Some(header) = bytes.get(pos..pos + HEADER_BYTES) {
+        let total = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        if total < HEADER_BYTES || pos + total > bytes.len() {
+            break;
+        }
+        f(
+            u64::from_le_bytes(header[16..24].try_into().expect("8 bytes")),
+            header[24],
+        );
+        pos += total;
+    }
+    pos
+}
+
 /// Why a scan stopped before the end of the bytes it was given.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stop {

@@ -7,8 +7,14 @@
 //! written again (with what follows it) by the next one, so every write is
 //! block-aligned and no byte of a durable record is ever rewritten with
 //! different contents.
+//!
+//! Retention: the oldest segments are deleted once every shape with a
+//! record in them has been removed (and that removal is durable). Only a
+//! prefix of the log is ever deleted, so a shape's creation can never
+//! outlive its removal record.
 
 use std::cell::Cell;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -22,6 +28,7 @@ pub struct SegmentStats {
     pub fdatasyncs: Cell<u64>,
     pub flushes: Cell<u64>,
     pub bytes_written: Cell<u64>,
+    pub segments_deleted: Cell<u64>,
 }
 
 pub struct SegmentWriter {
@@ -35,6 +42,10 @@ pub struct SegmentWriter {
     tail: Vec<u8>,
     /// Bytes at the start of `tail` that are already durable.
     tail_durable: usize,
+    /// Per segment, the shapes with records in it.
+    referenced: BTreeMap<u64, HashSet<u64>>,
+    /// Shapes whose removal is in the log.
+    removed: HashSet<u64>,
     pub stats: Rc<SegmentStats>,
 }
 
@@ -54,7 +65,20 @@ impl SegmentWriter {
     pub async fn open(dir: &Path, segment_bytes: u64) -> std::io::Result<(SegmentWriter, Recovered)> {
         assert!(segment_bytes >= BLOCK as u64 && segment_bytes % BLOCK as u64 == 0);
         std::fs::create_dir_all(dir)?;
-        let index = segment_indices(dir)?.last().copied().unwrap_or(0);
+        let indices = segment_indices(dir)?;
+        let index = indices.last().copied().unwrap_or(0);
+        let mut referenced: BTreeMap<u64, HashSet<u64>> = BTreeMap::new();
+        let mut removed = HashSet::new();
+        for &older in indices.iter().filter(|&&i| i != index) {
+            let bytes = std::fs::read(segment_path(dir, older))?;
+            let shapes = referenced.entry(older).or_default();
+            for record in Scanner::new(&bytes) {
+                shapes.insert(record.shape);
+                if record.kind == record::Kind::ShapeRemoved {
+                    removed.insert(record.shape);
+                }
+            }
+        }
         let path = segment_path(dir, index);
         let file = DmaLog::open(&path).await?;
         let size = file.size().await?;
@@ -64,11 +88,12 @@ impl SegmentWriter {
             file.read_at(0, size as usize).await?
         };
         let mut scan = Scanner::new(&bytes);
-        let mut last_lsn = 0;
+        let current = referenced.entry(index).or_default();
         for record in scan.by_ref() {
-            // Records are appended in WAL order within a segment.
-            debug_assert!(record.lsn >= last_lsn || record.lsn == 0);
-            last_lsn = last_lsn.max(record.lsn);
+            current.insert(record.shape);
+            if record.kind == record::Kind::ShapeRemoved {
+                removed.insert(record.shape);
+            }
         }
         let valid_len = scan.valid_len();
         let torn = match scan.stop() {
@@ -95,6 +120,8 @@ impl SegmentWriter {
             tail_at,
             tail,
             tail_durable,
+            referenced,
+            removed,
             stats: Rc::new(SegmentStats::default()),
         };
         Ok((
@@ -108,12 +135,53 @@ impl SegmentWriter {
 
     /// Buffers one record; durable after the next `flush`.
     pub fn append(&mut self, lsn: u64, shape: u64, kind: record::Kind, payload: &[u8]) {
+        let start = self.tail.len();
         record::encode(&mut self.tail, lsn, shape, kind, payload);
+        self.note_records(start);
     }
 
     /// Buffers already framed records.
     pub fn append_framed(&mut self, records: &[u8]) {
+        let start = self.tail.len();
         self.tail.extend_from_slice(records);
+        self.note_records(start);
+    }
+
+    /// Which shapes the records from `tail[start..]` reference, for retention.
+    fn note_records(&mut self, start: usize) {
+        let shapes = self.referenced.entry(self.index).or_default();
+        let removed = &mut self.removed;
+        let walked = record::walk_headers(&self.tail[start..], |shape, kind| {
+            shapes.insert(shape);
+            if kind == record::Kind::ShapeRemoved as u8 {
+                removed.insert(shape);
+            }
+        });
+        assert_eq!(
+            start + walked,
+            self.tail.len(),
+            "only whole records are appended"
+        );
+    }
+
+    /// Deletes the oldest segments whose every shape has been removed.
+    /// Called after a flush, so the removals it relies on are durable.
+    fn reclaim(&mut self) -> std::io::Result<()> {
+        while let Some((&oldest, shapes)) = self.referenced.first_key_value() {
+            if oldest == self.index || !shapes.iter().all(|s| self.removed.contains(s)) {
+                break;
+            }
+            std::fs::remove_file(segment_path(&self.dir, oldest))?;
+            self.referenced.remove(&oldest);
+            self.stats
+                .segments_deleted
+                .set(self.stats.segments_deleted.get() + 1);
+        }
+        // Removed shapes no segment mentions any more need no memory.
+        let referenced = &self.referenced;
+        self.removed
+            .retain(|s| referenced.values().any(|shapes| shapes.contains(s)));
+        Ok(())
     }
 
     /// Bytes waiting for a flush.
@@ -150,6 +218,7 @@ impl SegmentWriter {
         if self.tail_at + self.tail.len() as u64 >= self.segment_bytes {
             self.roll().await?;
         }
+        self.reclaim()?;
         Ok(true)
     }
 
@@ -299,6 +368,65 @@ mod tests {
         let all = records(&dir);
         assert_eq!(all.len(), 5);
         assert_eq!(all[4], (5, 1, b"resent".to_vec()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+    use crate::runtime::{dma::open_marker_first, spawn_thread};
+    use crate::storage::record::Kind;
+
+    #[test]
+    fn segments_go_once_every_shape_in_them_is_removed_oldest_first() {
+        let dir = std::env::temp_dir().join(format!("shapeshard-retention-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = dir.clone();
+        let (after_remove_1, after_remove_2, deleted) = spawn_thread("retention", move || async move {
+            open_marker_first(&d.join("marker")).await.unwrap();
+            let (mut writer, _) = SegmentWriter::open(&d.join("log"), 64 * 1024).await.unwrap();
+            let payload = [b'x'; 1000];
+            // Segments 0..: shape 1 alone, then shapes 1 and 2, then 2 alone.
+            for _ in 0..150 {
+                writer.append(1, 1, Kind::Entry, &payload);
+                writer.flush().await.unwrap();
+            }
+            for _ in 0..150 {
+                writer.append(2, 2, Kind::Entry, &payload);
+                writer.flush().await.unwrap();
+            }
+            let before = segment_indices(&d.join("log")).unwrap().len();
+            assert!(before >= 4, "{before} segments");
+            writer.append(3, 1, Kind::ShapeRemoved, b"deleted");
+            writer.flush().await.unwrap();
+            let after_remove_1 = segment_indices(&d.join("log")).unwrap();
+            writer.append(4, 2, Kind::ShapeRemoved, b"deleted");
+            // Fill the current segment so it rolls and can go too.
+            for _ in 0..70 {
+                writer.append(5, 3, Kind::Entry, &payload);
+                writer.flush().await.unwrap();
+            }
+            let after_remove_2 = segment_indices(&d.join("log")).unwrap();
+            (after_remove_1, after_remove_2, writer.stats.segments_deleted.get())
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+        // Removing shape 1 frees the segments holding only shape 1, up to
+        // the first that also holds shape 2.
+        assert!(after_remove_1[0] > 0, "{after_remove_1:?}");
+        // Removing shape 2 frees everything before the segments of shape 3.
+        assert!(after_remove_2.len() <= 3, "{after_remove_2:?}");
+        assert!(deleted >= 3);
+        // Recovery after retention still finds whole records only.
+        for index in &after_remove_2 {
+            let bytes = std::fs::read(dir.join("log").join(format!("segment-{index:010}.log"))).unwrap();
+            let mut scan = Scanner::new(&bytes);
+            scan.by_ref().for_each(drop);
+            assert_eq!(scan.stop(), Some(&Stop::End));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
