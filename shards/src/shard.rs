@@ -25,6 +25,7 @@ pub struct ShardCore {
     commit: Option<GroupCommit>,
     signals: Rc<CommitSignals>,
     max_pending: usize,
+    interval: std::time::Duration,
 }
 
 impl ShardCore {
@@ -54,6 +55,7 @@ impl ShardCore {
             }),
             signals,
             max_pending: config.max_pending,
+            interval: config.interval,
         }
     }
 
@@ -105,7 +107,12 @@ impl ShardCore {
                 break;
             }
             self.apply(event);
-            runtime::yield_if_needed().await;
+            if self.signals.commit_due(self.interval) {
+                // Let the committer run its tick now, however busy the feed.
+                futures_lite::future::yield_now().await;
+            } else {
+                runtime::yield_if_needed().await;
+            }
         }
         self.signals.closing.set(true);
         self.signals.wake.notify_all();

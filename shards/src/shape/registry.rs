@@ -297,6 +297,9 @@ struct RelationShapes {
     unindexed: Vec<ShapeId>,
     /// column → value text → shapes requiring that value.
     indexed: HashMap<usize, HashMap<String, Vec<ShapeId>>>,
+    /// Shapes still waiting for their snapshot's visibility: they hold
+    /// every transaction on the relation, whatever the index says.
+    pending: Vec<ShapeId>,
     count: usize,
 }
 
@@ -316,6 +319,7 @@ impl RelationShapes {
 
     fn remove(&mut self, id: ShapeId) {
         self.count -= 1;
+        self.pending.retain(|&s| s != id);
         self.unindexed.retain(|&s| s != id);
         for by_value in self.indexed.values_mut() {
             by_value.retain(|_, ids| {
@@ -427,6 +431,7 @@ impl Registry {
 
     fn add(&mut self, id: ShapeId, spec: ShapeSpec, gate: Gate) -> Rc<Shape> {
         let relation = spec.schema.relation_id;
+        let pending = matches!(gate, Gate::Pending(_));
         let index_key = spec.filter.as_ref().and_then(|f| f.index_key());
         let column_names = spec.schema.columns.iter().map(|c| c.name.clone()).collect();
         let shape = Rc::new(Shape {
@@ -448,10 +453,11 @@ impl Registry {
             .insert(shape.spec.canonical.clone(), id);
         assert!(replaced.is_none(), "two live shapes for one definition");
         self.by_handle.insert(shape.handle().to_string(), id);
-        self.by_relation
-            .entry(relation)
-            .or_default()
-            .add(id, index_key);
+        let shapes = self.by_relation.entry(relation).or_default();
+        shapes.add(id, index_key);
+        if pending {
+            shapes.pending.push(id);
+        }
         self.shapes.insert(id, shape.clone());
         self.routes.subscribe(relation, self.shard);
         shape
@@ -503,6 +509,9 @@ impl Registry {
         let Some(shape) = self.shapes.get(&id).cloned() else {
             return;
         };
+        if let Some(shapes) = self.by_relation.get_mut(&shape.relation_id()) {
+            shapes.pending.retain(|&s| s != id);
+        }
         let held = {
             let mut state = shape.state.borrow_mut();
             match std::mem::replace(&mut state.gate, Gate::Filtering(snapshot)) {
@@ -580,15 +589,16 @@ impl Registry {
         }
         // Shapes still waiting for their snapshot hold every transaction on
         // their table, whatever the index said.
-        let pending: Vec<Rc<Shape>> = self
-            .shapes
-            .values()
-            .filter(|s| {
-                !per_shape.contains_key(&s.id)
-                    && matches!(s.state.borrow().gate, Gate::Pending(_))
-                    && tx.touches(s.relation_id())
-            })
-            .cloned()
+        let mut relations: Vec<RelationId> =
+            tx.changes.iter().flat_map(|c| c.relation_ids()).collect();
+        relations.sort_unstable();
+        relations.dedup();
+        let pending: Vec<Rc<Shape>> = relations
+            .iter()
+            .filter_map(|r| self.by_relation.get(r))
+            .flat_map(|shapes| shapes.pending.iter())
+            .filter(|id| !per_shape.contains_key(id))
+            .filter_map(|id| self.shapes.get(id).cloned())
             .collect();
         for shape in pending {
             self.apply_one(&shape, tx, None);

@@ -23,6 +23,15 @@ pub struct CommitConfig {
     pub max_pending: usize,
 }
 
+impl CommitSignals {
+    /// Whether the committer is due: the shard core should yield to it.
+    pub fn commit_due(&self, interval: Duration) -> bool {
+        self.last_commit
+            .get()
+            .is_none_or(|at| at.elapsed() >= interval)
+    }
+}
+
 impl Default for CommitConfig {
     fn default() -> CommitConfig {
         CommitConfig {
@@ -42,6 +51,9 @@ pub struct CommitSignals {
     pub closing: Cell<bool>,
     /// Set when the segment log failed: the shard must stop.
     pub failed: Cell<bool>,
+    /// When the last commit started; the shard core yields to the committer
+    /// once a tick has passed, so a busy feed cannot stretch the tick.
+    pub last_commit: Cell<Option<std::time::Instant>>,
     pub wake: Rc<Notify>,
 }
 
@@ -77,6 +89,7 @@ impl GroupCommit {
             }
             // Everything applied up to `seen` is in the journal now: take
             // both together (no await in between).
+            self.signals.last_commit.set(Some(std::time::Instant::now()));
             let seen = self.signals.seen.get();
             let records = std::mem::take(&mut *self.journal.borrow_mut());
             self.writer.append_framed(&records);
