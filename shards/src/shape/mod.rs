@@ -11,3 +11,5 @@ pub mod offset;
 pub mod registry;
 pub mod schema;
 pub mod where_clause;
+#[cfg(test)]
+mod interleave_tests;
