@@ -35,6 +35,10 @@ pub fn run(config: Config) -> Result<(), String> {
     })?;
     let shutdown = Shutdown::new();
     install_signal_handlers(&shutdown)?;
+    // Held until the process exits: one writer per storage directory.
+    let Some(_lock) = lock_storage(&config.storage_dir, &shutdown)? else {
+        return Ok(());
+    };
 
     let mut embedded = None;
     let conn = match &config.database {
@@ -245,6 +249,46 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         Err(_) => return Err("ingest thread panicked".into()),
     }
     shards_result
+}
+
+/// Takes the storage directory's exclusive lock, waiting (and saying so)
+/// while another instance holds it — a rolling deploy's new instance takes
+/// over when the old one exits. None if asked to stop while waiting.
+fn lock_storage(dir: &std::path::Path, shutdown: &Shutdown) -> Result<Option<std::fs::File>, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut said = false;
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            if said {
+                tracing::info!("storage directory lock acquired; taking over");
+            }
+            return Ok(Some(file));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(format!("cannot lock {}: {err}", path.display()));
+        }
+        if !said {
+            tracing::warn!(
+                "waiting for the storage directory lock: another shapeshard instance is using {}",
+                dir.display()
+            );
+            said = true;
+        }
+        if shutdown.is_triggered() {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// Shapes live on the shard that owns their definition hash, so a storage

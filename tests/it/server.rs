@@ -10,6 +10,9 @@ pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
     child: Child,
+    /// Whether dropping this server removes `dir` (not for a successor
+    /// sharing it, nor after `stop_keeping_storage`).
+    owns_dir: bool,
     /// How it was started, for restarts.
     db_url: String,
     stream_id: String,
@@ -32,12 +35,33 @@ impl Server {
             port,
             dir,
             child,
+            owns_dir: true,
             db_url: db.url.clone(),
             stream_id: db.stream_id(),
             env,
         };
         server.wait_active();
         server
+    }
+
+    /// Starts a second instance on this one's storage directory (a rolling
+    /// deploy) on its own port, without waiting for it to be active.
+    pub fn spawn_successor(&self) -> Server {
+        let port = shapeshard::devpg::free_port().unwrap();
+        Server {
+            port,
+            dir: self.dir.clone(),
+            owns_dir: false,
+            child: spawn(&self.db_url, &self.stream_id, &self.dir, port, &self.env),
+            db_url: self.db_url.clone(),
+            stream_id: self.stream_id.clone(),
+            env: self.env.clone(),
+        }
+    }
+
+    /// Waits until health reports active.
+    pub fn wait_until_active(&mut self) {
+        self.wait_active();
     }
 
     /// SIGKILL (no clean shutdown), then start again on the same storage
@@ -120,7 +144,7 @@ impl Server {
     /// SIGTERM and wait, leaving the storage directory for a next run.
     pub fn stop_keeping_storage(mut self) {
         self.terminate();
-        self.dir = PathBuf::new();
+        self.owns_dir = false;
     }
 
     fn terminate(&mut self) {
@@ -144,7 +168,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.terminate();
-        if !self.dir.as_os_str().is_empty() {
+        if self.owns_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

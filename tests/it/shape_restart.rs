@@ -140,3 +140,38 @@ fn a_different_shard_count_is_refused_with_what_to_do() {
     assert!(stderr.contains("--shards 2"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_rolling_deploy_waits_for_the_lock_then_takes_over_every_shape() {
+    let db = database("rolling");
+    db.client()
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a')")
+        .unwrap();
+    let old = Server::start(
+        &db,
+        &[("ELECTRIC_LONG_POLL_TIMEOUT", "500"), ("ELECTRIC_LOG_LEVEL", "info")],
+    );
+    let mut client = ShapeClient::new("table=items");
+    client.sync(&old).unwrap();
+
+    let mut new = old.spawn_successor();
+    crate::harness::wait_for("the successor to wait for the lock", Duration::from_secs(20), || {
+        new.log_tail().contains("waiting for the storage directory lock").then_some(())
+    });
+    assert!(new.try_get("/v1/health").is_err(), "not serving while the old one runs");
+    // The old instance keeps serving meanwhile.
+    db.client().batch_execute("INSERT INTO items VALUES (2, 'b')").unwrap();
+    crate::harness::wait_for("the old instance to serve the insert", Duration::from_secs(20), || {
+        client.poll(&old).unwrap();
+        (client.rows.len() == 2).then_some(())
+    });
+
+    old.stop_keeping_storage();
+    new.wait_until_active();
+    db.client().batch_execute("INSERT INTO items VALUES (3, 'c')").unwrap();
+    crate::harness::wait_for("the new instance to carry on", Duration::from_secs(30), || {
+        client.poll(&new).unwrap_or_else(|e| panic!("{e}"));
+        (client.rows.len() == 3).then_some(())
+    });
+    assert!(new.log_tail().contains("storage directory lock acquired"));
+}
