@@ -117,6 +117,11 @@ pub struct Options {
     #[arg(long, env = "SHAPESHARD_SNAPSHOT_POOL_SIZE", default_value_t = 4)]
     pub snapshot_pool_size: usize,
 
+    /// Most shapes kept (0 = unlimited); beyond it the least recently read
+    /// are evicted and their clients re-sync.
+    #[arg(long, env = "ELECTRIC_MAX_SHAPES", default_value_t = 0)]
+    pub max_shapes: usize,
+
     /// Group commit tick of each shard's segment log, milliseconds.
     #[arg(long, env = "SHAPESHARD_FLUSH_INTERVAL_MS", default_value_t = 5)]
     pub flush_interval_ms: u64,
@@ -181,6 +186,7 @@ pub struct Config {
     pub flush_interval_ms: u64,
     pub flush_bytes: usize,
     pub segment_bytes: u64,
+    pub max_shapes: usize,
 }
 
 impl Config {
@@ -282,6 +288,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         flush_interval_ms: o.flush_interval_ms,
         flush_bytes: o.flush_bytes,
         segment_bytes: o.segment_bytes,
+        max_shapes: o.max_shapes,
     })
 }
 

@@ -17,11 +17,16 @@ pub struct Metrics {
     pub rejected_initial: AtomicU64,
     pub rejected_existing: AtomicU64,
     pub snapshots_started: AtomicU64,
+    pub shapes_evicted: AtomicU64,
 }
 
 impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
     }
 
     pub fn rejected(&self, kind: Kind) {
@@ -45,6 +50,7 @@ impl Metrics {
         line("shapeshard_requests_rejected_initial_total", "counter", "Initial requests rejected by admission control.", &self.rejected_initial);
         line("shapeshard_requests_rejected_existing_total", "counter", "Existing-shape requests rejected by admission control.", &self.rejected_existing);
         line("shapeshard_snapshots_started_total", "counter", "Snapshot queries started.", &self.snapshots_started);
+        line("shapeshard_shapes_evicted_total", "counter", "Shapes evicted as least recently read (ELECTRIC_MAX_SHAPES).", &self.shapes_evicted);
         out
     }
 }

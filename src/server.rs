@@ -93,6 +93,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         config.max_concurrent_existing,
     );
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    let eviction = Arc::new(crate::shapes::evict::Eviction::new(config.max_shapes, shard_count));
     let commit_config = CommitConfig {
         interval: std::time::Duration::from_millis(config.flush_interval_ms),
         max_pending: config.flush_bytes,
@@ -120,6 +121,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         let admission = admission.clone();
         let metrics = metrics.clone();
         let recovered = recovered.clone();
+        let eviction = eviction.clone();
         shard_gens.push(move || async move {
             if let Err(e) = runtime::dma::open_marker_first(&shard_dir).await {
                 tracing::error!(shard = index, "storage unusable: {e}");
@@ -173,7 +175,8 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
             // serving forwarded ones): every shape it had is back.
             let pool = Pool::new(conn, shape_config.pool_size);
             let service =
-                ShapeService::new(index, registry.clone(), pool, shape_config, metrics.clone());
+                ShapeService::new(index, registry.clone(), pool, shape_config, metrics.clone(), eviction.clone());
+            eviction.publish(index, &registry.borrow());
             let router = Router::new(links, service);
             let mut core = ShardCore::new(index, progress, registry, writer, commit_config);
             let http = crate::http::serve(

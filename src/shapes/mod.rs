@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod create;
+pub mod evict;
 pub mod filter;
 pub mod persist;
 pub mod pool;

@@ -17,6 +17,7 @@ use shards::shape::offset::LogOffset;
 use shards::shape::registry::{Registry, Shape};
 
 use super::create;
+use super::evict::Eviction;
 use super::pool::Pool;
 use crate::metrics::Metrics;
 use crate::http::shape::reply::ShapeReply;
@@ -67,6 +68,7 @@ pub struct ShapeService {
     /// Suffix of etags for responses that must not revalidate.
     etag_counter: Cell<u64>,
     pub metrics: Arc<Metrics>,
+    pub eviction: Arc<Eviction>,
 }
 
 impl ShapeService {
@@ -76,9 +78,11 @@ impl ShapeService {
         pool: Rc<Pool>,
         config: ShapeConfig,
         metrics: Arc<Metrics>,
+        eviction: Arc<Eviction>,
     ) -> Rc<ShapeService> {
         Rc::new(ShapeService {
             metrics,
+            eviction,
             shard,
             registry,
             pool,
@@ -93,6 +97,7 @@ impl ShapeService {
         match request.kind {
             RequestKind::Get => self.get(request).await,
             RequestKind::Delete => self.delete(request),
+            RequestKind::Evict => self.evict_oldest(),
         }
     }
 
@@ -100,16 +105,36 @@ impl ShapeService {
         let Some(definition) = &request.definition else {
             return ShapeReply::invalid(&[("table", "can't be blank".into())]);
         };
+        let started = Metrics::get(&self.metrics.creations_started);
         let shape = match self.get_or_create(definition).await {
             Ok(shape) => shape,
             Err(reply) => return reply,
         };
-        if let Some(handle) = &request.handle {
-            if handle != shape.handle() {
-                return ShapeReply::must_refetch(Some(shape.handle()));
-            }
+        // Whether any creation started meanwhile (this request's, one it
+        // joined, or another's): then the limit is checked after replying.
+        let created = Metrics::get(&self.metrics.creations_started) != started;
+        {
+            let mut registry = self.registry.borrow_mut();
+            registry.touch(shape.id, self.eviction.stamp());
+            self.eviction.publish(self.shard, &registry);
         }
-        self.read(&request, &shape).await
+        let mut reply = match &request.handle {
+            Some(handle) if handle != shape.handle() => ShapeReply::must_refetch(Some(shape.handle())),
+            _ => self.read(&request, &shape).await,
+        };
+        reply.created = created;
+        reply
+    }
+
+    /// Evicts this shard's least recently read shape (LRU over the limit).
+    fn evict_oldest(&self) -> ShapeReply {
+        let mut registry = self.registry.borrow_mut();
+        if let Some((_, id)) = registry.oldest_read() {
+            registry.remove(id, "evicted: ELECTRIC_MAX_SHAPES reached");
+            Metrics::inc(&self.metrics.shapes_evicted);
+        }
+        self.eviction.publish(self.shard, &registry);
+        ShapeReply::new(200, Bytes::new())
     }
 
     /// The live shape for `definition`, created (once, however many ask at
@@ -191,6 +216,7 @@ impl ShapeService {
             }
         }
         self.registry.borrow_mut().remove(shape.id, "deleted by request");
+        self.eviction.publish(self.shard, &self.registry.borrow());
         ShapeReply::new(202, Bytes::new()).header("cache-control", "no-cache")
     }
 

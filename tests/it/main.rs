@@ -12,6 +12,7 @@ mod server;
 mod shape_api;
 mod shape_client;
 mod shape_consistency;
+mod shape_evict;
 mod shape_herd;
 mod shape_restart;
 mod standby;

@@ -5,8 +5,8 @@
 //! Owned by one shard and touched only on its executor (shapes are `Rc`);
 //! nothing here crosses shards.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -82,6 +82,8 @@ pub struct Shape {
     pub id: ShapeId,
     pub spec: ShapeSpec,
     journal: Journal,
+    /// When it was last read, on the server-wide read clock (for LRU).
+    read_stamp: Cell<u64>,
     column_names: Vec<String>,
     state: RefCell<ShapeState>,
     changed: Rc<Notify>,
@@ -355,6 +357,8 @@ pub struct Registry {
     /// The newest WAL position this shard has processed.
     last_seen: Lsn,
     journal: Journal,
+    /// Shapes by last read, oldest first (LRU eviction).
+    by_read: BTreeSet<(u64, ShapeId)>,
 }
 
 impl Registry {
@@ -370,7 +374,22 @@ impl Registry {
             by_relation: HashMap::new(),
             last_seen: Lsn::ZERO,
             journal: Rc::default(),
+            by_read: BTreeSet::new(),
         }
+    }
+
+    /// Records a read of `id` at `stamp` (a server-wide, growing clock).
+    pub fn touch(&mut self, id: ShapeId, stamp: u64) {
+        if let Some(shape) = self.shapes.get(&id) {
+            self.by_read.remove(&(shape.read_stamp.get(), id));
+            shape.read_stamp.set(stamp);
+            self.by_read.insert((stamp, id));
+        }
+    }
+
+    /// The read stamp of the least recently read shape, if any.
+    pub fn oldest_read(&self) -> Option<(u64, ShapeId)> {
+        self.by_read.first().copied()
     }
 
     /// The records waiting for the shard's next group commit.
@@ -436,6 +455,7 @@ impl Registry {
         let column_names = spec.schema.columns.iter().map(|c| c.name.clone()).collect();
         let shape = Rc::new(Shape {
             id,
+            read_stamp: Cell::new(0),
             journal: self.journal.clone(),
             column_names,
             state: RefCell::new(ShapeState {
@@ -459,6 +479,7 @@ impl Registry {
             shapes.pending.push(id);
         }
         self.shapes.insert(id, shape.clone());
+        self.by_read.insert((0, id));
         self.routes.subscribe(relation, self.shard);
         shape
     }
@@ -483,6 +504,7 @@ impl Registry {
             return;
         };
         tracing::info!(shard = self.shard, handle = shape.handle(), "shape removed: {why}");
+        self.by_read.remove(&(shape.read_stamp.get(), id));
         self.by_handle.remove(shape.handle());
         if self.by_definition.get(&shape.spec.canonical) == Some(&id) {
             self.by_definition.remove(&shape.spec.canonical);

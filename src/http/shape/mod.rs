@@ -77,6 +77,9 @@ async fn handle_admitted(request: Request<Incoming>, context: &HttpContext) -> R
     let owner = shards::owner::shard_of(parsed.owner_key(), router.shards());
     let parsed_kind = parsed.kind;
     let mut reply = router.dispatch(owner, parsed).await;
+    if reply.created {
+        evict_if_over(router).await;
+    }
     if parsed_kind == RequestKind::Delete && reply.status < 400 {
         reply.headers.retain(|(n, _)| *n != "cache-control");
         reply = reply.header("cache-control", "no-cache");
@@ -87,4 +90,28 @@ async fn handle_admitted(request: Request<Incoming>, context: &HttpContext) -> R
         *response.body_mut() = Body::default();
     }
     response
+}
+
+/// After a creation: while over `ELECTRIC_MAX_SHAPES`, the shard holding the
+/// least recently read shape evicts it. Awaited, so the next creation sees
+/// the count it left (bounded: one eviction per shape over the limit).
+async fn evict_if_over(router: &forward::Router) {
+    let eviction = &router.service().eviction;
+    let mut rounds = 0;
+    while eviction.over_limit() && rounds < 16 {
+        rounds += 1;
+        let Some(victim) = eviction.victim_shard() else {
+            return;
+        };
+        let request = request::ShapeRequest {
+            kind: RequestKind::Evict,
+            definition: None,
+            handle: None,
+            offset: request::StartOffset::Now,
+            live: false,
+            cursor: None,
+            if_none_match: None,
+        };
+        router.dispatch(victim, request).await;
+    }
 }

@@ -12,6 +12,8 @@ pub struct ShapeReply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: Bytes,
+    /// This request created the shape (internal: drives LRU eviction).
+    pub created: bool,
 }
 
 /// Errors ≥ 400 other than 409 must never be cached.
@@ -23,6 +25,7 @@ impl ShapeReply {
             status,
             headers: Vec::new(),
             body: body.into(),
+            created: false,
         }
     }
 

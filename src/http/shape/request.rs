@@ -37,6 +37,9 @@ pub struct ShapeRequest {
 pub enum RequestKind {
     Get,
     Delete,
+    /// Internal, shard to shard: evict this shard's least recently read
+    /// shape (never parsed from a client request).
+    Evict,
 }
 
 impl ShapeRequest {
@@ -139,7 +142,7 @@ pub fn parse(kind: RequestKind, query: &Query, if_none_match: Option<&str>) -> R
             }
             None
         }
-        (RequestKind::Get, None) => {
+        (RequestKind::Get | RequestKind::Evict, None) => {
             errors.add("table", "can't be blank");
             return Err(ShapeReply::invalid(&errors.0));
         }
