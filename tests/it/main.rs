@@ -6,6 +6,7 @@ mod client_compat;
 mod decode;
 mod dev_mode;
 mod harness;
+mod oracle;
 mod reconnect;
 mod rig;
 mod server;

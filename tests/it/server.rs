@@ -64,6 +64,14 @@ impl Server {
         self.wait_active();
     }
 
+    /// SIGTERM (clean shutdown), then start again on the same storage
+    /// directory and port.
+    pub fn graceful_restart(&mut self) {
+        self.terminate();
+        self.child = spawn(&self.db_url, &self.stream_id, &self.dir, self.port, &self.env);
+        self.wait_active();
+    }
+
     /// SIGKILL (no clean shutdown), then start again on the same storage
     /// directory and port.
     pub fn crash_and_restart(&mut self) {

@@ -18,6 +18,8 @@ pub struct ShapeClient {
     pub rows: BTreeMap<String, Map<String, Value>>,
     /// Requests made, for paging assertions.
     pub requests: usize,
+    /// Every change applied: (request offset, operation, key, lsn, op).
+    pub history: Vec<(String, String, String, String, u64)>,
     cursor: Option<String>,
 }
 
@@ -30,6 +32,7 @@ impl ShapeClient {
             up_to_date: false,
             rows: BTreeMap::new(),
             requests: 0,
+            history: Vec::new(),
             cursor: None,
         }
     }
@@ -73,8 +76,22 @@ impl ShapeClient {
         }
         let messages: Vec<Value> =
             serde_json::from_str(&reply.body).map_err(|e| format!("bad body ({e}): {}", reply.body))?;
+        let request_offset = url.clone();
         for message in messages {
-            self.apply(&message)?;
+            if let Some(op) = message["headers"]["operation"].as_str() {
+                self.history.push((
+                    request_offset.clone(),
+                    op.to_string(),
+                    message["key"].as_str().unwrap_or("").to_string(),
+                    message["headers"]["lsn"].as_str().unwrap_or("snapshot").to_string(),
+                    message["headers"]["op_position"].as_u64().unwrap_or(0),
+                ));
+            }
+            if let Err(e) = self.apply(&message) {
+                let key = message["key"].as_str().unwrap_or("");
+                let seen: Vec<_> = self.history.iter().filter(|h| h.2 == key).collect();
+                return Err(format!("{e}; history of that key: {seen:#?}"));
+            }
         }
         Ok(())
     }

@@ -232,6 +232,31 @@ impl PgSnapshot {
         d >= max
     }
 
+    /// Reads back what `end_message` wrote (recovery restores a shape's
+    /// snapshot visibility from its `snapshot-end` record).
+    pub fn from_end_message(message: &str) -> Option<PgSnapshot> {
+        let field = |name: &str| -> Option<&str> {
+            let start = message.find(&format!("\"{name}\":"))? + name.len() + 3;
+            Some(&message[start..])
+        };
+        let quoted = |rest: &str| -> Option<u64> {
+            let rest = rest.strip_prefix('"')?;
+            rest[..rest.find('"')?].parse().ok()
+        };
+        let xmin = quoted(field("xmin")?)?;
+        let xmax = quoted(field("xmax")?)?;
+        let list = field("xip_list")?.strip_prefix('[')?;
+        let list = &list[..list.find(']')?];
+        let xip = if list.is_empty() {
+            Vec::new()
+        } else {
+            list.split(',')
+                .map(|x| x.trim().trim_matches('"').parse().ok())
+                .collect::<Option<Vec<u64>>>()?
+        };
+        Some(PgSnapshot { xmin, xmax, xip })
+    }
+
     /// The `snapshot-end` control message.
     pub fn end_message(&self) -> String {
         let xip: Vec<String> = self.xip.iter().map(|x| format!("\"{x}\"")).collect();
@@ -342,5 +367,16 @@ mod tests {
         assert!(!s.contains(12));
         assert!(PgSnapshot::parse("1:2").is_none());
         assert!(PgSnapshot::parse("x:2:").is_none());
+    }
+
+    #[test]
+    fn snapshot_end_messages_read_back() {
+        for snapshot in [
+            PgSnapshot { xmin: 740, xmax: 745, xip: vec![741, 743] },
+            PgSnapshot { xmin: 5, xmax: 5, xip: vec![] },
+        ] {
+            assert_eq!(PgSnapshot::from_end_message(&snapshot.end_message()), Some(snapshot));
+        }
+        assert_eq!(PgSnapshot::from_end_message("{}"), None);
     }
 }

@@ -160,9 +160,20 @@ impl Shape {
         self.state.borrow_mut().log.push_snapshot_item(item);
     }
 
-    /// Recovery: the snapshot's end message.
+    /// Recovery: the snapshot's end message. It also restores the
+    /// snapshot's visibility filter: after a crash Postgres re-sends from
+    /// the fence, which may predate the snapshot, and transactions the
+    /// snapshot already holds must be dropped again.
     pub fn restore_snapshot_end(&self, end_message: &[u8]) {
-        self.state.borrow_mut().log.finish_snapshot(end_message);
+        let mut state = self.state.borrow_mut();
+        state.log.finish_snapshot(end_message);
+        let snapshot = std::str::from_utf8(end_message)
+            .ok()
+            .and_then(PgSnapshot::from_end_message);
+        match snapshot {
+            Some(snapshot) => state.gate = Gate::Filtering(snapshot),
+            None => tracing::warn!(handle = self.handle(), "unreadable snapshot-end record"),
+        }
     }
 
     /// Recovery: a transaction entry, from the record that journaled it.
