@@ -6,7 +6,7 @@
 //!
 //! Knobs (environment): SEED, SHAPE_COUNT, BATCH_COUNT, TXNS_PER_BATCH,
 //! MUTATIONS_PER_TXN, RESTART_SERVER_EVERY, RESTART_TYPE
-//! (graceful|brutal|alternate), RESTART_CLIENT_EVERY. Defaults are the CI
+//! (graceful|brutal|rolling|alternate), RESTART_CLIENT_EVERY. Defaults are the CI
 //! run: 20 shapes × 10 batches × 10 × 10, server restarts every 3 batches
 //! alternating graceful and brutal.
 
@@ -156,15 +156,14 @@ fn shapes_match_the_oracle_across_batches_and_restarts() {
                 .unwrap_or_else(|e| panic!("{e:?}; {replay}"));
         }
         if restart_every > 0 && batch % restart_every == 0 {
-            let brutal = match restart_type.as_str() {
-                "brutal" => true,
-                "graceful" => false,
-                _ => (batch / restart_every) % 2 == 0,
+            let kind = match restart_type.as_str() {
+                "alternate" => ["graceful", "brutal"][((batch / restart_every) % 2) as usize],
+                other => other,
             };
-            if brutal {
-                server.crash_and_restart();
-            } else {
-                server.graceful_restart();
+            match kind {
+                "brutal" => server.crash_and_restart(),
+                "rolling" => server.rolling_restart(),
+                _ => server.graceful_restart(),
             }
         }
         if client_restart_every > 0 && batch % client_restart_every == 0 {

@@ -72,6 +72,20 @@ impl Server {
         self.wait_active();
     }
 
+    /// A rolling deploy: a new instance starts on the same storage
+    /// directory (and a new port) while this one runs, then this one is
+    /// stopped and the new one takes over.
+    pub fn rolling_restart(&mut self) {
+        let port = shapeshard::devpg::free_port().unwrap();
+        let successor = spawn(&self.db_url, &self.stream_id, &self.dir, port, &self.env);
+        // Let it reach the lock before the old one goes.
+        std::thread::sleep(Duration::from_millis(200));
+        self.terminate();
+        self.child = successor;
+        self.port = port;
+        self.wait_active();
+    }
+
     /// SIGKILL (no clean shutdown), then start again on the same storage
     /// directory and port.
     pub fn crash_and_restart(&mut self) {
