@@ -136,7 +136,11 @@ pub struct Options {
 
     /// JSON `{"initial": N, "existing": M}`: concurrent requests admitted
     /// for new shapes and for existing ones; beyond, 503 + retry-after.
-    #[arg(long, env = "ELECTRIC_MAX_CONCURRENT_REQUESTS", default_value = r#"{"initial": 300, "existing": 10000}"#)]
+    #[arg(
+        long,
+        env = "ELECTRIC_MAX_CONCURRENT_REQUESTS",
+        default_value = r#"{"initial": 300, "existing": 10000}"#
+    )]
     pub max_concurrent_requests: String,
 }
 
@@ -250,7 +254,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
     if o.flush_bytes == 0 {
         return Err("SHAPESHARD_FLUSH_BYTES must be at least 1".into());
     }
-    if o.segment_bytes < 1 << 20 || o.segment_bytes % 4096 != 0 {
+    if o.segment_bytes < 1 << 20 || !o.segment_bytes.is_multiple_of(4096) {
         return Err(format!(
             "SHAPESHARD_SEGMENT_BYTES {} is invalid: use a multiple of 4096 of at least 1 MiB",
             o.segment_bytes

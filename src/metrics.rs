@@ -42,15 +42,60 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         };
-        line("shapeshard_shape_creations_started_total", "counter", "Shape creations started.", &self.creations_started);
-        line("shapeshard_shape_creations_joined_total", "counter", "Requests that awaited a creation already in progress.", &self.creations_joined);
-        line("shapeshard_shape_creations_failed_total", "counter", "Shape creations that failed.", &self.creations_failed);
-        line("shapeshard_shape_creations_in_flight", "gauge", "Shape creations in progress.", &self.creations_in_flight);
-        line("shapeshard_requests_coalesced_total", "counter", "Initial requests answered by another identical forwarded request.", &self.requests_coalesced);
-        line("shapeshard_requests_rejected_initial_total", "counter", "Initial requests rejected by admission control.", &self.rejected_initial);
-        line("shapeshard_requests_rejected_existing_total", "counter", "Existing-shape requests rejected by admission control.", &self.rejected_existing);
-        line("shapeshard_snapshots_started_total", "counter", "Snapshot queries started.", &self.snapshots_started);
-        line("shapeshard_shapes_evicted_total", "counter", "Shapes evicted as least recently read (ELECTRIC_MAX_SHAPES).", &self.shapes_evicted);
+        line(
+            "shapeshard_shape_creations_started_total",
+            "counter",
+            "Shape creations started.",
+            &self.creations_started,
+        );
+        line(
+            "shapeshard_shape_creations_joined_total",
+            "counter",
+            "Requests that awaited a creation already in progress.",
+            &self.creations_joined,
+        );
+        line(
+            "shapeshard_shape_creations_failed_total",
+            "counter",
+            "Shape creations that failed.",
+            &self.creations_failed,
+        );
+        line(
+            "shapeshard_shape_creations_in_flight",
+            "gauge",
+            "Shape creations in progress.",
+            &self.creations_in_flight,
+        );
+        line(
+            "shapeshard_requests_coalesced_total",
+            "counter",
+            "Initial requests answered by another identical forwarded request.",
+            &self.requests_coalesced,
+        );
+        line(
+            "shapeshard_requests_rejected_initial_total",
+            "counter",
+            "Initial requests rejected by admission control.",
+            &self.rejected_initial,
+        );
+        line(
+            "shapeshard_requests_rejected_existing_total",
+            "counter",
+            "Existing-shape requests rejected by admission control.",
+            &self.rejected_existing,
+        );
+        line(
+            "shapeshard_snapshots_started_total",
+            "counter",
+            "Snapshot queries started.",
+            &self.snapshots_started,
+        );
+        line(
+            "shapeshard_shapes_evicted_total",
+            "counter",
+            "Shapes evicted as least recently read (ELECTRIC_MAX_SHAPES).",
+            &self.shapes_evicted,
+        );
         out
     }
 }

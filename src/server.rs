@@ -18,9 +18,9 @@ use shards::Lsn;
 
 use crate::config::{Config, Database};
 use crate::devpg::{DevPgOptions, DevPostgres};
+use crate::http::shape::forward::Router;
 use crate::ingest::{Ingest, IngestConfig};
 use crate::pg::connstr::ConnConfig;
-use crate::http::shape::forward::Router;
 use crate::shapes::pool::Pool;
 use crate::shapes::service::{ShapeConfig, ShapeService};
 use crate::status::ServiceStatus;
@@ -79,7 +79,8 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
     shards::runtime::net::check_port_free(addr)
         .map_err(|e| format!("cannot listen on {addr}: {e} (set ELECTRIC_PORT to a free port)"))?;
 
-    let mesh = shards::runtime::mesh::Mesh::new(shard_count, crate::http::shape::forward::MESH_CAPACITY);
+    let mesh =
+        shards::runtime::mesh::Mesh::new(shard_count, crate::http::shape::forward::MESH_CAPACITY);
     let mut shape_config = ShapeConfig::new(config.publication_name());
     shape_config.long_poll = config.long_poll_timeout;
     shape_config.chunk_bytes = config.chunk_bytes_threshold;
@@ -87,13 +88,20 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
     shape_config.cache_stale_age = config.cache_stale_age;
     shape_config.allow_delete = config.enable_integration_testing;
     shape_config.pool_size = config.snapshot_pool_size;
-    let secret = if config.insecure { None } else { config.secret.clone() };
+    let secret = if config.insecure {
+        None
+    } else {
+        config.secret.clone()
+    };
     let admission = crate::http::shape::admission::Admission::new(
         config.max_concurrent_initial,
         config.max_concurrent_existing,
     );
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let eviction = Arc::new(crate::shapes::evict::Eviction::new(config.max_shapes, shard_count));
+    let eviction = Arc::new(crate::shapes::evict::Eviction::new(
+        config.max_shapes,
+        shard_count,
+    ));
     let commit_config = CommitConfig {
         interval: std::time::Duration::from_millis(config.flush_interval_ms),
         max_pending: config.flush_bytes,
@@ -146,12 +154,20 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
             let writer = match SegmentWriter::open(&log_dir, segment_bytes).await {
                 Ok((writer, recovered)) => {
                     if let Some(torn) = recovered.torn {
-                        tracing::warn!(shard = index, "cut the segment log at byte {}: {torn}", recovered.valid_len);
+                        tracing::warn!(
+                            shard = index,
+                            "cut the segment log at byte {}: {torn}",
+                            recovered.valid_len
+                        );
                     }
                     writer
                 }
                 Err(e) => {
-                    tracing::error!(shard = index, "cannot open the segment log in {}: {e}", log_dir.display());
+                    tracing::error!(
+                        shard = index,
+                        "cannot open the segment log in {}: {e}",
+                        log_dir.display()
+                    );
                     shutdown.trigger();
                     return;
                 }
@@ -165,7 +181,11 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                     "shapes restored from the segment log"
                 ),
                 Err(e) => {
-                    tracing::error!(shard = index, "cannot read the segment log in {}: {e}", log_dir.display());
+                    tracing::error!(
+                        shard = index,
+                        "cannot read the segment log in {}: {e}",
+                        log_dir.display()
+                    );
                     shutdown.trigger();
                     return;
                 }
@@ -174,8 +194,14 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
             // Only now may requests reach this shard (the router starts
             // serving forwarded ones): every shape it had is back.
             let pool = Pool::new(conn, shape_config.pool_size);
-            let service =
-                ShapeService::new(index, registry.clone(), pool, shape_config, metrics.clone(), eviction.clone());
+            let service = ShapeService::new(
+                index,
+                registry.clone(),
+                pool,
+                shape_config,
+                metrics.clone(),
+                eviction.clone(),
+            );
             eviction.publish(index, &registry.borrow());
             let router = Router::new(links, service);
             let mut core = ShardCore::new(index, progress, registry, writer, commit_config);
@@ -257,7 +283,10 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
 /// Takes the storage directory's exclusive lock, waiting (and saying so)
 /// while another instance holds it — a rolling deploy's new instance takes
 /// over when the old one exits. None if asked to stop while waiting.
-fn lock_storage(dir: &std::path::Path, shutdown: &Shutdown) -> Result<Option<std::fs::File>, String> {
+fn lock_storage(
+    dir: &std::path::Path,
+    shutdown: &Shutdown,
+) -> Result<Option<std::fs::File>, String> {
     use std::os::fd::AsRawFd;
     let path = dir.join("lock");
     let file = std::fs::OpenOptions::new()

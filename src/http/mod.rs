@@ -112,10 +112,11 @@ async fn route(request: Request<Incoming>, context: &HttpContext) -> Response<Bo
 /// `/v1//shape/`, `/v1/%73hape` → `/v1/shape`: routes (and so the secret
 /// check) see one spelling of each path, as in Electric.
 fn normalise_path(path: &str) -> String {
-    let decoded: Vec<u8> = form_urlencoded::parse(format!("p={}", path.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned().into_bytes())
-        .unwrap_or_default();
+    let decoded: Vec<u8> =
+        form_urlencoded::parse(format!("p={}", path.replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned().into_bytes())
+            .unwrap_or_default();
     let decoded = String::from_utf8_lossy(&decoded);
     let parts: Vec<&str> = decoded.split('/').filter(|p| !p.is_empty()).collect();
     format!("/{}", parts.join("/"))

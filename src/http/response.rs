@@ -72,7 +72,10 @@ pub fn preflight<B>(request: &hyper::Request<B>) -> Response<Body> {
         hyper::header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("86400"),
     );
-    headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    headers.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("keep-alive"),
+    );
     for value in request
         .headers()
         .get_all(hyper::header::ACCESS_CONTROL_REQUEST_HEADERS)

@@ -27,7 +27,10 @@ pub async fn load_table(
             &[Some(&table.schema), Some(&table.name)],
         )
         .await?;
-    let Some(oid) = relation.first().and_then(|r| r.try_get::<u32>(0).ok().flatten()) else {
+    let Some(oid) = relation
+        .first()
+        .and_then(|r| r.try_get::<u32>(0).ok().flatten())
+    else {
         return Ok(None);
     };
     let oid_text = oid.to_string();

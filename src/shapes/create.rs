@@ -243,7 +243,10 @@ async fn snapshot(
 
 /// Table column indices the shape sends, in table order: all, or the
 /// requested ones (which must exist and include the primary key).
-fn select_columns(schema: &TableSchema, columns: Option<&[String]>) -> Result<Vec<usize>, ShapeReply> {
+fn select_columns(
+    schema: &TableSchema,
+    columns: Option<&[String]>,
+) -> Result<Vec<usize>, ShapeReply> {
     let Some(columns) = columns else {
         return Ok((0..schema.columns.len()).collect());
     };
@@ -313,7 +316,11 @@ fn snapshot_error(e: &PgError, sql: &SnapshotSql) -> ShapeReply {
     };
     let message = match (db.position, sql.where_at) {
         (Some(position), Some(start)) if position as usize > start => {
-            format!("At location {}: {}", position as usize - start - 1, db.message)
+            format!(
+                "At location {}: {}",
+                position as usize - start - 1,
+                db.message
+            )
         }
         _ => db.message.clone(),
     };

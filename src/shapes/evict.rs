@@ -41,7 +41,13 @@ impl Eviction {
     }
 
     pub fn over_limit(&self) -> bool {
-        self.max > 0 && self.sizes.iter().map(|s| s.load(Ordering::Relaxed)).sum::<usize>() > self.max
+        self.max > 0
+            && self
+                .sizes
+                .iter()
+                .map(|s| s.load(Ordering::Relaxed))
+                .sum::<usize>()
+                > self.max
     }
 
     /// The shard holding the least recently read shape.

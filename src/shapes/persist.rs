@@ -24,8 +24,11 @@ pub fn encode(handle: &ShapeHandle, definition: &ShapeDefinition, info: &TableIn
             })
         })
         .collect();
-    let params: BTreeMap<String, &String> =
-        definition.params.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let params: BTreeMap<String, &String> = definition
+        .params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     json!({
         "v": 1,
         "handle": handle.as_str(),
@@ -80,12 +83,23 @@ pub fn decode(payload: &[u8]) -> Result<(ShapeHandle, ShapeDefinition, TableInfo
         where_canonical: v["where_canonical"].as_str().map(str::to_string),
         params,
         columns,
-        replica: if v["replica"] == "full" { Replica::Full } else { Replica::Default },
-        log_mode: if v["log"] == "changes_only" { LogMode::ChangesOnly } else { LogMode::Full },
+        replica: if v["replica"] == "full" {
+            Replica::Full
+        } else {
+            Replica::Default
+        },
+        log_mode: if v["log"] == "changes_only" {
+            LogMode::ChangesOnly
+        } else {
+            LogMode::Full
+        },
     };
     let mut table_columns = Vec::new();
     let mut is_enum = Vec::new();
-    for c in v["table_columns"].as_array().ok_or("missing table columns")? {
+    for c in v["table_columns"]
+        .as_array()
+        .ok_or("missing table columns")?
+    {
         let number = |key: &str| c[key].as_i64().ok_or_else(|| format!("missing {key}"));
         table_columns.push(ColumnInfo {
             name: text(&c["name"], "column name")?,
@@ -116,7 +130,10 @@ mod tests {
     #[test]
     fn creation_records_round_trip() {
         let definition = ShapeDefinition {
-            table: TableName { schema: "public".into(), name: "it\"ems".into() },
+            table: TableName {
+                schema: "public".into(),
+                name: "it\"ems".into(),
+            },
             where_sql: Some("id = $1".into()),
             where_canonical: Some("id = $1".into()),
             params: BTreeMap::from([(1, "7".to_string())]),

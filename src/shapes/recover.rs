@@ -67,14 +67,26 @@ pub fn recover(dir: &Path, registry: &mut Registry) -> std::io::Result<Recovery>
                 }
                 Kind::Entry => {
                     let (Some(tx), Some(op)) = (
-                        record.payload.get(0..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
-                        record.payload.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
+                        record
+                            .payload
+                            .get(0..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_le_bytes),
+                        record
+                            .payload
+                            .get(8..16)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_le_bytes),
                     ) else {
                         tracing::warn!(shape = record.shape, "entry record too short");
                         continue;
                     };
                     if let Some(shape) = shape() {
-                        shape.restore_entry(Lsn(record.lsn), LogOffset::At { tx, op }, &record.payload[16..]);
+                        shape.restore_entry(
+                            Lsn(record.lsn),
+                            LogOffset::At { tx, op },
+                            &record.payload[16..],
+                        );
                     }
                 }
                 Kind::ShapeRemoved => registry.forget(record.shape, "removed before the restart"),

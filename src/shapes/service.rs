@@ -19,9 +19,9 @@ use shards::shape::registry::{Registry, Shape};
 use super::create;
 use super::evict::Eviction;
 use super::pool::Pool;
-use crate::metrics::Metrics;
 use crate::http::shape::reply::ShapeReply;
 use crate::http::shape::request::{RequestKind, ShapeRequest, StartOffset};
+use crate::metrics::Metrics;
 
 /// Settings of the shape API (Electric's names in README).
 #[derive(Clone, Debug)]
@@ -119,7 +119,9 @@ impl ShapeService {
             self.eviction.publish(self.shard, &registry);
         }
         let mut reply = match &request.handle {
-            Some(handle) if handle != shape.handle() => ShapeReply::must_refetch(Some(shape.handle())),
+            Some(handle) if handle != shape.handle() => {
+                ShapeReply::must_refetch(Some(shape.handle()))
+            }
             _ => self.read(&request, &shape).await,
         };
         reply.created = created;
@@ -201,7 +203,10 @@ impl ShapeService {
             let registry = self.registry.borrow();
             match &request.definition {
                 Some(definition) => registry.by_definition(&definition.canonical()),
-                None => request.handle.as_deref().and_then(|h| registry.by_handle(h)),
+                None => request
+                    .handle
+                    .as_deref()
+                    .and_then(|h| registry.by_handle(h)),
             }
         };
         let Some(shape) = shape else {
@@ -215,7 +220,9 @@ impl ShapeService {
                 )]);
             }
         }
-        self.registry.borrow_mut().remove(shape.id, "deleted by request");
+        self.registry
+            .borrow_mut()
+            .remove(shape.id, "deleted by request");
         self.eviction.publish(self.shard, &self.registry.borrow());
         ShapeReply::new(202, Bytes::new()).header("cache-control", "no-cache")
     }
@@ -229,7 +236,14 @@ impl ShapeService {
                 let last = shape.last_offset();
                 let global = self.global_lsn(last);
                 let body = format!("[{}]", encode::up_to_date(global));
-                return self.ok(request, shape, Bytes::from(body), last, Outcome::NoData, true);
+                return self.ok(
+                    request,
+                    shape,
+                    Bytes::from(body),
+                    last,
+                    Outcome::NoData,
+                    true,
+                );
             }
             StartOffset::At(offset) => offset,
         };
@@ -248,7 +262,14 @@ impl ShapeService {
                         if left.is_zero() || runtime::timeout(left, changed).await.is_none() {
                             let global = self.registry.borrow().last_seen().0;
                             let body = format!("[{}]", encode::up_to_date(global));
-                            return self.ok(request, shape, Bytes::from(body), offset, Outcome::TimedOut, true);
+                            return self.ok(
+                                request,
+                                shape,
+                                Bytes::from(body),
+                                offset,
+                                Outcome::TimedOut,
+                                true,
+                            );
                         }
                         continue;
                     }
@@ -270,7 +291,14 @@ impl ShapeService {
                         body.extend_from_slice(encode::up_to_date(global).as_bytes());
                     }
                     body.put_u8(b']');
-                    return self.ok(request, shape, body.freeze(), end, Outcome::Data, up_to_date);
+                    return self.ok(
+                        request,
+                        shape,
+                        body.freeze(),
+                        end,
+                        Outcome::Data,
+                        up_to_date,
+                    );
                 }
                 LogRead::NotYet => {
                     // The snapshot is still being read; its chunk is coming.
@@ -311,7 +339,10 @@ impl ShapeService {
         if outcome == Outcome::TimedOut {
             // Never revalidated by a CDN: each timeout is its own answer.
             self.etag_counter.set(self.etag_counter.get() + 1);
-            etag.push_str(&format!(":{}", monotonic_micros() + self.etag_counter.get()));
+            etag.push_str(&format!(
+                ":{}",
+                monotonic_micros() + self.etag_counter.get()
+            ));
         }
         let matched = request.if_none_match.as_deref().is_some_and(|header| {
             header
@@ -329,15 +360,25 @@ impl ShapeService {
             .header("etag", format!("\"{etag}\""))
             .header(
                 "electric-has-data",
-                if outcome == Outcome::Data { "true" } else { "false" },
+                if outcome == Outcome::Data {
+                    "true"
+                } else {
+                    "false"
+                },
             );
         if up_to_date {
             reply = reply.header("electric-up-to-date", "");
         }
         if request.live {
             reply = reply
-                .header("electric-cursor", next_cursor(self.config.long_poll, request.cursor).to_string())
-                .header("cache-control", "public, max-age=5, stale-while-revalidate=5");
+                .header(
+                    "electric-cursor",
+                    next_cursor(self.config.long_poll, request.cursor).to_string(),
+                )
+                .header(
+                    "cache-control",
+                    "public, max-age=5, stale-while-revalidate=5",
+                );
         } else {
             if !matched {
                 reply = reply.header("electric-schema", shape.spec.schema_header.clone());

@@ -54,7 +54,11 @@ fn generate_shape(rng: &mut Rng) -> (&'static str, String) {
             3 => format!("n BETWEEN {k} AND {}", k + rng.below(8)),
             4 => format!("kind IN ('{}', '{}')", rng.pick(KINDS), rng.pick(KINDS)),
             5 => format!("NOT (n < {k})"),
-            6 => format!("(n = {k} OR n = {}) AND kind <> '{}'", rng.below(20), rng.pick(KINDS)),
+            6 => format!(
+                "(n = {k} OR n = {}) AND kind <> '{}'",
+                rng.below(20),
+                rng.pick(KINDS)
+            ),
             _ => format!("name ILIKE '%{}' OR n IS NULL", &rng.pick(NAMES)[2..]),
         };
         ("parent", clause)
@@ -64,7 +68,12 @@ fn generate_shape(rng: &mut Rng) -> (&'static str, String) {
             0 => format!("parent_id = {}", 1 + rng.below(15)),
             1 => format!("v >= {k}"),
             2 => format!("tag = '{}'", rng.pick(KINDS)),
-            3 => format!("parent_id IN ({}, {}, {})", 1 + rng.below(15), 1 + rng.below(15), 1 + rng.below(15)),
+            3 => format!(
+                "parent_id IN ({}, {}, {})",
+                1 + rng.below(15),
+                1 + rng.below(15),
+                1 + rng.below(15)
+            ),
             4 => format!("v BETWEEN {k} AND {} AND tag <> 'a'", k + 10),
             _ => format!("NOT (tag = '{}') OR v IS NULL", rng.pick(KINDS)),
         };
@@ -82,7 +91,11 @@ fn mutation(rng: &mut Rng) -> String {
             rng.below(20)
         ),
         1 => format!("UPDATE parent SET n = {} WHERE id = {id}", rng.below(20)),
-        2 => format!("UPDATE parent SET name = '{}', kind = '{}' WHERE id = {id}", rng.pick(NAMES), rng.pick(KINDS)),
+        2 => format!(
+            "UPDATE parent SET name = '{}', kind = '{}' WHERE id = {id}",
+            rng.pick(NAMES),
+            rng.pick(KINDS)
+        ),
         3 => format!("DELETE FROM parent WHERE id = {id}"),
         4 => format!(
             "INSERT INTO child VALUES ({}, {}, {}, '{}') ON CONFLICT (id) DO NOTHING",
@@ -91,7 +104,12 @@ fn mutation(rng: &mut Rng) -> String {
             rng.below(40),
             rng.pick(KINDS)
         ),
-        5 => format!("UPDATE child SET v = {}, tag = '{}' WHERE id = {}", rng.below(40), rng.pick(KINDS), rng.below(80)),
+        5 => format!(
+            "UPDATE child SET v = {}, tag = '{}' WHERE id = {}",
+            rng.below(40),
+            rng.pick(KINDS),
+            rng.below(80)
+        ),
         // A key change: delete + insert for every shape that has the row.
         _ => {
             let to = 80 + rng.below(40);
@@ -172,7 +190,11 @@ fn shapes_match_the_oracle_across_batches_and_restarts() {
             }
         }
         for (n, ((table, clause), client)) in shapes.iter().zip(&mut clients).enumerate() {
-            let key = if *table == "parent" { "id, name, kind, n" } else { "id, parent_id, v, tag" };
+            let key = if *table == "parent" {
+                "id, name, kind, n"
+            } else {
+                "id, parent_id, v, tag"
+            };
             let mut want: Vec<String> = pg
                 .query(
                     &format!("SELECT concat_ws('|', {key}) FROM {table} WHERE {clause}"),
@@ -202,7 +224,8 @@ fn shapes_match_the_oracle_across_batches_and_restarts() {
                     break;
                 }
                 if Instant::now() > deadline {
-                    let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(5).collect();
+                    let missing: Vec<_> =
+                        want.iter().filter(|w| !got.contains(w)).take(5).collect();
                     let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).take(5).collect();
                     panic!(
                         "batch {batch}, shape {n} ({table} WHERE {clause}): {} rows vs oracle {}; missing {missing:?}, extra {extra:?}; {replay}",

@@ -68,7 +68,13 @@ impl Server {
     /// directory and port.
     pub fn graceful_restart(&mut self) {
         self.terminate();
-        self.child = spawn(&self.db_url, &self.stream_id, &self.dir, self.port, &self.env);
+        self.child = spawn(
+            &self.db_url,
+            &self.stream_id,
+            &self.dir,
+            self.port,
+            &self.env,
+        );
         self.wait_active();
     }
 
@@ -91,7 +97,13 @@ impl Server {
     pub fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(&self.db_url, &self.stream_id, &self.dir, self.port, &self.env);
+        self.child = spawn(
+            &self.db_url,
+            &self.stream_id,
+            &self.dir,
+            self.port,
+            &self.env,
+        );
         self.wait_active();
     }
 
@@ -114,7 +126,9 @@ impl Server {
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
         let start = log.len().saturating_sub(8000);
-        let start = (start..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(0);
+        let start = (start..log.len())
+            .find(|&i| log.is_char_boundary(i))
+            .unwrap_or(0);
         log[start..].to_string()
     }
 

@@ -34,7 +34,11 @@ fn snapshot_live_changes_and_caching_headers() {
     let handle = first.header("electric-handle").unwrap().to_string();
     assert!(handle.contains('-'), "{handle}");
     assert_eq!(first.header("electric-offset"), Some("0_0"));
-    assert_eq!(first.header("electric-up-to-date"), None, "never on offset=-1");
+    assert_eq!(
+        first.header("electric-up-to-date"),
+        None,
+        "never on offset=-1"
+    );
     assert_eq!(
         first.header("cache-control"),
         Some("public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746")
@@ -45,7 +49,9 @@ fn snapshot_live_changes_and_caching_headers() {
     );
     assert_eq!(
         first.header("electric-schema"),
-        Some(r#"{"id":{"type":"int4","pk_index":0,"not_null":true},"title":{"type":"text"},"n":{"type":"int4"}}"#)
+        Some(
+            r#"{"id":{"type":"int4","pk_index":0,"not_null":true},"title":{"type":"text"},"n":{"type":"int4"}}"#
+        )
     );
     let body = first.json();
     let messages = body.as_array().unwrap();
@@ -83,12 +89,18 @@ fn snapshot_live_changes_and_caching_headers() {
     assert_eq!(caught_up.json()[0]["headers"]["control"], "up-to-date");
 
     // A live request with nothing new times out with just up-to-date.
-    let idle = server.get(&format!("/v1/shape?table=items&offset=0_inf&handle={handle}&live=true"));
+    let idle = server.get(&format!(
+        "/v1/shape?table=items&offset=0_inf&handle={handle}&live=true"
+    ));
     assert_eq!(idle.status, 200);
     assert_eq!(idle.header("electric-has-data"), Some("false"));
     assert_eq!(idle.header("electric-offset"), Some("0_inf"));
     assert!(idle.header("electric-cursor").is_some());
-    assert_eq!(idle.header("electric-schema"), None, "never on live responses");
+    assert_eq!(
+        idle.header("electric-schema"),
+        None,
+        "never on live responses"
+    );
     assert_eq!(
         idle.header("cache-control"),
         Some("public, max-age=5, stale-while-revalidate=5")
@@ -110,7 +122,9 @@ fn snapshot_live_changes_and_caching_headers() {
             .unwrap();
         })
     };
-    let live = server.get(&format!("/v1/shape?table=items&offset=0_inf&handle={handle}&live=true"));
+    let live = server.get(&format!(
+        "/v1/shape?table=items&offset=0_inf&handle={handle}&live=true"
+    ));
     writer.join().unwrap();
     assert_eq!(live.status, 200, "{}", live.body);
     let body = live.json();
@@ -135,16 +149,31 @@ fn snapshot_live_changes_and_caching_headers() {
         ]
     );
     // replica=default: an update carries the key and what changed.
-    assert_eq!(messages[1]["value"], serde_json::json!({"id":"1","title":"one"}));
+    assert_eq!(
+        messages[1]["value"],
+        serde_json::json!({"id":"1","title":"one"})
+    );
     assert_eq!(messages[2]["value"], serde_json::json!({"id":"2"}));
-    assert_eq!(messages[3]["headers"]["key_change_to"], "\"public\".\"items\"/\"30\"");
-    assert_eq!(messages[4]["headers"]["key_change_from"], "\"public\".\"items\"/\"3\"");
+    assert_eq!(
+        messages[3]["headers"]["key_change_to"],
+        "\"public\".\"items\"/\"30\""
+    );
+    assert_eq!(
+        messages[4]["headers"]["key_change_from"],
+        "\"public\".\"items\"/\"3\""
+    );
     assert_eq!(messages[4]["headers"]["last"], true);
     assert!(messages[3]["headers"].get("last").is_none());
     let lsn = messages[0]["headers"]["lsn"].as_str().unwrap().to_string();
     assert_eq!(messages[0]["headers"]["op_position"], 0);
-    assert_eq!(messages[4]["headers"]["op_position"], 7, "a key change takes op and op+1");
-    assert_eq!(live.header("electric-offset"), Some(format!("{lsn}_7").as_str()));
+    assert_eq!(
+        messages[4]["headers"]["op_position"], 7,
+        "a key change takes op and op+1"
+    );
+    assert_eq!(
+        live.header("electric-offset"),
+        Some(format!("{lsn}_7").as_str())
+    );
     assert_eq!(messages[5]["headers"]["control"], "up-to-date");
 
     // The strict client ends with exactly the table's rows.
@@ -164,15 +193,24 @@ fn snapshot_live_changes_and_caching_headers() {
     let now = server.get("/v1/shape?table=items&offset=now");
     assert_eq!(now.status, 200);
     assert_eq!(now.header("electric-has-data"), Some("false"));
-    assert_eq!(now.header("electric-offset"), Some(format!("{lsn}_7").as_str()));
+    assert_eq!(
+        now.header("electric-offset"),
+        Some(format!("{lsn}_7").as_str())
+    );
     assert_eq!(now.json()[0]["headers"]["control"], "up-to-date");
 
     // TRUNCATE: the shape must be refetched, under a new handle.
     db.client().batch_execute("TRUNCATE items").unwrap();
-    let gone = crate::harness::wait_for("the truncate to invalidate", Duration::from_secs(20), || {
-        let r = server.get(&format!("/v1/shape?table=items&offset={lsn}_7&handle={handle}"));
-        (r.status == 409).then_some(r)
-    });
+    let gone = crate::harness::wait_for(
+        "the truncate to invalidate",
+        Duration::from_secs(20),
+        || {
+            let r = server.get(&format!(
+                "/v1/shape?table=items&offset={lsn}_7&handle={handle}"
+            ));
+            (r.status == 409).then_some(r)
+        },
+    );
     assert_eq!(gone.body, MUST_REFETCH);
     let new_handle = gone.header("electric-handle").unwrap();
     assert_ne!(new_handle, handle, "handles are never reused");
@@ -203,7 +241,11 @@ fn every_bad_request_gets_electrics_status_and_body() {
         }
         reply
     };
-    check("/v1/shape?offset=-1", 400, &invalid("table", "can't be blank"));
+    check(
+        "/v1/shape?offset=-1",
+        400,
+        &invalid("table", "can't be blank"),
+    );
     check(
         "/v1/shape?table=nope&offset=-1",
         400,
@@ -220,9 +262,21 @@ fn every_bad_request_gets_electrics_status_and_body() {
             "Invalid relation \"Items.x.y\": expected a table name, optionally schema-qualified",
         ),
     );
-    check("/v1/shape?table=items", 400, &invalid("offset", "can't be blank"));
-    check("/v1/shape?table=items&offset=abc", 400, &invalid("offset", "has invalid format"));
-    check("/v1/shape?table=items&offset=1_x", 400, &invalid("offset", "has invalid format"));
+    check(
+        "/v1/shape?table=items",
+        400,
+        &invalid("offset", "can't be blank"),
+    );
+    check(
+        "/v1/shape?table=items&offset=abc",
+        400,
+        &invalid("offset", "has invalid format"),
+    );
+    check(
+        "/v1/shape?table=items&offset=1_x",
+        400,
+        &invalid("offset", "has invalid format"),
+    );
     check(
         "/v1/shape?table=items&offset=0_0",
         400,
@@ -241,12 +295,18 @@ fn every_bad_request_gets_electrics_status_and_body() {
     check(
         "/v1/shape?table=pairs&offset=-1&columns=a,note",
         400,
-        &invalid("columns", "The list of columns must include all primary key columns, missing: b"),
+        &invalid(
+            "columns",
+            "The list of columns must include all primary key columns, missing: b",
+        ),
     );
     check(
         "/v1/shape?table=items&offset=-1&columns=id,nope",
         400,
-        &invalid("columns", "The following columns are not found on the table: nope"),
+        &invalid(
+            "columns",
+            "The following columns are not found on the table: nope",
+        ),
     );
     check(
         "/v1/shape?table=items&offset=-1&columns=id,,title",
@@ -256,16 +316,32 @@ fn every_bad_request_gets_electrics_status_and_body() {
 
     // Where clauses: our checks, in Electric's words and locations.
     for (url, field, message) in [
-        ("where=nope%20%3D%201", "where", "At location 0: unknown reference nope"),
-        ("where=id%20%3D%20", "where", "At location 21: syntax error at end of input"),
-        ("where=id%20%3D%20%241", "where", "At location 5: parameter $1 was not provided"),
+        (
+            "where=nope%20%3D%201",
+            "where",
+            "At location 0: unknown reference nope",
+        ),
+        (
+            "where=id%20%3D%20",
+            "where",
+            "At location 21: syntax error at end of input",
+        ),
+        (
+            "where=id%20%3D%20%241",
+            "where",
+            "At location 5: parameter $1 was not provided",
+        ),
         (
             "where=id%20%3D%20%242&params%5B2%5D=1",
             "params",
             "Parameters must be numbered sequentially, starting from 1",
         ),
         ("where=title", "where", "WHERE clause must return a boolean"),
-        ("where=(SELECT%201)%20%3D%201", "where", "Subqueries are not supported"),
+        (
+            "where=(SELECT%201)%20%3D%201",
+            "where",
+            "Subqueries are not supported",
+        ),
     ] {
         check(
             &format!("/v1/shape?table=items&offset=-1&{url}"),
@@ -276,7 +352,12 @@ fn every_bad_request_gets_electrics_status_and_body() {
     // A bound parameter is a value, never SQL.
     let injected = server.get("/v1/shape?table=items&offset=-1&where=title%20%3D%20%241&params%5B1%5D=x%27%20OR%201%3D1%20--");
     assert_eq!(injected.status, 200, "{}", injected.body);
-    assert_eq!(injected.json().as_array().unwrap().len(), 1, "only snapshot-end: {}", injected.body);
+    assert_eq!(
+        injected.json().as_array().unwrap().len(),
+        1,
+        "only snapshot-end: {}",
+        injected.body
+    );
 
     // Handle and definition disagree: 409 naming the definition's shape.
     let first = server.get("/v1/shape?table=items&offset=-1");
@@ -311,7 +392,11 @@ fn every_bad_request_gets_electrics_status_and_body() {
     let deleted = delete(&format!("/v1/shape?table=items&handle={handle}"));
     assert_eq!(deleted.status, 202);
     assert_eq!(deleted.header("cache-control"), Some("no-cache"));
-    let after = check(&format!("/v1/shape?table=items&offset=0_0&handle={handle}"), 409, MUST_REFETCH);
+    let after = check(
+        &format!("/v1/shape?table=items&offset=0_0&handle={handle}"),
+        409,
+        MUST_REFETCH,
+    );
     assert_ne!(after.header("electric-handle"), Some(handle.as_str()));
 
     // Unknown routes.
@@ -325,7 +410,10 @@ fn every_bad_request_gets_electrics_status_and_body() {
             .call(),
     );
     assert_eq!(preflight.status, 204);
-    assert_eq!(preflight.header("access-control-allow-headers"), Some("if-none-match"));
+    assert_eq!(
+        preflight.header("access-control-allow-headers"),
+        Some("if-none-match")
+    );
     assert_eq!(preflight.header("access-control-max-age"), Some("86400"));
 }
 
@@ -351,13 +439,33 @@ fn the_secret_guards_every_shape_route() {
         "/v1/%73hape?table=items&offset=-1",
     ] {
         let reply = server.get(url);
-        assert_eq!((reply.status, reply.body.as_str()), (401, unauthorized), "{url}");
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (401, unauthorized),
+            "{url}"
+        );
     }
-    assert_eq!(server.get("/v1/shape?table=items&offset=-1&secret=s3cret").status, 200);
-    assert_eq!(server.get("/v1/shape?table=items&offset=-1&api_secret=s3cret").status, 200);
-    assert_eq!(server.request("DELETE", "/v1/shape?table=items").status, 401);
+    assert_eq!(
+        server
+            .get("/v1/shape?table=items&offset=-1&secret=s3cret")
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .get("/v1/shape?table=items&offset=-1&api_secret=s3cret")
+            .status,
+        200
+    );
+    assert_eq!(
+        server.request("DELETE", "/v1/shape?table=items").status,
+        401
+    );
     let disabled = server.request("DELETE", "/v1/shape?table=items&secret=s3cret");
-    assert_eq!((disabled.status, disabled.body.as_str()), (405, r#"{"message":"DELETE not allowed"}"#));
+    assert_eq!(
+        (disabled.status, disabled.body.as_str()),
+        (405, r#"{"message":"DELETE not allowed"}"#)
+    );
     // Health needs no secret.
     assert_eq!(server.get("/v1/health").status, 200);
 }
@@ -381,7 +489,11 @@ fn changes_only_logs_and_schema_changes() {
     assert_eq!(body[0]["headers"]["control"], "snapshot-end");
     let handle = first.header("electric-handle").unwrap().to_string();
     let full = server.get("/v1/shape?table=items&offset=-1");
-    assert_ne!(full.header("electric-handle"), Some(handle.as_str()), "a different shape");
+    assert_ne!(
+        full.header("electric-handle"),
+        Some(handle.as_str()),
+        "a different shape"
+    );
     let full_handle = full.header("electric-handle").unwrap().to_string();
 
     db.client()
@@ -398,18 +510,27 @@ fn changes_only_logs_and_schema_changes() {
 
     // A column added under the shapes: they must be refetched.
     db.client()
-        .batch_execute("ALTER TABLE items ADD COLUMN extra text; INSERT INTO items VALUES (4, 'four', 'x')")
+        .batch_execute(
+            "ALTER TABLE items ADD COLUMN extra text; INSERT INTO items VALUES (4, 'four', 'x')",
+        )
         .unwrap();
     for (query, handle) in [
         ("table=items&log=changes_only", &handle),
         ("table=items", &full_handle),
     ] {
-        let reply = crate::harness::wait_for("the schema change to invalidate", Duration::from_secs(20), || {
-            let r = server.get(&format!("/v1/shape?{query}&offset=0_inf&handle={handle}"));
-            (r.status == 409).then_some(r)
-        });
+        let reply = crate::harness::wait_for(
+            "the schema change to invalidate",
+            Duration::from_secs(20),
+            || {
+                let r = server.get(&format!("/v1/shape?{query}&offset=0_inf&handle={handle}"));
+                (r.status == 409).then_some(r)
+            },
+        );
         assert_eq!(reply.body, MUST_REFETCH);
         let new = server.get(&format!("/v1/shape?{query}&offset=-1"));
-        assert!(new.header("electric-schema").unwrap().contains("\"extra\""), "{query}");
+        assert!(
+            new.header("electric-schema").unwrap().contains("\"extra\""),
+            "{query}"
+        );
     }
 }

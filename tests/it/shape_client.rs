@@ -62,7 +62,9 @@ impl ShapeClient {
             .to_string();
         if let Some(old) = &self.handle {
             if *old != handle {
-                return Err(format!("handle changed from {old} to {handle} without a 409"));
+                return Err(format!(
+                    "handle changed from {old} to {handle} without a 409"
+                ));
             }
         }
         self.handle = Some(handle);
@@ -74,8 +76,8 @@ impl ShapeClient {
         if reply.header("electric-up-to-date").is_some() {
             self.up_to_date = true;
         }
-        let messages: Vec<Value> =
-            serde_json::from_str(&reply.body).map_err(|e| format!("bad body ({e}): {}", reply.body))?;
+        let messages: Vec<Value> = serde_json::from_str(&reply.body)
+            .map_err(|e| format!("bad body ({e}): {}", reply.body))?;
         let request_offset = url.clone();
         for message in messages {
             if let Some(op) = message["headers"]["operation"].as_str() {
@@ -83,7 +85,10 @@ impl ShapeClient {
                     request_offset.clone(),
                     op.to_string(),
                     message["key"].as_str().unwrap_or("").to_string(),
-                    message["headers"]["lsn"].as_str().unwrap_or("snapshot").to_string(),
+                    message["headers"]["lsn"]
+                        .as_str()
+                        .unwrap_or("snapshot")
+                        .to_string(),
                     message["headers"]["op_position"].as_u64().unwrap_or(0),
                 ));
             }
@@ -153,7 +158,12 @@ impl ShapeClient {
         let mut out: Vec<String> = self
             .rows
             .values()
-            .map(|r| r.get(column).and_then(Value::as_str).unwrap_or("NULL").to_string())
+            .map(|r| {
+                r.get(column)
+                    .and_then(Value::as_str)
+                    .unwrap_or("NULL")
+                    .to_string()
+            })
             .collect();
         out.sort();
         out

@@ -69,7 +69,8 @@ fn fifty_shapes_created_under_eight_writers_end_equal_to_postgres() {
                                     .unwrap();
                             }
                             _ => {
-                                tx.execute("DELETE FROM rows WHERE id = $1", &[&id]).unwrap();
+                                tx.execute("DELETE FROM rows WHERE id = $1", &[&id])
+                                    .unwrap();
                             }
                         }
                     }
@@ -95,7 +96,10 @@ fn fifty_shapes_created_under_eight_writers_end_equal_to_postgres() {
     for writer in writers {
         writer.join().unwrap();
     }
-    assert!(during > 50, "writers committed only {during} transactions meanwhile");
+    assert!(
+        during > 50,
+        "writers committed only {during} transactions meanwhile"
+    );
 
     let mut pg = db.client();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -115,7 +119,8 @@ fn fifty_shapes_created_under_eight_writers_end_equal_to_postgres() {
                 .rows
                 .values()
                 .map(|r| {
-                    let text = |c: &str| r.get(c).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+                    let text =
+                        |c: &str| r.get(c).and_then(|v| v.as_str()).unwrap_or("?").to_string();
                     format!("{}:{}:{}", text("id"), text("g"), text("v"))
                 })
                 .collect();

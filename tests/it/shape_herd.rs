@@ -53,15 +53,23 @@ fn a_thousand_requests_for_one_new_shape_make_one_snapshot() {
     )
     .unwrap();
     for i in 0..20 {
-        pg.batch_execute(&format!("CREATE TABLE t{i} (id int PRIMARY KEY); INSERT INTO t{i} VALUES (1)"))
-            .unwrap();
+        pg.batch_execute(&format!(
+            "CREATE TABLE t{i} (id int PRIMARY KEY); INSERT INTO t{i} VALUES (1)"
+        ))
+        .unwrap();
     }
     let server = Server::start(
         &db,
-        &[("ELECTRIC_MAX_CONCURRENT_REQUESTS", r#"{"initial": 5000, "existing": 5000}"#)],
+        &[(
+            "ELECTRIC_MAX_CONCURRENT_REQUESTS",
+            r#"{"initial": 5000, "existing": 5000}"#,
+        )],
     );
 
-    let replies = herd(&server, vec!["/v1/shape?table=herd&offset=-1".to_string(); 1000]);
+    let replies = herd(
+        &server,
+        vec!["/v1/shape?table=herd&offset=-1".to_string(); 1000],
+    );
     let first = &replies[0];
     assert_eq!(first.status, 200, "{}", first.body);
     let handle = first.header("electric-handle").unwrap();
@@ -71,7 +79,10 @@ fn a_thousand_requests_for_one_new_shape_make_one_snapshot() {
         assert_eq!(reply.body, first.body);
     }
     assert_eq!(first.json().as_array().unwrap().len(), 501);
-    assert_eq!(metric(&server, "shapeshard_shape_creations_started_total"), 1);
+    assert_eq!(
+        metric(&server, "shapeshard_shape_creations_started_total"),
+        1
+    );
     assert_eq!(metric(&server, "shapeshard_snapshots_started_total"), 1);
 
     // 200 requests over 20 new shapes: 20 creations.
@@ -82,19 +93,32 @@ fn a_thousand_requests_for_one_new_shape_make_one_snapshot() {
     for (n, reply) in replies.iter().enumerate() {
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(reply.body, replies[n % 20].body);
-        assert_eq!(reply.header("electric-handle"), replies[n % 20].header("electric-handle"));
+        assert_eq!(
+            reply.header("electric-handle"),
+            replies[n % 20].header("electric-handle")
+        );
     }
-    assert_eq!(metric(&server, "shapeshard_shape_creations_started_total"), 21);
+    assert_eq!(
+        metric(&server, "shapeshard_shape_creations_started_total"),
+        21
+    );
     assert_eq!(metric(&server, "shapeshard_snapshots_started_total"), 21);
     assert_eq!(metric(&server, "shapeshard_shape_creations_in_flight"), 0);
 
     // A creation that fails fails for every waiter, and is retried later.
-    let replies = herd(&server, vec!["/v1/shape?table=later&offset=-1".to_string(); 100]);
+    let replies = herd(
+        &server,
+        vec!["/v1/shape?table=later&offset=-1".to_string(); 100],
+    );
     for reply in &replies {
         assert_eq!(reply.status, 400);
         assert_eq!(reply.body, replies[0].body);
     }
-    assert!(replies[0].body.contains("does not exist"), "{}", replies[0].body);
+    assert!(
+        replies[0].body.contains("does not exist"),
+        "{}",
+        replies[0].body
+    );
     let failed = metric(&server, "shapeshard_shape_creations_failed_total");
     assert!(failed >= 1, "{failed}");
     pg.batch_execute("CREATE TABLE later (id int PRIMARY KEY); INSERT INTO later VALUES (7)")
@@ -117,11 +141,16 @@ fn over_budget_initial_requests_get_503_and_all_sync_on_retry() {
     let server = Server::start(
         &db,
         &[
-            ("ELECTRIC_MAX_CONCURRENT_REQUESTS", r#"{"initial": 10, "existing": 1000}"#),
+            (
+                "ELECTRIC_MAX_CONCURRENT_REQUESTS",
+                r#"{"initial": 10, "existing": 1000}"#,
+            ),
             ("SHAPESHARD_SNAPSHOT_POOL_SIZE", "1"),
         ],
     );
-    let urls: Vec<String> = (0..100).map(|i| format!("/v1/shape?table=o{i}&offset=-1")).collect();
+    let urls: Vec<String> = (0..100)
+        .map(|i| format!("/v1/shape?table=o{i}&offset=-1"))
+        .collect();
     let replies = herd(&server, urls.clone());
     let rejected: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
     assert!(!rejected.is_empty(), "a budget of 10 must shed some of 100");

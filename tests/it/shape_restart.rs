@@ -75,7 +75,11 @@ fn shapes_survive_sigkill_under_write_load() {
         while Instant::now() < until {
             for client in &mut clients {
                 client.poll(&server).unwrap_or_else(|e| {
-                    panic!("round {round}: {}: {e}\nserver log:\n{}", client.definition, server.log_tail())
+                    panic!(
+                        "round {round}: {}: {e}\nserver log:\n{}",
+                        client.definition,
+                        server.log_tail()
+                    )
                 });
             }
         }
@@ -90,7 +94,12 @@ fn shapes_survive_sigkill_under_write_load() {
         "SELECT id::text || ':' || v::text FROM items",
         "SELECT id::text || ':' FROM others",
     ]) {
-        let mut want: Vec<String> = pg.query(query, &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        let mut want: Vec<String> = pg
+            .query(query, &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         want.sort();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -98,7 +107,8 @@ fn shapes_survive_sigkill_under_write_load() {
                 .rows
                 .values()
                 .map(|r| {
-                    let text = |c: &str| r.get(c).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                    let text =
+                        |c: &str| r.get(c).and_then(|v| v.as_str()).unwrap_or("").to_string();
                     format!("{}:{}", text("id"), text("v"))
                 })
                 .collect();
@@ -130,7 +140,10 @@ fn a_different_shard_count_is_refused_with_what_to_do() {
         .env("DATABASE_URL", &db.url)
         .env("ELECTRIC_STORAGE_DIR", &dir)
         .env("ELECTRIC_INSECURE", "true")
-        .env("ELECTRIC_PORT", shapeshard::devpg::free_port().unwrap().to_string())
+        .env(
+            "ELECTRIC_PORT",
+            shapeshard::devpg::free_port().unwrap().to_string(),
+        )
         .env("SHAPESHARD_SHARDS", "3")
         .env("SHAPESHARD_PLACEMENT", "unbound")
         .output()
@@ -145,33 +158,59 @@ fn a_different_shard_count_is_refused_with_what_to_do() {
 fn a_rolling_deploy_waits_for_the_lock_then_takes_over_every_shape() {
     let db = database("rolling");
     db.client()
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a')")
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a')",
+        )
         .unwrap();
     let old = Server::start(
         &db,
-        &[("ELECTRIC_LONG_POLL_TIMEOUT", "500"), ("ELECTRIC_LOG_LEVEL", "info")],
+        &[
+            ("ELECTRIC_LONG_POLL_TIMEOUT", "500"),
+            ("ELECTRIC_LOG_LEVEL", "info"),
+        ],
     );
     let mut client = ShapeClient::new("table=items");
     client.sync(&old).unwrap();
 
     let mut new = old.spawn_successor();
-    crate::harness::wait_for("the successor to wait for the lock", Duration::from_secs(20), || {
-        new.log_tail().contains("waiting for the storage directory lock").then_some(())
-    });
-    assert!(new.try_get("/v1/health").is_err(), "not serving while the old one runs");
+    crate::harness::wait_for(
+        "the successor to wait for the lock",
+        Duration::from_secs(20),
+        || {
+            new.log_tail()
+                .contains("waiting for the storage directory lock")
+                .then_some(())
+        },
+    );
+    assert!(
+        new.try_get("/v1/health").is_err(),
+        "not serving while the old one runs"
+    );
     // The old instance keeps serving meanwhile.
-    db.client().batch_execute("INSERT INTO items VALUES (2, 'b')").unwrap();
-    crate::harness::wait_for("the old instance to serve the insert", Duration::from_secs(20), || {
-        client.poll(&old).unwrap();
-        (client.rows.len() == 2).then_some(())
-    });
+    db.client()
+        .batch_execute("INSERT INTO items VALUES (2, 'b')")
+        .unwrap();
+    crate::harness::wait_for(
+        "the old instance to serve the insert",
+        Duration::from_secs(20),
+        || {
+            client.poll(&old).unwrap();
+            (client.rows.len() == 2).then_some(())
+        },
+    );
 
     old.stop_keeping_storage();
     new.wait_until_active();
-    db.client().batch_execute("INSERT INTO items VALUES (3, 'c')").unwrap();
-    crate::harness::wait_for("the new instance to carry on", Duration::from_secs(30), || {
-        client.poll(&new).unwrap_or_else(|e| panic!("{e}"));
-        (client.rows.len() == 3).then_some(())
-    });
+    db.client()
+        .batch_execute("INSERT INTO items VALUES (3, 'c')")
+        .unwrap();
+    crate::harness::wait_for(
+        "the new instance to carry on",
+        Duration::from_secs(30),
+        || {
+            client.poll(&new).unwrap_or_else(|e| panic!("{e}"));
+            (client.rows.len() == 3).then_some(())
+        },
+    );
     assert!(new.log_tail().contains("storage directory lock acquired"));
 }

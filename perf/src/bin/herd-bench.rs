@@ -18,13 +18,19 @@ const ROWS: usize = 1_000;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let herd: usize = args.next().map_or(1000, |a| a.parse().expect("HERD must be a number"));
-    let rounds: usize = args.next().map_or(5, |a| a.parse().expect("ROUNDS must be a number"));
+    let herd: usize = args
+        .next()
+        .map_or(1000, |a| a.parse().expect("HERD must be a number"));
+    let rounds: usize = args
+        .next()
+        .map_or(5, |a| a.parse().expect("ROUNDS must be a number"));
     let dir = std::env::temp_dir().join(format!("shapeshard-herd-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut options = DevPgOptions::default();
     options.settings.push(("fsync".into(), "off".into()));
-    options.settings.push(("max_connections".into(), "200".into()));
+    options
+        .settings
+        .push(("max_connections".into(), "200".into()));
     let pg = DevPostgres::start(&dir.join("pg"), &options).expect("start Postgres");
     let url = pg.url("postgres");
     let psql = |sql: &str| {
@@ -32,7 +38,11 @@ fn main() {
             .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
             .output()
             .expect("psql on PATH");
-        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let tables = 2 * rounds;
     for t in 0..tables {
@@ -61,7 +71,12 @@ fn main() {
     std::thread::spawn(move || shapeshard::server::run(config));
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ureq::get(&format!("{base}/v1/health")).call().map(|r| r.status()).ok() != Some(200) {
+    while ureq::get(&format!("{base}/v1/health"))
+        .call()
+        .map(|r| r.status())
+        .ok()
+        != Some(200)
+    {
         assert!(Instant::now() < deadline, "server never became active");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -84,7 +99,9 @@ fn main() {
                 std::thread::Builder::new()
                     .stack_size(256 * 1024)
                     .spawn(move || {
-                        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+                        let agent = ureq::AgentBuilder::new()
+                            .timeout(Duration::from_secs(60))
+                            .build();
                         barrier.wait();
                         let started = Instant::now();
                         let reply = agent.get(&target).call().expect("herd request");
@@ -98,7 +115,11 @@ fn main() {
             crowd.record(thread.join().unwrap()).unwrap();
         }
     }
-    let metrics = ureq::get(&format!("{base}/metrics")).call().unwrap().into_string().unwrap();
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
     let creations = metrics
         .lines()
         .find_map(|l| l.strip_prefix("shapeshard_shape_creations_started_total "))

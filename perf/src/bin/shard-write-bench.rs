@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use shapeshard::shapes::catalog::TableInfo;
 use shapeshard::shapes::create::build_spec;
+use shapeshard_perf::report::Machine;
 use shards::change::{Change, Column, Datum, Relation, ReplicaIdentity, Transaction};
 use shards::fence::DurableProgress;
 use shards::routes::RouteTable;
@@ -26,7 +27,6 @@ use shards::shape::schema::{ColumnInfo, TableSchema};
 use shards::storage::commit::{CommitConfig, CommitSignals, GroupCommit};
 use shards::storage::segment::SegmentWriter;
 use shards::Lsn;
-use shapeshard_perf::report::Machine;
 
 const ROWS_PER_TRANSACTION: usize = 100;
 
@@ -67,13 +67,22 @@ struct Run {
 
 fn run(shapes: usize, changes: usize) -> Run {
     runtime::spawn_thread("bench-shard", move || async move {
-        let dir = std::env::temp_dir().join(format!("shapeshard-write-bench-{}-{shapes}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "shapeshard-write-bench-{}-{shapes}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         open_marker_first(&dir).await.expect("marker");
-        let (writer, _) = SegmentWriter::open(&dir.join("log"), 128 << 20).await.expect("segment log");
+        let (writer, _) = SegmentWriter::open(&dir.join("log"), 128 << 20)
+            .await
+            .expect("segment log");
         let stats = writer.stats.clone();
         let progress = DurableProgress::new(1, Lsn::ZERO);
-        let registry = Rc::new(RefCell::new(Registry::new(0, Arc::new(RouteTable::new()), 10 << 20)));
+        let registry = Rc::new(RefCell::new(Registry::new(
+            0,
+            Arc::new(RouteTable::new()),
+            10 << 20,
+        )));
         for k in 0..shapes {
             let definition = ShapeDefinition {
                 table: table().schema.table,
@@ -85,11 +94,17 @@ fn run(shapes: usize, changes: usize) -> Run {
                 log_mode: LogMode::Full,
             };
             let handle = ShapeHandle::new(definition.hash(), k as u64);
-            let (spec, _) = build_spec(handle, definition, table()).unwrap_or_else(|_| panic!("shape {k}"));
+            let (spec, _) =
+                build_spec(handle, definition, table()).unwrap_or_else(|_| panic!("shape {k}"));
             let shape = registry.borrow_mut().insert(spec);
-            registry
-                .borrow_mut()
-                .snapshot_taken(shape.id, PgSnapshot { xmin: 1, xmax: 1, xip: vec![] });
+            registry.borrow_mut().snapshot_taken(
+                shape.id,
+                PgSnapshot {
+                    xmin: 1,
+                    xmax: 1,
+                    xip: vec![],
+                },
+            );
         }
         let signals = Rc::new(CommitSignals::default());
         let journal = registry.borrow().journal().clone();
@@ -197,7 +212,10 @@ fn main() {
     let mut rows = String::new();
     for shapes in [1_000, 10_000, 100_000] {
         let r = run(shapes, changes);
-        eprintln!("{shapes} shapes: {:.0} changes/s", r.changes as f64 / r.seconds);
+        eprintln!(
+            "{shapes} shapes: {:.0} changes/s",
+            r.changes as f64 / r.seconds
+        );
         rows.push_str(&format!(
             "| {} | {} | {:.2} | {:.0} | {:.0} | {:.1} |\n",
             r.shapes,

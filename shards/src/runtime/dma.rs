@@ -50,7 +50,7 @@ impl DmaLog {
     /// Writes `bytes` (a whole number of blocks) at block-aligned `pos`.
     pub async fn write_at(&self, pos: u64, bytes: &[u8]) -> std::io::Result<()> {
         assert!(
-            pos % BLOCK as u64 == 0 && bytes.len() % BLOCK == 0,
+            pos.is_multiple_of(BLOCK as u64) && bytes.len().is_multiple_of(BLOCK),
             "direct I/O needs aligned writes (pos {pos}, {} bytes)",
             bytes.len()
         );

@@ -8,12 +8,15 @@ use crate::change::{Change, Datum, OldTupleKind, Tuple};
 use super::definition::Replica;
 use super::encode::{self, EntrySpec, KeyChange, Layout, OpenEntry, Operation, TxContext};
 
+/// Whether a row (table-width text values) is in a shape.
+pub type RowPredicate<'a> = dyn Fn(&[Option<&str>]) -> bool + 'a;
+
 /// The parts of a shape conversion needs.
 pub struct Converter<'a> {
     pub layout: Layout<'a>,
     pub replica: Replica,
     /// Whether a row is in the shape; None means every row is.
-    pub filter: Option<&'a dyn Fn(&[Option<&str>]) -> bool>,
+    pub filter: Option<&'a RowPredicate<'a>>,
 }
 
 impl Converter<'_> {

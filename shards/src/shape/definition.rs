@@ -101,7 +101,11 @@ pub struct ShapeHandle(pub String);
 impl ShapeHandle {
     pub fn new(definition_hash: u64, created_micros: u64) -> ShapeHandle {
         // 27 bits, like Electric's, keeps handles short.
-        ShapeHandle(format!("{}-{}", definition_hash & 0x7ff_ffff, created_micros))
+        ShapeHandle(format!(
+            "{}-{}",
+            definition_hash & 0x7ff_ffff,
+            created_micros
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -113,6 +117,21 @@ impl fmt::Display for ShapeHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The where clause re-printed from its parse tree, so whitespace and
+/// keyword case do not make two requests different shapes. None when it
+/// does not parse (the owner then reports the error).
+pub fn normalise_where(sql: &str) -> Option<String> {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
+    let mut parser = Parser::new(&PostgreSqlDialect {}).try_with_sql(sql).ok()?;
+    let expr = parser.parse_expr().ok()?;
+    // Trailing tokens mean it is not one expression.
+    if parser.peek_token().token != sqlparser::tokenizer::Token::EOF {
+        return None;
+    }
+    Some(expr.to_string())
 }
 
 #[cfg(test)]
@@ -179,19 +198,4 @@ mod tests {
         let h = ShapeHandle::new(u64::MAX, 1_721_812_114_261);
         assert_eq!(h.as_str(), "134217727-1721812114261");
     }
-}
-
-/// The where clause re-printed from its parse tree, so whitespace and
-/// keyword case do not make two requests different shapes. None when it
-/// does not parse (the owner then reports the error).
-pub fn normalise_where(sql: &str) -> Option<String> {
-    use sqlparser::dialect::PostgreSqlDialect;
-    use sqlparser::parser::Parser;
-    let mut parser = Parser::new(&PostgreSqlDialect {}).try_with_sql(sql).ok()?;
-    let expr = parser.parse_expr().ok()?;
-    // Trailing tokens mean it is not one expression.
-    if parser.peek_token().token != sqlparser::tokenizer::Token::EOF {
-        return None;
-    }
-    Some(expr.to_string())
 }

@@ -153,11 +153,7 @@ pub fn change(layout: &Layout, tx: TxContext, spec: EntrySpec) -> OpenEntry {
     out.extend_from_slice(format!(",\"txids\":[{}],", tx.xid).as_bytes());
     push_relation(&mut out, layout.table);
     out.extend_from_slice(
-        format!(
-            ",\"lsn\":\"{}\",\"op_position\":{}",
-            tx.commit_lsn, spec.op
-        )
-        .as_bytes(),
+        format!(",\"lsn\":\"{}\",\"op_position\":{}", tx.commit_lsn, spec.op).as_bytes(),
     );
     match spec.key_change {
         KeyChange::None => {}
@@ -372,10 +368,21 @@ mod tests {
     #[test]
     fn snapshot_end_messages_read_back() {
         for snapshot in [
-            PgSnapshot { xmin: 740, xmax: 745, xip: vec![741, 743] },
-            PgSnapshot { xmin: 5, xmax: 5, xip: vec![] },
+            PgSnapshot {
+                xmin: 740,
+                xmax: 745,
+                xip: vec![741, 743],
+            },
+            PgSnapshot {
+                xmin: 5,
+                xmax: 5,
+                xip: vec![],
+            },
         ] {
-            assert_eq!(PgSnapshot::from_end_message(&snapshot.end_message()), Some(snapshot));
+            assert_eq!(
+                PgSnapshot::from_end_message(&snapshot.end_message()),
+                Some(snapshot)
+            );
         }
         assert_eq!(PgSnapshot::from_end_message("{}"), None);
     }

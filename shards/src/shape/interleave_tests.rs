@@ -79,10 +79,25 @@ fn spec() -> ShapeSpec {
 fn run(seed: u64) -> Result<(), String> {
     let mut rng = Rng(seed);
     // Small chunks so chunk boundaries are crossed all the time.
-    let mut registry = Registry::new(0, Arc::new(RouteTable::new()), 150 + rng.below(300) as usize);
+    let mut registry = Registry::new(
+        0,
+        Arc::new(RouteTable::new()),
+        150 + rng.below(300) as usize,
+    );
     let shape = registry.insert(spec());
-    registry.snapshot_taken(shape.id, PgSnapshot { xmin: 1, xmax: 1, xip: vec![] });
-    shape.finish_snapshot(&PgSnapshot { xmin: 1, xmax: 1, xip: vec![] });
+    registry.snapshot_taken(
+        shape.id,
+        PgSnapshot {
+            xmin: 1,
+            xmax: 1,
+            xip: vec![],
+        },
+    );
+    shape.finish_snapshot(&PgSnapshot {
+        xmin: 1,
+        xmax: 1,
+        xip: vec![],
+    });
     let relation = Arc::new(Relation {
         id: 7,
         schema: "public".into(),
@@ -138,7 +153,10 @@ fn run(seed: u64) -> Result<(), String> {
                     })
                     .collect();
                 if entries[..] != model[journaled..] {
-                    return Err(format!("step {step}: commit took {entries:?}, expected {:?}", &model[journaled..]));
+                    return Err(format!(
+                        "step {step}: commit took {entries:?}, expected {:?}",
+                        &model[journaled..]
+                    ));
                 }
                 journaled = model.len();
                 durable = journaled;
@@ -146,7 +164,11 @@ fn run(seed: u64) -> Result<(), String> {
             _ => {
                 // A read from a random known position (or the start).
                 let pick = rng.below(model.len() as u64 + 1) as usize;
-                let after = if pick == 0 { LogOffset::SNAPSHOT_END } else { model[pick - 1] };
+                let after = if pick == 0 {
+                    LogOffset::SNAPSHOT_END
+                } else {
+                    model[pick - 1]
+                };
                 match shape.read(after) {
                     LogRead::Items { items, end } => {
                         let expected_first = model.iter().position(|&o| o > after);
@@ -155,17 +177,22 @@ fn run(seed: u64) -> Result<(), String> {
                                 return Err(format!("step {step}: items after the end {after}"))
                             }
                             Some(_) if items.is_empty() => {
-                                return Err(format!("step {step}: empty read after {after} with data present"))
+                                return Err(format!(
+                                    "step {step}: empty read after {after} with data present"
+                                ))
                             }
                             _ => {}
                         }
                         let text = std::str::from_utf8(&items).map_err(|e| e.to_string())?;
-                        let parsed: Vec<serde_json::Value> = serde_json::from_str(&format!("[{text}]"))
-                            .map_err(|e| format!("step {step}: partial or broken items after {after}: {e}"))?;
+                        let parsed: Vec<serde_json::Value> =
+                            serde_json::from_str(&format!("[{text}]")).map_err(|e| {
+                                format!("step {step}: partial or broken items after {after}: {e}")
+                            })?;
                         let offsets: Vec<LogOffset> = parsed
                             .iter()
                             .map(|m| {
-                                let lsn: u64 = m["headers"]["lsn"].as_str().unwrap().parse().unwrap();
+                                let lsn: u64 =
+                                    m["headers"]["lsn"].as_str().unwrap().parse().unwrap();
                                 let op = m["headers"]["op_position"].as_u64().unwrap();
                                 LogOffset::change(Lsn(lsn), op)
                             })
@@ -176,7 +203,9 @@ fn run(seed: u64) -> Result<(), String> {
                         }
                         if let Some(&last) = offsets.last() {
                             if end != last {
-                                return Err(format!("step {step}: end {end} is not the last item {last}"));
+                                return Err(format!(
+                                    "step {step}: end {end} is not the last item {last}"
+                                ));
                             }
                         }
                         held.push((after, items.clone(), items));

@@ -23,7 +23,10 @@ struct Chunk {
 impl Chunk {
     fn push(&mut self, offset: LogOffset, item: &[u8]) {
         if let Some(&(last, _)) = self.items.last() {
-            assert!(offset > last, "log offsets only grow: {offset} after {last}");
+            assert!(
+                offset > last,
+                "log offsets only grow: {offset} after {last}"
+            );
             self.bytes.extend_from_slice(b",");
         }
         self.bytes.extend_from_slice(item);
@@ -121,7 +124,10 @@ impl ShapeLog {
         );
         let chunk = self.main.last_mut().expect("always an open chunk");
         if let Some(last) = chunk.last_offset() {
-            assert!(offset > last, "log offsets only grow: {offset} after {last}");
+            assert!(
+                offset > last,
+                "log offsets only grow: {offset} after {last}"
+            );
         }
         chunk.push(offset, item);
         if chunk.len_bytes() >= self.chunk_bytes_max {
@@ -230,7 +236,10 @@ mod tests {
         log.push_snapshot_item(b"aaaaaa");
         log.push_snapshot_item(b"bbbbbb"); // chunk 0 full: 13 bytes
         log.push_snapshot_item(b"c");
-        assert_eq!(items(log.read(LogOffset::BeforeAll)), ("aaaaaa,bbbbbb".into(), "0_0".into()));
+        assert_eq!(
+            items(log.read(LogOffset::BeforeAll)),
+            ("aaaaaa,bbbbbb".into(), "0_0".into())
+        );
         assert_eq!(log.read(off("0_0")), LogRead::NotYet);
         log.finish_snapshot(b"end");
         assert_eq!(items(log.read(off("0_0"))), ("c,end".into(), "0_1".into()));
@@ -239,7 +248,10 @@ mod tests {
         assert_eq!(items(log.read(off("0_inf"))), ("".into(), "0_inf".into()));
         log.push_entry(off("100_0"), b"x1");
         log.push_entry(off("100_2"), b"x2");
-        assert_eq!(items(log.read(off("0_1"))), ("x1,x2".into(), "100_2".into()));
+        assert_eq!(
+            items(log.read(off("0_1"))),
+            ("x1,x2".into(), "100_2".into())
+        );
         assert_eq!(items(log.read(off("100_0"))), ("x2".into(), "100_2".into()));
         assert_eq!(items(log.read(off("100_2"))), ("".into(), "100_2".into()));
         assert_eq!(log.read(off("101_0")), LogRead::OutOfBounds);
@@ -252,12 +264,18 @@ mod tests {
         log.push_entry(off("1_0"), b"aaaa");
         log.push_entry(off("2_0"), b"bbbb"); // 9 bytes: chunk sealed
         log.push_entry(off("3_0"), b"cc");
-        assert_eq!(items(log.read(off("0_inf"))), ("aaaa,bbbb".into(), "2_0".into()));
+        assert_eq!(
+            items(log.read(off("0_inf"))),
+            ("aaaa,bbbb".into(), "2_0".into())
+        );
         assert_eq!(items(log.read(off("1_0"))), ("bbbb".into(), "2_0".into()));
         assert_eq!(items(log.read(off("2_0"))), ("cc".into(), "3_0".into()));
         log.push_entry(off("4_0"), b"dd");
         // The first chunk's answer did not change.
-        assert_eq!(items(log.read(off("0_inf"))), ("aaaa,bbbb".into(), "2_0".into()));
+        assert_eq!(
+            items(log.read(off("0_inf"))),
+            ("aaaa,bbbb".into(), "2_0".into())
+        );
         assert_eq!(items(log.read(off("2_0"))), ("cc,dd".into(), "4_0".into()));
     }
 

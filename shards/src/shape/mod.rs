@@ -5,11 +5,11 @@
 pub mod convert;
 pub mod definition;
 pub mod encode;
+#[cfg(test)]
+mod interleave_tests;
 pub mod json;
 pub mod log;
 pub mod offset;
 pub mod registry;
 pub mod schema;
 pub mod where_clause;
-#[cfg(test)]
-mod interleave_tests;

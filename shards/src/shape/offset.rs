@@ -136,10 +136,24 @@ mod tests {
         }
         assert_eq!("0_02".parse::<LogOffset>().unwrap().to_string(), "0_2");
         for bad in [
-            "", "10", "1_2_3", "1_2 ", "10_32.1", "-1_0", "_1", "1_", "a_b", "now", "-2",
-            "1_-1", "99999999999999999999_1",
+            "",
+            "10",
+            "1_2_3",
+            "1_2 ",
+            "10_32.1",
+            "-1_0",
+            "_1",
+            "1_",
+            "a_b",
+            "now",
+            "-2",
+            "1_-1",
+            "99999999999999999999_1",
         ] {
-            assert!(bad.parse::<LogOffset>().is_err(), "{bad:?} must be rejected");
+            assert!(
+                bad.parse::<LogOffset>().is_err(),
+                "{bad:?} must be rejected"
+            );
         }
     }
 
@@ -151,6 +165,9 @@ mod tests {
             .collect();
         offsets.sort();
         let printed: Vec<String> = offsets.iter().map(|o| o.to_string()).collect();
-        assert_eq!(printed, ["-1", "0_0", "0_3", "0_inf", "5_2", "5_10", "5_inf"]);
+        assert_eq!(
+            printed,
+            ["-1", "0_0", "0_3", "0_inf", "5_2", "5_10", "5_inf"]
+        );
     }
 }

@@ -135,7 +135,13 @@ impl Shape {
     pub fn push_snapshot_row(&self, row: &[Option<&str>], scratch: &mut Vec<u8>) {
         scratch.clear();
         encode::snapshot_row(scratch, &self.layout(), row);
-        record::encode(&mut self.journal.borrow_mut(), 0, self.id, Kind::SnapshotItem, scratch);
+        record::encode(
+            &mut self.journal.borrow_mut(),
+            0,
+            self.id,
+            Kind::SnapshotItem,
+            scratch,
+        );
         let sealed = {
             let mut state = self.state.borrow_mut();
             let before = state.log.sealed_snapshot_chunks();
@@ -150,7 +156,13 @@ impl Shape {
     /// Ends the snapshot with `snapshot-end`.
     pub fn finish_snapshot(&self, snapshot: &PgSnapshot) {
         let end = snapshot.end_message();
-        record::encode(&mut self.journal.borrow_mut(), 0, self.id, Kind::SnapshotEnd, end.as_bytes());
+        record::encode(
+            &mut self.journal.borrow_mut(),
+            0,
+            self.id,
+            Kind::SnapshotEnd,
+            end.as_bytes(),
+        );
         self.state.borrow_mut().log.finish_snapshot(end.as_bytes());
         self.changed.notify_all();
     }
@@ -245,13 +257,17 @@ impl Shape {
                 }
             }
         }
-        let filter = self.spec.filter.as_deref().map(|f| {
-            move |row: &[Option<&str>]| f.matches(&|i| row.get(i).copied().flatten())
-        });
+        let filter = self
+            .spec
+            .filter
+            .as_deref()
+            .map(|f| move |row: &[Option<&str>]| f.matches(&|i| row.get(i).copied().flatten()));
         let converter = Converter {
             layout: self.layout(),
             replica: self.spec.definition.replica,
-            filter: filter.as_ref().map(|f| f as &dyn Fn(&[Option<&str>]) -> bool),
+            filter: filter
+                .as_ref()
+                .map(|f| f as &dyn Fn(&[Option<&str>]) -> bool),
         };
         let context = TxContext {
             xid: tx.xid,
@@ -280,7 +296,13 @@ impl Shape {
             payload.extend_from_slice(&offset.tx().to_le_bytes());
             payload.extend_from_slice(&offset.op().to_le_bytes());
             payload.extend_from_slice(&bytes);
-            record::encode(&mut journal, tx.commit_lsn.0, self.id, Kind::Entry, &payload);
+            record::encode(
+                &mut journal,
+                tx.commit_lsn.0,
+                self.id,
+                Kind::Entry,
+                &payload,
+            );
             state.log.push_entry(offset, &bytes);
         }
         Applied::Grew
@@ -479,9 +501,7 @@ impl Registry {
             changed: Notify::new(),
             spec,
         });
-        let replaced = self
-            .by_definition
-            .insert(shape.spec.canonical.clone(), id);
+        let replaced = self.by_definition.insert(shape.spec.canonical.clone(), id);
         assert!(replaced.is_none(), "two live shapes for one definition");
         self.by_handle.insert(shape.handle().to_string(), id);
         let shapes = self.by_relation.entry(relation).or_default();
@@ -514,7 +534,11 @@ impl Registry {
         let Some(shape) = self.shapes.remove(&id) else {
             return;
         };
-        tracing::info!(shard = self.shard, handle = shape.handle(), "shape removed: {why}");
+        tracing::info!(
+            shard = self.shard,
+            handle = shape.handle(),
+            "shape removed: {why}"
+        );
         self.by_read.remove(&(shape.read_stamp.get(), id));
         self.by_handle.remove(shape.handle());
         if self.by_definition.get(&shape.spec.canonical) == Some(&id) {

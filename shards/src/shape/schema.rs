@@ -123,7 +123,10 @@ fn type_modifiers(type_name: &str, type_mod: i32) -> Vec<(&'static str, Modifier
         "numeric" if type_mod > -1 => {
             let packed = type_mod - 4;
             vec![
-                ("precision", Modifier::Number(((packed >> 16) & 0xffff) as i64)),
+                (
+                    "precision",
+                    Modifier::Number(((packed >> 16) & 0xffff) as i64),
+                ),
                 ("scale", Modifier::Number((packed & 0xffff) as i16 as i64)),
             ]
         }
@@ -194,7 +197,11 @@ mod tests {
                 column("n", "numeric", (10 << 16 | 2) + 4),
                 column("ts", "timestamptz", 3),
                 // DAY TO SECOND with precision 2
-                column("i", "interval", ((1 << 3 | 1 << 10 | 1 << 11 | 1 << 12) << 16) | 2),
+                column(
+                    "i",
+                    "interval",
+                    ((1 << 3 | 1 << 10 | 1 << 11 | 1 << 12) << 16) | 2,
+                ),
                 column("i2", "interval", (0x7fff << 16) | 0xffff),
             ],
         };

@@ -89,7 +89,9 @@ impl GroupCommit {
             }
             // Everything applied up to `seen` is in the journal now: take
             // both together (no await in between).
-            self.signals.last_commit.set(Some(std::time::Instant::now()));
+            self.signals
+                .last_commit
+                .set(Some(std::time::Instant::now()));
             let seen = self.signals.seen.get();
             let records = std::mem::take(&mut *self.journal.borrow_mut());
             self.writer.append_framed(&records);
@@ -177,77 +179,93 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shapeshard-commit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let d = dir.clone();
-        let (syncs, durable_before, durable_after, entries) = spawn_thread("commit-test", move || async move {
-            open_marker_first(&d).await.unwrap();
-            let (mut writer, _) = SegmentWriter::open(&d.join("log"), 16 << 20).await.unwrap();
-            let stats = writer.stats.clone();
-            let routes = Arc::new(RouteTable::new());
-            let progress = DurableProgress::new(1, Lsn::ZERO);
-            let mut registry = Registry::new(0, routes, 1 << 20);
-            for n in 0..SHAPES {
-                let shape = registry.insert(spec(n));
-                registry.snapshot_taken(shape.id, PgSnapshot { xmin: 10, xmax: 10, xip: vec![] });
-            }
-            // Shape creations are durable first, in their own commit.
-            let created = std::mem::take(&mut *registry.journal().borrow_mut());
-            writer.append_framed(&created);
-            writer.flush().await.unwrap();
-            let syncs_before = stats.fdatasyncs.get();
+        let (syncs, durable_before, durable_after, entries) =
+            spawn_thread("commit-test", move || async move {
+                open_marker_first(&d).await.unwrap();
+                let (mut writer, _) = SegmentWriter::open(&d.join("log"), 16 << 20).await.unwrap();
+                let stats = writer.stats.clone();
+                let routes = Arc::new(RouteTable::new());
+                let progress = DurableProgress::new(1, Lsn::ZERO);
+                let mut registry = Registry::new(0, routes, 1 << 20);
+                for n in 0..SHAPES {
+                    let shape = registry.insert(spec(n));
+                    registry.snapshot_taken(
+                        shape.id,
+                        PgSnapshot {
+                            xmin: 10,
+                            xmax: 10,
+                            xip: vec![],
+                        },
+                    );
+                }
+                // Shape creations are durable first, in their own commit.
+                let created = std::mem::take(&mut *registry.journal().borrow_mut());
+                writer.append_framed(&created);
+                writer.flush().await.unwrap();
+                let syncs_before = stats.fdatasyncs.get();
 
-            let signals = Rc::new(CommitSignals::default());
-            let commit = GroupCommit {
-                index: 0,
-                config: CommitConfig {
-                    interval: Duration::from_millis(20),
-                    max_pending: usize::MAX,
-                },
-                journal: registry.journal().clone(),
-                writer,
-                progress: progress.clone(),
-                signals: signals.clone(),
-            };
-            let committer = runtime::spawn_local(commit.run());
-            let relation = Arc::new(Relation {
-                id: 1,
-                schema: "public".into(),
-                name: "items".into(),
-                replica_identity: ReplicaIdentity::Full,
-                columns: vec![Column {
-                    name: "id".into(),
-                    type_oid: 23,
-                    type_modifier: -1,
-                    is_key: true,
-                }],
-            });
-            let tx = Arc::new(Transaction {
-                xid: 20,
-                commit_lsn: Lsn(1000),
-                end_lsn: Lsn(1001),
-                commit_time_micros: 0,
-                changes: (0..SHAPES)
-                    .map(|n| Change::Insert {
-                        relation: relation.clone(),
-                        new: vec![Datum::Text(n.to_string().into())],
-                    })
-                    .collect(),
-            });
-            registry.apply_transaction(&tx);
-            signals.seen.set(tx.end_lsn);
-            let durable_before = progress.durable(0);
-            while progress.durable(0) < tx.end_lsn {
-                runtime::sleep(Duration::from_millis(1)).await;
-            }
-            let durable_after = progress.durable(0);
-            signals.closing.set(true);
-            signals.wake.notify_all();
-            committer.join().await.unwrap();
-            let entries: usize = registry.shapes().filter(|s| s.last_offset().tx() == 1000).count();
-            (stats.fdatasyncs.get() - syncs_before, durable_before, durable_after, entries)
-        })
-        .unwrap()
-        .join()
-        .unwrap()
-        .unwrap();
+                let signals = Rc::new(CommitSignals::default());
+                let commit = GroupCommit {
+                    index: 0,
+                    config: CommitConfig {
+                        interval: Duration::from_millis(20),
+                        max_pending: usize::MAX,
+                    },
+                    journal: registry.journal().clone(),
+                    writer,
+                    progress: progress.clone(),
+                    signals: signals.clone(),
+                };
+                let committer = runtime::spawn_local(commit.run());
+                let relation = Arc::new(Relation {
+                    id: 1,
+                    schema: "public".into(),
+                    name: "items".into(),
+                    replica_identity: ReplicaIdentity::Full,
+                    columns: vec![Column {
+                        name: "id".into(),
+                        type_oid: 23,
+                        type_modifier: -1,
+                        is_key: true,
+                    }],
+                });
+                let tx = Arc::new(Transaction {
+                    xid: 20,
+                    commit_lsn: Lsn(1000),
+                    end_lsn: Lsn(1001),
+                    commit_time_micros: 0,
+                    changes: (0..SHAPES)
+                        .map(|n| Change::Insert {
+                            relation: relation.clone(),
+                            new: vec![Datum::Text(n.to_string().into())],
+                        })
+                        .collect(),
+                });
+                registry.apply_transaction(&tx);
+                signals.seen.set(tx.end_lsn);
+                let durable_before = progress.durable(0);
+                while progress.durable(0) < tx.end_lsn {
+                    runtime::sleep(Duration::from_millis(1)).await;
+                }
+                let durable_after = progress.durable(0);
+                signals.closing.set(true);
+                signals.wake.notify_all();
+                committer.join().await.unwrap();
+                let entries: usize = registry
+                    .shapes()
+                    .filter(|s| s.last_offset().tx() == 1000)
+                    .count();
+                (
+                    stats.fdatasyncs.get() - syncs_before,
+                    durable_before,
+                    durable_after,
+                    entries,
+                )
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
         assert_eq!(entries, SHAPES, "every shape got its change");
         assert_eq!(syncs, 1, "one fdatasync for the whole tick");
         assert!(durable_before < Lsn(1001), "not durable before the commit");

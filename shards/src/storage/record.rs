@@ -55,7 +55,11 @@ pub struct Record<'a> {
 
 /// Appends one framed record to `out`.
 pub fn encode(out: &mut Vec<u8>, lsn: u64, shape: u64, kind: Kind, payload: &[u8]) {
-    assert!(payload.len() <= MAX_PAYLOAD, "record of {} bytes", payload.len());
+    assert!(
+        payload.len() <= MAX_PAYLOAD,
+        "record of {} bytes",
+        payload.len()
+    );
     let start = out.len();
     out.extend_from_slice(&((HEADER_BYTES + payload.len()) as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -191,7 +195,13 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut log = Vec::new();
-        encode(&mut log, 100, 1, Kind::ShapeCreated, b"{\"table\":\"items\"}");
+        encode(
+            &mut log,
+            100,
+            1,
+            Kind::ShapeCreated,
+            b"{\"table\":\"items\"}",
+        );
         encode(&mut log, 200, 1, Kind::Entry, b"{\"key\":\"a\"}");
         encode(&mut log, 300, 2, Kind::Entry, b"");
         log
@@ -203,7 +213,10 @@ mod tests {
         let written = log.len();
         log.resize(4096, 0);
         let mut scan = Scanner::new(&log);
-        let records: Vec<_> = scan.by_ref().map(|r| (r.lsn, r.shape, r.kind, r.payload.len())).collect();
+        let records: Vec<_> = scan
+            .by_ref()
+            .map(|r| (r.lsn, r.shape, r.kind, r.payload.len()))
+            .collect();
         assert_eq!(
             records,
             [
@@ -246,7 +259,10 @@ mod tests {
                 "flip at {at}: kept {} bytes",
                 scan.valid_len()
             );
-            assert!(matches!(scan.stop(), Some(Stop::Torn { .. }) | Some(Stop::End)));
+            assert!(matches!(
+                scan.stop(),
+                Some(Stop::Torn { .. }) | Some(Stop::End)
+            ));
         }
     }
 }

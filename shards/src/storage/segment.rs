@@ -62,8 +62,11 @@ impl SegmentWriter {
     /// Opens the newest segment in `dir` (creating the first if there is
     /// none), cuts a torn tail, and positions appends after the last valid
     /// record.
-    pub async fn open(dir: &Path, segment_bytes: u64) -> std::io::Result<(SegmentWriter, Recovered)> {
-        assert!(segment_bytes >= BLOCK as u64 && segment_bytes % BLOCK as u64 == 0);
+    pub async fn open(
+        dir: &Path,
+        segment_bytes: u64,
+    ) -> std::io::Result<(SegmentWriter, Recovered)> {
+        assert!(segment_bytes >= BLOCK as u64 && segment_bytes.is_multiple_of(BLOCK as u64));
         std::fs::create_dir_all(dir)?;
         let indices = segment_indices(dir)?;
         let index = indices.last().copied().unwrap_or(0);
@@ -251,7 +254,10 @@ pub fn segment_indices(dir: &Path) -> std::io::Result<Vec<u64>> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("segment-")?.strip_suffix(".log")?.parse().ok()
+            name.strip_prefix("segment-")?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()
         })
         .collect();
     indices.sort_unstable();
@@ -273,7 +279,8 @@ mod tests {
     use crate::storage::record::Kind;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("shapeshard-segment-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("shapeshard-segment-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
@@ -281,7 +288,11 @@ mod tests {
     fn run<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
         make: impl FnOnce() -> F + Send + 'static,
     ) -> T {
-        spawn_thread("segment-test", make).unwrap().join().unwrap().unwrap()
+        spawn_thread("segment-test", make)
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap()
     }
 
     fn records(dir: &Path) -> Vec<(u64, u64, Vec<u8>)> {
@@ -318,7 +329,10 @@ mod tests {
         assert_eq!(all.len(), 10_003);
         assert_eq!(all[0], (1000, 0, b"entry 0".to_vec()));
         assert_eq!(all[10_002], (20_002, 2, b"later".to_vec()));
-        assert!(segment_indices(&dir).unwrap().len() > 1, "64 KiB segments rolled over");
+        assert!(
+            segment_indices(&dir).unwrap().len() > 1,
+            "64 KiB segments rolled over"
+        );
 
         // Reopening appends after the last record.
         let d = dir.clone();
@@ -383,37 +397,44 @@ mod retention_tests {
         let dir = std::env::temp_dir().join(format!("shapeshard-retention-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let d = dir.clone();
-        let (after_remove_1, after_remove_2, deleted) = spawn_thread("retention", move || async move {
-            open_marker_first(&d.join("marker")).await.unwrap();
-            let (mut writer, _) = SegmentWriter::open(&d.join("log"), 64 * 1024).await.unwrap();
-            let payload = [b'x'; 1000];
-            // Segments 0..: shape 1 alone, then shapes 1 and 2, then 2 alone.
-            for _ in 0..150 {
-                writer.append(1, 1, Kind::Entry, &payload);
+        let (after_remove_1, after_remove_2, deleted) =
+            spawn_thread("retention", move || async move {
+                open_marker_first(&d.join("marker")).await.unwrap();
+                let (mut writer, _) = SegmentWriter::open(&d.join("log"), 64 * 1024)
+                    .await
+                    .unwrap();
+                let payload = [b'x'; 1000];
+                // Segments 0..: shape 1 alone, then shapes 1 and 2, then 2 alone.
+                for _ in 0..150 {
+                    writer.append(1, 1, Kind::Entry, &payload);
+                    writer.flush().await.unwrap();
+                }
+                for _ in 0..150 {
+                    writer.append(2, 2, Kind::Entry, &payload);
+                    writer.flush().await.unwrap();
+                }
+                let before = segment_indices(&d.join("log")).unwrap().len();
+                assert!(before >= 4, "{before} segments");
+                writer.append(3, 1, Kind::ShapeRemoved, b"deleted");
                 writer.flush().await.unwrap();
-            }
-            for _ in 0..150 {
-                writer.append(2, 2, Kind::Entry, &payload);
-                writer.flush().await.unwrap();
-            }
-            let before = segment_indices(&d.join("log")).unwrap().len();
-            assert!(before >= 4, "{before} segments");
-            writer.append(3, 1, Kind::ShapeRemoved, b"deleted");
-            writer.flush().await.unwrap();
-            let after_remove_1 = segment_indices(&d.join("log")).unwrap();
-            writer.append(4, 2, Kind::ShapeRemoved, b"deleted");
-            // Fill the current segment so it rolls and can go too.
-            for _ in 0..70 {
-                writer.append(5, 3, Kind::Entry, &payload);
-                writer.flush().await.unwrap();
-            }
-            let after_remove_2 = segment_indices(&d.join("log")).unwrap();
-            (after_remove_1, after_remove_2, writer.stats.segments_deleted.get())
-        })
-        .unwrap()
-        .join()
-        .unwrap()
-        .unwrap();
+                let after_remove_1 = segment_indices(&d.join("log")).unwrap();
+                writer.append(4, 2, Kind::ShapeRemoved, b"deleted");
+                // Fill the current segment so it rolls and can go too.
+                for _ in 0..70 {
+                    writer.append(5, 3, Kind::Entry, &payload);
+                    writer.flush().await.unwrap();
+                }
+                let after_remove_2 = segment_indices(&d.join("log")).unwrap();
+                (
+                    after_remove_1,
+                    after_remove_2,
+                    writer.stats.segments_deleted.get(),
+                )
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
         // Removing shape 1 frees the segments holding only shape 1, up to
         // the first that also holds shape 2.
         assert!(after_remove_1[0] > 0, "{after_remove_1:?}");
@@ -422,7 +443,8 @@ mod retention_tests {
         assert!(deleted >= 3);
         // Recovery after retention still finds whole records only.
         for index in &after_remove_2 {
-            let bytes = std::fs::read(dir.join("log").join(format!("segment-{index:010}.log"))).unwrap();
+            let bytes =
+                std::fs::read(dir.join("log").join(format!("segment-{index:010}.log"))).unwrap();
             let mut scan = Scanner::new(&bytes);
             scan.by_ref().for_each(drop);
             assert_eq!(scan.stop(), Some(&Stop::End));

@@ -55,10 +55,11 @@ impl Admission {
             metrics.rejected(kind);
             // Spread retries over 6–10 s, as Electric does, so a herd does
             // not come back at once.
-            let retry_after = 6 + (std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-                % 5);
+            let retry_after = 6
+                + (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos())
+                    % 5);
             return Err(ShapeReply::error(
                 503,
                 serde_json::json!({

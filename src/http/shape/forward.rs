@@ -98,7 +98,9 @@ impl Router {
             reply: RefCell::new(None),
             done: Notify::new(),
         });
-        self.initial.borrow_mut().insert(key.clone(), leader.clone());
+        self.initial
+            .borrow_mut()
+            .insert(key.clone(), leader.clone());
         // Removed and published however this ends (the leader's client may
         // hang up): followers must never wait on a reply that won't come.
         struct Publish<'a> {

@@ -65,7 +65,10 @@ impl ShapeReply {
     }
 
     pub fn message(status: u16, message: &str) -> ShapeReply {
-        ShapeReply::error(status, serde_json::json!({ "message": message }).to_string())
+        ShapeReply::error(
+            status,
+            serde_json::json!({ "message": message }).to_string(),
+        )
     }
 
     /// 409: the client must start over, with `handle` if there is a shape

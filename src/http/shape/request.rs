@@ -98,9 +98,16 @@ impl Errors {
 
 /// Validates a GET or DELETE. Electric validates in stages and stops at
 /// the first stage with errors; so does this.
-pub fn parse(kind: RequestKind, query: &Query, if_none_match: Option<&str>) -> Result<ShapeRequest, ShapeReply> {
+pub fn parse(
+    kind: RequestKind,
+    query: &Query,
+    if_none_match: Option<&str>,
+) -> Result<ShapeRequest, ShapeReply> {
     let mut errors = Errors::default();
-    let mut handle = query.get("handle").filter(|h| !h.is_empty()).map(str::to_string);
+    let mut handle = query
+        .get("handle")
+        .filter(|h| !h.is_empty())
+        .map(str::to_string);
     let mut offset = StartOffset::At(LogOffset::BeforeAll);
     let live = query.get("live").is_some_and(|v| v != "false");
     if kind == RequestKind::Get {
@@ -125,7 +132,9 @@ pub fn parse(kind: RequestKind, query: &Query, if_none_match: Option<&str>) -> R
                 StartOffset::At(LogOffset::BeforeAll) if live => {
                     errors.add("live", "can't be true when offset == -1")
                 }
-                StartOffset::Now if live => errors.add("live", "can't be true when offset is 'now'"),
+                StartOffset::Now if live => {
+                    errors.add("live", "can't be true when offset is 'now'")
+                }
                 _ => {}
             }
         }
@@ -201,14 +210,22 @@ fn definition(query: &Query, table: &str, errors: &mut Errors) -> ShapeDefinitio
     };
     let mut params = BTreeMap::new();
     for (key, value) in &query.values {
-        let Some(inner) = key.strip_prefix("params[").and_then(|k| k.strip_suffix(']')) else {
+        let Some(inner) = key
+            .strip_prefix("params[")
+            .and_then(|k| k.strip_suffix(']'))
+        else {
             continue;
         };
         match inner.parse::<usize>() {
             Ok(n) if n > 0 => {
                 params.insert(n, value.clone());
             }
-            _ => errors.add("params", format!("invalid parameter name {inner:?}: parameters are params[1], params[2], ...")),
+            _ => errors.add(
+                "params",
+                format!(
+                    "invalid parameter name {inner:?}: parameters are params[1], params[2], ..."
+                ),
+            ),
         }
     }
     // `params` as a JSON object, as newer clients may send it.
@@ -231,7 +248,10 @@ fn definition(query: &Query, table: &str, errors: &mut Errors) -> ShapeDefinitio
             Err(_) => errors.add("params", "params must be valid JSON"),
         }
     }
-    let where_sql = query.get("where").map(str::to_string).filter(|w| !w.trim().is_empty());
+    let where_sql = query
+        .get("where")
+        .map(str::to_string)
+        .filter(|w| !w.trim().is_empty());
     let where_canonical = where_sql
         .as_deref()
         .map(|w| shards::shape::definition::normalise_where(w).unwrap_or_else(|| w.to_string()));
@@ -290,7 +310,11 @@ fn split_identifiers(text: &str, separator: char) -> Result<Vec<String>, String>
                     }
                     Some('"') => break,
                     Some(c) => part.push(c),
-                    None => return Err(format!("Invalid unterminated quoted identifier in {text:?}")),
+                    None => {
+                        return Err(format!(
+                            "Invalid unterminated quoted identifier in {text:?}"
+                        ))
+                    }
                 }
             }
             while chars.peek() == Some(&' ') {
@@ -335,7 +359,10 @@ mod tests {
         let t = parse_relation("Items").unwrap();
         assert_eq!((t.schema.as_str(), t.name.as_str()), ("public", "items"));
         let t = parse_relation("\"My.Schema\".\"Ta\"\"ble\"").unwrap();
-        assert_eq!((t.schema.as_str(), t.name.as_str()), ("My.Schema", "Ta\"ble"));
+        assert_eq!(
+            (t.schema.as_str(), t.name.as_str()),
+            ("My.Schema", "Ta\"ble")
+        );
         assert!(parse_relation("a.b.c").is_err());
         assert!(parse_relation("\"open").is_err());
         assert!(parse_relation("a.").is_err());
@@ -375,14 +402,21 @@ mod tests {
         );
         let ok = parse(
             RequestKind::Get,
-            &Query::parse(Some("table=items&offset=-1&handle=h&live=false&params[1]=a&cache-buster=1")),
+            &Query::parse(Some(
+                "table=items&offset=-1&handle=h&live=false&params[1]=a&cache-buster=1",
+            )),
             None,
         )
         .unwrap();
         assert_eq!(ok.handle, None, "handle is dropped with offset=-1");
         assert!(!ok.live);
         assert_eq!(ok.definition.unwrap().params[&1], "a");
-        let live = parse(RequestKind::Get, &Query::parse(Some("table=t&offset=0_inf&handle=h&live=0")), None).unwrap();
+        let live = parse(
+            RequestKind::Get,
+            &Query::parse(Some("table=t&offset=0_inf&handle=h&live=0")),
+            None,
+        )
+        .unwrap();
         assert!(live.live, "anything but false is true");
     }
 }
