@@ -54,6 +54,11 @@ pub struct ShapeSpec {
     pub persisted: Vec<u8>,
 }
 
+/// Transactions a shape holds while its snapshot's visibility is unknown
+/// (normally a few milliseconds' worth). Past it the snapshot is stuck and
+/// the shape is dropped: its clients re-sync rather than memory grow.
+pub const MAX_HELD_TRANSACTIONS: usize = 10_000;
+
 /// Whether a shape takes a transaction yet.
 enum Gate {
     /// The snapshot's visibility is not known yet: hold transactions.
@@ -208,6 +213,9 @@ impl Shape {
         }
         match &mut state.gate {
             Gate::Pending(held) => {
+                if held.len() >= MAX_HELD_TRANSACTIONS {
+                    return Applied::Invalidated("its snapshot did not start in time");
+                }
                 held.push(tx.clone());
                 return Applied::Nothing;
             }
