@@ -201,6 +201,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                 shape_config,
                 metrics.clone(),
                 eviction.clone(),
+                shutdown.clone(),
             );
             eviction.publish(index, &registry.borrow());
             let router = Router::new(links, service);

@@ -67,8 +67,9 @@ pub async fn serve(
             open.set(open.get() + 1);
             let context = context.clone();
             let open = open.clone();
+            let shutdown = shutdown.clone();
             runtime::spawn_detached(async move {
-                serve_connection(stream, context).await;
+                serve_connection(stream, context, shutdown).await;
                 open.set(open.get() - 1);
             });
         }
@@ -83,17 +84,34 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection(stream: net::TcpStream, context: Rc<HttpContext>) {
+async fn serve_connection(stream: net::TcpStream, context: Rc<HttpContext>, shutdown: Shutdown) {
     let service = hyper::service::service_fn(move |request| {
         let context = context.clone();
         async move { Ok::<_, Infallible>(route(request, &context).await) }
     });
-    let result = hyper::server::conn::http1::Builder::new()
+    let connection = hyper::server::conn::http1::Builder::new()
         // hyper's header timeout needs a Send timer; glommio's is not.
         .header_read_timeout(None)
         .keep_alive(true)
-        .serve_connection(io::HyperIo(stream), service)
-        .await;
+        .serve_connection(io::HyperIo(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    // On a stop, idle keep-alive connections close at once and busy ones
+    // after their response (live requests answer early on a stop).
+    let result = match futures_lite::future::or(
+        async { Some(connection.as_mut().await) },
+        async {
+            shutdown.wait().await;
+            None
+        },
+    )
+    .await
+    {
+        Some(result) => result,
+        None => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
     if let Err(e) = result {
         tracing::debug!("connection ended: {e}");
     }

@@ -69,6 +69,7 @@ pub struct ShapeService {
     etag_counter: Cell<u64>,
     pub metrics: Arc<Metrics>,
     pub eviction: Arc<Eviction>,
+    shutdown: runtime::Shutdown,
 }
 
 impl ShapeService {
@@ -79,8 +80,10 @@ impl ShapeService {
         config: ShapeConfig,
         metrics: Arc<Metrics>,
         eviction: Arc<Eviction>,
+        shutdown: runtime::Shutdown,
     ) -> Rc<ShapeService> {
         Rc::new(ShapeService {
+            shutdown,
             metrics,
             eviction,
             shard,
@@ -259,7 +262,16 @@ impl ShapeService {
                 LogRead::Items { items, end } => {
                     if items.is_empty() && request.live {
                         let left = self.config.long_poll.saturating_sub(started.elapsed());
-                        if left.is_zero() || runtime::timeout(left, changed).await.is_none() {
+                        // A stop ends the wait like a timeout: the client
+                        // just polls again (the next server answers).
+                        let woken = futures_lite::future::or(
+                            async { runtime::timeout(left, changed).await.is_some() },
+                            async {
+                                self.shutdown.wait().await;
+                                false
+                            },
+                        );
+                        if left.is_zero() || !woken.await {
                             let global = self.registry.borrow().last_seen().0;
                             let body = format!("[{}]", encode::up_to_date(global));
                             return self.ok(
