@@ -177,6 +177,13 @@ impl Server {
         self.terminate();
     }
 
+    /// SIGTERM; how long the process took to exit.
+    pub fn stop_timed(mut self) -> Duration {
+        let started = std::time::Instant::now();
+        self.terminate();
+        started.elapsed()
+    }
+
     /// SIGTERM and wait, leaving the storage directory for a next run.
     pub fn stop_keeping_storage(mut self) {
         self.terminate();

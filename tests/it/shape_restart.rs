@@ -214,3 +214,35 @@ fn a_rolling_deploy_waits_for_the_lock_then_takes_over_every_shape() {
     );
     assert!(new.log_tail().contains("storage directory lock acquired"));
 }
+
+#[test]
+fn a_clean_stop_with_many_shapes_and_a_live_request_takes_under_a_second() {
+    const SHAPES: usize = 2_000;
+    let db = database("stop");
+    db.client()
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 10)")
+        .unwrap();
+    let server = Server::start(&db, &[]);
+    let agent = ureq::AgentBuilder::new().build();
+    let mut handle = String::new();
+    for k in 0..SHAPES {
+        let reply = crate::server::Reply::from(
+            agent
+                .get(&server.url(&format!("/v1/shape?table=items&offset=-1&where=id%20%3D%20{k}")))
+                .call(),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if k == 1 {
+            handle = reply.header("electric-handle").unwrap().to_string();
+        }
+    }
+    // A client long-polling, and the agent's idle keep-alive connection.
+    let live_url = server.url(&format!(
+        "/v1/shape?table=items&offset=0_inf&handle={handle}&where=id%20%3D%201&live=true"
+    ));
+    let live = std::thread::spawn(move || ureq::get(&live_url).call().map(|r| r.status()));
+    std::thread::sleep(Duration::from_millis(300));
+    let took = server.stop_timed();
+    assert!(took < Duration::from_secs(1), "stopping took {took:?}");
+    assert_eq!(live.join().unwrap().ok(), Some(200), "the live request is answered, not cut");
+}
