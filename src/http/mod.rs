@@ -97,13 +97,10 @@ async fn serve_connection(stream: net::TcpStream, context: Rc<HttpContext>, shut
     let mut connection = std::pin::pin!(connection);
     // On a stop, idle keep-alive connections close at once and busy ones
     // after their response (live requests answer early on a stop).
-    let result = match futures_lite::future::or(
-        async { Some(connection.as_mut().await) },
-        async {
-            shutdown.wait().await;
-            None
-        },
-    )
+    let result = match futures_lite::future::or(async { Some(connection.as_mut().await) }, async {
+        shutdown.wait().await;
+        None
+    })
     .await
     {
         Some(result) => result,

@@ -228,7 +228,9 @@ fn a_clean_stop_with_many_shapes_and_a_live_request_takes_under_a_second() {
     for k in 0..SHAPES {
         let reply = crate::server::Reply::from(
             agent
-                .get(&server.url(&format!("/v1/shape?table=items&offset=-1&where=id%20%3D%20{k}")))
+                .get(&server.url(&format!(
+                    "/v1/shape?table=items&offset=-1&where=id%20%3D%20{k}"
+                )))
                 .call(),
         );
         assert_eq!(reply.status, 200, "{}", reply.body);
@@ -244,5 +246,9 @@ fn a_clean_stop_with_many_shapes_and_a_live_request_takes_under_a_second() {
     std::thread::sleep(Duration::from_millis(300));
     let took = server.stop_timed();
     assert!(took < Duration::from_secs(1), "stopping took {took:?}");
-    assert_eq!(live.join().unwrap().ok(), Some(200), "the live request is answered, not cut");
+    assert_eq!(
+        live.join().unwrap().ok(),
+        Some(200),
+        "the live request is answered, not cut"
+    );
 }
