@@ -25,10 +25,6 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
     pub fn rejected(&self, kind: Kind) {
         Metrics::inc(match kind {
             Kind::Initial => &self.rejected_initial,

@@ -84,6 +84,47 @@ impl Drop for Listener {
     }
 }
 
+/// A value set once and awaited by any number of tasks on the executor
+/// (a creation's result, a forwarded request's reply).
+pub struct Slot<T> {
+    value: RefCell<Option<T>>,
+    set: Rc<Notify>,
+}
+
+impl<T: Clone> Slot<T> {
+    pub fn new() -> Rc<Slot<T>> {
+        Rc::new(Slot {
+            value: RefCell::new(None),
+            set: Notify::new(),
+        })
+    }
+
+    /// Sets the value (the first one wins) and wakes every waiter.
+    pub fn set(&self, value: T) {
+        let mut slot = self.value.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(value);
+            drop(slot);
+            self.set.notify_all();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.value.borrow().is_some()
+    }
+
+    /// The value, once set.
+    pub async fn get(&self) -> T {
+        loop {
+            let set = self.set.listen();
+            if let Some(value) = self.value.borrow().as_ref() {
+                return value.clone();
+            }
+            set.await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +146,15 @@ mod tests {
         assert_eq!(notify.waiting(), 1);
         drop(pending);
         assert_eq!(notify.waiting(), 0);
+    }
+
+    #[test]
+    fn a_slot_is_set_once_and_seen_by_every_waiter() {
+        let slot = Slot::new();
+        assert!(!slot.is_set());
+        slot.set(1);
+        slot.set(2);
+        assert_eq!(futures_lite::future::block_on(slot.get()), 1);
+        assert_eq!(futures_lite::future::block_on(slot.get()), 1);
     }
 }

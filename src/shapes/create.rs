@@ -2,11 +2,10 @@
 //! validation, publication, registration, then the snapshot, streamed into
 //! the shape's log as Postgres returns it.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use shards::notify::Notify;
+use shards::notify::Slot;
 use shards::runtime;
 use shards::shape::definition::{LogMode, ShapeDefinition, ShapeHandle};
 use shards::shape::encode::PgSnapshot;
@@ -56,7 +55,7 @@ pub async fn create(
     // Registered (and so routed) before the snapshot starts: every
     // transaction the snapshot does not see reaches the shape.
     let shape = service.registry.borrow_mut().insert(spec);
-    let started = Rc::new(Started::default());
+    let started = Started::new();
     {
         let service = service.clone();
         let shape = shape.clone();
@@ -71,8 +70,8 @@ pub async fn create(
                     .registry
                     .borrow_mut()
                     .remove(shape.id, "its snapshot failed");
-                if started.outcome.borrow().is_none() {
-                    started.finish(Err(snapshot_error(&e, &snapshot_sql)));
+                if !started.is_set() {
+                    started.set(Err(snapshot_error(&e, &snapshot_sql)));
                 } else {
                     tracing::warn!(
                         shard = service.shard,
@@ -83,13 +82,7 @@ pub async fn create(
             }
         });
     }
-    loop {
-        let done = started.done.listen();
-        if let Some(outcome) = started.outcome.borrow().as_ref() {
-            return outcome.clone().map(|()| shape);
-        }
-        done.await;
-    }
+    started.get().await.map(|()| shape)
 }
 
 /// Everything a shape is, from its definition and its table: validates the
@@ -125,18 +118,7 @@ pub fn build_spec(
 }
 
 /// Set once the snapshot query is running (or could not start).
-#[derive(Default)]
-struct Started {
-    outcome: RefCell<Option<Result<(), ShapeReply>>>,
-    done: Rc<Notify>,
-}
-
-impl Started {
-    fn finish(&self, outcome: Result<(), ShapeReply>) {
-        *self.outcome.borrow_mut() = Some(outcome);
-        self.done.notify_all();
-    }
-}
+type Started = Slot<Result<(), ShapeReply>>;
 
 /// The snapshot query: key and selected columns (as text, in table order)
 /// and the where clause with its parameters bound.
@@ -214,12 +196,12 @@ async fn snapshot(
         .borrow_mut()
         .snapshot_taken(shape.id, snapshot.clone());
     if shape.spec.definition.log_mode == LogMode::ChangesOnly {
-        started.finish(Ok(()));
+        started.set(Ok(()));
     } else {
         let params: Vec<Option<&str>> = sql.params.iter().map(|p| Some(p.as_str())).collect();
         crate::metrics::Metrics::inc(&service.metrics.snapshots_started);
         let mut rows = conn.query_stream(&sql.sql, &params).await?;
-        started.finish(Ok(()));
+        started.set(Ok(()));
         let mut scratch = Vec::with_capacity(256);
         while let Some(row) = rows.next().await? {
             if shape.is_gone() {

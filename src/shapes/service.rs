@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use shards::notify::Notify;
+use shards::notify::Slot;
 use shards::runtime;
 use shards::shape::definition::ShapeDefinition;
 use shards::shape::encode;
@@ -52,10 +52,7 @@ impl ShapeConfig {
 
 /// A creation in progress: everyone asking for the definition meanwhile
 /// waits for this one result.
-struct Creation {
-    result: RefCell<Option<Result<Rc<Shape>, ShapeReply>>>,
-    done: Rc<Notify>,
-}
+type Creation = Slot<Result<Rc<Shape>, ShapeReply>>;
 
 pub struct ShapeService {
     pub(super) shard: usize,
@@ -108,14 +105,10 @@ impl ShapeService {
         let Some(definition) = &request.definition else {
             return ShapeReply::invalid(&[("table", "can't be blank".into())]);
         };
-        let started = Metrics::get(&self.metrics.creations_started);
-        let shape = match self.get_or_create(definition).await {
-            Ok(shape) => shape,
+        let (shape, created) = match self.get_or_create(definition).await {
+            Ok(found) => found,
             Err(reply) => return reply,
         };
-        // Whether any creation started meanwhile (this request's, one it
-        // joined, or another's): then the limit is checked after replying.
-        let created = Metrics::get(&self.metrics.creations_started) != started;
         {
             let mut registry = self.registry.borrow_mut();
             registry.touch(shape.id, self.eviction.stamp());
@@ -143,14 +136,15 @@ impl ShapeService {
     }
 
     /// The live shape for `definition`, created (once, however many ask at
-    /// the same time) when there is none.
+    /// the same time) when there is none. `created` is true when this call
+    /// started or joined a creation.
     pub async fn get_or_create(
         self: &Rc<Self>,
         definition: &ShapeDefinition,
-    ) -> Result<Rc<Shape>, ShapeReply> {
+    ) -> Result<(Rc<Shape>, bool), ShapeReply> {
         let canonical = definition.canonical();
         if let Some(shape) = self.registry.borrow().by_definition(&canonical) {
-            return Ok(shape);
+            return Ok((shape, false));
         }
         let existing = self.creating.borrow().get(&canonical).cloned();
         let creation = match existing {
@@ -161,10 +155,7 @@ impl ShapeService {
             None => {
                 Metrics::inc(&self.metrics.creations_started);
                 Metrics::inc(&self.metrics.creations_in_flight);
-                let creation = Rc::new(Creation {
-                    result: RefCell::new(None),
-                    done: Notify::new(),
-                });
+                let creation = Creation::new();
                 self.creating
                     .borrow_mut()
                     .insert(canonical.clone(), creation.clone());
@@ -183,19 +174,12 @@ impl ShapeService {
                     if result.is_err() {
                         Metrics::inc(&service.metrics.creations_failed);
                     }
-                    *task_creation.result.borrow_mut() = Some(result);
-                    task_creation.done.notify_all();
+                    task_creation.set(result);
                 });
                 creation
             }
         };
-        loop {
-            let done = creation.done.listen();
-            if let Some(result) = creation.result.borrow().as_ref() {
-                return result.clone();
-            }
-            done.await;
-        }
+        creation.get().await.map(|shape| (shape, true))
     }
 
     fn delete(&self, request: ShapeRequest) -> ShapeReply {

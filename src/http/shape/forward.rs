@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use shards::notify::Notify;
+use shards::notify::Slot;
 use shards::runtime::{self, mesh::MeshLinks};
 
 use super::reply::ShapeReply;
@@ -28,10 +28,8 @@ pub enum Envelope {
     },
 }
 
-struct Waiting {
-    reply: RefCell<Option<ShapeReply>>,
-    done: Rc<Notify>,
-}
+/// A reply some request is waiting for.
+type Waiting = Slot<ShapeReply>;
 
 pub struct Router {
     links: MeshLinks<Envelope>,
@@ -86,18 +84,9 @@ impl Router {
         let joined = self.initial.borrow().get(&key).cloned();
         if let Some(leader) = joined {
             crate::metrics::Metrics::inc(&self.service.metrics.requests_coalesced);
-            loop {
-                let done = leader.done.listen();
-                if let Some(reply) = leader.reply.borrow().as_ref() {
-                    return reply.clone();
-                }
-                done.await;
-            }
+            return leader.get().await;
         }
-        let leader = Rc::new(Waiting {
-            reply: RefCell::new(None),
-            done: Notify::new(),
-        });
+        let leader = Waiting::new();
         self.initial
             .borrow_mut()
             .insert(key.clone(), leader.clone());
@@ -115,8 +104,7 @@ impl Router {
                 let reply = self.reply.take().unwrap_or_else(|| {
                     ShapeReply::unavailable("The request was interrupted, please retry", 1)
                 });
-                *self.leader.reply.borrow_mut() = Some(reply);
-                self.leader.done.notify_all();
+                self.leader.set(reply);
             }
         }
         let mut publish = Publish {
@@ -134,12 +122,8 @@ impl Router {
     async fn forward(&self, owner: usize, request: ShapeRequest) -> ShapeReply {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let waiting = Rc::new(Waiting {
-            reply: RefCell::new(None),
-            done: Notify::new(),
-        });
+        let waiting = Waiting::new();
         self.waiting.borrow_mut().insert(id, waiting.clone());
-        let done = waiting.done.listen();
         let message = Envelope::Request {
             id,
             from: self.me(),
@@ -149,9 +133,7 @@ impl Router {
             self.waiting.borrow_mut().remove(&id);
             return ShapeReply::unavailable("The server is shutting down, please retry", 1);
         }
-        done.await;
-        let reply = waiting.reply.borrow_mut().take();
-        reply.unwrap_or_else(|| ShapeReply::unavailable("The request was lost, please retry", 1))
+        waiting.get().await
     }
 
     /// Serves requests from `peer` and delivers its replies. Never blocks
@@ -168,9 +150,9 @@ impl Router {
                     });
                 }
                 Envelope::Reply { id, reply } => {
-                    if let Some(waiting) = self.waiting.borrow_mut().remove(&id) {
-                        *waiting.reply.borrow_mut() = Some(reply);
-                        waiting.done.notify_all();
+                    let waiting = self.waiting.borrow_mut().remove(&id);
+                    if let Some(waiting) = waiting {
+                        waiting.set(reply);
                     }
                 }
             }
