@@ -213,13 +213,14 @@ impl Converter<'_> {
 /// A tuple's values as text. An unchanged TOASTed value is taken from the
 /// old tuple when there is one (REPLICA IDENTITY FULL always sends it).
 pub fn values<'t>(tuple: &'t Tuple, old: Option<&'t Tuple>) -> Vec<Option<&'t str>> {
-    tuple
-        .iter()
-        .enumerate()
-        .map(|(i, datum)| match datum {
-            Datum::Text(_) => datum.as_str(),
-            Datum::Null => None,
-            Datum::UnchangedToast => old.and_then(|o| o.get(i)).and_then(Datum::as_str),
-        })
-        .collect()
+    (0..tuple.len()).map(|i| value_at(tuple, old, i)).collect()
+}
+
+/// One column of `values`, without building the row.
+pub fn value_at<'t>(tuple: &'t Tuple, old: Option<&'t Tuple>, i: usize) -> Option<&'t str> {
+    match tuple.get(i)? {
+        datum @ Datum::Text(_) => datum.as_str(),
+        Datum::Null => None,
+        Datum::UnchangedToast => old.and_then(|o| o.get(i)).and_then(Datum::as_str),
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::change::{Change, Relation, RelationId, Transaction};
+use crate::change::{Change, Relation, RelationId, Transaction, Tuple};
 use crate::lsn::Lsn;
 use crate::notify::{Listener, Notify};
 use crate::routes::RouteTable;
@@ -373,12 +373,13 @@ impl RelationShapes {
         self.indexed.retain(|_, by_value| !by_value.is_empty());
     }
 
-    /// Shapes a row may belong to.
-    fn candidates(&self, row: &[Option<&str>], out: &mut Vec<ShapeId>) {
+    /// Shapes a row may belong to. Reads only the indexed columns of the
+    /// tuple (no row is built: this runs for every change).
+    fn candidates(&self, tuple: &Tuple, old: Option<&Tuple>, out: &mut Vec<ShapeId>) {
         out.extend_from_slice(&self.unindexed);
         for (&column, by_value) in &self.indexed {
-            if let Some(Some(value)) = row.get(column) {
-                if let Some(ids) = by_value.get(*value) {
+            if let Some(value) = convert::value_at(tuple, old, column) {
+                if let Some(ids) = by_value.get(value) {
                     out.extend_from_slice(ids);
                 }
             }
@@ -618,20 +619,20 @@ impl Registry {
                 }
                 Change::Insert { relation, new } => {
                     if let Some(shapes) = self.by_relation.get(&relation.id) {
-                        shapes.candidates(&convert::values(new, None), &mut candidates);
+                        shapes.candidates(new, None, &mut candidates);
                     }
                 }
                 Change::Delete { relation, old } => {
                     if let Some(shapes) = self.by_relation.get(&relation.id) {
-                        shapes.candidates(&convert::values(&old.1, None), &mut candidates);
+                        shapes.candidates(&old.1, None, &mut candidates);
                     }
                 }
                 Change::Update { relation, old, new } => {
                     if let Some(shapes) = self.by_relation.get(&relation.id) {
                         let old_tuple = old.as_ref().map(|(_, t)| t);
-                        shapes.candidates(&convert::values(new, old_tuple), &mut candidates);
+                        shapes.candidates(new, old_tuple, &mut candidates);
                         if let Some(old) = old_tuple {
-                            shapes.candidates(&convert::values(old, None), &mut candidates);
+                            shapes.candidates(old, None, &mut candidates);
                         }
                     }
                 }
