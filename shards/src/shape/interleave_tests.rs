@@ -12,15 +12,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::change::{Change, Column, Datum, Relation, ReplicaIdentity, Transaction};
+use crate::change::{Change, Datum, Transaction};
 use crate::lsn::Lsn;
 use crate::routes::RouteTable;
-use crate::shape::definition::{LogMode, Replica, ShapeDefinition, ShapeHandle, TableName};
 use crate::shape::encode::PgSnapshot;
 use crate::shape::log::LogRead;
 use crate::shape::offset::LogOffset;
-use crate::shape::registry::{Registry, ShapeSpec};
-use crate::shape::schema::{ColumnInfo, TableSchema};
+use crate::shape::registry::Registry;
+use crate::shape::test_support::{id_relation, id_shape};
 use crate::storage::record::{Kind, Scanner};
 
 struct Rng(u64);
@@ -36,45 +35,6 @@ impl Rng {
     }
 }
 
-fn spec() -> ShapeSpec {
-    let table = TableName {
-        schema: "public".into(),
-        name: "t".into(),
-    };
-    let definition = ShapeDefinition {
-        table: table.clone(),
-        where_sql: None,
-        where_canonical: None,
-        params: Default::default(),
-        columns: None,
-        replica: Replica::Default,
-        log_mode: LogMode::Full,
-    };
-    ShapeSpec {
-        handle: ShapeHandle::new(definition.hash(), 1),
-        canonical: definition.canonical(),
-        definition,
-        schema: TableSchema {
-            relation_id: 7,
-            table,
-            columns: vec![ColumnInfo {
-                name: "id".into(),
-                type_name: "int4".into(),
-                type_oid: 23,
-                dims: 0,
-                type_mod: -1,
-                not_null: true,
-                pk_index: Some(0),
-            }],
-        },
-        selected: vec![0],
-        key: vec![0],
-        filter: None,
-        schema_header: String::new(),
-        persisted: Vec::new(),
-    }
-}
-
 /// One seed's run; Err names what went wrong.
 fn run(seed: u64) -> Result<(), String> {
     let mut rng = Rng(seed);
@@ -84,7 +44,7 @@ fn run(seed: u64) -> Result<(), String> {
         Arc::new(RouteTable::new()),
         150 + rng.below(300) as usize,
     );
-    let shape = registry.insert(spec());
+    let shape = registry.insert(id_shape(7, "t", None, 1));
     registry.snapshot_taken(
         shape.id,
         PgSnapshot {
@@ -98,18 +58,7 @@ fn run(seed: u64) -> Result<(), String> {
         xmax: 1,
         xip: vec![],
     });
-    let relation = Arc::new(Relation {
-        id: 7,
-        schema: "public".into(),
-        name: "t".into(),
-        replica_identity: ReplicaIdentity::Full,
-        columns: vec![Column {
-            name: "id".into(),
-            type_oid: 23,
-            type_modifier: -1,
-            is_key: true,
-        }],
-    });
+    let relation = id_relation(7, "t");
     // The model: every entry's offset, in order, and the durable prefix.
     let mut model: Vec<LogOffset> = Vec::new();
     let mut durable = 0usize;

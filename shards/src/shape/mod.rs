@@ -12,4 +12,6 @@ pub mod log;
 pub mod offset;
 pub mod registry;
 pub mod schema;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod where_clause;

@@ -114,13 +114,12 @@ impl GroupCommit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{Change, Column, Datum, Relation, ReplicaIdentity, Transaction};
+    use crate::change::{Change, Datum, Transaction};
     use crate::routes::RouteTable;
     use crate::runtime::{dma::open_marker_first, spawn_thread};
-    use crate::shape::definition::{LogMode, Replica, ShapeDefinition, ShapeHandle, TableName};
     use crate::shape::encode::PgSnapshot;
     use crate::shape::registry::{Registry, RowFilter, ShapeSpec};
-    use crate::shape::schema::{ColumnInfo, TableSchema};
+    use crate::shape::test_support::{id_relation, id_shape};
 
     /// `id = value`, indexed.
     struct IdIs(String);
@@ -135,42 +134,8 @@ mod tests {
     }
 
     fn spec(n: usize) -> ShapeSpec {
-        let table = TableName {
-            schema: "public".into(),
-            name: "items".into(),
-        };
-        let definition = ShapeDefinition {
-            table: table.clone(),
-            where_sql: Some(format!("id = {n}")),
-            where_canonical: Some(format!("id = {n}")),
-            params: Default::default(),
-            columns: None,
-            replica: Replica::Default,
-            log_mode: LogMode::Full,
-        };
-        ShapeSpec {
-            handle: ShapeHandle::new(definition.hash(), n as u64),
-            canonical: definition.canonical(),
-            definition,
-            schema: TableSchema {
-                relation_id: 1,
-                table,
-                columns: vec![ColumnInfo {
-                    name: "id".into(),
-                    type_name: "int4".into(),
-                    type_oid: 23,
-                    dims: 0,
-                    type_mod: -1,
-                    not_null: true,
-                    pk_index: Some(0),
-                }],
-            },
-            selected: vec![0],
-            key: vec![0],
-            filter: Some(Box::new(IdIs(n.to_string()))),
-            schema_header: String::new(),
-            persisted: Vec::new(),
-        }
+        let filter: Box<dyn RowFilter> = Box::new(IdIs(n.to_string()));
+        id_shape(1, "items", Some((format!("id = {n}"), filter)), n as u64)
     }
 
     #[test]
@@ -217,18 +182,7 @@ mod tests {
                     signals: signals.clone(),
                 };
                 let committer = runtime::spawn_local(commit.run());
-                let relation = Arc::new(Relation {
-                    id: 1,
-                    schema: "public".into(),
-                    name: "items".into(),
-                    replica_identity: ReplicaIdentity::Full,
-                    columns: vec![Column {
-                        name: "id".into(),
-                        type_oid: 23,
-                        type_modifier: -1,
-                        is_key: true,
-                    }],
-                });
+                let relation = id_relation(1, "items");
                 let tx = Arc::new(Transaction {
                     xid: 20,
                     commit_lsn: Lsn(1000),

@@ -1,0 +1,76 @@
+//! Test fixtures: a one-column table `public.<name> (id int4 PRIMARY KEY)`,
+//! its relation as pgoutput describes it, and shapes on it.
+
+use std::sync::Arc;
+
+use crate::change::{Column, Relation, ReplicaIdentity};
+
+use super::definition::{LogMode, Replica, ShapeDefinition, ShapeHandle, TableName};
+use super::registry::{RowFilter, ShapeSpec};
+use super::schema::{ColumnInfo, TableSchema};
+
+/// The relation of the id table.
+pub fn id_relation(relation_id: u32, name: &str) -> Arc<Relation> {
+    Arc::new(Relation {
+        id: relation_id,
+        schema: "public".into(),
+        name: name.into(),
+        replica_identity: ReplicaIdentity::Full,
+        columns: vec![Column {
+            name: "id".into(),
+            type_oid: 23,
+            type_modifier: -1,
+            is_key: true,
+        }],
+    })
+}
+
+/// A shape on the id table; `filter` is the where clause's text and its
+/// evaluator (distinct texts make distinct shapes).
+pub fn id_shape(
+    relation_id: u32,
+    name: &str,
+    filter: Option<(String, Box<dyn RowFilter>)>,
+    created_micros: u64,
+) -> ShapeSpec {
+    let table = TableName {
+        schema: "public".into(),
+        name: name.into(),
+    };
+    let (where_sql, filter) = match filter {
+        Some((sql, filter)) => (Some(sql), Some(filter)),
+        None => (None, None),
+    };
+    let definition = ShapeDefinition {
+        table: table.clone(),
+        where_canonical: where_sql.clone(),
+        where_sql,
+        params: Default::default(),
+        columns: None,
+        replica: Replica::Default,
+        log_mode: LogMode::Full,
+    };
+    ShapeSpec {
+        handle: ShapeHandle::new(definition.hash(), created_micros),
+        canonical: definition.canonical(),
+        definition,
+        schema: TableSchema {
+            relation_id,
+            table,
+            columns: vec![ColumnInfo {
+                name: "id".into(),
+                type_name: "int4".into(),
+                type_oid: 23,
+                dims: 0,
+                type_mod: -1,
+                not_null: true,
+                pk_index: Some(0),
+            }],
+        },
+        selected: vec![0],
+        key: vec![0],
+        filter,
+        schema_header: String::new(),
+        persisted: Vec::new(),
+    }
+}
