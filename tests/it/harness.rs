@@ -170,3 +170,19 @@ pub fn scratch_dir(prefix: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The first column of every row of `query`, sorted (an oracle's view).
+pub fn sorted_texts(
+    client: &mut postgres::Client,
+    query: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Vec<String> {
+    let mut texts: Vec<String> = client
+        .query(query, params)
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    texts.sort();
+    texts
+}

@@ -9,6 +9,7 @@ mod harness;
 mod oracle;
 mod reconnect;
 mod rig;
+mod rng;
 mod server;
 mod shape_api;
 mod shape_client;

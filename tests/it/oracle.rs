@@ -10,9 +10,10 @@
 //! run: 20 shapes × 10 batches × 10 × 10, server restarts every 3 batches
 //! alternating graceful and brutal.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::database;
+use crate::harness::{database, sorted_texts};
+use crate::rng::Rng;
 use crate::server::Server;
 use crate::shape_client::ShapeClient;
 
@@ -21,22 +22,6 @@ fn knob(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
 }
 
 const KINDS: &[&str] = &["a", "b", "c", "d"];
@@ -195,48 +180,17 @@ fn shapes_match_the_oracle_across_batches_and_restarts() {
             } else {
                 "id, parent_id, v, tag"
             };
-            let mut want: Vec<String> = pg
-                .query(
-                    &format!("SELECT concat_ws('|', {key}) FROM {table} WHERE {clause}"),
-                    &[],
-                )
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            want.sort();
+            let want = sorted_texts(
+                &mut pg,
+                &format!("SELECT concat_ws('|', {key}) FROM {table} WHERE {clause}"),
+                &[],
+            );
             let columns: Vec<&str> = key.split(", ").collect();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let mut got: Vec<String> = client
-                    .rows
-                    .values()
-                    .map(|row| {
-                        columns
-                            .iter()
-                            .filter_map(|c| row.get(*c).and_then(|v| v.as_str()))
-                            .collect::<Vec<_>>()
-                            .join("|")
-                    })
-                    .collect();
-                got.sort();
-                if got == want {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let missing: Vec<_> =
-                        want.iter().filter(|w| !got.contains(w)).take(5).collect();
-                    let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).take(5).collect();
-                    panic!(
-                        "batch {batch}, shape {n} ({table} WHERE {clause}): {} rows vs oracle {}; missing {missing:?}, extra {extra:?}; {replay}",
-                        got.len(),
-                        want.len()
-                    );
-                }
-                client.poll(&server).unwrap_or_else(|e| {
+            client
+                .converge(&server, &columns, &want, Duration::from_secs(30))
+                .unwrap_or_else(|e| {
                     panic!("batch {batch}, shape {n} ({table} WHERE {clause}): {e}; {replay}")
                 });
-            }
         }
     }
 }

@@ -52,7 +52,7 @@ impl Server {
             port,
             dir: self.dir.clone(),
             owns_dir: false,
-            child: spawn(&self.db_url, &self.stream_id, &self.dir, port, &self.env),
+            child: self.spawn_on(port),
             db_url: self.db_url.clone(),
             stream_id: self.stream_id.clone(),
             env: self.env.clone(),
@@ -68,14 +68,13 @@ impl Server {
     /// directory and port.
     pub fn graceful_restart(&mut self) {
         self.terminate();
-        self.child = spawn(
-            &self.db_url,
-            &self.stream_id,
-            &self.dir,
-            self.port,
-            &self.env,
-        );
+        self.child = self.spawn_on(self.port);
         self.wait_active();
+    }
+
+    /// Another process of this server's configuration, on `port`.
+    fn spawn_on(&self, port: u16) -> Child {
+        spawn(&self.db_url, &self.stream_id, &self.dir, port, &self.env)
     }
 
     /// A rolling deploy: a new instance starts on the same storage
@@ -83,7 +82,7 @@ impl Server {
     /// stopped and the new one takes over.
     pub fn rolling_restart(&mut self) {
         let port = shapeshard::devpg::free_port().unwrap();
-        let successor = spawn(&self.db_url, &self.stream_id, &self.dir, port, &self.env);
+        let successor = self.spawn_on(port);
         // Let it reach the lock before the old one goes.
         std::thread::sleep(Duration::from_millis(200));
         self.terminate();
@@ -97,13 +96,7 @@ impl Server {
     pub fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(
-            &self.db_url,
-            &self.stream_id,
-            &self.dir,
-            self.port,
-            &self.env,
-        );
+        self.child = self.spawn_on(self.port);
         self.wait_active();
     }
 
@@ -142,11 +135,8 @@ impl Server {
 
     /// A GET that returns (status, headers, body) for every status.
     pub fn get(&self, path_and_query: &str) -> Reply {
-        Reply::from(
-            ureq::get(&self.url(path_and_query))
-                .timeout(Duration::from_secs(60))
-                .call(),
-        )
+        self.try_get(path_and_query)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A GET whose network failure is an error (with the server's log)

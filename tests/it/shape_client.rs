@@ -153,6 +153,53 @@ impl ShapeClient {
         Err("never became up to date".into())
     }
 
+    /// The rows, each as its `columns` joined by `|` with NULLs and absent
+    /// columns left out (what `concat_ws('|', columns)` gives in Postgres),
+    /// sorted.
+    pub fn view(&self, columns: &[&str]) -> Vec<String> {
+        let mut rows: Vec<String> = self
+            .rows
+            .values()
+            .map(|row| {
+                columns
+                    .iter()
+                    .filter_map(|c| row.get(*c).and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// Polls until `view(columns)` equals `want` (sorted), or says how it
+    /// differs once `timeout` has passed.
+    pub fn converge(
+        &mut self,
+        server: &Server,
+        columns: &[&str],
+        want: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let got = self.view(columns);
+            if got == want {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(5).collect();
+                let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).take(5).collect();
+                return Err(format!(
+                    "{} rows vs {} expected; missing {missing:?}, extra {extra:?}",
+                    got.len(),
+                    want.len()
+                ));
+            }
+            self.poll(server)?;
+        }
+    }
+
     /// Rows as `column → text` maps, for comparing with a query.
     pub fn values(&self, column: &str) -> Vec<String> {
         let mut out: Vec<String> = self

@@ -5,26 +5,15 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::database;
+use crate::harness::{database, sorted_texts};
+use crate::rng::Rng;
 use crate::server::Server;
 use crate::shape_client::ShapeClient;
 
 const GROUPS: i32 = 50;
 const WRITERS: usize = 8;
-
-/// A small deterministic generator (xorshift) so failures replay.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
 
 #[test]
 fn fifty_shapes_created_under_eight_writers_end_equal_to_postgres() {
@@ -48,10 +37,10 @@ fn fifty_shapes_created_under_eight_writers_end_equal_to_postgres() {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1));
                 while !stop.load(Ordering::Relaxed) {
                     let mut tx = client.transaction().unwrap();
-                    for _ in 0..1 + rng.next(4) {
-                        let g = rng.next(GROUPS as u64) as i32;
-                        let id = 1 + rng.next(2500) as i64;
-                        match rng.next(4) {
+                    for _ in 0..1 + rng.below(4) {
+                        let g = rng.below(GROUPS as u64) as i32;
+                        let id = 1 + rng.below(2500) as i64;
+                        match rng.below(4) {
                             0 => {
                                 tx.execute(
                                     "INSERT INTO rows (g, v, note) VALUES ($1, 1, 'new')",
@@ -102,42 +91,14 @@ fn fifty_shapes_created_under_eight_writers_end_equal_to_postgres() {
     );
 
     let mut pg = db.client();
-    let deadline = Instant::now() + Duration::from_secs(60);
     for (g, client) in clients.iter_mut().enumerate() {
-        let mut want: Vec<String> = pg
-            .query(
-                "SELECT id::text || ':' || g::text || ':' || v::text FROM rows WHERE g = $1",
-                &[&(g as i32)],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        want.sort();
-        loop {
-            let mut got: Vec<String> = client
-                .rows
-                .values()
-                .map(|r| {
-                    let text =
-                        |c: &str| r.get(c).and_then(|v| v.as_str()).unwrap_or("?").to_string();
-                    format!("{}:{}:{}", text("id"), text("g"), text("v"))
-                })
-                .collect();
-            got.sort();
-            if got == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "shape g = {g} never converged: {} rows, Postgres has {}; first differences: {:?}",
-                got.len(),
-                want.len(),
-                got.iter().zip(&want).find(|(a, b)| a != b)
-            );
-            client
-                .poll(&server)
-                .unwrap_or_else(|e| panic!("shape g = {g}: {e}"));
-        }
+        let want = sorted_texts(
+            &mut pg,
+            "SELECT concat_ws('|', id, g, v) FROM rows WHERE g = $1",
+            &[&(g as i32)],
+        );
+        client
+            .converge(&server, &["id", "g", "v"], &want, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("shape g = {g} never converged: {e}"));
     }
 }
