@@ -2,4 +2,5 @@
 //! server code, with reports that state the machine and compare against a
 //! limit measured in the same run.
 
+pub mod psql;
 pub mod report;

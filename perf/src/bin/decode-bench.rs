@@ -27,18 +27,7 @@ fn main() {
     options.settings.push(("fsync".into(), "off".into()));
     let pg = DevPostgres::start(&dir, &options).expect("start Postgres");
     let url = pg.url("postgres");
-    let psql = |sql: &str| {
-        let out = std::process::Command::new("psql")
-            .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
-            .output()
-            .expect("psql on PATH");
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let psql = |sql: &str| shapeshard_perf::psql::psql(&url, sql);
     psql("CREATE TABLE bench (id int8 PRIMARY KEY, name text, amount numeric, at timestamptz, flag bool, doc jsonb)");
     psql("CREATE PUBLICATION bench_pub FOR TABLE bench");
     psql("SELECT pg_create_logical_replication_slot('bench_ours', 'pgoutput')");

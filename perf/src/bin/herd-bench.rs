@@ -33,17 +33,7 @@ fn main() {
         .push(("max_connections".into(), "200".into()));
     let pg = DevPostgres::start(&dir.join("pg"), &options).expect("start Postgres");
     let url = pg.url("postgres");
-    let psql = |sql: &str| {
-        let out = std::process::Command::new("psql")
-            .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
-            .output()
-            .expect("psql on PATH");
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let psql = |sql: &str| shapeshard_perf::psql::psql(&url, sql);
     let tables = 2 * rounds;
     for t in 0..tables {
         psql(&format!(
