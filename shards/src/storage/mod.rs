@@ -3,5 +3,6 @@
 //! retention are still to come; see ARCHITECTURE.md.)
 
 pub mod commit;
+pub mod meta;
 pub mod record;
 pub mod segment;

@@ -1,0 +1,346 @@
+//! A shard's metadata in LMDB (`<shard>/meta`): one record per shape, the
+//! definition-hash → handle index, and the checkpoint (where in the segment
+//! log the serving files stop being derived-and-synced).
+//!
+//! The segment log stays the source of truth for durability: every creation
+//! and removal is journaled there first. LMDB is the index that lets a
+//! restart skip replaying history: shape records are committed once per
+//! flush tick (after that tick's fdatasync) and the per-shape log state
+//! only at checkpoints, after the serving files are synced.
+//!
+//! Commits use `NO_SYNC`: with a filesystem that keeps write order LMDB
+//! stays consistent and only loses the newest commits on power loss, and
+//! those are re-derived from the segment log. A checkpoint forces a sync
+//! before anything it covers (old segments) is deleted.
+
+use std::cell::Cell;
+use std::path::Path;
+
+use heed::types::{Bytes, Str, U64};
+use heed::{byteorder::BigEndian, Database, Env, EnvFlags, EnvOpenOptions};
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+/// A shape as LMDB keeps it (changes once per tick at most).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ShapeRecord {
+    pub id: u64,
+    pub handle: String,
+    /// The normalised definition.
+    pub canonical: String,
+    pub definition_hash: u64,
+    pub relation_id: u32,
+    /// The creation record the edge wrote (definition and table columns).
+    pub persisted: Vec<u8>,
+    /// `snapshot-end` message once the snapshot completed.
+    pub snapshot_end: Option<Vec<u8>>,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Read stamp on the server-wide read clock (LRU across restarts).
+    pub last_read: u64,
+}
+
+/// One chunk of a serving file: bytes `[start, end)` of the file hold the
+/// items from `first` to `last` (offsets as `(tx, op)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ChunkRecord {
+    pub start: u64,
+    pub end: u64,
+    pub first: (u64, u64),
+    pub last: (u64, u64),
+    /// Comma-joined JSON bytes (the chunking rule's measure).
+    pub json_bytes: u64,
+    pub items: u64,
+    pub sealed: bool,
+}
+
+/// A serving file's state at a checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RegionRecord {
+    /// Bytes of the file that are synced and belong to the log.
+    pub len: u64,
+    pub chunks: Vec<ChunkRecord>,
+}
+
+/// A shape's log state at a checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LogRecord {
+    pub snapshot: RegionRecord,
+    pub snapshot_end: Option<Vec<u8>>,
+    pub main: RegionRecord,
+    /// Commit LSN of the newest transaction in the log.
+    pub last_lsn: u64,
+}
+
+/// Where replay starts: segment index and byte offset in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Checkpoint {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// One tick's metadata mutations, applied in one LMDB write transaction.
+#[derive(Debug, Default)]
+pub struct MetaBatch {
+    pub put: Vec<ShapeRecord>,
+    /// `(id, definition hash)` of shapes whose removal is durable.
+    pub remove: Vec<(u64, u64)>,
+}
+
+impl MetaBatch {
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A checkpoint's writes: log states, and where replay now starts.
+#[derive(Debug, Default)]
+pub struct CheckpointBatch {
+    pub logs: Vec<(u64, LogRecord)>,
+    pub at: Checkpoint,
+}
+
+/// Everything a restart needs from LMDB.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub shapes: Vec<ShapeRecord>,
+    pub logs: std::collections::HashMap<u64, LogRecord>,
+    pub checkpoint: Checkpoint,
+}
+
+type IdDb = Database<'static, U64<BigEndian>, Bytes>;
+
+/// A shard's environment. LMDB allows one open environment per file per
+/// process, and a shard keeps its own for the life of the process, so the
+/// environment is leaked into a `'static` (the databases borrow it).
+#[derive(Clone, Copy)]
+pub struct MetaStore {
+    env: &'static Env,
+    shapes: IdDb,
+    logs: IdDb,
+    by_hash: Database<'static, U64<BigEndian>, Str>,
+    state: Database<'static, Str, Bytes>,
+}
+
+/// Counters a test or an operator can read.
+#[derive(Debug, Default)]
+pub struct MetaStats {
+    pub commits: Cell<u64>,
+    pub checkpoints: Cell<u64>,
+}
+
+const CHECKPOINT_KEY: &str = "checkpoint";
+
+fn err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("shard metadata (LMDB): {e}"))
+}
+
+fn encode<T>(value: &T) -> std::io::Result<AlignedVec>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+    >,
+{
+    rkyv::to_bytes::<rancor::Error>(value).map_err(err)
+}
+
+/// LMDB hands out unaligned bytes; rkyv reads only aligned input.
+fn decode<T>(bytes: &[u8]) -> std::io::Result<T>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(err)
+}
+
+impl MetaStore {
+    /// Opens (creating) the environment in `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<MetaStore> {
+        std::fs::create_dir_all(dir)?;
+        let mut options = EnvOpenOptions::new();
+        // Address space only: the file grows as records are written.
+        options.map_size(64 << 30).max_dbs(4);
+        // SAFETY: the storage directory is locked (flock) by this process and
+        // each shard opens its own environment once, so no other handle to
+        // this file exists in this process or another; NO_SYNC is paired
+        // with `force_sync` at checkpoints (see the module comment).
+        let env = unsafe {
+            options.flags(EnvFlags::NO_SYNC);
+            options.open(dir)
+        }
+        .map_err(err)?;
+        let env: &'static Env = Box::leak(Box::new(env));
+        let txn = env.write_txn().map_err(err)?;
+        let (shapes, logs, by_hash, state) = env
+            .create_databases_and_commit(txn, |opener, txn| -> heed::Result<_> {
+                Ok(heed::CommitOrAbort::<_, ()>::Commit((
+                    opener.create_database(txn, Some("shapes"))?,
+                    opener.create_database(txn, Some("logs"))?,
+                    opener.create_database(txn, Some("by_hash"))?,
+                    opener.create_database(txn, Some("state"))?,
+                )))
+            })
+            .map_err(err)?
+            .unwrap_commit();
+        Ok(MetaStore {
+            env,
+            shapes,
+            logs,
+            by_hash,
+            state,
+        })
+    }
+
+    /// Reads every shape record, log state and the checkpoint.
+    pub fn load(&self) -> std::io::Result<Loaded> {
+        let txn = self.env.read_txn().map_err(err)?;
+        let mut loaded = Loaded::default();
+        for item in self.shapes.iter(&txn).map_err(err)? {
+            let (_, bytes) = item.map_err(err)?;
+            loaded.shapes.push(decode::<ShapeRecord>(bytes)?);
+        }
+        for item in self.logs.iter(&txn).map_err(err)? {
+            let (id, bytes) = item.map_err(err)?;
+            loaded.logs.insert(id, decode::<LogRecord>(bytes)?);
+        }
+        if let Some(bytes) = self.state.get(&txn, CHECKPOINT_KEY).map_err(err)? {
+            let (Some(segment), Some(offset)) = (
+                bytes.get(0..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
+                bytes.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
+            ) else {
+                return Err(err("checkpoint record is not 16 bytes"));
+            };
+            loaded.checkpoint = Checkpoint { segment, offset };
+        }
+        Ok(loaded)
+    }
+
+    /// The handle stored for a definition hash.
+    pub fn handle_for_hash(&self, hash: u64) -> std::io::Result<Option<String>> {
+        let txn = self.env.read_txn().map_err(err)?;
+        Ok(self.by_hash.get(&txn, &hash).map_err(err)?.map(str::to_string))
+    }
+
+    /// One tick's mutations in one write transaction.
+    pub fn commit(&self, batch: &MetaBatch) -> std::io::Result<()> {
+        let mut txn = self.env.write_txn().map_err(err)?;
+        for record in &batch.put {
+            let bytes = encode(record)?;
+            self.shapes.put(&mut txn, &record.id, &bytes).map_err(err)?;
+            self.by_hash
+                .put(&mut txn, &record.definition_hash, &record.handle)
+                .map_err(err)?;
+        }
+        for &(id, hash) in &batch.remove {
+            let removed = self.shapes.get(&txn, &id).map_err(err)?.map(decode::<ShapeRecord>);
+            self.shapes.delete(&mut txn, &id).map_err(err)?;
+            self.logs.delete(&mut txn, &id).map_err(err)?;
+            // A re-added definition has the same hash and a new handle:
+            // keep its entry.
+            if let Some(Ok(removed)) = removed {
+                if self.by_hash.get(&txn, &hash).map_err(err)? == Some(removed.handle.as_str()) {
+                    self.by_hash.delete(&mut txn, &hash).map_err(err)?;
+                }
+            }
+        }
+        txn.commit().map_err(err)
+    }
+
+    /// Records a checkpoint and makes it (and every earlier commit) durable.
+    pub fn checkpoint(&self, batch: &CheckpointBatch) -> std::io::Result<()> {
+        let mut txn = self.env.write_txn().map_err(err)?;
+        for (id, log) in &batch.logs {
+            // A shape removed since its state was captured keeps no record.
+            if self.shapes.get(&txn, id).map_err(err)?.is_none() {
+                continue;
+            }
+            let bytes = encode(log)?;
+            self.logs.put(&mut txn, id, &bytes).map_err(err)?;
+        }
+        let mut at = [0u8; 16];
+        at[..8].copy_from_slice(&batch.at.segment.to_le_bytes());
+        at[8..].copy_from_slice(&batch.at.offset.to_le_bytes());
+        self.state.put(&mut txn, CHECKPOINT_KEY, &at).map_err(err)?;
+        txn.commit().map_err(err)?;
+        self.env.force_sync().map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64) -> ShapeRecord {
+        ShapeRecord {
+            id,
+            handle: format!("{id}-handle"),
+            canonical: format!("items where id = {id}"),
+            definition_hash: id * 7,
+            relation_id: 16384,
+            persisted: vec![1, 2, 3],
+            snapshot_end: None,
+            created_ms: 1,
+            last_read: id,
+        }
+    }
+
+    #[test]
+    fn records_logs_and_checkpoint_round_trip() {
+        let dir = std::env::temp_dir().join(format!("shapeshard-meta-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let meta = MetaStore::open(&dir).unwrap();
+        let batch = MetaBatch {
+            put: (1..=3).map(record).collect(),
+            remove: vec![],
+        };
+        meta.commit(&batch).unwrap();
+        let log = LogRecord {
+            snapshot: RegionRecord {
+                len: 10,
+                chunks: vec![ChunkRecord {
+                    start: 0,
+                    end: 10,
+                    first: (0, 0),
+                    last: (0, 1),
+                    json_bytes: 5,
+                    items: 2,
+                    sealed: true,
+                }],
+            },
+            snapshot_end: Some(b"end".to_vec()),
+            main: RegionRecord::default(),
+            last_lsn: 99,
+        };
+        meta.checkpoint(&CheckpointBatch {
+            logs: vec![(2, log.clone()), (42, log.clone())],
+            at: Checkpoint {
+                segment: 3,
+                offset: 4096,
+            },
+        })
+        .unwrap();
+        meta.commit(&MetaBatch {
+            put: vec![],
+            remove: vec![(1, 7)],
+        })
+        .unwrap();
+        let loaded = meta.load().unwrap();
+        assert_eq!(loaded.shapes, vec![record(2), record(3)]);
+        // Shape 42 has no record, so its log state was not kept.
+        assert_eq!(loaded.logs.len(), 1);
+        assert_eq!(loaded.logs[&2], log);
+        assert_eq!(
+            loaded.checkpoint,
+            Checkpoint {
+                segment: 3,
+                offset: 4096
+            }
+        );
+        assert_eq!(meta.handle_for_hash(7).unwrap(), None);
+        assert_eq!(meta.handle_for_hash(14).unwrap().as_deref(), Some("2-handle"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
