@@ -134,6 +134,15 @@ pub struct Options {
     #[arg(long, env = "SHAPESHARD_SEGMENT_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub segment_bytes: u64,
 
+    /// Milliseconds between checkpoints: shapes' log tails move to their
+    /// serving files and older segments are deleted.
+    #[arg(
+        long,
+        env = "SHAPESHARD_CHECKPOINT_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    pub checkpoint_interval_ms: u64,
+
     /// JSON `{"initial": N, "existing": M}`: concurrent requests admitted
     /// for new shapes and for existing ones; beyond, 503 + retry-after.
     #[arg(
@@ -190,6 +199,7 @@ pub struct Config {
     pub flush_interval_ms: u64,
     pub flush_bytes: usize,
     pub segment_bytes: u64,
+    pub checkpoint_interval_ms: u64,
     pub max_shapes: usize,
 }
 
@@ -260,6 +270,9 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
             o.segment_bytes
         ));
     }
+    if o.checkpoint_interval_ms == 0 || o.checkpoint_interval_ms > 600_000 {
+        return Err("SHAPESHARD_CHECKPOINT_INTERVAL_MS must be between 1 and 600000".into());
+    }
     let (max_concurrent_initial, max_concurrent_existing) =
         concurrency_limits(&o.max_concurrent_requests)?;
     if o.snapshot_pool_size == 0 || o.snapshot_pool_size > 64 {
@@ -292,6 +305,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         flush_interval_ms: o.flush_interval_ms,
         flush_bytes: o.flush_bytes,
         segment_bytes: o.segment_bytes,
+        checkpoint_interval_ms: o.checkpoint_interval_ms,
         max_shapes: o.max_shapes,
     })
 }

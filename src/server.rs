@@ -13,6 +13,7 @@ use shards::runtime::{self, channel, Shutdown};
 use shards::shape::registry::Registry;
 use shards::shard::ShardCore;
 use shards::storage::commit::CommitConfig;
+use shards::storage::meta::MetaStore;
 use shards::storage::segment::SegmentWriter;
 use shards::Lsn;
 
@@ -105,6 +106,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
     let commit_config = CommitConfig {
         interval: std::time::Duration::from_millis(config.flush_interval_ms),
         max_pending: config.flush_bytes,
+        checkpoint_interval: std::time::Duration::from_millis(config.checkpoint_interval_ms),
     };
     let segment_bytes = config.segment_bytes;
     // Shards that have restored their shapes (and so subscribed their
@@ -145,10 +147,31 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                     return;
                 }
             };
+            let clean_marker = shard_dir.join("clean");
+            let was_clean = clean_marker.exists();
+            if let Err(e) = remove_if_present(&clean_marker) {
+                tracing::error!(
+                    shard = index,
+                    "cannot remove {}: {e}",
+                    clean_marker.display()
+                );
+                shutdown.trigger();
+                return;
+            }
+            let meta_dir = shard_dir.join("meta");
+            let meta = match MetaStore::open(&meta_dir) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    tracing::error!(shard = index, "cannot open {}: {e}", meta_dir.display());
+                    shutdown.trigger();
+                    return;
+                }
+            };
             let registry = Rc::new(RefCell::new(Registry::new(
                 index,
                 routes,
                 shape_config.chunk_bytes,
+                &shard_dir.join("shapes"),
             )));
             let log_dir = shard_dir.join("log");
             let writer = match SegmentWriter::open(&log_dir, segment_bytes).await {
@@ -172,13 +195,22 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                     return;
                 }
             };
-            match crate::shapes::recover::recover(&log_dir, &mut registry.borrow_mut()) {
+            let started = std::time::Instant::now();
+            match crate::shapes::recover::recover(&log_dir, &meta, &mut registry.borrow_mut()) {
                 Ok(r) => tracing::info!(
                     shard = index,
                     shapes = r.shapes,
-                    records = r.records,
+                    from_metadata = r.from_meta,
+                    log_records_replayed = r.records,
                     dropped = r.dropped,
-                    "shapes restored from the segment log"
+                    orphan_files = r.orphans,
+                    after = if was_clean {
+                        "a clean shutdown"
+                    } else {
+                        "a crash (no clean marker)"
+                    },
+                    millis = started.elapsed().as_millis() as u64,
+                    "shapes restored"
                 ),
                 Err(e) => {
                     tracing::error!(
@@ -205,7 +237,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
             );
             eviction.publish(index, &registry.borrow());
             let router = Router::new(links, service);
-            let mut core = ShardCore::new(index, progress, registry, writer, commit_config);
+            let mut core = ShardCore::new(index, progress, registry, writer, meta, commit_config);
             let http = crate::http::serve(
                 addr,
                 crate::http::HttpContext {
@@ -220,9 +252,22 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                 shutdown.clone(),
             );
             let http = runtime::spawn_local(http);
-            if let Err(e) = core.run(feed).await {
-                tracing::error!(shard = index, "segment log failed, stopping: {e}");
-                shutdown.trigger();
+            match core.run(feed).await {
+                // The feed drained and the closing checkpoint is durable:
+                // the next start knows this shard stopped cleanly.
+                Ok(()) => {
+                    if let Err(e) = std::fs::write(&clean_marker, b"clean\n") {
+                        tracing::warn!(
+                            shard = index,
+                            "cannot write {}: {e}",
+                            clean_marker.display()
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(shard = index, "storage failed, stopping: {e}");
+                    shutdown.trigger();
+                }
             }
             tracing::debug!(
                 shard = index,
@@ -363,4 +408,11 @@ fn install_signal_handlers(shutdown: &Shutdown) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     Ok(())
+}
+
+fn remove_if_present(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }

@@ -13,6 +13,7 @@ use crate::lsn::Lsn;
 use crate::runtime::{self, channel::ConnectedReceiver};
 use crate::shape::registry::Registry;
 use crate::storage::commit::{CommitConfig, CommitSignals, GroupCommit};
+use crate::storage::meta::{MetaStats, MetaStore};
 use crate::storage::segment::SegmentWriter;
 
 pub struct ShardCore {
@@ -24,6 +25,7 @@ pub struct ShardCore {
     registry: Rc<RefCell<Registry>>,
     commit: Option<GroupCommit>,
     signals: Rc<CommitSignals>,
+    meta_stats: Rc<MetaStats>,
     max_pending: usize,
     interval: std::time::Duration,
 }
@@ -34,26 +36,30 @@ impl ShardCore {
         progress: Arc<DurableProgress>,
         registry: Rc<RefCell<Registry>>,
         writer: SegmentWriter,
+        meta: MetaStore,
         config: CommitConfig,
     ) -> ShardCore {
         let last_seen = progress.durable(index);
         let signals = Rc::new(CommitSignals::default());
         signals.seen.set(last_seen);
-        let journal = registry.borrow().journal().clone();
+        let meta_stats = Rc::new(MetaStats::default());
         ShardCore {
             index,
             last_seen,
             transactions_seen: 0,
-            registry,
+            registry: registry.clone(),
             commit: Some(GroupCommit {
                 index,
                 config,
-                journal,
+                registry,
+                meta,
+                meta_stats: meta_stats.clone(),
                 writer,
                 progress,
                 signals: signals.clone(),
             }),
             signals,
+            meta_stats,
             max_pending: config.max_pending,
             interval: config.interval,
         }
@@ -65,6 +71,11 @@ impl ShardCore {
 
     pub fn transactions_seen(&self) -> u64 {
         self.transactions_seen
+    }
+
+    /// LMDB commits and checkpoints so far.
+    pub fn meta_stats(&self) -> Rc<MetaStats> {
+        self.meta_stats.clone()
     }
 
     pub fn apply(&mut self, event: FeedEvent) {

@@ -1,4 +1,6 @@
-//! Restart: a shard rebuilds its shapes from its segment log — creation
+//! Restart: a shard rebuilds its shapes from LMDB (records and the log
+//! states of the last checkpoint, with the serving files cut back to it),
+//! then replays the segment log from the checkpoint's position — creation
 //! records, snapshot rows, entries, removals — so clients holding
 //! `(handle, offset)` carry on without a 409. Replication then resumes from
 //! the fence and each shape skips transactions it already holds.
@@ -7,7 +9,8 @@ use std::path::Path;
 
 use shards::lsn::Lsn;
 use shards::shape::offset::LogOffset;
-use shards::shape::registry::Registry;
+use shards::shape::registry::{Registry, Shape};
+use shards::storage::meta::{LogRecord, MetaStore};
 use shards::storage::record::{Kind, Scanner};
 use shards::storage::segment::segment_indices;
 
@@ -16,45 +19,158 @@ use super::persist;
 
 #[derive(Debug, Default)]
 pub struct Recovery {
+    /// Shapes restored from LMDB records.
+    pub from_meta: usize,
+    /// Segment log records replayed (those after the checkpoint).
     pub records: u64,
     pub shapes: usize,
     pub dropped: usize,
+    /// Serving files of shapes that no longer exist, deleted.
+    pub orphans: usize,
 }
 
-/// Replays every segment in `dir` (already cut at a torn tail by
-/// `SegmentWriter::open`) into `registry`.
-pub fn recover(dir: &Path, registry: &mut Registry) -> std::io::Result<Recovery> {
+/// Restores `registry` from `meta` and the segments in `log_dir` (already
+/// cut at a torn tail by `SegmentWriter::open`).
+pub fn recover(
+    log_dir: &Path,
+    meta: &MetaStore,
+    registry: &mut Registry,
+) -> std::io::Result<Recovery> {
     let mut recovery = Recovery::default();
-    let indices = match segment_indices(dir) {
+    let mut loaded = meta.load()?;
+    loaded.shapes.sort_unstable_by_key(|r| r.id);
+    for record in &loaded.shapes {
+        let rebuilt = persist::decode(&record.persisted)
+            .map_err(|e| format!("unreadable creation record: {e}"))
+            .and_then(|(handle, definition, info)| {
+                build_spec(handle, definition, info)
+                    .map(|(spec, _)| spec)
+                    .map_err(|reply| String::from_utf8_lossy(&reply.body).into_owned())
+            });
+        let spec = match rebuilt {
+            Ok(spec) if registry.by_definition(&spec.canonical).is_none() => spec,
+            Ok(_) => {
+                tracing::warn!(handle = %record.handle, "a second shape for one definition; keeping the first");
+                registry.forget_record(record.id, record.definition_hash);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(handle = %record.handle, "cannot rebuild shape: {e}");
+                registry.forget_record(record.id, record.definition_hash);
+                continue;
+            }
+        };
+        let shape = registry.restore_record(record, spec);
+        let log = loaded.logs.remove(&record.id).unwrap_or_default();
+        match cut_files(&shape, &log) {
+            Ok(()) => shape.restore_log(&log),
+            Err(e) => registry.remove(shape.id, &format!("its serving files are unusable: {e}")),
+        }
+        recovery.from_meta += 1;
+    }
+    replay(log_dir, loaded.checkpoint, registry, &mut recovery)?;
+    // A snapshot cut off by the crash cannot be resumed (its transaction is
+    // gone): those shapes are dropped and their clients re-sync.
+    let unfinished: Vec<u64> = registry
+        .shapes()
+        .filter(|s| !s.snapshot_done())
+        .map(|s| s.id)
+        .collect();
+    for id in &unfinished {
+        registry.remove(*id, "its snapshot was interrupted by the restart");
+    }
+    recovery.dropped = unfinished.len();
+    recovery.shapes = registry.len();
+    recovery.orphans = delete_orphans(registry)?;
+    Ok(recovery)
+}
+
+/// Cuts a shape's serving files back to the checkpointed lengths: bytes
+/// past them were written after the checkpoint and are re-derived from the
+/// segment log. A file shorter than its checkpoint means lost storage.
+fn cut_files(shape: &Shape, log: &LogRecord) -> std::io::Result<()> {
+    let paths = shape.file_paths();
+    for (path, len) in paths.iter().zip([log.snapshot.len, log.main.len]) {
+        match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(file) => {
+                let actual = file.metadata()?.len();
+                if actual < len {
+                    return Err(std::io::Error::other(format!(
+                        "{} has {actual} bytes, the checkpoint says {len}",
+                        path.display()
+                    )));
+                }
+                if actual > len {
+                    file.set_len(len)?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && len == 0 => {}
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", path.display()),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replays segment records from `checkpoint` on.
+fn replay(
+    log_dir: &Path,
+    checkpoint: shards::storage::meta::Checkpoint,
+    registry: &mut Registry,
+    recovery: &mut Recovery,
+) -> std::io::Result<()> {
+    let indices = match segment_indices(log_dir) {
         Ok(indices) => indices,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(recovery),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    for index in indices {
-        let bytes = std::fs::read(dir.join(format!("segment-{index:010}.log")))?;
-        for record in Scanner::new(&bytes) {
+    for index in indices.into_iter().filter(|&i| i >= checkpoint.segment) {
+        let bytes = std::fs::read(log_dir.join(format!("segment-{index:010}.log")))?;
+        let from = if index == checkpoint.segment {
+            (checkpoint.offset as usize).min(bytes.len())
+        } else {
+            0
+        };
+        for record in Scanner::new(&bytes[from..]) {
             recovery.records += 1;
             let shape = || registry.get(record.shape);
             match record.kind {
-                Kind::ShapeCreated => match persist::decode(record.payload) {
-                    Ok((handle, definition, info)) => {
-                        if registry.by_definition(&definition.canonical()).is_some() {
-                            tracing::warn!(%handle, "a second live shape for one definition in the log; keeping the first");
-                            continue;
-                        }
-                        match build_spec(handle.clone(), definition, info) {
-                            Ok((spec, _)) => {
-                                registry.restore(record.shape, spec);
+                Kind::ShapeCreated => {
+                    if registry.get(record.shape).is_some() {
+                        // Already restored from its LMDB record.
+                        continue;
+                    }
+                    match persist::decode(record.payload) {
+                        Ok((handle, definition, info)) => {
+                            if registry.by_definition(&definition.canonical()).is_some() {
+                                tracing::warn!(%handle, "a second live shape for one definition in the log; keeping the first");
+                                continue;
                             }
-                            Err(reply) => tracing::warn!(
-                                %handle,
-                                "cannot rebuild shape: {}",
-                                String::from_utf8_lossy(&reply.body)
-                            ),
+                            match build_spec(handle.clone(), definition, info) {
+                                Ok((spec, _)) => {
+                                    let shape = registry.restore(record.shape, spec);
+                                    // No checkpoint covers it: stale files
+                                    // from an earlier shape go.
+                                    if let Err(e) = cut_files(&shape, &LogRecord::default()) {
+                                        tracing::warn!(%handle, "{e}");
+                                    }
+                                }
+                                Err(reply) => tracing::warn!(
+                                    %handle,
+                                    "cannot rebuild shape: {}",
+                                    String::from_utf8_lossy(&reply.body)
+                                ),
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(shape = record.shape, "unreadable shape record: {e}")
                         }
                     }
-                    Err(e) => tracing::warn!(shape = record.shape, "unreadable shape record: {e}"),
-                },
+                }
                 Kind::SnapshotItem => {
                     if let Some(shape) = shape() {
                         shape.restore_snapshot_item(record.payload);
@@ -93,17 +209,29 @@ pub fn recover(dir: &Path, registry: &mut Registry) -> std::io::Result<Recovery>
             }
         }
     }
-    // A snapshot cut off by the crash cannot be resumed (its transaction is
-    // gone): those shapes are dropped and their clients re-sync.
-    let unfinished: Vec<u64> = registry
-        .shapes()
-        .filter(|s| !s.snapshot_done())
-        .map(|s| s.id)
-        .collect();
-    for id in &unfinished {
-        registry.remove(*id, "its snapshot was interrupted by the restart");
+    Ok(())
+}
+
+/// Deletes serving files whose shape is gone (removed, or a crash came
+/// before the checkpoint that would have deleted them).
+fn delete_orphans(registry: &Registry) -> std::io::Result<usize> {
+    let mut deleted = 0;
+    let entries = match std::fs::read_dir(registry.files_dir()) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.split('.').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if id.is_some_and(|id| registry.get(id).is_none()) {
+            std::fs::remove_file(entry.path())?;
+            deleted += 1;
+        }
     }
-    recovery.dropped = unfinished.len();
-    recovery.shapes = registry.len();
-    Ok(recovery)
+    Ok(deleted)
 }

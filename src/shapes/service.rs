@@ -243,7 +243,22 @@ impl ShapeService {
             }
             let last = shape.last_offset();
             match shape.read(offset) {
-                LogRead::Items { items, end } => {
+                LogRead::Items(view) => {
+                    // The view was taken above with no await in between; the
+                    // file bytes it names never change, so this read cannot
+                    // come back empty or partial whatever a checkpoint does.
+                    let end = view.end;
+                    let items = match view.load().await {
+                        Ok(items) => items,
+                        Err(_) if shape.is_gone() => return ShapeReply::must_refetch(None),
+                        Err(e) => {
+                            tracing::error!(
+                                handle = shape.handle(),
+                                "cannot read the shape's log: {e}"
+                            );
+                            return ShapeReply::message(500, "Unable to read the shape log");
+                        }
+                    };
                     if items.is_empty() && request.live {
                         let left = self.config.long_poll.saturating_sub(started.elapsed());
                         // A stop ends the wait like a timeout: the client

@@ -25,6 +25,7 @@ use shards::shape::encode::PgSnapshot;
 use shards::shape::registry::Registry;
 use shards::shape::schema::{ColumnInfo, TableSchema};
 use shards::storage::commit::{CommitConfig, CommitSignals, GroupCommit};
+use shards::storage::meta::MetaStore;
 use shards::storage::segment::SegmentWriter;
 use shards::Lsn;
 
@@ -82,6 +83,7 @@ fn run(shapes: usize, changes: usize) -> Run {
             0,
             Arc::new(RouteTable::new()),
             10 << 20,
+            &dir.join("shapes"),
         )));
         for k in 0..shapes {
             let definition = ShapeDefinition {
@@ -107,12 +109,14 @@ fn run(shapes: usize, changes: usize) -> Run {
             );
         }
         let signals = Rc::new(CommitSignals::default());
-        let journal = registry.borrow().journal().clone();
+        let meta = MetaStore::open(&dir.join("meta")).expect("metadata");
         let committer = runtime::spawn_local(
             GroupCommit {
                 index: 0,
                 config: CommitConfig::default(),
-                journal,
+                registry: registry.clone(),
+                meta,
+                meta_stats: Default::default(),
                 writer,
                 progress: progress.clone(),
                 signals: signals.clone(),

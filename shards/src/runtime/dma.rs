@@ -106,3 +106,43 @@ impl DmaLog {
         self.file.close().await.map_err(std::io::Error::from)
     }
 }
+
+/// Reads `len` bytes at `pos` of a (buffered, page-cached) serving file
+/// through the executor's ring.
+pub async fn read_range(path: &std::path::Path, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let file = glommio::io::BufferedFile::open(path)
+        .await
+        .map_err(std::io::Error::from)?;
+    let read = file.read_at(pos, len).await.map_err(std::io::Error::from);
+    let _ = file.close().await;
+    let read = read?;
+    if read.len() != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{}: {} of {len} bytes at {pos}", path.display(), read.len()),
+        ));
+    }
+    Ok(read.to_vec())
+}
+
+/// Flushes every dirty page of the filesystem holding `dir` (one call for
+/// all the serving files a checkpoint wrote). Blocking: run it off the
+/// executor.
+pub fn sync_filesystem(dir: &std::path::Path) -> std::io::Result<()> {
+    let handle = std::fs::File::open(dir)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the duration of the call.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs blocking work on the executor's blocking thread.
+pub async fn blocking<F, R>(f: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    glommio::executor().spawn_blocking(f).await
+}

@@ -1,91 +1,413 @@
-//! A shape's log in memory: snapshot chunks, then transaction entries cut
-//! into chunks at a byte threshold. Entries are stored encoded and joined by
-//! commas, so a read is a slice of a chunk.
+//! A shape's log: snapshot chunks, then transaction entries, cut into chunks
+//! at a byte threshold. Each of the two regions is served from its own
+//! append-only file (`<id>.snap`, `<id>.log`) with a memory tail of the
+//! items not written there yet.
 //!
-//! Chunk boundaries are decided when an entry is appended and never move, so
+//! Items reach the files only after the segment log made them durable (the
+//! group commit materialises tails, see `storage::commit`), so the files are
+//! derived data: a restart truncates them to their last checkpointed length
+//! and re-derives the rest from the segment log.
+//!
+//! Reads: `read` takes one consistent view (the file range to read, the
+//! tail items it needs, the end offset) synchronously; the caller then
+//! awaits the file read and `assemble`s. File bytes below the view's length
+//! never change and tail items are shared (`Bytes`), so a trim between the
+//! view and the read cannot make the answer empty or partial.
+//!
+//! Chunk boundaries are decided when an item is appended and never move, so
 //! the same request offset always gets the same response range (CDN caching
-//! depends on it).
+//! depends on it), before and after a restart.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 
 use super::offset::LogOffset;
+use crate::storage::meta::{ChunkRecord, RegionRecord};
 
-/// Items of one chunk, comma-joined, and where each item ends.
-#[derive(Default)]
+/// Frame of one item in a serving file: tx, op, JSON length, then JSON.
+const FRAME_HEADER: u64 = 8 + 8 + 4;
+
+/// In an open chunk, a seek mark every this many file bytes, so a read from
+/// the middle of a large open chunk does not read it from its start.
+const MARK_EVERY: u64 = 64 * 1024;
+
+#[derive(Clone, Debug)]
 struct Chunk {
-    bytes: BytesMut,
-    /// `(offset, end byte)` of every item; offsets strictly increase.
-    items: Vec<(LogOffset, usize)>,
-    /// Frozen copy once the chunk is closed: reads share it without copying.
-    sealed: Option<Bytes>,
+    /// File bytes `[start, end)`.
+    start: u64,
+    end: u64,
+    first: LogOffset,
+    last: LogOffset,
+    /// Comma-joined JSON size: what the threshold measures.
+    json_bytes: u64,
+    items: u64,
+    sealed: bool,
 }
 
-impl Chunk {
-    fn push(&mut self, offset: LogOffset, item: &[u8]) {
-        if let Some(&(last, _)) = self.items.last() {
-            assert!(
-                offset > last,
-                "log offsets only grow: {offset} after {last}"
-            );
-            self.bytes.extend_from_slice(b",");
-        }
-        self.bytes.extend_from_slice(item);
-        self.items.push((offset, self.bytes.len()));
-    }
+fn pair(offset: LogOffset) -> (u64, u64) {
+    (offset.tx(), offset.op())
+}
 
-    fn seal(&mut self) {
-        self.sealed = Some(std::mem::take(&mut self.bytes).freeze());
-    }
+fn offset((tx, op): (u64, u64)) -> LogOffset {
+    LogOffset::At { tx, op }
+}
 
-    fn len_bytes(&self) -> usize {
-        self.sealed.as_ref().map_or(self.bytes.len(), |b| b.len())
-    }
+#[derive(Clone, Debug)]
+struct TailItem {
+    pos: u64,
+    offset: LogOffset,
+    json: Bytes,
+}
 
-    /// Items after index `from` (inclusive) to the end, comma-joined.
-    fn slice_from(&self, from: usize) -> Bytes {
-        let start = if from == 0 {
-            0
-        } else {
-            self.items[from - 1].1 + 1
-        };
-        match &self.sealed {
-            Some(b) => b.slice(start..),
-            None => Bytes::copy_from_slice(&self.bytes[start..]),
+/// One region (snapshot or main) of a shape's log.
+struct Region {
+    path: PathBuf,
+    chunk_bytes_max: u64,
+    chunks: Vec<Chunk>,
+    /// File bytes `[0, disk_len)` are written and readable.
+    disk_len: u64,
+    /// End of the last item, in file coordinates (`disk_len` + tail).
+    end_len: u64,
+    tail: VecDeque<TailItem>,
+    /// In the open chunk: `(offset of the item before pos, pos)`.
+    marks: Vec<(LogOffset, u64)>,
+}
+
+/// Bytes to append to a serving file: `bytes` go at `pos`.
+#[derive(Debug)]
+pub struct FileWrite {
+    pub path: PathBuf,
+    pub pos: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl FileWrite {
+    /// Appends at `pos` (the file's checkpointed or written length).
+    pub fn apply(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        // A file starting over (a new shape reusing a stale file name)
+        // keeps nothing of the old one.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(self.pos == 0)
+            .write(true)
+            .open(&self.path)?;
+        file.write_all_at(&self.bytes, self.pos)
+    }
+}
+
+impl Region {
+    fn new(path: PathBuf, chunk_bytes_max: usize) -> Region {
+        assert!(chunk_bytes_max > 0);
+        Region {
+            path,
+            chunk_bytes_max: chunk_bytes_max as u64,
+            chunks: Vec::new(),
+            disk_len: 0,
+            end_len: 0,
+            tail: VecDeque::new(),
+            marks: Vec::new(),
         }
     }
 
     fn last_offset(&self) -> Option<LogOffset> {
-        self.items.last().map(|&(o, _)| o)
+        self.chunks.last().map(|c| c.last)
+    }
+
+    /// Appends an item; returns whether it sealed its chunk.
+    fn push(&mut self, at: LogOffset, json: &[u8]) -> bool {
+        if let Some(last) = self.last_offset() {
+            assert!(at > last, "log offsets only grow: {at} after {last}");
+        }
+        let pos = self.end_len;
+        if self.chunks.last().is_none_or(|c| c.sealed) {
+            self.marks.clear();
+            self.chunks.push(Chunk {
+                start: pos,
+                end: pos,
+                first: at,
+                last: at,
+                json_bytes: 0,
+                items: 0,
+                sealed: false,
+            });
+        }
+        let chunk = self.chunks.last_mut().expect("an open chunk");
+        if chunk.items > 0 {
+            chunk.json_bytes += 1;
+            let since = self.marks.last().map_or(chunk.start, |&(_, p)| p);
+            if pos - since >= MARK_EVERY {
+                self.marks.push((chunk.last, pos));
+            }
+        }
+        self.end_len = pos + FRAME_HEADER + json.len() as u64;
+        chunk.end = self.end_len;
+        chunk.json_bytes += json.len() as u64;
+        chunk.items += 1;
+        chunk.last = at;
+        self.tail.push_back(TailItem {
+            pos,
+            offset: at,
+            json: Bytes::copy_from_slice(json),
+        });
+        if chunk.json_bytes >= self.chunk_bytes_max {
+            self.seal();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn seal(&mut self) {
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.sealed = true;
+        }
+        self.marks.clear();
+    }
+
+    fn sealed_chunks(&self) -> u64 {
+        self.chunks.iter().filter(|c| c.sealed).count() as u64
+    }
+
+    /// A view of chunk `index`'s items after `after` (all with None).
+    fn view(&self, index: usize, after: Option<LogOffset>, end: LogOffset) -> ReadView {
+        let chunk = &self.chunks[index];
+        let mut start = chunk.start;
+        if let (Some(after), false) = (after, chunk.sealed) {
+            // The furthest mark at or before `after`: items from there on
+            // all come after the mark's offset.
+            let i = self.marks.partition_point(|&(o, _)| o <= after);
+            if i > 0 {
+                start = self.marks[i - 1].1;
+            }
+        }
+        let disk_end = chunk.end.min(self.disk_len);
+        let disk = (start < disk_end).then(|| DiskRange {
+            path: self.path.clone(),
+            pos: start,
+            len: (disk_end - start) as usize,
+        });
+        let from = self
+            .tail
+            .partition_point(|t| t.pos < chunk.start.max(self.disk_len));
+        let mem = self
+            .tail
+            .iter()
+            .skip(from)
+            .take_while(|t| t.pos < chunk.end)
+            .filter(|t| after.is_none_or(|a| t.offset > a))
+            .map(|t| t.json.clone())
+            .collect();
+        ReadView {
+            end,
+            after,
+            disk,
+            mem,
+        }
+    }
+
+    /// Frames the tail for writing, if there is one.
+    fn capture(&self) -> Option<FileWrite> {
+        let first = self.tail.front()?;
+        assert_eq!(
+            first.pos, self.disk_len,
+            "the tail starts where the file ends"
+        );
+        let mut bytes = Vec::with_capacity((self.end_len - self.disk_len) as usize);
+        for item in &self.tail {
+            bytes.extend_from_slice(&item.offset.tx().to_le_bytes());
+            bytes.extend_from_slice(&item.offset.op().to_le_bytes());
+            bytes.extend_from_slice(&(item.json.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&item.json);
+        }
+        Some(FileWrite {
+            path: self.path.clone(),
+            pos: self.disk_len,
+            bytes,
+        })
+    }
+
+    /// The file now holds everything before `upto`: drop it from memory.
+    fn written(&mut self, upto: u64) {
+        assert!(
+            upto >= self.disk_len && upto <= self.end_len,
+            "written {upto} outside [{}, {}]",
+            self.disk_len,
+            self.end_len
+        );
+        while self.tail.front().is_some_and(|t| t.pos < upto) {
+            self.tail.pop_front();
+        }
+        self.disk_len = upto;
+    }
+
+    fn tail_bytes(&self) -> usize {
+        self.tail.iter().map(|t| t.json.len() + 40).sum()
+    }
+
+    /// The state once the whole tail is in the file (taken with `capture`,
+    /// so it matches the segment log position of the capture).
+    fn record(&self) -> RegionRecord {
+        RegionRecord {
+            len: self.end_len,
+            chunks: self
+                .chunks
+                .iter()
+                .map(|c| ChunkRecord {
+                    start: c.start,
+                    end: c.end,
+                    first: pair(c.first),
+                    last: pair(c.last),
+                    json_bytes: c.json_bytes,
+                    items: c.items,
+                    sealed: c.sealed,
+                })
+                .collect(),
+        }
+    }
+
+    /// Restores a checkpointed state.
+    fn restore(&mut self, record: &RegionRecord) {
+        self.chunks = record
+            .chunks
+            .iter()
+            .map(|c| Chunk {
+                start: c.start,
+                end: c.end,
+                first: offset(c.first),
+                last: offset(c.last),
+                json_bytes: c.json_bytes,
+                items: c.items,
+                sealed: c.sealed,
+            })
+            .collect();
+        self.disk_len = record.len;
+        self.end_len = record.len;
+        self.tail.clear();
+        self.marks.clear();
+    }
+}
+
+/// A file range a read needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskRange {
+    pub path: PathBuf,
+    pub pos: u64,
+    pub len: usize,
+}
+
+/// One consistent view of a read: assemble it once `disk` is read.
+#[derive(Debug)]
+pub struct ReadView {
+    /// The offset the response ends at.
+    pub end: LogOffset,
+    /// Items at or before it are skipped; None: the whole chunk.
+    after: Option<LogOffset>,
+    pub disk: Option<DiskRange>,
+    mem: Vec<Bytes>,
+}
+
+impl ReadView {
+    /// Comma-joined items: those in `disk_bytes` (the bytes of `disk`)
+    /// after `after`, then the memory ones.
+    pub fn assemble(&self, disk_bytes: &[u8]) -> std::io::Result<Bytes> {
+        let mut out = BytesMut::new();
+        let mut rest = disk_bytes;
+        while !rest.is_empty() {
+            let corrupt = || {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "serving file {:?}: bad frame",
+                        self.disk.as_ref().map(|d| &d.path)
+                    ),
+                )
+            };
+            let header = rest.get(..FRAME_HEADER as usize).ok_or_else(corrupt)?;
+            let tx = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
+            let op = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+            let len = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
+            let json = rest
+                .get(FRAME_HEADER as usize..FRAME_HEADER as usize + len)
+                .ok_or_else(corrupt)?;
+            rest = &rest[FRAME_HEADER as usize + len..];
+            if self.after.is_some_and(|a| LogOffset::At { tx, op } <= a) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.extend_from_slice(b",");
+            }
+            out.extend_from_slice(json);
+        }
+        for json in &self.mem {
+            if !out.is_empty() {
+                out.extend_from_slice(b",");
+            }
+            out.extend_from_slice(json);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Reads the file range through the shard's I/O ring and assembles.
+    pub async fn load(self) -> std::io::Result<Bytes> {
+        let bytes = match &self.disk {
+            Some(d) => crate::runtime::dma::read_range(&d.path, d.pos, d.len).await?,
+            None => Vec::new(),
+        };
+        self.assemble(&bytes)
+    }
+
+    /// The same, with blocking reads (tools and tests off the executor).
+    pub fn load_blocking(self) -> std::io::Result<Bytes> {
+        let bytes = match &self.disk {
+            Some(d) => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; d.len];
+                std::fs::File::open(&d.path)?.read_exact_at(&mut buf, d.pos)?;
+                buf
+            }
+            None => Vec::new(),
+        };
+        self.assemble(&bytes)
     }
 }
 
 /// What a read found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum LogRead {
-    /// Comma-joined items after the requested offset (possibly empty) and
-    /// the offset the response ends at.
-    Items { items: Bytes, end: LogOffset },
+    /// Items after the requested offset (possibly none) up to `view.end`.
+    Items(ReadView),
     /// The requested range is not written yet (a snapshot chunk in progress).
     NotYet,
     /// The offset is beyond the end of this shape's log.
     OutOfBounds,
 }
 
+/// The files' part of a checkpoint for one shape.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub writes: Vec<FileWrite>,
+    snapshot_upto: Option<u64>,
+    main_upto: Option<u64>,
+    /// The regions' state once the writes are done: `(snapshot, main)`.
+    pub records: (RegionRecord, RegionRecord),
+}
+
 pub struct ShapeLog {
-    chunk_bytes_max: usize,
-    snapshot: Vec<Chunk>,
+    snapshot: Region,
     snapshot_done: bool,
-    main: Vec<Chunk>,
+    main: Region,
 }
 
 impl ShapeLog {
-    pub fn new(chunk_bytes_max: usize) -> ShapeLog {
-        assert!(chunk_bytes_max > 0);
+    /// A log served from `<dir>/<id>.snap` and `<dir>/<id>.log`.
+    pub fn new(dir: &Path, id: u64, chunk_bytes_max: usize) -> ShapeLog {
         ShapeLog {
-            chunk_bytes_max,
-            snapshot: vec![Chunk::default()],
+            snapshot: Region::new(dir.join(format!("{id}.snap")), chunk_bytes_max),
             snapshot_done: false,
-            main: vec![Chunk::default()],
+            main: Region::new(dir.join(format!("{id}.log")), chunk_bytes_max),
         }
     }
 
@@ -93,60 +415,42 @@ impl ShapeLog {
         self.snapshot_done
     }
 
-    /// Appends one snapshot row (or the final `snapshot-end`).
-    pub fn push_snapshot_item(&mut self, item: &[u8]) {
+    /// Appends one snapshot row; returns whether it sealed a chunk.
+    pub fn push_snapshot_item(&mut self, item: &[u8]) -> bool {
         assert!(!self.snapshot_done, "snapshot items after its end");
-        let chunk = self.snapshot.last_mut().expect("always an open chunk");
-        let index = chunk.items.len() as u64;
-        // Offsets inside a snapshot chunk are only ordering keys; clients see
-        // the chunk's `0_<n>` end offset.
-        chunk.push(LogOffset::At { tx: 0, op: index }, item);
-        if chunk.len_bytes() >= self.chunk_bytes_max {
-            chunk.seal();
-            self.snapshot.push(Chunk::default());
-        }
+        // Offsets inside the snapshot are only ordering keys; clients see
+        // chunk end offsets `0_<n>`.
+        let n = self.snapshot.chunks.iter().map(|c| c.items).sum::<u64>();
+        self.snapshot.push(LogOffset::At { tx: 0, op: n }, item)
     }
 
     /// Closes the snapshot with its `snapshot-end` control message.
     pub fn finish_snapshot(&mut self, end_message: &[u8]) {
-        let chunk = self.snapshot.last_mut().expect("always an open chunk");
-        let index = chunk.items.len() as u64;
-        chunk.push(LogOffset::At { tx: 0, op: index }, end_message);
-        chunk.seal();
+        assert!(!self.snapshot_done, "the snapshot ends once");
+        let n = self.snapshot.chunks.iter().map(|c| c.items).sum::<u64>();
+        self.snapshot
+            .push(LogOffset::At { tx: 0, op: n }, end_message);
+        self.snapshot.seal();
         self.snapshot_done = true;
     }
 
     /// Appends a transaction entry; offsets must grow.
-    pub fn push_entry(&mut self, offset: LogOffset, item: &[u8]) {
+    pub fn push_entry(&mut self, at: LogOffset, item: &[u8]) {
         assert!(
-            offset > LogOffset::SNAPSHOT_END,
-            "entry offset {offset} in the snapshot region"
+            at > LogOffset::SNAPSHOT_END,
+            "entry offset {at} in the snapshot region"
         );
-        let chunk = self.main.last_mut().expect("always an open chunk");
-        if let Some(last) = chunk.last_offset() {
-            assert!(
-                offset > last,
-                "log offsets only grow: {offset} after {last}"
-            );
-        }
-        chunk.push(offset, item);
-        if chunk.len_bytes() >= self.chunk_bytes_max {
-            chunk.seal();
-            self.main.push(Chunk::default());
-        }
+        self.main.push(at, item);
     }
 
     /// The newest offset: the last entry's, or `0_inf` without entries.
     pub fn last_offset(&self) -> LogOffset {
-        self.main
-            .iter()
-            .rev()
-            .find_map(|c| c.last_offset())
-            .unwrap_or(LogOffset::SNAPSHOT_END)
+        self.main.last_offset().unwrap_or(LogOffset::SNAPSHOT_END)
     }
 
-    /// Items in `(after, end]` where `end` is the end of the chunk holding the
-    /// first item after `after` (or the log's end when that chunk is open).
+    /// A view of the items in `(after, end]`, where `end` is the end of the
+    /// chunk holding the first item after `after` (or the log's end when
+    /// that chunk is open).
     pub fn read(&self, after: LogOffset) -> LogRead {
         match after {
             LogOffset::BeforeAll => return self.read_snapshot_chunk(0),
@@ -164,51 +468,88 @@ impl ShapeLog {
         if after > last {
             return LogRead::OutOfBounds;
         }
-        for chunk in &self.main {
-            // First item past `after` in this chunk, if any.
-            let from = chunk.items.partition_point(|&(o, _)| o <= after);
-            if from == chunk.items.len() {
-                continue;
-            }
-            let end = if chunk.sealed.is_some() {
-                chunk.last_offset().expect("sealed chunks have items")
-            } else {
-                last
-            };
-            return LogRead::Items {
-                items: chunk.slice_from(from),
-                end,
-            };
+        let chunks = &self.main.chunks;
+        let index = chunks.partition_point(|c| c.last <= after);
+        if index == chunks.len() {
+            return LogRead::Items(ReadView {
+                end: last,
+                after: None,
+                disk: None,
+                mem: Vec::new(),
+            });
         }
-        LogRead::Items {
-            items: Bytes::new(),
-            end: last,
-        }
+        let end = if chunks[index].sealed {
+            chunks[index].last
+        } else {
+            last
+        };
+        LogRead::Items(self.main.view(index, Some(after), end))
     }
 
     pub fn sealed_snapshot_chunks(&self) -> u64 {
-        self.snapshot.iter().filter(|c| c.sealed.is_some()).count() as u64
+        self.snapshot.sealed_chunks()
     }
 
     fn read_snapshot_chunk(&self, index: u64) -> LogRead {
-        match self.snapshot.get(index as usize) {
-            Some(chunk) if chunk.sealed.is_some() => LogRead::Items {
-                items: chunk.slice_from(0),
-                end: LogOffset::snapshot_chunk(index),
-            },
+        match self.snapshot.chunks.get(index as usize) {
+            Some(chunk) if chunk.sealed => LogRead::Items(self.snapshot.view(
+                index as usize,
+                None,
+                LogOffset::snapshot_chunk(index),
+            )),
             Some(_) => LogRead::NotYet,
             None if self.snapshot_done => LogRead::OutOfBounds,
             None => LogRead::NotYet,
         }
     }
 
-    /// Bytes held, for accounting.
-    pub fn bytes(&self) -> usize {
-        self.snapshot
-            .iter()
-            .chain(&self.main)
-            .map(|c| c.len_bytes())
-            .sum()
+    /// Bytes held in memory (tails not yet in the files).
+    pub fn memory_bytes(&self) -> usize {
+        self.snapshot.tail_bytes() + self.main.tail_bytes()
+    }
+
+    /// Whether anything waits to be written to the files.
+    pub fn has_tail(&self) -> bool {
+        !self.snapshot.tail.is_empty() || !self.main.tail.is_empty()
+    }
+
+    /// The writes that bring the files up to the memory tails. Call only
+    /// for items the segment log holds durably.
+    pub fn capture(&self) -> Captured {
+        let mut captured = Captured::default();
+        if let Some(w) = self.snapshot.capture() {
+            captured.snapshot_upto = Some(w.pos + w.bytes.len() as u64);
+            captured.writes.push(w);
+        }
+        if let Some(w) = self.main.capture() {
+            captured.main_upto = Some(w.pos + w.bytes.len() as u64);
+            captured.writes.push(w);
+        }
+        captured.records = (self.snapshot.record(), self.main.record());
+        captured
+    }
+
+    /// `captured`'s writes are done: trim the tails they covered.
+    pub fn written(&mut self, captured: &Captured) {
+        if let Some(upto) = captured.snapshot_upto {
+            self.snapshot.written(upto);
+        }
+        if let Some(upto) = captured.main_upto {
+            self.main.written(upto);
+        }
+    }
+
+    /// Restores the files' checkpointed state (the files are cut to it by
+    /// the caller) before the segment log's tail is replayed on top.
+    pub fn restore(&mut self, snapshot: &RegionRecord, main: &RegionRecord, snapshot_done: bool) {
+        self.snapshot.restore(snapshot);
+        self.main.restore(main);
+        self.snapshot_done = snapshot_done;
+    }
+
+    /// The serving files.
+    pub fn paths(&self) -> [&Path; 2] {
+        [&self.snapshot.path, &self.main.path]
     }
 }
 
@@ -216,10 +557,20 @@ impl ShapeLog {
 mod tests {
     use super::*;
 
+    fn dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("shapeshard-log-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     fn items(read: LogRead) -> (String, String) {
         match read {
-            LogRead::Items { items, end } => {
-                (String::from_utf8(items.to_vec()).unwrap(), end.to_string())
+            LogRead::Items(view) => {
+                let end = view.end.to_string();
+                let bytes = view.load_blocking().unwrap();
+                (String::from_utf8(bytes.to_vec()).unwrap(), end)
             }
             other => panic!("expected items, got {other:?}"),
         }
@@ -229,40 +580,63 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Writes the tails to the files, as a checkpoint does.
+    fn materialise(log: &mut ShapeLog) {
+        let captured = log.capture();
+        for w in &captured.writes {
+            w.apply().unwrap();
+        }
+        log.written(&captured);
+    }
+
     #[test]
     fn snapshot_chunks_then_log() {
-        let mut log = ShapeLog::new(10);
-        assert_eq!(log.read(LogOffset::BeforeAll), LogRead::NotYet);
-        log.push_snapshot_item(b"aaaaaa");
-        log.push_snapshot_item(b"bbbbbb"); // chunk 0 full: 13 bytes
-        log.push_snapshot_item(b"c");
-        assert_eq!(
-            items(log.read(LogOffset::BeforeAll)),
-            ("aaaaaa,bbbbbb".into(), "0_0".into())
-        );
-        assert_eq!(log.read(off("0_0")), LogRead::NotYet);
-        log.finish_snapshot(b"end");
-        assert_eq!(items(log.read(off("0_0"))), ("c,end".into(), "0_1".into()));
-        // Past the last snapshot chunk: the (empty) main log.
-        assert_eq!(items(log.read(off("0_1"))), ("".into(), "0_inf".into()));
-        assert_eq!(items(log.read(off("0_inf"))), ("".into(), "0_inf".into()));
-        log.push_entry(off("100_0"), b"x1");
-        log.push_entry(off("100_2"), b"x2");
-        assert_eq!(
-            items(log.read(off("0_1"))),
-            ("x1,x2".into(), "100_2".into())
-        );
-        assert_eq!(items(log.read(off("100_0"))), ("x2".into(), "100_2".into()));
-        assert_eq!(items(log.read(off("100_2"))), ("".into(), "100_2".into()));
-        assert_eq!(log.read(off("101_0")), LogRead::OutOfBounds);
+        for on_disk in [false, true] {
+            let d = dir(&format!("snap-{on_disk}"));
+            let mut log = ShapeLog::new(&d, 1, 10);
+            let flush = |log: &mut ShapeLog| {
+                if on_disk {
+                    materialise(log)
+                }
+            };
+            assert!(matches!(log.read(LogOffset::BeforeAll), LogRead::NotYet));
+            log.push_snapshot_item(b"aaaaaa");
+            log.push_snapshot_item(b"bbbbbb"); // chunk 0 full: 13 bytes
+            log.push_snapshot_item(b"c");
+            flush(&mut log);
+            assert_eq!(
+                items(log.read(LogOffset::BeforeAll)),
+                ("aaaaaa,bbbbbb".into(), "0_0".into())
+            );
+            assert!(matches!(log.read(off("0_0")), LogRead::NotYet));
+            log.finish_snapshot(b"end");
+            flush(&mut log);
+            assert_eq!(items(log.read(off("0_0"))), ("c,end".into(), "0_1".into()));
+            // Past the last snapshot chunk: the (empty) main log.
+            assert_eq!(items(log.read(off("0_1"))), ("".into(), "0_inf".into()));
+            assert_eq!(items(log.read(off("0_inf"))), ("".into(), "0_inf".into()));
+            log.push_entry(off("100_0"), b"x1");
+            flush(&mut log);
+            log.push_entry(off("100_2"), b"x2");
+            assert_eq!(
+                items(log.read(off("0_1"))),
+                ("x1,x2".into(), "100_2".into())
+            );
+            assert_eq!(items(log.read(off("100_0"))), ("x2".into(), "100_2".into()));
+            assert_eq!(items(log.read(off("100_2"))), ("".into(), "100_2".into()));
+            assert!(matches!(log.read(off("101_0")), LogRead::OutOfBounds));
+            std::fs::remove_dir_all(&d).unwrap();
+        }
     }
 
     #[test]
     fn main_log_chunks_are_stable() {
-        let mut log = ShapeLog::new(8);
+        let d = dir("stable");
+        let mut log = ShapeLog::new(&d, 2, 8);
         log.finish_snapshot(b"end");
         log.push_entry(off("1_0"), b"aaaa");
         log.push_entry(off("2_0"), b"bbbb"); // 9 bytes: chunk sealed
+        materialise(&mut log);
         log.push_entry(off("3_0"), b"cc");
         assert_eq!(
             items(log.read(off("0_inf"))),
@@ -277,12 +651,58 @@ mod tests {
             ("aaaa,bbbb".into(), "2_0".into())
         );
         assert_eq!(items(log.read(off("2_0"))), ("cc,dd".into(), "4_0".into()));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_view_survives_the_trim_of_its_tail() {
+        let d = dir("trim");
+        let mut log = ShapeLog::new(&d, 3, 1 << 20);
+        log.finish_snapshot(b"end");
+        log.push_entry(off("1_0"), b"a");
+        materialise(&mut log);
+        log.push_entry(off("2_0"), b"b");
+        let view = match log.read(off("0_inf")) {
+            LogRead::Items(view) => view,
+            other => panic!("{other:?}"),
+        };
+        // The tail moves to the file between the view and its read.
+        materialise(&mut log);
+        log.push_entry(off("3_0"), b"c");
+        assert_eq!(view.end, off("2_0"));
+        assert_eq!(&view.load_blocking().unwrap()[..], b"a,b");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn marks_skip_the_start_of_a_large_open_chunk() {
+        let d = dir("marks");
+        let mut log = ShapeLog::new(&d, 4, 10 << 20);
+        log.finish_snapshot(b"end");
+        let item = vec![b'x'; 1000];
+        for tx in 1..=1000u64 {
+            log.push_entry(LogOffset::At { tx, op: 0 }, &item);
+        }
+        materialise(&mut log);
+        let LogRead::Items(view) = log.read(LogOffset::At { tx: 990, op: 0 }) else {
+            panic!("items expected");
+        };
+        let disk = view.disk.clone().unwrap();
+        assert!(
+            disk.len < 100 * 1024,
+            "read {} bytes for 10 items",
+            disk.len
+        );
+        let bytes = view.load_blocking().unwrap();
+        assert_eq!(bytes.len(), 10 * 1000 + 9);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     #[should_panic(expected = "log offsets only grow")]
     fn offsets_must_grow() {
-        let mut log = ShapeLog::new(1024);
+        let d = dir("grow");
+        let mut log = ShapeLog::new(&d, 5, 1024);
         log.push_entry(off("5_0"), b"a");
         log.push_entry(off("5_0"), b"b");
     }

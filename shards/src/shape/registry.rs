@@ -6,7 +6,8 @@
 //! nothing here crosses shards.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -14,12 +15,13 @@ use crate::change::{Change, Relation, RelationId, Transaction, Tuple};
 use crate::lsn::Lsn;
 use crate::notify::{Listener, Notify};
 use crate::routes::RouteTable;
+use crate::storage::meta::{LogRecord, MetaBatch, ShapeRecord};
 use crate::storage::record::{self, Kind};
 
 use super::convert::{self, Converter};
 use super::definition::{ShapeDefinition, ShapeHandle};
 use super::encode::{self, Layout, OpenEntry, PgSnapshot, TxContext};
-use super::log::{LogRead, ShapeLog};
+use super::log::{Captured, LogRead, ShapeLog};
 use super::offset::LogOffset;
 use super::schema::TableSchema;
 
@@ -71,6 +73,8 @@ enum Gate {
 
 struct ShapeState {
     log: ShapeLog,
+    /// The `snapshot-end` message once the snapshot completed.
+    snapshot_end: Option<Vec<u8>>,
     gate: Gate,
     gone: bool,
     /// Commit LSN of the newest transaction applied: replays are skipped.
@@ -83,12 +87,18 @@ struct ShapeState {
 /// commit. Shared by the registry and its shapes (one executor).
 pub type Journal = Rc<RefCell<Vec<u8>>>;
 
+/// Shapes whose metadata record must be rewritten at the next tick.
+type MetaDirty = Rc<RefCell<HashSet<ShapeId>>>;
+
 pub struct Shape {
     pub id: ShapeId,
     pub spec: ShapeSpec,
     journal: Journal,
+    meta_dirty: MetaDirty,
     /// When it was last read, on the server-wide read clock (for LRU).
     read_stamp: Cell<u64>,
+    /// Milliseconds since the Unix epoch.
+    created_ms: u64,
     column_names: Vec<String>,
     state: RefCell<ShapeState>,
     changed: Rc<Notify>,
@@ -117,8 +127,13 @@ impl Shape {
         self.state.borrow().gone
     }
 
+    /// One consistent view of `(after, chunk end]`; load it after.
     pub fn read(&self, after: LogOffset) -> LogRead {
         self.state.borrow().log.read(after)
+    }
+
+    pub fn read_stamp(&self) -> u64 {
+        self.read_stamp.get()
     }
 
     pub fn last_offset(&self) -> LogOffset {
@@ -147,12 +162,7 @@ impl Shape {
             Kind::SnapshotItem,
             scratch,
         );
-        let sealed = {
-            let mut state = self.state.borrow_mut();
-            let before = state.log.sealed_snapshot_chunks();
-            state.log.push_snapshot_item(scratch);
-            state.log.sealed_snapshot_chunks() != before
-        };
+        let sealed = self.state.borrow_mut().log.push_snapshot_item(scratch);
         if sealed {
             self.changed.notify_all();
         }
@@ -168,7 +178,12 @@ impl Shape {
             Kind::SnapshotEnd,
             end.as_bytes(),
         );
-        self.state.borrow_mut().log.finish_snapshot(end.as_bytes());
+        {
+            let mut state = self.state.borrow_mut();
+            state.log.finish_snapshot(end.as_bytes());
+            state.snapshot_end = Some(end.into_bytes());
+        }
+        self.meta_dirty.borrow_mut().insert(self.id);
         self.changed.notify_all();
     }
 
@@ -184,6 +199,7 @@ impl Shape {
     pub fn restore_snapshot_end(&self, end_message: &[u8]) {
         let mut state = self.state.borrow_mut();
         state.log.finish_snapshot(end_message);
+        state.snapshot_end = Some(end_message.to_vec());
         let snapshot = std::str::from_utf8(end_message)
             .ok()
             .and_then(PgSnapshot::from_end_message);
@@ -200,8 +216,71 @@ impl Shape {
         state.last_lsn = state.last_lsn.max(commit_lsn);
     }
 
-    pub fn log_bytes(&self) -> usize {
-        self.state.borrow().log.bytes()
+    /// Log bytes held in memory (not yet in the serving files).
+    pub fn log_memory_bytes(&self) -> usize {
+        self.state.borrow().log.memory_bytes()
+    }
+
+    /// The metadata record of this shape, as of now.
+    pub fn meta_record(&self) -> ShapeRecord {
+        ShapeRecord {
+            id: self.id,
+            handle: self.handle().to_string(),
+            canonical: self.spec.canonical.clone(),
+            definition_hash: crate::owner::stable_hash(self.spec.canonical.as_bytes()),
+            relation_id: self.relation_id(),
+            persisted: self.spec.persisted.clone(),
+            snapshot_end: self.state.borrow().snapshot_end.clone(),
+            created_ms: self.created_ms,
+            last_read: self.read_stamp.get(),
+        }
+    }
+
+    /// Checkpoint: the writes that bring the serving files up to date,
+    /// with the log state they produce.
+    pub fn capture(&self) -> (Captured, LogRecord) {
+        let state = self.state.borrow();
+        let captured = state.log.capture();
+        let record = LogRecord {
+            snapshot: captured.records.0.clone(),
+            snapshot_end: state.snapshot_end.clone(),
+            main: captured.records.1.clone(),
+            last_lsn: state.last_lsn.0,
+        };
+        (captured, record)
+    }
+
+    /// Checkpoint: `captured` is in the files; trim the memory tail.
+    pub fn written(&self, captured: &Captured) {
+        self.state.borrow_mut().log.written(captured);
+    }
+
+    /// Recovery: the checkpointed log state (the files are already cut to
+    /// it), before the segment log's tail is replayed on top.
+    pub fn restore_log(&self, record: &LogRecord) {
+        let mut state = self.state.borrow_mut();
+        state.log.restore(
+            &record.snapshot,
+            &record.main,
+            record.snapshot_end.is_some(),
+        );
+        state.last_lsn = Lsn(record.last_lsn);
+        state.snapshot_end = record.snapshot_end.clone();
+        if let Some(end) = &record.snapshot_end {
+            match std::str::from_utf8(end)
+                .ok()
+                .and_then(PgSnapshot::from_end_message)
+            {
+                Some(snapshot) => state.gate = Gate::Filtering(snapshot),
+                None => tracing::warn!(handle = self.handle(), "unreadable snapshot-end record"),
+            }
+        }
+    }
+
+    /// The serving files of this shape.
+    pub fn file_paths(&self) -> Vec<PathBuf> {
+        let state = self.state.borrow();
+        state.log.paths().iter().map(|p| p.to_path_buf()).collect()
     }
 
     /// Applies `tx` (changes at `indices`, or all of it) to this shape.
@@ -401,10 +480,28 @@ pub struct Registry {
     journal: Journal,
     /// Shapes by last read, oldest first (LRU eviction).
     by_read: BTreeSet<(u64, ShapeId)>,
+    /// Where the shapes' serving files live.
+    files_dir: PathBuf,
+    /// Shapes whose metadata record changed since the last tick's commit
+    /// (shared with the shapes: a finished snapshot marks itself).
+    meta_dirty: MetaDirty,
+    /// `(id, definition hash)` of shapes removed since the last commit.
+    meta_removed: Vec<(ShapeId, u64)>,
+    /// Serving files of removed shapes, deleted after the next checkpoint.
+    doomed_files: Vec<PathBuf>,
 }
 
 impl Registry {
-    pub fn new(shard: usize, routes: Arc<RouteTable>, chunk_bytes_max: usize) -> Registry {
+    /// `files_dir`: where the shapes' serving files go (created if needed).
+    pub fn new(
+        shard: usize,
+        routes: Arc<RouteTable>,
+        chunk_bytes_max: usize,
+        files_dir: &Path,
+    ) -> Registry {
+        if let Err(e) = std::fs::create_dir_all(files_dir) {
+            tracing::error!(shard, "cannot create {}: {e}", files_dir.display());
+        }
         Registry {
             shard,
             routes,
@@ -417,7 +514,50 @@ impl Registry {
             last_seen: Lsn::ZERO,
             journal: Rc::default(),
             by_read: BTreeSet::new(),
+            files_dir: files_dir.to_path_buf(),
+            meta_dirty: MetaDirty::default(),
+            meta_removed: Vec::new(),
+            doomed_files: Vec::new(),
         }
+    }
+
+    pub fn files_dir(&self) -> &Path {
+        &self.files_dir
+    }
+
+    /// This tick's metadata mutations (taken together with the journal, so
+    /// they describe exactly what the tick's fdatasync makes durable).
+    pub fn take_meta_batch(&mut self) -> MetaBatch {
+        let mut ids: Vec<ShapeId> = self.meta_dirty.borrow_mut().drain().collect();
+        ids.sort_unstable();
+        MetaBatch {
+            put: ids
+                .iter()
+                .filter_map(|id| self.shapes.get(id))
+                .map(|s| s.meta_record())
+                .collect(),
+            remove: std::mem::take(&mut self.meta_removed),
+        }
+    }
+
+    /// Checkpoint: every shape with log items not in its files yet, with
+    /// its writes and resulting state. Taken with the journal (same
+    /// position in the segment log).
+    pub fn capture_logs(&self) -> Vec<(Rc<Shape>, Captured, LogRecord)> {
+        self.shapes
+            .values()
+            .filter(|shape| shape.state.borrow().log.has_tail())
+            .map(|shape| {
+                let (captured, record) = shape.capture();
+                (shape.clone(), captured, record)
+            })
+            .collect()
+    }
+
+    /// Serving files of shapes removed so far (delete them once the
+    /// removals are checkpointed).
+    pub fn take_doomed_files(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.doomed_files)
     }
 
     /// Records a read of `id` at `stamp` (a server-wide, growing clock).
@@ -426,6 +566,7 @@ impl Registry {
             self.by_read.remove(&(shape.read_stamp.get(), id));
             shape.read_stamp.set(stamp);
             self.by_read.insert((stamp, id));
+            self.meta_dirty.borrow_mut().insert(id);
         }
     }
 
@@ -479,7 +620,11 @@ impl Registry {
             Kind::ShapeCreated,
             &spec.persisted,
         );
-        self.add(id, spec, Gate::Pending(Vec::new()))
+        let created_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.meta_dirty.borrow_mut().insert(id);
+        self.add(id, spec, Gate::Pending(Vec::new()), created_ms, 0)
     }
 
     /// Rebuilds a shape from its creation record during recovery: same id,
@@ -487,21 +632,46 @@ impl Registry {
     /// completed, is replayed from the log).
     pub fn restore(&mut self, id: ShapeId, spec: ShapeSpec) -> Rc<Shape> {
         self.next_id = self.next_id.max(id + 1);
-        self.add(id, spec, Gate::Open)
+        // Not in the metadata store yet (its creation was in the log tail).
+        self.meta_dirty.borrow_mut().insert(id);
+        self.add(id, spec, Gate::Open, 0, 0)
     }
 
-    fn add(&mut self, id: ShapeId, spec: ShapeSpec, gate: Gate) -> Rc<Shape> {
+    /// Rebuilds a shape from its metadata record during recovery; its log
+    /// state follows with `Shape::restore_log`.
+    pub fn restore_record(&mut self, record: &ShapeRecord, spec: ShapeSpec) -> Rc<Shape> {
+        self.next_id = self.next_id.max(record.id + 1);
+        self.add(
+            record.id,
+            spec,
+            Gate::Open,
+            record.created_ms,
+            record.last_read,
+        )
+    }
+
+    fn add(
+        &mut self,
+        id: ShapeId,
+        spec: ShapeSpec,
+        gate: Gate,
+        created_ms: u64,
+        read_stamp: u64,
+    ) -> Rc<Shape> {
         let relation = spec.schema.relation_id;
         let pending = matches!(gate, Gate::Pending(_));
         let index_key = spec.filter.as_ref().and_then(|f| f.index_key());
         let column_names = spec.schema.columns.iter().map(|c| c.name.clone()).collect();
         let shape = Rc::new(Shape {
             id,
-            read_stamp: Cell::new(0),
+            read_stamp: Cell::new(read_stamp),
+            created_ms,
             journal: self.journal.clone(),
+            meta_dirty: self.meta_dirty.clone(),
             column_names,
             state: RefCell::new(ShapeState {
-                log: ShapeLog::new(self.chunk_bytes_max),
+                log: ShapeLog::new(&self.files_dir, id, self.chunk_bytes_max),
+                snapshot_end: None,
                 gate,
                 gone: false,
                 last_lsn: Lsn::ZERO,
@@ -519,7 +689,7 @@ impl Registry {
             shapes.pending.push(id);
         }
         self.shapes.insert(id, shape.clone());
-        self.by_read.insert((0, id));
+        self.by_read.insert((read_stamp, id));
         self.routes.subscribe(relation, self.shard);
         shape
     }
@@ -538,6 +708,13 @@ impl Registry {
         self.forget(id, why);
     }
 
+    /// Recovery: a metadata record that cannot become a shape is deleted
+    /// at the next commit.
+    pub fn forget_record(&mut self, id: ShapeId, definition_hash: u64) {
+        self.next_id = self.next_id.max(id + 1);
+        self.meta_removed.push((id, definition_hash));
+    }
+
     /// Removes a shape without journaling it (replaying a removal).
     pub fn forget(&mut self, id: ShapeId, why: &str) {
         let Some(shape) = self.shapes.remove(&id) else {
@@ -549,6 +726,12 @@ impl Registry {
             "shape removed: {why}"
         );
         self.by_read.remove(&(shape.read_stamp.get(), id));
+        self.meta_dirty.borrow_mut().remove(&id);
+        self.meta_removed.push((
+            id,
+            crate::owner::stable_hash(shape.spec.canonical.as_bytes()),
+        ));
+        self.doomed_files.extend(shape.file_paths());
         self.by_handle.remove(shape.handle());
         if self.by_definition.get(&shape.spec.canonical) == Some(&id) {
             self.by_definition.remove(&shape.spec.canonical);

@@ -1,9 +1,16 @@
 //! Group commit: once per tick (or sooner when enough bytes wait), the
 //! shard's pending records go to its segment log in one write and one
 //! fdatasync; only then does the shard publish the WAL position they cover,
-//! which is what the fence confirms to Postgres.
+//! which is what the fence confirms to Postgres. The tick's metadata
+//! mutations then go to LMDB in one write transaction.
+//!
+//! Every checkpoint interval the tick also materialises the shapes' memory
+//! tails into their serving files, syncs them, records the log states and
+//! the segment position they cover in LMDB, and deletes the segments before
+//! it. The file work runs on the executor's blocking thread, so neither
+//! the feed nor the readers wait for it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +19,10 @@ use crate::fence::DurableProgress;
 use crate::lsn::Lsn;
 use crate::notify::Notify;
 use crate::runtime;
-use crate::shape::registry::Journal;
+use crate::runtime::dma::{blocking, sync_filesystem};
+use crate::shape::registry::Registry;
 
+use super::meta::{CheckpointBatch, MetaStats, MetaStore};
 use super::segment::SegmentWriter;
 
 #[derive(Clone, Copy, Debug)]
@@ -21,6 +30,8 @@ pub struct CommitConfig {
     pub interval: Duration,
     /// Pending bytes that trigger a flush before the tick.
     pub max_pending: usize,
+    /// Time between checkpoints (materialised tails, retention).
+    pub checkpoint_interval: Duration,
 }
 
 impl CommitSignals {
@@ -37,6 +48,7 @@ impl Default for CommitConfig {
         CommitConfig {
             interval: Duration::from_millis(5),
             max_pending: 256 * 1024,
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -60,7 +72,9 @@ pub struct CommitSignals {
 pub struct GroupCommit {
     pub index: usize,
     pub config: CommitConfig,
-    pub journal: Journal,
+    pub registry: Rc<RefCell<Registry>>,
+    pub meta: MetaStore,
+    pub meta_stats: Rc<MetaStats>,
     pub writer: SegmentWriter,
     pub progress: Arc<DurableProgress>,
     pub signals: Rc<CommitSignals>,
@@ -81,20 +95,33 @@ impl GroupCommit {
 
     async fn commit_loop(mut self) -> std::io::Result<()> {
         let mut durable = self.progress.durable(self.index);
+        let journal = self.registry.borrow().journal().clone();
+        let mut last_checkpoint = std::time::Instant::now();
         loop {
             let wake = self.signals.wake.listen();
             let closing = self.signals.closing.get();
-            if !closing && self.journal.borrow().len() < self.config.max_pending {
+            if !closing && journal.borrow().len() < self.config.max_pending {
                 runtime::timeout(self.config.interval, wake).await;
             }
-            // Everything applied up to `seen` is in the journal now: take
-            // both together (no await in between).
+            // Everything applied up to `seen` is in the journal, the
+            // metadata batch and the shapes' tails now: take them together
+            // (no await in between), so they describe the same position.
             self.signals
                 .last_commit
                 .set(Some(std::time::Instant::now()));
             let seen = self.signals.seen.get();
-            let records = std::mem::take(&mut *self.journal.borrow_mut());
+            let checkpoint_due =
+                closing || last_checkpoint.elapsed() >= self.config.checkpoint_interval;
+            let (records, batch, checkpoint) = {
+                let mut registry = self.registry.borrow_mut();
+                let records = std::mem::take(&mut *journal.borrow_mut());
+                let batch = registry.take_meta_batch();
+                let checkpoint =
+                    checkpoint_due.then(|| (registry.capture_logs(), registry.take_doomed_files()));
+                (records, batch, checkpoint)
+            };
             self.writer.append_framed(&records);
+            let position = self.writer.position();
             self.writer.flush().await?;
             if seen > durable {
                 assert!(
@@ -103,6 +130,53 @@ impl GroupCommit {
                 );
                 durable = seen;
                 self.progress.publish(self.index, durable);
+            }
+            if !batch.is_empty() {
+                let meta = self.meta;
+                blocking(move || meta.commit(&batch)).await?;
+                self.meta_stats
+                    .commits
+                    .set(self.meta_stats.commits.get() + 1);
+            }
+            if let Some((mut captures, doomed)) = checkpoint {
+                last_checkpoint = std::time::Instant::now();
+                let writes: Vec<_> = captures
+                    .iter_mut()
+                    .flat_map(|(_, captured, _)| std::mem::take(&mut captured.writes))
+                    .collect();
+                let batch = CheckpointBatch {
+                    logs: captures
+                        .iter()
+                        .map(|(shape, _, record)| (shape.id, record.clone()))
+                        .collect(),
+                    at: position,
+                };
+                let meta = self.meta;
+                let dir = self.registry.borrow().files_dir().to_path_buf();
+                blocking(move || -> std::io::Result<()> {
+                    for write in &writes {
+                        write.apply()?;
+                    }
+                    if !writes.is_empty() {
+                        sync_filesystem(&dir)?;
+                    }
+                    meta.checkpoint(&batch)?;
+                    for path in doomed {
+                        match std::fs::remove_file(&path) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                            _ => {}
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+                for (shape, captured, _) in &captures {
+                    shape.written(captured);
+                }
+                self.meta_stats
+                    .checkpoints
+                    .set(self.meta_stats.checkpoints.get() + 1);
+                self.writer.delete_before(position.segment)?;
             }
             if closing {
                 return Ok(());
@@ -138,20 +212,22 @@ mod tests {
         id_shape(1, "items", Some((format!("id = {n}"), filter)), n as u64)
     }
 
+    /// Also: the 10,000 creations' metadata is one LMDB commit, and the
+    /// closing checkpoint moves every log tail to the serving files.
     #[test]
     fn ten_thousand_shapes_changed_in_one_tick_cost_one_fdatasync() {
         const SHAPES: usize = 10_000;
         let dir = std::env::temp_dir().join(format!("shapeshard-commit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let d = dir.clone();
-        let (syncs, durable_before, durable_after, entries) =
+        let (syncs, durable_before, durable_after, entries, meta_commits, checkpoints, in_memory) =
             spawn_thread("commit-test", move || async move {
                 open_marker_first(&d).await.unwrap();
                 let (mut writer, _) = SegmentWriter::open(&d.join("log"), 16 << 20).await.unwrap();
                 let stats = writer.stats.clone();
                 let routes = Arc::new(RouteTable::new());
                 let progress = DurableProgress::new(1, Lsn::ZERO);
-                let mut registry = Registry::new(0, routes, 1 << 20);
+                let mut registry = Registry::new(0, routes, 1 << 20, &d.join("shapes"));
                 for n in 0..SHAPES {
                     let shape = registry.insert(spec(n));
                     registry.snapshot_taken(
@@ -170,13 +246,19 @@ mod tests {
                 let syncs_before = stats.fdatasyncs.get();
 
                 let signals = Rc::new(CommitSignals::default());
+                let meta = MetaStore::open(&d.join("meta")).unwrap();
+                let meta_stats = Rc::new(MetaStats::default());
+                let registry = Rc::new(RefCell::new(registry));
                 let commit = GroupCommit {
                     index: 0,
                     config: CommitConfig {
                         interval: Duration::from_millis(20),
                         max_pending: usize::MAX,
+                        checkpoint_interval: Duration::from_secs(3600),
                     },
-                    journal: registry.journal().clone(),
+                    registry: registry.clone(),
+                    meta,
+                    meta_stats: meta_stats.clone(),
                     writer,
                     progress: progress.clone(),
                     signals: signals.clone(),
@@ -195,7 +277,7 @@ mod tests {
                         })
                         .collect(),
                 });
-                registry.apply_transaction(&tx);
+                registry.borrow_mut().apply_transaction(&tx);
                 signals.seen.set(tx.end_lsn);
                 let durable_before = progress.durable(0);
                 while progress.durable(0) < tx.end_lsn {
@@ -205,15 +287,24 @@ mod tests {
                 signals.closing.set(true);
                 signals.wake.notify_all();
                 committer.join().await.unwrap();
+                let meta_commits = meta_stats.commits.get();
+                let registry = registry.borrow();
                 let entries: usize = registry
                     .shapes()
                     .filter(|s| s.last_offset().tx() == 1000)
                     .count();
+                let in_memory: usize = registry.shapes().map(|s| s.log_memory_bytes()).sum();
+                let loaded = meta.load().unwrap();
+                assert_eq!(loaded.shapes.len(), SHAPES, "every creation is in LMDB");
+                assert_eq!(loaded.logs.len(), SHAPES, "every log is checkpointed");
                 (
                     stats.fdatasyncs.get() - syncs_before,
                     durable_before,
                     durable_after,
                     entries,
+                    meta_commits,
+                    meta_stats.checkpoints.get(),
+                    in_memory,
                 )
             })
             .unwrap()
@@ -224,6 +315,20 @@ mod tests {
         assert_eq!(syncs, 1, "one fdatasync for the whole tick");
         assert!(durable_before < Lsn(1001), "not durable before the commit");
         assert_eq!(durable_after, Lsn(1001));
+        assert_eq!(
+            meta_commits, 1,
+            "10,000 creations: one LMDB write transaction"
+        );
+        assert_eq!(checkpoints, 1, "the closing checkpoint");
+        assert_eq!(
+            in_memory, 0,
+            "checkpointed shapes keep no log bytes in memory"
+        );
+        let files = std::fs::read_dir(dir.join("shapes"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log")
+            .count();
+        assert_eq!(files, SHAPES, "a log file per shape");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -55,7 +55,9 @@ pub struct ChunkRecord {
 }
 
 /// A serving file's state at a checkpoint.
-#[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct RegionRecord {
     /// Bytes of the file that are synced and belong to the log.
     pub len: u64,
@@ -63,7 +65,9 @@ pub struct RegionRecord {
 }
 
 /// A shape's log state at a checkpoint.
-#[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct LogRecord {
     pub snapshot: RegionRecord,
     pub snapshot_end: Option<Vec<u8>>,
@@ -138,7 +142,11 @@ fn err(e: impl std::fmt::Display) -> std::io::Error {
 fn encode<T>(value: &T) -> std::io::Result<AlignedVec>
 where
     T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
     >,
 {
     rkyv::to_bytes::<rancor::Error>(value).map_err(err)
@@ -208,8 +216,14 @@ impl MetaStore {
         }
         if let Some(bytes) = self.state.get(&txn, CHECKPOINT_KEY).map_err(err)? {
             let (Some(segment), Some(offset)) = (
-                bytes.get(0..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
-                bytes.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
+                bytes
+                    .get(0..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes),
+                bytes
+                    .get(8..16)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes),
             ) else {
                 return Err(err("checkpoint record is not 16 bytes"));
             };
@@ -221,7 +235,11 @@ impl MetaStore {
     /// The handle stored for a definition hash.
     pub fn handle_for_hash(&self, hash: u64) -> std::io::Result<Option<String>> {
         let txn = self.env.read_txn().map_err(err)?;
-        Ok(self.by_hash.get(&txn, &hash).map_err(err)?.map(str::to_string))
+        Ok(self
+            .by_hash
+            .get(&txn, &hash)
+            .map_err(err)?
+            .map(str::to_string))
     }
 
     /// One tick's mutations in one write transaction.
@@ -235,7 +253,11 @@ impl MetaStore {
                 .map_err(err)?;
         }
         for &(id, hash) in &batch.remove {
-            let removed = self.shapes.get(&txn, &id).map_err(err)?.map(decode::<ShapeRecord>);
+            let removed = self
+                .shapes
+                .get(&txn, &id)
+                .map_err(err)?
+                .map(decode::<ShapeRecord>);
             self.shapes.delete(&mut txn, &id).map_err(err)?;
             self.logs.delete(&mut txn, &id).map_err(err)?;
             // A re-added definition has the same hash and a new handle:
@@ -340,7 +362,10 @@ mod tests {
             }
         );
         assert_eq!(meta.handle_for_hash(7).unwrap(), None);
-        assert_eq!(meta.handle_for_hash(14).unwrap().as_deref(), Some("2-handle"));
+        assert_eq!(
+            meta.handle_for_hash(14).unwrap().as_deref(),
+            Some("2-handle")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

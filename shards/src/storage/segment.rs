@@ -8,18 +8,18 @@
 //! block-aligned and no byte of a durable record is ever rewritten with
 //! different contents.
 //!
-//! Retention: the oldest segments are deleted once every shape with a
-//! record in them has been removed (and that removal is durable). Only a
-//! prefix of the log is ever deleted, so a shape's creation can never
-//! outlive its removal record.
+//! Retention: a checkpoint (see `storage::commit`) puts everything before a
+//! log position into the serving files and LMDB; segments wholly before it
+//! are then deleted, whatever shapes they mention, so one long-lived shape
+//! never pins old segments and nothing needs compacting.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::runtime::dma::{DmaLog, BLOCK};
 
+use super::meta::Checkpoint;
 use super::record::{self, Scanner, Stop};
 
 /// Counters a test or an operator can read.
@@ -42,10 +42,6 @@ pub struct SegmentWriter {
     tail: Vec<u8>,
     /// Bytes at the start of `tail` that are already durable.
     tail_durable: usize,
-    /// Per segment, the shapes with records in it.
-    referenced: BTreeMap<u64, HashSet<u64>>,
-    /// Shapes whose removal is in the log.
-    removed: HashSet<u64>,
     pub stats: Rc<SegmentStats>,
 }
 
@@ -70,18 +66,6 @@ impl SegmentWriter {
         std::fs::create_dir_all(dir)?;
         let indices = segment_indices(dir)?;
         let index = indices.last().copied().unwrap_or(0);
-        let mut referenced: BTreeMap<u64, HashSet<u64>> = BTreeMap::new();
-        let mut removed = HashSet::new();
-        for &older in indices.iter().filter(|&&i| i != index) {
-            let bytes = std::fs::read(segment_path(dir, older))?;
-            let shapes = referenced.entry(older).or_default();
-            for record in Scanner::new(&bytes) {
-                shapes.insert(record.shape);
-                if record.kind == record::Kind::ShapeRemoved {
-                    removed.insert(record.shape);
-                }
-            }
-        }
         let path = segment_path(dir, index);
         let file = DmaLog::open(&path).await?;
         let size = file.size().await?;
@@ -91,13 +75,7 @@ impl SegmentWriter {
             file.read_at(0, size as usize).await?
         };
         let mut scan = Scanner::new(&bytes);
-        let current = referenced.entry(index).or_default();
-        for record in scan.by_ref() {
-            current.insert(record.shape);
-            if record.kind == record::Kind::ShapeRemoved {
-                removed.insert(record.shape);
-            }
-        }
+        scan.by_ref().for_each(drop);
         let valid_len = scan.valid_len();
         let torn = match scan.stop() {
             Some(Stop::Torn { .. }) => scan.stop().map(|s| s.to_string()),
@@ -123,8 +101,6 @@ impl SegmentWriter {
             tail_at,
             tail,
             tail_durable,
-            referenced,
-            removed,
             stats: Rc::new(SegmentStats::default()),
         };
         Ok((
@@ -138,28 +114,14 @@ impl SegmentWriter {
 
     /// Buffers one record; durable after the next `flush`.
     pub fn append(&mut self, lsn: u64, shape: u64, kind: record::Kind, payload: &[u8]) {
-        let start = self.tail.len();
         record::encode(&mut self.tail, lsn, shape, kind, payload);
-        self.note_records(start);
     }
 
     /// Buffers already framed records.
     pub fn append_framed(&mut self, records: &[u8]) {
         let start = self.tail.len();
         self.tail.extend_from_slice(records);
-        self.note_records(start);
-    }
-
-    /// Which shapes the records from `tail[start..]` reference, for retention.
-    fn note_records(&mut self, start: usize) {
-        let shapes = self.referenced.entry(self.index).or_default();
-        let removed = &mut self.removed;
-        let walked = record::walk_headers(&self.tail[start..], |shape, kind| {
-            shapes.insert(shape);
-            if kind == record::Kind::ShapeRemoved as u8 {
-                removed.insert(shape);
-            }
-        });
+        let walked = record::walk_headers(&self.tail[start..], |_, _| {});
         assert_eq!(
             start + walked,
             self.tail.len(),
@@ -167,23 +129,27 @@ impl SegmentWriter {
         );
     }
 
-    /// Deletes the oldest segments whose every shape has been removed.
-    /// Called after a flush, so the removals it relies on are durable.
-    fn reclaim(&mut self) -> std::io::Result<()> {
-        while let Some((&oldest, shapes)) = self.referenced.first_key_value() {
-            if oldest == self.index || !shapes.iter().all(|s| self.removed.contains(s)) {
+    /// Where the next record goes: everything before it is appended (and
+    /// durable after a flush).
+    pub fn position(&self) -> Checkpoint {
+        Checkpoint {
+            segment: self.index,
+            offset: self.tail_at + self.tail.len() as u64,
+        }
+    }
+
+    /// Deletes every segment before `segment` (a checkpoint holds all
+    /// they contain). Never the current one.
+    pub fn delete_before(&mut self, segment: u64) -> std::io::Result<()> {
+        for index in segment_indices(&self.dir)? {
+            if index >= segment.min(self.index) {
                 break;
             }
-            std::fs::remove_file(segment_path(&self.dir, oldest))?;
-            self.referenced.remove(&oldest);
+            std::fs::remove_file(segment_path(&self.dir, index))?;
             self.stats
                 .segments_deleted
                 .set(self.stats.segments_deleted.get() + 1);
         }
-        // Removed shapes no segment mentions any more need no memory.
-        let referenced = &self.referenced;
-        self.removed
-            .retain(|s| referenced.values().any(|shapes| shapes.contains(s)));
         Ok(())
     }
 
@@ -221,7 +187,6 @@ impl SegmentWriter {
         if self.tail_at + self.tail.len() as u64 >= self.segment_bytes {
             self.roll().await?;
         }
-        self.reclaim()?;
         Ok(true)
     }
 
@@ -393,62 +358,44 @@ mod retention_tests {
     use crate::storage::record::Kind;
 
     #[test]
-    fn segments_go_once_every_shape_in_them_is_removed_oldest_first() {
+    fn segments_before_a_checkpoint_go_and_the_rest_stay_whole() {
         let dir = std::env::temp_dir().join(format!("shapeshard-retention-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let d = dir.clone();
-        let (after_remove_1, after_remove_2, deleted) =
-            spawn_thread("retention", move || async move {
-                open_marker_first(&d.join("marker")).await.unwrap();
-                let (mut writer, _) = SegmentWriter::open(&d.join("log"), 64 * 1024)
-                    .await
-                    .unwrap();
-                let payload = [b'x'; 1000];
-                // Segments 0..: shape 1 alone, then shapes 1 and 2, then 2 alone.
-                for _ in 0..150 {
-                    writer.append(1, 1, Kind::Entry, &payload);
-                    writer.flush().await.unwrap();
-                }
-                for _ in 0..150 {
-                    writer.append(2, 2, Kind::Entry, &payload);
-                    writer.flush().await.unwrap();
-                }
-                let before = segment_indices(&d.join("log")).unwrap().len();
-                assert!(before >= 4, "{before} segments");
-                writer.append(3, 1, Kind::ShapeRemoved, b"deleted");
+        let (before, after, deleted, at) = spawn_thread("retention", move || async move {
+            open_marker_first(&d.join("marker")).await.unwrap();
+            let (mut writer, _) = SegmentWriter::open(&d.join("log"), 64 * 1024)
+                .await
+                .unwrap();
+            let payload = [b'x'; 1000];
+            for _ in 0..300 {
+                writer.append(1, 1, Kind::Entry, &payload);
                 writer.flush().await.unwrap();
-                let after_remove_1 = segment_indices(&d.join("log")).unwrap();
-                writer.append(4, 2, Kind::ShapeRemoved, b"deleted");
-                // Fill the current segment so it rolls and can go too.
-                for _ in 0..70 {
-                    writer.append(5, 3, Kind::Entry, &payload);
-                    writer.flush().await.unwrap();
-                }
-                let after_remove_2 = segment_indices(&d.join("log")).unwrap();
-                (
-                    after_remove_1,
-                    after_remove_2,
-                    writer.stats.segments_deleted.get(),
-                )
-            })
-            .unwrap()
-            .join()
-            .unwrap()
-            .unwrap();
-        // Removing shape 1 frees the segments holding only shape 1, up to
-        // the first that also holds shape 2.
-        assert!(after_remove_1[0] > 0, "{after_remove_1:?}");
-        // Removing shape 2 frees everything before the segments of shape 3.
-        assert!(after_remove_2.len() <= 3, "{after_remove_2:?}");
-        assert!(deleted >= 3);
-        // Recovery after retention still finds whole records only.
-        for index in &after_remove_2 {
-            let bytes =
-                std::fs::read(dir.join("log").join(format!("segment-{index:010}.log"))).unwrap();
-            let mut scan = Scanner::new(&bytes);
-            scan.by_ref().for_each(drop);
-            assert_eq!(scan.stop(), Some(&Stop::End));
-        }
+            }
+            let before = segment_indices(&d.join("log")).unwrap();
+            let at = writer.position();
+            // A checkpoint at the current position frees every older one.
+            writer.delete_before(at.segment).unwrap();
+            let after = segment_indices(&d.join("log")).unwrap();
+            (before, after, writer.stats.segments_deleted.get(), at)
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+        assert!(before.len() >= 4, "{before:?}");
+        assert_eq!(after, vec![at.segment]);
+        assert_eq!(deleted as usize, before.len() - 1);
+        // What is left holds whole records only.
+        let bytes = std::fs::read(
+            dir.join("log")
+                .join(format!("segment-{:010}.log", at.segment)),
+        )
+        .unwrap();
+        let mut scan = Scanner::new(&bytes);
+        scan.by_ref().for_each(drop);
+        assert_eq!(scan.stop(), Some(&Stop::End));
+        assert_eq!(scan.valid_len() as u64, at.offset);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
