@@ -94,10 +94,31 @@ impl Server {
     /// SIGKILL (no clean shutdown), then start again on the same storage
     /// directory and port.
     pub fn crash_and_restart(&mut self) {
+        self.kill();
+        self.restart();
+    }
+
+    /// SIGKILL and wait for the exit; the storage directory stays (for
+    /// `restart`).
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts the server again (after `kill`) on the same storage
+    /// directory and port, and waits until it is active.
+    pub fn restart(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            panic!("restart of a server that is still running");
+        }
         self.child = self.spawn_on(self.port);
         self.wait_active();
+    }
+
+    /// Sets an environment variable for the next (re)starts.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     fn wait_active(&mut self) {
@@ -112,6 +133,12 @@ impl Server {
                 .ok()?;
             (response.status() == 200).then_some(())
         });
+    }
+
+    /// The server's whole log, over every (re)start on this storage
+    /// directory.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
     /// The end of the server's log (stderr goes to a file in its storage

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::replay::Recorded;
 use crate::server::Server;
 
 pub struct ShapeClient {
@@ -20,6 +21,10 @@ pub struct ShapeClient {
     pub requests: usize,
     /// Every change applied: (request offset, operation, key, lsn, op).
     pub history: Vec<(String, String, String, String, u64)>,
+    /// When set, every non-live 200 response is kept in `recorded` (for
+    /// byte comparisons across restarts, `replay.rs`).
+    pub record: bool,
+    pub recorded: Vec<Recorded>,
     cursor: Option<String>,
 }
 
@@ -33,6 +38,8 @@ impl ShapeClient {
             rows: BTreeMap::new(),
             requests: 0,
             history: Vec::new(),
+            record: false,
+            recorded: Vec::new(),
             cursor: None,
         }
     }
@@ -66,6 +73,14 @@ impl ShapeClient {
                     "handle changed from {old} to {handle} without a 409"
                 ));
             }
+        }
+        if self.record && !live {
+            self.recorded.push(Recorded::new(
+                &self.definition,
+                &handle,
+                &self.offset,
+                &reply,
+            )?);
         }
         self.handle = Some(handle);
         self.offset = reply

@@ -1,13 +1,15 @@
 //! Crash restarts: the server is SIGKILLed at random moments under a
 //! continuous write load; after each restart every client carries on from
 //! its `(handle, offset)` — no 409, no gap, no duplicate — and ends equal to
-//! Postgres.
+//! Postgres, and every shape's log serves the same bytes it served before
+//! (`replay.rs`: complete chunks identical, the open tail only grown).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{database, sorted_texts};
+use crate::replay::{self, Recorded};
 use crate::rng::Rng;
 use crate::server::Server;
 use crate::shape_client::ShapeClient;
@@ -31,13 +33,22 @@ fn shapes_survive_sigkill_under_write_load() {
              INSERT INTO others SELECT g, 'o' || g FROM generate_series(1, 50) g;",
         )
         .unwrap();
-    let mut server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "500")]);
+    // Small chunks, so the logs have complete chunks (compared byte for
+    // byte after each restart) as well as an open tail.
+    let mut server = Server::start(
+        &db,
+        &[
+            ("ELECTRIC_LONG_POLL_TIMEOUT", "500"),
+            ("ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", "16384"),
+        ],
+    );
     let mut clients = vec![
         ShapeClient::new("table=items"),
         ShapeClient::new("table=items&replica=full"),
         ShapeClient::new("table=others&columns=id"),
     ];
     for client in &mut clients {
+        client.record = true;
         client.sync(&server).unwrap();
     }
 
@@ -67,11 +78,18 @@ fn shapes_survive_sigkill_under_write_load() {
     };
 
     let mut rng = Rng(0x5eed);
+    // Every non-live response seen before a crash: the clients' own
+    // (initial sync) and probes at offsets they passed through.
+    let mut recorded: Vec<Recorded> = Vec::new();
     for round in 0..restarts() {
         // Follow for a random while, then crash.
         let until = Instant::now() + Duration::from_millis(200 + rng.below(800));
+        let mut passed: Vec<Vec<String>> = vec![Vec::new(); clients.len()];
         while Instant::now() < until {
-            for client in &mut clients {
+            for (client, passed) in clients.iter_mut().zip(&mut passed) {
+                if passed.last() != Some(&client.offset) {
+                    passed.push(client.offset.clone());
+                }
                 client.poll(&server).unwrap_or_else(|e| {
                     panic!(
                         "round {round}: {}: {e}\nserver log:\n{}",
@@ -81,7 +99,32 @@ fn shapes_survive_sigkill_under_write_load() {
                 });
             }
         }
+        for (client, passed) in clients.iter_mut().zip(&passed) {
+            recorded.append(&mut client.recorded);
+            let handle = client.handle.clone().unwrap();
+            // A few offsets spread over this round, and the newest.
+            let step = passed.len().div_ceil(6).max(1);
+            for offset in passed.iter().step_by(step).chain([&client.offset]) {
+                let probe = replay::fetch(&server, &client.definition, &handle, offset)
+                    .unwrap_or_else(|e| panic!("round {round}: probe: {e}"));
+                recorded.push(probe);
+            }
+        }
         server.crash_and_restart();
+        let started = Instant::now();
+        let verified =
+            replay::verify(&server, &recorded, Duration::from_secs(30)).unwrap_or_else(|e| {
+                panic!(
+                    "round {round}: the log after the restart is not the log before it: {e}\n\
+                     server log:\n{}",
+                    server.log_tail()
+                )
+            });
+        eprintln!(
+            "round {round}: {verified:?} of {} responses, in {:?}",
+            recorded.len(),
+            started.elapsed()
+        );
     }
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
