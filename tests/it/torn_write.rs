@@ -87,6 +87,23 @@ fn a_last_record_cut_short_is_cut_and_postgres_resends_it() {
     torn_tail("torn_cut", Damage::CutShort, NEWEST_ONE_CHANGE);
 }
 
+/// A torn write can also end inside a transaction: the newest transaction
+/// gives each shape several entries and only its last record is torn, so
+/// the shard holds the first entries of a transaction Postgres re-sends
+/// whole.
+#[test]
+fn a_transaction_torn_between_its_records_is_completed_from_the_resend() {
+    torn_tail("torn_mid_tx", Damage::FlipByte, NEWEST_THREE_CHANGES);
+}
+
+/// Up to three entries per shape on items (unfiltered shapes three, `v > 20`
+/// two, `v <= 20` one).
+const NEWEST_THREE_CHANGES: &str = "BEGIN;
+     INSERT INTO items VALUES (1000, 1000, 'newest');
+     INSERT INTO items VALUES (1001, 5, 'newest too');
+     UPDATE items SET note = 'touched last' WHERE id = 1000;
+     COMMIT;";
+
 /// The newest transaction gives each shape one entry: the torn record is
 /// all of it.
 const NEWEST_ONE_CHANGE: &str = "INSERT INTO items VALUES (1000, 1000, 'newest')";
