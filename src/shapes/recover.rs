@@ -206,6 +206,7 @@ fn replay(
                     }
                 }
                 Kind::ShapeRemoved => registry.forget(record.shape, "removed before the restart"),
+                Kind::Commit => {}
             }
         }
     }

@@ -30,6 +30,11 @@ pub enum Kind {
     ShapeCreated = 4,
     /// A shape was removed.
     ShapeRemoved = 5,
+    /// Ends the records of one flush. A flush is all or nothing: records
+    /// after the last marker are a torn batch and are cut on recovery (a
+    /// transaction's entries must never be kept in part, or its re-send
+    /// would be skipped as already held).
+    Commit = 6,
 }
 
 impl Kind {
@@ -40,6 +45,7 @@ impl Kind {
             3 => Kind::SnapshotEnd,
             4 => Kind::ShapeCreated,
             5 => Kind::ShapeRemoved,
+            6 => Kind::Commit,
             _ => return None,
         })
     }

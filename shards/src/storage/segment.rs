@@ -75,16 +75,33 @@ impl SegmentWriter {
             file.read_at(0, size as usize).await?
         };
         let mut scan = Scanner::new(&bytes);
-        scan.by_ref().for_each(drop);
-        let valid_len = scan.valid_len();
+        // End of the last complete flush (its commit marker).
+        let mut committed = 0;
+        let mut after_marker = 0;
+        while let Some(record) = scan.next() {
+            if record.kind == record::Kind::Commit {
+                committed = scan.valid_len();
+            } else if scan.valid_len() > committed {
+                after_marker += 1;
+            }
+        }
         let torn = match scan.stop() {
             Some(Stop::Torn { .. }) => scan.stop().map(|s| s.to_string()),
+            _ if scan.valid_len() > committed => Some(format!(
+                "{after_marker} records of an unfinished flush after byte {committed}"
+            )),
             _ => None,
         };
+        let valid_len = committed;
         if torn.is_some() {
-            // Everything past the cut is dropped, so no stale record there
-            // can ever be read as a new one.
-            file.truncate(align_up(valid_len) as u64).await?;
+            // Everything past the cut is dropped (zeroed in its block, then
+            // truncated), so no stale record there can ever be read as a
+            // new one, by this writer or by a recovery scan.
+            let keep_at = align_down(valid_len);
+            let mut block = bytes[keep_at..valid_len].to_vec();
+            block.resize(BLOCK, 0);
+            file.write_at(keep_at as u64, &block).await?;
+            file.truncate((keep_at + BLOCK) as u64).await?;
             file.sync().await?;
         }
         if size < segment_bytes {
@@ -158,12 +175,14 @@ impl SegmentWriter {
         self.tail.len() - self.tail_durable
     }
 
-    /// Writes what is pending in one aligned write and makes it durable with
-    /// one fdatasync. Returns whether there was anything to write.
+    /// Writes what is pending, ended by a commit marker, in one aligned
+    /// write and makes it durable with one fdatasync. Returns whether there
+    /// was anything to write.
     pub async fn flush(&mut self) -> std::io::Result<bool> {
         if self.pending() == 0 {
             return Ok(false);
         }
+        record::encode(&mut self.tail, 0, 0, record::Kind::Commit, &[]);
         let len = self.tail.len();
         let mut block = std::mem::take(&mut self.tail);
         block.resize(align_up(len), 0);
@@ -264,7 +283,11 @@ mod tests {
         let mut out = Vec::new();
         for index in segment_indices(dir).unwrap() {
             let bytes = std::fs::read(segment_path(dir, index)).unwrap();
-            out.extend(Scanner::new(&bytes).map(|r| (r.lsn, r.shape, r.payload.to_vec())));
+            out.extend(
+                Scanner::new(&bytes)
+                    .filter(|r| r.kind != Kind::Commit)
+                    .map(|r| (r.lsn, r.shape, r.payload.to_vec())),
+            );
         }
         out
     }
@@ -314,22 +337,28 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Two flushes; the second's last record is damaged: the whole second
+    /// flush goes (its first records too), the first stays.
     #[test]
-    fn a_torn_last_record_is_cut_on_recovery() {
+    fn a_torn_flush_is_cut_whole_on_recovery() {
         let dir = scratch("torn");
         let d = dir.clone();
         run(move || async move {
             open_marker_first(&d.join("marker")).await.unwrap();
             let (mut writer, _) = SegmentWriter::open(&d, 1 << 20).await.unwrap();
-            for i in 0..5u64 {
-                writer.append(i + 1, 1, Kind::Entry, &[b'x'; 100]);
+            for batch in 0..2u64 {
+                for i in 0..5u64 {
+                    writer.append(batch * 10 + i + 1, 1, Kind::Entry, &[b'x'; 100]);
+                }
+                writer.flush().await.unwrap();
             }
-            writer.flush().await.unwrap();
         });
-        // Damage the last record by hand, as a torn write would.
+        // Damage the last entry by hand, as a torn write would.
         let path = segment_path(&dir, 0);
         let mut bytes = std::fs::read(&path).unwrap();
-        let last = 4 * (record::HEADER_BYTES + 100);
+        let entry = record::HEADER_BYTES + 100;
+        let first_flush = 5 * entry + record::HEADER_BYTES;
+        let last = first_flush + 4 * entry;
         bytes[last + record::HEADER_BYTES + 50] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
 
@@ -337,16 +366,51 @@ mod tests {
         let (valid, torn) = run(move || async move {
             open_marker_first(&d.join("marker")).await.unwrap();
             let (mut writer, recovered) = SegmentWriter::open(&d, 1 << 20).await.unwrap();
-            // What Postgres re-sends lands where the torn record was.
-            writer.append(5, 1, Kind::Entry, b"resent");
+            // What Postgres re-sends lands where the torn flush was.
+            writer.append(11, 1, Kind::Entry, b"resent");
             writer.flush().await.unwrap();
             (recovered.valid_len, recovered.torn)
         });
-        assert_eq!(valid as usize, last);
+        assert_eq!(valid as usize, first_flush);
         assert!(torn.unwrap().contains("checksum"));
         let all = records(&dir);
-        assert_eq!(all.len(), 5);
-        assert_eq!(all[4], (5, 1, b"resent".to_vec()));
+        assert_eq!(all.len(), 6);
+        assert_eq!(all[5], (11, 1, b"resent".to_vec()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn records_after_the_last_commit_marker_are_an_unfinished_flush() {
+        let dir = scratch("unfinished");
+        let d = dir.clone();
+        run(move || async move {
+            open_marker_first(&d.join("marker")).await.unwrap();
+            let (mut writer, _) = SegmentWriter::open(&d, 1 << 20).await.unwrap();
+            writer.append(1, 1, Kind::Entry, b"kept");
+            writer.flush().await.unwrap();
+        });
+        // Valid records with no marker after them: a flush cut between
+        // its records (they reached the disk, its marker did not).
+        let path = segment_path(&dir, 0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let end = Scanner::new(&bytes).map(|_| ()).count();
+        assert_eq!(end, 2);
+        let mut scan = Scanner::new(&bytes);
+        scan.by_ref().for_each(drop);
+        let at = scan.valid_len();
+        let mut extra = Vec::new();
+        record::encode(&mut extra, 2, 1, Kind::Entry, b"half a transaction");
+        bytes[at..at + extra.len()].copy_from_slice(&extra);
+        std::fs::write(&path, &bytes).unwrap();
+        let d = dir.clone();
+        let (valid, torn) = run(move || async move {
+            open_marker_first(&d.join("marker")).await.unwrap();
+            let (_, recovered) = SegmentWriter::open(&d, 1 << 20).await.unwrap();
+            (recovered.valid_len, recovered.torn)
+        });
+        assert_eq!(valid as usize, at);
+        assert!(torn.unwrap().contains("unfinished flush"));
+        assert_eq!(records(&dir), vec![(1, 1, b"kept".to_vec())]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
