@@ -149,6 +149,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
             };
             let clean_marker = shard_dir.join("clean");
             let was_clean = clean_marker.exists();
+            let is_new = !shard_dir.join("meta").exists();
             if let Err(e) = remove_if_present(&clean_marker) {
                 tracing::error!(
                     shard = index,
@@ -206,8 +207,10 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                     orphan_files = r.orphans,
                     after = if was_clean {
                         "a clean shutdown"
+                    } else if is_new {
+                        "nothing (new storage)"
                     } else {
-                        "a crash (no clean marker)"
+                        "an unclean stop (no clean marker)"
                     },
                     millis = started.elapsed().as_millis() as u64,
                     "shapes restored"

@@ -22,7 +22,14 @@ impl Eviction {
     pub fn new(max: usize, shards: usize) -> Eviction {
         Eviction {
             max,
-            clock: AtomicU64::new(1),
+            // Stamps persist (LMDB) across restarts: starting from the wall
+            // clock in microseconds keeps new reads newer than any stamp a
+            // previous run handed out (it advanced by one per read).
+            clock: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_micros() as u64),
+            ),
             sizes: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             oldest: (0..shards).map(|_| AtomicU64::new(u64::MAX)).collect(),
         }
