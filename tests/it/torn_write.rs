@@ -1,12 +1,13 @@
 //! A torn write at the end of a shard's segment log, end to end. The newest
 //! transaction is durable on the server (clients have seen it, its records
 //! are on disk) but not yet confirmed to Postgres. The server is SIGKILLed
-//! and the last record of each shard's newest segment is damaged by hand,
-//! as a write torn by a power cut would leave it. On restart the server
-//! must cut the torn tail, Postgres re-sends the transaction (it was never
-//! confirmed), the shard journals it again where the torn record was, and
-//! every client carries on from its `(handle, offset)` — no 409, no gap, no
-//! duplicate — serving the same bytes as before, equal to Postgres.
+//! and the end of each shard's newest segment is damaged by hand, as a
+//! write torn by a power cut would leave it: the newest transaction's last
+//! record, or the commit marker closing its flush. On restart the server
+//! must cut the unfinished flush, Postgres re-sends the transaction (it was
+//! never confirmed), the shard journals it again, and every client carries
+//! on from its `(handle, offset)` — no 409, no gap, no duplicate — served
+//! the same bytes as before, equal to Postgres.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,10 +59,10 @@ const SHAPES: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
-/// How the last record is damaged.
+/// How a record is damaged.
 #[derive(Clone, Copy, Debug)]
 enum Damage {
-    /// One byte of its payload flipped: a checksum mismatch.
+    /// Its last byte flipped: a checksum mismatch.
     FlipByte,
     /// The file ends in the middle of its payload.
     CutShort,
@@ -77,23 +78,59 @@ impl Damage {
     }
 }
 
+/// Which record of a shard's newest segment is damaged.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// The last entry: the newest transaction's last record.
+    LastEntry,
+    /// The very last record: the commit marker ending the newest flush.
+    CommitMarker,
+}
+
 #[test]
 fn a_torn_last_record_is_cut_and_postgres_resends_it() {
-    torn_tail("torn_flip", Damage::FlipByte, NEWEST_ONE_CHANGE);
+    torn_tail(
+        "torn_flip",
+        Damage::FlipByte,
+        Target::LastEntry,
+        NEWEST_ONE_CHANGE,
+    );
 }
 
 #[test]
 fn a_last_record_cut_short_is_cut_and_postgres_resends_it() {
-    torn_tail("torn_cut", Damage::CutShort, NEWEST_ONE_CHANGE);
+    torn_tail(
+        "torn_cut",
+        Damage::CutShort,
+        Target::LastEntry,
+        NEWEST_ONE_CHANGE,
+    );
 }
 
 /// A torn write can also end inside a transaction: the newest transaction
-/// gives each shape several entries and only its last record is torn, so
-/// the shard holds the first entries of a transaction Postgres re-sends
-/// whole.
+/// gives each shape several entries and only its last record is torn. The
+/// shard must not keep the transaction in part (Postgres re-sends it whole,
+/// and a shape that holds its commit LSN skips it).
 #[test]
 fn a_transaction_torn_between_its_records_is_completed_from_the_resend() {
-    torn_tail("torn_mid_tx", Damage::FlipByte, NEWEST_THREE_CHANGES);
+    torn_tail(
+        "torn_mid_tx",
+        Damage::FlipByte,
+        Target::LastEntry,
+        NEWEST_THREE_CHANGES,
+    );
+}
+
+/// Only the commit marker ending the newest flush is torn: its records
+/// are all whole, yet the flush is unfinished and goes whole.
+#[test]
+fn a_torn_commit_marker_drops_its_flush_and_postgres_resends_it() {
+    torn_tail(
+        "torn_marker",
+        Damage::FlipByte,
+        Target::CommitMarker,
+        NEWEST_THREE_CHANGES,
+    );
 }
 
 /// Up to three entries per shape on items (unfiltered shapes three, `v > 20`
@@ -121,6 +158,8 @@ struct Record {
 
 const HEADER: usize = 25;
 const SHAPE_CREATED: u8 = 4;
+/// Ends the records of one flush (`len | crc | lsn 0 | shape 0 | 6`).
+const COMMIT: u8 = 6;
 
 /// The records of a segment, up to its zero padding. The test reads only
 /// what the server wrote whole, so anything else is a failure.
@@ -275,7 +314,7 @@ fn converge(server: &Server, clients: &mut [ShapeClient], pg: &mut postgres::Cli
     }
 }
 
-fn torn_tail(prefix: &str, damage: Damage, newest: &str) {
+fn torn_tail(prefix: &str, damage: Damage, target: Target, newest: &str) {
     let db = database(prefix);
     let mut pg = db.client();
     pg.batch_execute(
@@ -347,8 +386,8 @@ fn torn_tail(prefix: &str, damage: Damage, newest: &str) {
         }
     }
 
-    // The newest transaction is durable: it ends every shard log that has
-    // a shape on items.
+    // The newest transaction is durable: its records end every shard log
+    // that has a shape on items, closed by a commit marker.
     let storage = server.dir.clone();
     let tails = wait_for(
         "the newest transaction to be durable",
@@ -362,13 +401,32 @@ fn torn_tail(prefix: &str, damage: Damage, newest: &str) {
                 let path = files.last().unwrap().clone();
                 let bytes = std::fs::read(&path).unwrap();
                 let records = records(&bytes, &path);
-                match records.last() {
-                    Some(last) if last.lsn == newest_lsn => {}
-                    _ => return None,
+                let marker = records.last().filter(|r| r.kind == COMMIT)?;
+                let entry = records.iter().rev().find(|r| r.kind != COMMIT)?;
+                if entry.lsn != newest_lsn {
+                    return None;
                 }
-                let last = records.last().unwrap();
-                let original = bytes[last.at..last.at + last.len].to_vec();
-                tails.push((shard, path, last.at, last.len, last.shape, original));
+                let damaged = match target {
+                    Target::LastEntry => entry,
+                    Target::CommitMarker => marker,
+                };
+                // Recovery keeps what the last whole flush before the
+                // damage ended with.
+                let cut = records
+                    .iter()
+                    .filter(|r| r.kind == COMMIT && r.at + r.len <= damaged.at)
+                    .map(|r| r.at + r.len)
+                    .max()
+                    .unwrap_or(0);
+                tails.push(Tail {
+                    shard,
+                    path,
+                    at: damaged.at,
+                    len: damaged.len,
+                    cut,
+                    shape: entry.shape,
+                    entry: bytes[entry.at..entry.at + entry.len].to_vec(),
+                });
             }
             Some(tails)
         },
@@ -392,7 +450,15 @@ fn torn_tail(prefix: &str, damage: Damage, newest: &str) {
 
     server.kill();
     let log_before = server.log().len();
-    for (shard, path, at, len, shape, _) in &tails {
+    for Tail {
+        shard,
+        path,
+        at,
+        len,
+        cut,
+        ..
+    } in &tails
+    {
         let mut bytes = std::fs::read(path).unwrap();
         match damage {
             Damage::FlipByte => {
@@ -400,23 +466,24 @@ fn torn_tail(prefix: &str, damage: Damage, newest: &str) {
                 std::fs::write(path, &bytes).unwrap();
             }
             Damage::CutShort => {
+                assert!(*len > HEADER, "no payload to cut in the middle of");
                 let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
                 file.set_len((at + HEADER + (len - HEADER) / 2) as u64)
                     .unwrap();
             }
         }
         eprintln!(
-            "shard {shard}: damaged ({damage:?}) the record of shape {shape} at byte {at} \
-             ({len} bytes, commit {newest_lsn}) in {}",
+            "shard {shard}: damaged ({damage:?}) the {target:?} at byte {at} ({len} bytes; \
+             newest commit {newest_lsn}; last whole flush ends at byte {cut}) in {}",
             path.display()
         );
     }
     server.restart();
 
     let log = strip_ansi(&server.log()[log_before..]);
-    for (shard, _, at, _, _, _) in &tails {
+    for Tail { shard, at, cut, .. } in &tails {
         let said = format!(
-            "cut the segment log at byte {at}: torn record at byte {at}: {}",
+            "cut the segment log at byte {cut}: torn record at byte {at}: {}",
             damage.reason()
         );
         assert!(
@@ -465,15 +532,40 @@ fn torn_tail(prefix: &str, damage: Damage, newest: &str) {
     });
 
     // Postgres re-sent the torn transaction and the shard journaled it
-    // again, byte for byte where the torn record was.
-    for (shard, path, at, len, shape, original) in &tails {
+    // again: its last entry, byte for byte, after the cut.
+    for Tail {
+        shard,
+        path,
+        cut,
+        shape,
+        entry,
+        ..
+    } in &tails
+    {
         wait_for(
-            &format!("shard {shard} to journal the re-sent record of shape {shape} again"),
+            &format!("shard {shard} to journal the re-sent entry of shape {shape} again"),
             Duration::from_secs(20),
             || {
                 let bytes = std::fs::read(path).unwrap();
-                (bytes.get(*at..at + len) == Some(&original[..])).then_some(())
+                records(&bytes, path)
+                    .iter()
+                    .any(|r| r.at >= *cut && bytes[r.at..r.at + r.len] == entry[..])
+                    .then_some(())
             },
         );
     }
+}
+
+/// A shard's newest segment as found before the crash.
+struct Tail {
+    shard: usize,
+    path: PathBuf,
+    /// The damaged record.
+    at: usize,
+    len: usize,
+    /// Where recovery must cut: the end of the last whole flush before it.
+    cut: usize,
+    /// The newest transaction's last entry (its shape and framed bytes).
+    shape: u64,
+    entry: Vec<u8>,
 }
