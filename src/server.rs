@@ -196,6 +196,9 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                     return;
                 }
             };
+            registry
+                .borrow_mut()
+                .set_loader(meta, crate::shapes::recover::spec_loader());
             let started = std::time::Instant::now();
             match crate::shapes::recover::recover(&log_dir, &meta, &mut registry.borrow_mut()) {
                 Ok(r) => tracing::info!(

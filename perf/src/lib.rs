@@ -2,5 +2,6 @@
 //! server code, with reports that state the machine and compare against a
 //! limit measured in the same run.
 
+pub mod fixture;
 pub mod psql;
 pub mod report;

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use shards::lsn::Lsn;
 use shards::shape::offset::LogOffset;
-use shards::shape::registry::{Registry, Shape};
-use shards::storage::meta::{LogRecord, MetaStore};
+use shards::shape::registry::{Registry, SpecLoader};
+use shards::storage::meta::MetaStore;
 use shards::storage::record::{Kind, Scanner};
 use shards::storage::segment::segment_indices;
 
@@ -29,6 +29,17 @@ pub struct Recovery {
     pub orphans: usize,
 }
 
+/// Builds restored shapes' specs from their creation records.
+pub fn spec_loader() -> SpecLoader {
+    Box::new(|persisted: &[u8]| {
+        let (handle, definition, info) =
+            persist::decode(persisted).map_err(|e| format!("unreadable creation record: {e}"))?;
+        build_spec(handle, definition, info)
+            .map(|(spec, _)| spec)
+            .map_err(|reply| String::from_utf8_lossy(&reply.body).into_owned())
+    })
+}
+
 /// Restores `registry` from `meta` and the segments in `log_dir` (already
 /// cut at a torn tail by `SegmentWriter::open`).
 pub fn recover(
@@ -40,42 +51,21 @@ pub fn recover(
     let mut loaded = meta.load()?;
     loaded.shapes.sort_unstable_by_key(|r| r.id);
     for record in &loaded.shapes {
-        let rebuilt = persist::decode(&record.persisted)
-            .map_err(|e| format!("unreadable creation record: {e}"))
-            .and_then(|(handle, definition, info)| {
-                build_spec(handle, definition, info)
-                    .map(|(spec, _)| spec)
-                    .map_err(|reply| String::from_utf8_lossy(&reply.body).into_owned())
-            });
-        let spec = match rebuilt {
-            Ok(spec) if registry.by_definition(&spec.canonical).is_none() => spec,
-            Ok(_) => {
-                tracing::warn!(handle = %record.handle, "a second shape for one definition; keeping the first");
-                registry.forget_record(record.id, record.definition_hash);
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(handle = %record.handle, "cannot rebuild shape: {e}");
-                registry.forget_record(record.id, record.definition_hash);
-                continue;
-            }
-        };
-        let shape = registry.restore_record(record, spec);
+        // Registered cold: built on first use (see `Registry::warm`). The
+        // serving files are not touched either: bytes past the checkpointed
+        // lengths are cut by the next write to them (`FileWrite::apply`).
         let log = loaded.logs.remove(&record.id).unwrap_or_default();
-        match cut_files(&shape, &log) {
-            Ok(()) => shape.restore_log(&log),
-            Err(e) => registry.remove(shape.id, &format!("its serving files are unusable: {e}")),
+        if registry.restore_cold(record, log) {
+            recovery.from_meta += 1;
+        } else {
+            tracing::warn!(handle = %record.handle, "a second shape for one definition; keeping the first");
+            registry.forget_record(record.id, record.definition_hash);
         }
-        recovery.from_meta += 1;
     }
     replay(log_dir, loaded.checkpoint, registry, &mut recovery)?;
     // A snapshot cut off by the crash cannot be resumed (its transaction is
     // gone): those shapes are dropped and their clients re-sync.
-    let unfinished: Vec<u64> = registry
-        .shapes()
-        .filter(|s| !s.snapshot_done())
-        .map(|s| s.id)
-        .collect();
+    let unfinished = registry.unfinished_snapshots();
     for id in &unfinished {
         registry.remove(*id, "its snapshot was interrupted by the restart");
     }
@@ -83,37 +73,6 @@ pub fn recover(
     recovery.shapes = registry.len();
     recovery.orphans = delete_orphans(registry)?;
     Ok(recovery)
-}
-
-/// Cuts a shape's serving files back to the checkpointed lengths: bytes
-/// past them were written after the checkpoint and are re-derived from the
-/// segment log. A file shorter than its checkpoint means lost storage.
-fn cut_files(shape: &Shape, log: &LogRecord) -> std::io::Result<()> {
-    let paths = shape.file_paths();
-    for (path, len) in paths.iter().zip([log.snapshot.len, log.main.len]) {
-        match std::fs::OpenOptions::new().write(true).open(path) {
-            Ok(file) => {
-                let actual = file.metadata()?.len();
-                if actual < len {
-                    return Err(std::io::Error::other(format!(
-                        "{} has {actual} bytes, the checkpoint says {len}",
-                        path.display()
-                    )));
-                }
-                if actual > len {
-                    file.set_len(len)?;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && len == 0 => {}
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!("{}: {e}", path.display()),
-                ))
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Replays segment records from `checkpoint` on.
@@ -137,27 +96,21 @@ fn replay(
         };
         for record in Scanner::new(&bytes[from..]) {
             recovery.records += 1;
-            let shape = || registry.get(record.shape);
             match record.kind {
                 Kind::ShapeCreated => {
-                    if registry.get(record.shape).is_some() {
+                    if registry.contains(record.shape) {
                         // Already restored from its LMDB record.
                         continue;
                     }
                     match persist::decode(record.payload) {
                         Ok((handle, definition, info)) => {
-                            if registry.by_definition(&definition.canonical()).is_some() {
+                            if registry.has_definition(&definition.canonical()) {
                                 tracing::warn!(%handle, "a second live shape for one definition in the log; keeping the first");
                                 continue;
                             }
                             match build_spec(handle.clone(), definition, info) {
                                 Ok((spec, _)) => {
-                                    let shape = registry.restore(record.shape, spec);
-                                    // No checkpoint covers it: stale files
-                                    // from an earlier shape go.
-                                    if let Err(e) = cut_files(&shape, &LogRecord::default()) {
-                                        tracing::warn!(%handle, "{e}");
-                                    }
+                                    registry.restore(record.shape, spec);
                                 }
                                 Err(reply) => tracing::warn!(
                                     %handle,
@@ -172,12 +125,12 @@ fn replay(
                     }
                 }
                 Kind::SnapshotItem => {
-                    if let Some(shape) = shape() {
+                    if let Some(shape) = registry.get(record.shape) {
                         shape.restore_snapshot_item(record.payload);
                     }
                 }
                 Kind::SnapshotEnd => {
-                    if let Some(shape) = shape() {
+                    if let Some(shape) = registry.get(record.shape) {
                         shape.restore_snapshot_end(record.payload);
                     }
                 }
@@ -197,7 +150,7 @@ fn replay(
                         tracing::warn!(shape = record.shape, "entry record too short");
                         continue;
                     };
-                    if let Some(shape) = shape() {
+                    if let Some(shape) = registry.get(record.shape) {
                         shape.restore_entry(
                             Lsn(record.lsn),
                             LogOffset::At { tx, op },
@@ -229,7 +182,7 @@ fn delete_orphans(registry: &Registry) -> std::io::Result<usize> {
             .to_str()
             .and_then(|n| n.split('.').next())
             .and_then(|n| n.parse::<u64>().ok());
-        if id.is_some_and(|id| registry.get(id).is_none()) {
+        if id.is_some_and(|id| !registry.contains(id)) {
             std::fs::remove_file(entry.path())?;
             deleted += 1;
         }

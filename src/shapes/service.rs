@@ -143,7 +143,7 @@ impl ShapeService {
         definition: &ShapeDefinition,
     ) -> Result<(Rc<Shape>, bool), ShapeReply> {
         let canonical = definition.canonical();
-        if let Some(shape) = self.registry.borrow().by_definition(&canonical) {
+        if let Some(shape) = self.registry.borrow_mut().by_definition(&canonical) {
             return Ok((shape, false));
         }
         let existing = self.creating.borrow().get(&canonical).cloned();
@@ -187,7 +187,7 @@ impl ShapeService {
             return ShapeReply::message(405, "DELETE not allowed");
         }
         let shape = {
-            let registry = self.registry.borrow();
+            let mut registry = self.registry.borrow_mut();
             match &request.definition {
                 Some(definition) => registry.by_definition(&definition.canonical()),
                 None => request

@@ -13,50 +13,22 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shapeshard::shapes::catalog::TableInfo;
 use shapeshard::shapes::create::build_spec;
+use shapeshard_perf::fixture::{bench_table, g_equals};
 use shapeshard_perf::report::Machine;
 use shards::change::{Change, Column, Datum, Relation, ReplicaIdentity, Transaction};
 use shards::fence::DurableProgress;
 use shards::routes::RouteTable;
 use shards::runtime::{self, dma::open_marker_first};
-use shards::shape::definition::{LogMode, Replica, ShapeDefinition, ShapeHandle, TableName};
+use shards::shape::definition::ShapeHandle;
 use shards::shape::encode::PgSnapshot;
 use shards::shape::registry::Registry;
-use shards::shape::schema::{ColumnInfo, TableSchema};
 use shards::storage::commit::{CommitConfig, CommitSignals, GroupCommit};
 use shards::storage::meta::MetaStore;
 use shards::storage::segment::SegmentWriter;
 use shards::Lsn;
 
 const ROWS_PER_TRANSACTION: usize = 100;
-
-fn table() -> TableInfo {
-    let column = |name: &str, type_name: &str, oid: u32, pk: Option<usize>| ColumnInfo {
-        name: name.into(),
-        type_name: type_name.into(),
-        type_oid: oid,
-        dims: 0,
-        type_mod: -1,
-        not_null: pk.is_some(),
-        pk_index: pk,
-    };
-    TableInfo {
-        schema: TableSchema {
-            relation_id: 16384,
-            table: TableName {
-                schema: "public".into(),
-                name: "bench".into(),
-            },
-            columns: vec![
-                column("id", "int8", 20, Some(0)),
-                column("g", "int4", 23, None),
-                column("note", "text", 25, None),
-            ],
-        },
-        is_enum: vec![false; 3],
-    }
-}
 
 struct Run {
     shapes: usize,
@@ -86,18 +58,10 @@ fn run(shapes: usize, changes: usize) -> Run {
             &dir.join("shapes"),
         )));
         for k in 0..shapes {
-            let definition = ShapeDefinition {
-                table: table().schema.table,
-                where_sql: Some(format!("g = {k}")),
-                where_canonical: Some(format!("g = {k}")),
-                params: Default::default(),
-                columns: None,
-                replica: Replica::Default,
-                log_mode: LogMode::Full,
-            };
+            let definition = g_equals(k);
             let handle = ShapeHandle::new(definition.hash(), k as u64);
-            let (spec, _) =
-                build_spec(handle, definition, table()).unwrap_or_else(|_| panic!("shape {k}"));
+            let (spec, _) = build_spec(handle, definition, bench_table())
+                .unwrap_or_else(|_| panic!("shape {k}"));
             let shape = registry.borrow_mut().insert(spec);
             registry.borrow_mut().snapshot_taken(
                 shape.id,

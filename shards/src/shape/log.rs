@@ -84,16 +84,32 @@ pub struct FileWrite {
 }
 
 impl FileWrite {
-    /// Appends at `pos` (the file's checkpointed or written length).
+    /// Appends at `pos` (the file's checkpointed or written length). Bytes
+    /// past `pos` were written after the last checkpoint before a crash:
+    /// they are cut here, lazily, so a restart touches no serving file
+    /// (reads never look past the chunk ranges, so they are harmless until
+    /// then).
     pub fn apply(&self) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        // A file starting over (a new shape reusing a stale file name)
-        // keeps nothing of the old one.
         let file = std::fs::OpenOptions::new()
             .create(true)
-            .truncate(self.pos == 0)
+            .truncate(false)
             .write(true)
             .open(&self.path)?;
+        let len = file.metadata()?.len();
+        if len < self.pos {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} has {len} bytes, its checkpoint says {}: storage was lost",
+                    self.path.display(),
+                    self.pos
+                ),
+            ));
+        }
+        if len > self.pos {
+            file.set_len(self.pos)?;
+        }
         file.write_all_at(&self.bytes, self.pos)
     }
 }

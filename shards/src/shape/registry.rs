@@ -15,7 +15,7 @@ use crate::change::{Change, Relation, RelationId, Transaction, Tuple};
 use crate::lsn::Lsn;
 use crate::notify::{Listener, Notify};
 use crate::routes::RouteTable;
-use crate::storage::meta::{LogRecord, MetaBatch, ShapeRecord};
+use crate::storage::meta::{LogRecord, MetaBatch, MetaStore, ShapeRecord};
 use crate::storage::record::{self, Kind};
 
 use super::convert::{self, Converter};
@@ -229,6 +229,12 @@ impl Shape {
             canonical: self.spec.canonical.clone(),
             definition_hash: crate::owner::stable_hash(self.spec.canonical.as_bytes()),
             relation_id: self.relation_id(),
+            index_key: self
+                .spec
+                .filter
+                .as_ref()
+                .and_then(|f| f.index_key())
+                .map(|(column, values)| (column as u64, values)),
             persisted: self.spec.persisted.clone(),
             snapshot_end: self.state.borrow().snapshot_end.clone(),
             created_ms: self.created_ms,
@@ -466,6 +472,23 @@ impl RelationShapes {
     }
 }
 
+/// Builds a shape's spec from its creation record (the edge owns the
+/// format: catalog columns, where-clause compiler).
+pub type SpecLoader = Box<dyn Fn(&[u8]) -> Result<ShapeSpec, String>>;
+
+/// A shape restored from LMDB and not used since: routed and looked up like
+/// any other, but its spec, filter and log state are built only when a
+/// request or a change first needs them, so a restart costs O(records) and
+/// an idle shape keeps a few hundred bytes.
+struct Cold {
+    handle: Box<str>,
+    canonical: Box<str>,
+    relation: RelationId,
+    read_stamp: u64,
+    created_ms: u64,
+    log: LogRecord,
+}
+
 pub struct Registry {
     shard: usize,
     routes: Arc<RouteTable>,
@@ -489,6 +512,8 @@ pub struct Registry {
     meta_removed: Vec<(ShapeId, u64)>,
     /// Serving files of removed shapes, deleted after the next checkpoint.
     doomed_files: Vec<PathBuf>,
+    cold: HashMap<ShapeId, Cold>,
+    loader: Option<(MetaStore, SpecLoader)>,
 }
 
 impl Registry {
@@ -518,7 +543,113 @@ impl Registry {
             meta_dirty: MetaDirty::default(),
             meta_removed: Vec::new(),
             doomed_files: Vec::new(),
+            cold: HashMap::new(),
+            loader: None,
         }
+    }
+
+    /// Where cold shapes' creation records are read from, and how they
+    /// become specs.
+    pub fn set_loader(&mut self, meta: MetaStore, loader: SpecLoader) {
+        self.loader = Some((meta, loader));
+    }
+
+    /// Recovery: registers a shape from its LMDB record without building
+    /// it (see `Cold`). Returns false when its definition is already taken.
+    pub fn restore_cold(&mut self, record: &ShapeRecord, log: LogRecord) -> bool {
+        self.next_id = self.next_id.max(record.id + 1);
+        if self.by_definition.contains_key(record.canonical.as_str()) {
+            return false;
+        }
+        let id = record.id;
+        self.by_definition.insert(record.canonical.clone(), id);
+        self.by_handle.insert(record.handle.clone(), id);
+        let key = record
+            .index_key
+            .as_ref()
+            .map(|(column, values)| (*column as usize, values.clone()));
+        self.by_relation
+            .entry(record.relation_id)
+            .or_default()
+            .add(id, key);
+        self.by_read.insert((record.last_read, id));
+        self.routes.subscribe(record.relation_id, self.shard);
+        self.cold.insert(
+            id,
+            Cold {
+                handle: record.handle.as_str().into(),
+                canonical: record.canonical.as_str().into(),
+                relation: record.relation_id,
+                read_stamp: record.last_read,
+                created_ms: record.created_ms,
+                log,
+            },
+        );
+        true
+    }
+
+    /// Shapes whose snapshot never completed (recovery drops them).
+    pub fn unfinished_snapshots(&self) -> Vec<ShapeId> {
+        let mut ids: Vec<ShapeId> = self
+            .shapes
+            .values()
+            .filter(|s| !s.snapshot_done())
+            .map(|s| s.id)
+            .chain(
+                self.cold
+                    .iter()
+                    .filter(|(_, c)| c.log.snapshot_end.is_none())
+                    .map(|(&id, _)| id),
+            )
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Shapes not built since the restart.
+    pub fn cold_count(&self) -> usize {
+        self.cold.len()
+    }
+
+    /// The shape `id`, built first if it is cold. A cold shape that cannot
+    /// be built (its record unreadable) is removed: its clients re-sync.
+    fn warm(&mut self, id: ShapeId) -> Option<Rc<Shape>> {
+        if let Some(shape) = self.shapes.get(&id) {
+            return Some(shape.clone());
+        }
+        let cold = self.cold.get(&id)?;
+        let built = match &self.loader {
+            Some((meta, loader)) => match meta.persisted(id) {
+                Ok(Some(persisted)) => loader(&persisted),
+                Ok(None) => Err("its metadata record is missing".to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            None => Err("no loader for restored shapes".to_string()),
+        };
+        let built = built.and_then(|spec| {
+            if spec.canonical.as_str() == &*cold.canonical {
+                Ok(spec)
+            } else {
+                Err("its creation record names another definition".to_string())
+            }
+        });
+        let spec = match built {
+            Ok(spec) => spec,
+            Err(e) => {
+                tracing::warn!(
+                    shard = self.shard,
+                    handle = &*cold.handle,
+                    "cannot rebuild shape: {e}"
+                );
+                self.remove(id, "its stored definition could not be rebuilt");
+                return None;
+            }
+        };
+        let cold = self.cold.remove(&id).expect("checked above");
+        let shape = self.build(id, spec, Gate::Open, cold.created_ms, cold.read_stamp);
+        shape.restore_log(&cold.log);
+        self.shapes.insert(id, shape.clone());
+        Some(shape)
     }
 
     pub fn files_dir(&self) -> &Path {
@@ -562,7 +693,7 @@ impl Registry {
 
     /// Records a read of `id` at `stamp` (a server-wide, growing clock).
     pub fn touch(&mut self, id: ShapeId, stamp: u64) {
-        if let Some(shape) = self.shapes.get(&id) {
+        if let Some(shape) = self.warm(id) {
             self.by_read.remove(&(shape.read_stamp.get(), id));
             shape.read_stamp.set(stamp);
             self.by_read.insert((stamp, id));
@@ -580,26 +711,28 @@ impl Registry {
         &self.journal
     }
 
+    /// Live shapes, built and cold.
     pub fn len(&self) -> usize {
-        self.shapes.len()
+        self.shapes.len() + self.cold.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shapes.is_empty()
+        self.len() == 0
     }
 
-    pub fn by_handle(&self, handle: &str) -> Option<Rc<Shape>> {
-        self.by_handle
-            .get(handle)
-            .and_then(|id| self.shapes.get(id))
-            .cloned()
+    pub fn by_handle(&mut self, handle: &str) -> Option<Rc<Shape>> {
+        let id = *self.by_handle.get(handle)?;
+        self.warm(id)
     }
 
-    pub fn by_definition(&self, canonical: &str) -> Option<Rc<Shape>> {
-        self.by_definition
-            .get(canonical)
-            .and_then(|id| self.shapes.get(id))
-            .cloned()
+    pub fn by_definition(&mut self, canonical: &str) -> Option<Rc<Shape>> {
+        let id = *self.by_definition.get(canonical)?;
+        self.warm(id)
+    }
+
+    /// Whether a live shape (built or cold) has this definition.
+    pub fn has_definition(&self, canonical: &str) -> bool {
+        self.by_definition.contains_key(canonical)
     }
 
     /// The newest WAL position processed (`global_last_seen_lsn`).
@@ -661,8 +794,31 @@ impl Registry {
         let relation = spec.schema.relation_id;
         let pending = matches!(gate, Gate::Pending(_));
         let index_key = spec.filter.as_ref().and_then(|f| f.index_key());
+        let shape = self.build(id, spec, gate, created_ms, read_stamp);
+        let replaced = self.by_definition.insert(shape.spec.canonical.clone(), id);
+        assert!(replaced.is_none(), "two live shapes for one definition");
+        self.by_handle.insert(shape.handle().to_string(), id);
+        let shapes = self.by_relation.entry(relation).or_default();
+        shapes.add(id, index_key);
+        if pending {
+            shapes.pending.push(id);
+        }
+        self.shapes.insert(id, shape.clone());
+        self.by_read.insert((read_stamp, id));
+        self.routes.subscribe(relation, self.shard);
+        shape
+    }
+
+    fn build(
+        &self,
+        id: ShapeId,
+        spec: ShapeSpec,
+        gate: Gate,
+        created_ms: u64,
+        read_stamp: u64,
+    ) -> Rc<Shape> {
         let column_names = spec.schema.columns.iter().map(|c| c.name.clone()).collect();
-        let shape = Rc::new(Shape {
+        Rc::new(Shape {
             id,
             read_stamp: Cell::new(read_stamp),
             created_ms,
@@ -679,24 +835,12 @@ impl Registry {
             }),
             changed: Notify::new(),
             spec,
-        });
-        let replaced = self.by_definition.insert(shape.spec.canonical.clone(), id);
-        assert!(replaced.is_none(), "two live shapes for one definition");
-        self.by_handle.insert(shape.handle().to_string(), id);
-        let shapes = self.by_relation.entry(relation).or_default();
-        shapes.add(id, index_key);
-        if pending {
-            shapes.pending.push(id);
-        }
-        self.shapes.insert(id, shape.clone());
-        self.by_read.insert((read_stamp, id));
-        self.routes.subscribe(relation, self.shard);
-        shape
+        })
     }
 
     /// Removes a shape: its readers wake up to find it gone (409).
     pub fn remove(&mut self, id: ShapeId, why: &str) {
-        if self.shapes.contains_key(&id) {
+        if self.shapes.contains_key(&id) || self.cold.contains_key(&id) {
             record::encode(
                 &mut self.journal.borrow_mut(),
                 self.last_seen.0,
@@ -717,6 +861,10 @@ impl Registry {
 
     /// Removes a shape without journaling it (replaying a removal).
     pub fn forget(&mut self, id: ShapeId, why: &str) {
+        if let Some(cold) = self.cold.remove(&id) {
+            self.forget_cold(id, cold, why);
+            return;
+        }
         let Some(shape) = self.shapes.remove(&id) else {
             return;
         };
@@ -750,6 +898,31 @@ impl Registry {
             state.gate = Gate::Open;
         }
         shape.changed.notify_all();
+    }
+
+    fn forget_cold(&mut self, id: ShapeId, cold: Cold, why: &str) {
+        tracing::info!(
+            shard = self.shard,
+            handle = &*cold.handle,
+            "shape removed: {why}"
+        );
+        self.by_read.remove(&(cold.read_stamp, id));
+        self.meta_removed
+            .push((id, crate::owner::stable_hash(cold.canonical.as_bytes())));
+        let log = ShapeLog::new(&self.files_dir, id, 1);
+        self.doomed_files
+            .extend(log.paths().iter().map(|p| p.to_path_buf()));
+        self.by_handle.remove(&*cold.handle);
+        if self.by_definition.get(&*cold.canonical) == Some(&id) {
+            self.by_definition.remove(&*cold.canonical);
+        }
+        if let Some(shapes) = self.by_relation.get_mut(&cold.relation) {
+            shapes.remove(id);
+            if shapes.count == 0 {
+                self.by_relation.remove(&cold.relation);
+            }
+        }
+        self.routes.unsubscribe(cold.relation, self.shard);
     }
 
     /// The snapshot's visibility is known: replay what was held, dropping
@@ -831,7 +1004,7 @@ impl Registry {
         let mut ids: Vec<ShapeId> = per_shape.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            if let Some(shape) = self.shapes.get(&id).cloned() {
+            if let Some(shape) = self.warm(id) {
                 let indices = &per_shape[&id];
                 self.apply_one(&shape, tx, Some(indices));
             }
@@ -857,11 +1030,11 @@ impl Registry {
     /// A relation's new description: shapes on it whose columns no longer
     /// match are invalidated now rather than at their next change.
     pub fn apply_relation(&mut self, relation: &Arc<Relation>) {
-        let stale: Vec<ShapeId> = self
-            .shapes_on(relation.id)
-            .filter(|id| {
-                self.shapes
-                    .get(id)
+        let on: Vec<ShapeId> = self.shapes_on(relation.id).collect();
+        let stale: Vec<ShapeId> = on
+            .into_iter()
+            .filter(|&id| {
+                self.warm(id)
                     .is_some_and(|s| !schema_matches(&s.spec.schema, relation))
             })
             .collect();
@@ -880,6 +1053,12 @@ impl Registry {
             .values()
             .filter(move |s| s.relation_id() == relation)
             .map(|s| s.id)
+            .chain(
+                self.cold
+                    .iter()
+                    .filter(move |(_, c)| c.relation == relation)
+                    .map(|(&id, _)| id),
+            )
     }
 
     /// Every shape (for DELETE by definition, metrics, shutdown).
@@ -887,7 +1066,13 @@ impl Registry {
         self.shapes.values()
     }
 
-    pub fn get(&self, id: ShapeId) -> Option<Rc<Shape>> {
-        self.shapes.get(&id).cloned()
+    /// The shape `id`, built first if it is cold.
+    pub fn get(&mut self, id: ShapeId) -> Option<Rc<Shape>> {
+        self.warm(id)
+    }
+
+    /// Whether `id` is a live shape (built or cold).
+    pub fn contains(&self, id: ShapeId) -> bool {
+        self.shapes.contains_key(&id) || self.cold.contains_key(&id)
     }
 }

@@ -30,6 +30,9 @@ pub struct ShapeRecord {
     pub canonical: String,
     pub definition_hash: u64,
     pub relation_id: u32,
+    /// `(column, values)` of the where clause's index key: a restored
+    /// shape is routed by it before its filter is compiled (lazy load).
+    pub index_key: Option<(u64, Vec<String>)>,
     /// The creation record the edge wrote (definition and table columns).
     pub persisted: Vec<u8>,
     /// `snapshot-end` message once the snapshot completed.
@@ -232,6 +235,15 @@ impl MetaStore {
         Ok(loaded)
     }
 
+    /// A shape's creation record, to build it when it is first used.
+    pub fn persisted(&self, id: u64) -> std::io::Result<Option<Vec<u8>>> {
+        let txn = self.env.read_txn().map_err(err)?;
+        match self.shapes.get(&txn, &id).map_err(err)? {
+            Some(bytes) => Ok(Some(decode::<ShapeRecord>(bytes)?.persisted)),
+            None => Ok(None),
+        }
+    }
+
     /// The handle stored for a definition hash.
     pub fn handle_for_hash(&self, hash: u64) -> std::io::Result<Option<String>> {
         let txn = self.env.read_txn().map_err(err)?;
@@ -302,6 +314,7 @@ mod tests {
             canonical: format!("items where id = {id}"),
             definition_hash: id * 7,
             relation_id: 16384,
+            index_key: Some((0, vec![id.to_string()])),
             persisted: vec![1, 2, 3],
             snapshot_end: None,
             created_ms: 1,
@@ -361,6 +374,8 @@ mod tests {
                 offset: 4096
             }
         );
+        assert_eq!(meta.persisted(2).unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(meta.persisted(1).unwrap(), None);
         assert_eq!(meta.handle_for_hash(7).unwrap(), None);
         assert_eq!(
             meta.handle_for_hash(14).unwrap().as_deref(),
