@@ -195,7 +195,7 @@ fn main() {
         ));
     }
     let report = format!(
-        "# Shard write path: changes into `g = const` shapes, durable\n\n{}\n\nOne shard (one core): decoded insert transactions of {ROWS_PER_TRANSACTION} rows, each row in exactly one shape (found through the where-clause index), converted, encoded, journaled, and made durable by the group commit (5 ms / 256 KiB ticks, one fdatasync each, direct I/O). Timed until the shard's durable LSN reaches the last transaction.\n\n| shapes | changes | seconds | changes/s | fdatasyncs/s | MB/s written |\n|---|---|---|---|---|---|\n{rows}\nDecoding (not included here) runs at millions of rows/s on one core and the replication drain beside `pg_recvlogical` is in the `decode` reports; end-to-end numbers through Postgres are still to come.\n",
+        "# Shard write path: changes into `g = const` shapes, durable\n\n{}\n\nOne shard (one core): decoded insert transactions of {ROWS_PER_TRANSACTION} rows, each row in exactly one shape (found through the where-clause index), converted, encoded, journaled, and made durable by the group commit (5 ms / 256 KiB ticks, one fdatasync each, direct I/O), with checkpoints every second moving the shapes' log tails to their serving files (on their own thread, sharing the two cores). Timed until the shard's durable LSN reaches the last transaction.\n\n| shapes | changes | seconds | changes/s | fdatasyncs/s | MB/s written |\n|---|---|---|---|---|---|\n{rows}\nDecoding (not included here) runs at millions of rows/s on one core and the replication drain beside `pg_recvlogical` is in the `decode` reports; end to end through Postgres is `e2e-write-bench`.\n",
         Machine::describe()
     );
     println!("{report}");

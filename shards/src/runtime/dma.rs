@@ -146,3 +146,36 @@ where
 {
     glommio::executor().spawn_blocking(f).await
 }
+
+/// Runs long blocking work (a checkpoint's file writes and syncs) on its own
+/// OS thread, so the executor's blocking thread stays free for short jobs
+/// (a tick's metadata commit); awaits it by polling, which is fine for work
+/// that takes milliseconds to seconds.
+pub async fn on_thread<F, R>(name: &str, f: F) -> std::io::Result<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let done: std::sync::Arc<std::sync::Mutex<Option<R>>> = Default::default();
+    let slot = done.clone();
+    let thread = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let result = f();
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        })?;
+    loop {
+        if let Some(result) = done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+            return Ok(result);
+        }
+        if thread.is_finished() {
+            if let Some(result) = done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return Ok(result);
+            }
+            // Finished without a result: it panicked.
+            return Err(std::io::Error::other(format!("{name} thread panicked")));
+        }
+        crate::runtime::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}

@@ -7,8 +7,10 @@
 //! Every checkpoint interval the tick also materialises the shapes' memory
 //! tails into their serving files, syncs them, records the log states and
 //! the segment position they cover in LMDB, and deletes the segments before
-//! it. The file work runs on the executor's blocking thread, so neither
-//! the feed nor the readers wait for it.
+//! it. The checkpoint runs beside the ticks (its file work on its own
+//! thread), so neither the feed, the group commit nor the readers wait for
+//! it; one is in flight at a time, and the closing tick waits for it and
+//! makes a last one.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -19,11 +21,14 @@ use crate::fence::DurableProgress;
 use crate::lsn::Lsn;
 use crate::notify::Notify;
 use crate::runtime;
-use crate::runtime::dma::{blocking, sync_filesystem};
+use crate::runtime::dma::{blocking, on_thread, sync_filesystem};
+use crate::shape::log::Captured;
 use crate::shape::registry::Registry;
+use crate::shape::registry::Shape;
+use crate::storage::meta::LogRecord;
 
 use super::meta::{CheckpointBatch, MetaStats, MetaStore};
-use super::segment::SegmentWriter;
+use super::segment::{delete_segments_before, SegmentWriter};
 
 #[derive(Clone, Copy, Debug)]
 pub struct CommitConfig {
@@ -97,9 +102,24 @@ impl GroupCommit {
         let mut durable = self.progress.durable(self.index);
         let journal = self.registry.borrow().journal().clone();
         let mut last_checkpoint = std::time::Instant::now();
+        let in_flight = Rc::new(Cell::new(false));
+        let failure: Rc<RefCell<Option<std::io::Error>>> = Rc::default();
         loop {
             let wake = self.signals.wake.listen();
             let closing = self.signals.closing.get();
+            if let Some(e) = failure.borrow_mut().take() {
+                return Err(e);
+            }
+            if closing {
+                // The last checkpoint must cover everything: wait for the
+                // one in flight first.
+                while in_flight.get() {
+                    runtime::sleep(Duration::from_millis(1)).await;
+                }
+                if let Some(e) = failure.borrow_mut().take() {
+                    return Err(e);
+                }
+            }
             if !closing && journal.borrow().len() < self.config.max_pending {
                 runtime::timeout(self.config.interval, wake).await;
             }
@@ -110,8 +130,9 @@ impl GroupCommit {
                 .last_commit
                 .set(Some(std::time::Instant::now()));
             let seen = self.signals.seen.get();
-            let checkpoint_due =
-                closing || last_checkpoint.elapsed() >= self.config.checkpoint_interval;
+            let checkpoint_due = closing
+                || (!in_flight.get()
+                    && last_checkpoint.elapsed() >= self.config.checkpoint_interval);
             let (records, batch, checkpoint) = {
                 let mut registry = self.registry.borrow_mut();
                 let records = std::mem::take(&mut *journal.borrow_mut());
@@ -138,50 +159,92 @@ impl GroupCommit {
                     .commits
                     .set(self.meta_stats.commits.get() + 1);
             }
-            if let Some((mut captures, doomed)) = checkpoint {
+            if let Some((captures, doomed)) = checkpoint {
                 last_checkpoint = std::time::Instant::now();
-                let writes: Vec<_> = captures
-                    .iter_mut()
-                    .flat_map(|(_, captured, _)| std::mem::take(&mut captured.writes))
-                    .collect();
-                let batch = CheckpointBatch {
-                    logs: captures
-                        .iter()
-                        .map(|(shape, _, record)| (shape.id, record.clone()))
-                        .collect(),
-                    at: position,
+                let job = Checkpoint {
+                    captures,
+                    doomed,
+                    position,
+                    meta: self.meta,
+                    files_dir: self.registry.borrow().files_dir().to_path_buf(),
+                    log_dir: self.writer.dir().to_path_buf(),
+                    stats: self.meta_stats.clone(),
                 };
-                let meta = self.meta;
-                let dir = self.registry.borrow().files_dir().to_path_buf();
-                blocking(move || -> std::io::Result<()> {
-                    for write in &writes {
-                        write.apply()?;
-                    }
-                    if !writes.is_empty() {
-                        sync_filesystem(&dir)?;
-                    }
-                    meta.checkpoint(&batch)?;
-                    for path in doomed {
-                        match std::fs::remove_file(&path) {
-                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                            _ => {}
-                        }
-                    }
-                    Ok(())
-                })
-                .await?;
-                for (shape, captured, _) in &captures {
-                    shape.written(captured);
+                if closing {
+                    job.run().await?;
+                    return Ok(());
                 }
-                self.meta_stats
-                    .checkpoints
-                    .set(self.meta_stats.checkpoints.get() + 1);
-                self.writer.delete_before(position.segment)?;
+                in_flight.set(true);
+                let in_flight = in_flight.clone();
+                let failure = failure.clone();
+                let signals = self.signals.clone();
+                runtime::spawn_detached(async move {
+                    if let Err(e) = job.run().await {
+                        *failure.borrow_mut() = Some(e);
+                        signals.failed.set(true);
+                        signals.wake.notify_all();
+                    }
+                    in_flight.set(false);
+                });
             }
             if closing {
                 return Ok(());
             }
         }
+    }
+}
+
+/// One checkpoint: the captured tails go to the serving files, which are
+/// synced; then LMDB records their state and the segment position they
+/// cover; then the tails are trimmed and older segments deleted.
+struct Checkpoint {
+    captures: Vec<(Rc<Shape>, Captured, LogRecord)>,
+    doomed: Vec<std::path::PathBuf>,
+    position: super::meta::Checkpoint,
+    meta: MetaStore,
+    files_dir: std::path::PathBuf,
+    log_dir: std::path::PathBuf,
+    stats: Rc<MetaStats>,
+}
+
+impl Checkpoint {
+    async fn run(mut self) -> std::io::Result<()> {
+        let writes: Vec<_> = self
+            .captures
+            .iter_mut()
+            .flat_map(|(_, captured, _)| std::mem::take(&mut captured.writes))
+            .collect();
+        let batch = CheckpointBatch {
+            logs: self
+                .captures
+                .iter()
+                .map(|(shape, _, record)| (shape.id, record.clone()))
+                .collect(),
+            at: self.position,
+        };
+        let (meta, files_dir, doomed) = (self.meta, self.files_dir, self.doomed);
+        on_thread("checkpoint", move || -> std::io::Result<()> {
+            for write in &writes {
+                write.apply()?;
+            }
+            if !writes.is_empty() {
+                sync_filesystem(&files_dir)?;
+            }
+            meta.checkpoint(&batch)?;
+            for path in doomed {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await??;
+        for (shape, captured, _) in &self.captures {
+            shape.written(captured);
+        }
+        self.stats.checkpoints.set(self.stats.checkpoints.get() + 1);
+        delete_segments_before(&self.log_dir, self.position.segment)
     }
 }
 

@@ -28,7 +28,6 @@ pub struct SegmentStats {
     pub fdatasyncs: Cell<u64>,
     pub flushes: Cell<u64>,
     pub bytes_written: Cell<u64>,
-    pub segments_deleted: Cell<u64>,
 }
 
 pub struct SegmentWriter {
@@ -155,19 +154,8 @@ impl SegmentWriter {
         }
     }
 
-    /// Deletes every segment before `segment` (a checkpoint holds all
-    /// they contain). Never the current one.
-    pub fn delete_before(&mut self, segment: u64) -> std::io::Result<()> {
-        for index in segment_indices(&self.dir)? {
-            if index >= segment.min(self.index) {
-                break;
-            }
-            std::fs::remove_file(segment_path(&self.dir, index))?;
-            self.stats
-                .segments_deleted
-                .set(self.stats.segments_deleted.get() + 1);
-        }
-        Ok(())
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Bytes waiting for a flush.
@@ -226,6 +214,18 @@ impl SegmentWriter {
     pub fn segment_index(&self) -> u64 {
         self.index
     }
+}
+
+/// Deletes every segment before `segment`, a checkpoint's position (the
+/// checkpoint holds all they contain; the writer is always at or past it).
+pub fn delete_segments_before(dir: &Path, segment: u64) -> std::io::Result<()> {
+    for index in segment_indices(dir)? {
+        if index >= segment {
+            break;
+        }
+        std::fs::remove_file(segment_path(dir, index))?;
+    }
+    Ok(())
 }
 
 fn segment_path(dir: &Path, index: u64) -> PathBuf {
@@ -439,9 +439,10 @@ mod retention_tests {
             let before = segment_indices(&d.join("log")).unwrap();
             let at = writer.position();
             // A checkpoint at the current position frees every older one.
-            writer.delete_before(at.segment).unwrap();
+            delete_segments_before(&d.join("log"), at.segment).unwrap();
             let after = segment_indices(&d.join("log")).unwrap();
-            (before, after, writer.stats.segments_deleted.get(), at)
+            let deleted = before.len() - after.len();
+            (before, after, deleted, at)
         })
         .unwrap()
         .join()
@@ -449,7 +450,7 @@ mod retention_tests {
         .unwrap();
         assert!(before.len() >= 4, "{before:?}");
         assert_eq!(after, vec![at.segment]);
-        assert_eq!(deleted as usize, before.len() - 1);
+        assert_eq!(deleted, before.len() - 1);
         // What is left holds whole records only.
         let bytes = std::fs::read(
             dir.join("log")
