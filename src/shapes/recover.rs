@@ -11,7 +11,7 @@ use shards::lsn::Lsn;
 use shards::shape::offset::LogOffset;
 use shards::shape::registry::{Registry, SpecLoader};
 use shards::storage::meta::MetaStore;
-use shards::storage::record::{Kind, Scanner};
+use shards::storage::record::{self, Kind, Scanner};
 use shards::storage::segment::segment_indices;
 
 use super::create::build_spec;
@@ -82,6 +82,7 @@ fn replay(
     registry: &mut Registry,
     recovery: &mut Recovery,
 ) -> std::io::Result<()> {
+    let load = spec_loader();
     let indices = match segment_indices(log_dir) {
         Ok(indices) => indices,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -102,26 +103,15 @@ fn replay(
                         // Already restored from its LMDB record.
                         continue;
                     }
-                    match persist::decode(record.payload) {
-                        Ok((handle, definition, info)) => {
-                            if registry.has_definition(&definition.canonical()) {
-                                tracing::warn!(%handle, "a second live shape for one definition in the log; keeping the first");
-                                continue;
-                            }
-                            match build_spec(handle.clone(), definition, info) {
-                                Ok((spec, _)) => {
-                                    registry.restore(record.shape, spec);
-                                }
-                                Err(reply) => tracing::warn!(
-                                    %handle,
-                                    "cannot rebuild shape: {}",
-                                    String::from_utf8_lossy(&reply.body)
-                                ),
-                            }
+                    match load(record.payload) {
+                        Ok(spec) if registry.has_definition(&spec.canonical) => tracing::warn!(
+                            handle = spec.handle.as_str(),
+                            "a second live shape for one definition in the log; keeping the first"
+                        ),
+                        Ok(spec) => {
+                            registry.restore(record.shape, spec);
                         }
-                        Err(e) => {
-                            tracing::warn!(shape = record.shape, "unreadable shape record: {e}")
-                        }
+                        Err(e) => tracing::warn!(shape = record.shape, "cannot rebuild shape: {e}"),
                     }
                 }
                 Kind::SnapshotItem => {
@@ -135,27 +125,12 @@ fn replay(
                     }
                 }
                 Kind::Entry => {
-                    let (Some(tx), Some(op)) = (
-                        record
-                            .payload
-                            .get(0..8)
-                            .and_then(|b| b.try_into().ok())
-                            .map(u64::from_le_bytes),
-                        record
-                            .payload
-                            .get(8..16)
-                            .and_then(|b| b.try_into().ok())
-                            .map(u64::from_le_bytes),
-                    ) else {
+                    let Some((tx, op, json)) = record::parse_entry(record.payload) else {
                         tracing::warn!(shape = record.shape, "entry record too short");
                         continue;
                     };
                     if let Some(shape) = registry.get(record.shape) {
-                        shape.restore_entry(
-                            Lsn(record.lsn),
-                            LogOffset::At { tx, op },
-                            &record.payload[16..],
-                        );
+                        shape.restore_entry(Lsn(record.lsn), LogOffset::At { tx, op }, json);
                     }
                 }
                 Kind::ShapeRemoved => registry.forget(record.shape, "removed before the restart"),

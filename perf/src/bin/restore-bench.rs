@@ -16,7 +16,7 @@ use shapeshard::shapes::recover::{recover, spec_loader};
 use shapeshard_perf::fixture::{bench_table, g_equals};
 use shapeshard_perf::report::Machine;
 use shards::routes::RouteTable;
-use shards::shape::definition::ShapeHandle;
+use shards::shape::definition::{definition_hash, ShapeHandle};
 use shards::shape::encode::PgSnapshot;
 use shards::shape::registry::Registry;
 use shards::storage::meta::{
@@ -76,7 +76,7 @@ fn main() {
                 id,
                 handle: spec.handle.as_str().to_string(),
                 canonical: spec.canonical.clone(),
-                definition_hash: shards::owner::stable_hash(spec.canonical.as_bytes()),
+                definition_hash: definition_hash(&spec.canonical),
                 relation_id: 16384,
                 index_key: Some((1, vec![k.to_string()])),
                 persisted: spec.persisted.clone(),

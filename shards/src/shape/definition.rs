@@ -89,8 +89,13 @@ impl ShapeDefinition {
 
     /// The definition hash: the first half of a handle and the owner key.
     pub fn hash(&self) -> u64 {
-        stable_hash(self.canonical().as_bytes())
+        definition_hash(&self.canonical())
     }
+}
+
+/// The hash of a normalised definition (`ShapeDefinition::canonical`).
+pub fn definition_hash(canonical: &str) -> u64 {
+    stable_hash(canonical.as_bytes())
 }
 
 /// A shape's handle: `<definition hash>-<creation time in µs>`. Never reused,

@@ -23,7 +23,7 @@ use crate::shape::log::{Captured, LogRead, ReadView};
 use crate::shape::offset::LogOffset;
 use crate::shape::registry::{Registry, Shape};
 use crate::shape::test_support::{id_relation, id_shape};
-use crate::storage::record::{Kind, Scanner};
+use crate::storage::record::{self, Kind, Scanner};
 
 struct Rng(u64);
 
@@ -124,9 +124,9 @@ fn run(seed: u64, dir: &Path) -> Result<(), String> {
                 let records = std::mem::take(&mut *registry.journal().borrow_mut());
                 let entries: Vec<LogOffset> = Scanner::new(&records)
                     .filter(|r| r.kind == Kind::Entry)
-                    .map(|r| LogOffset::At {
-                        tx: u64::from_le_bytes(r.payload[0..8].try_into().unwrap()),
-                        op: u64::from_le_bytes(r.payload[8..16].try_into().unwrap()),
+                    .map(|r| {
+                        let (tx, op, _) = record::parse_entry(r.payload).expect("an entry");
+                        LogOffset::At { tx, op }
                     })
                     .collect();
                 if entries[..] != model[journaled..] {

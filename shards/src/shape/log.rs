@@ -71,6 +71,8 @@ struct Region {
     /// End of the last item, in file coordinates (`disk_len` + tail).
     end_len: u64,
     tail: VecDeque<TailItem>,
+    /// Items in all chunks (snapshot items are numbered by it).
+    items: u64,
     /// In the open chunk: `(offset of the item before pos, pos)`.
     marks: Vec<(LogOffset, u64)>,
 }
@@ -124,6 +126,7 @@ impl Region {
             disk_len: 0,
             end_len: 0,
             tail: VecDeque::new(),
+            items: 0,
             marks: Vec::new(),
         }
     }
@@ -163,6 +166,7 @@ impl Region {
         chunk.json_bytes += json.len() as u64;
         chunk.items += 1;
         chunk.last = at;
+        self.items += 1;
         self.tail.push_back(TailItem {
             pos,
             offset: at,
@@ -301,6 +305,7 @@ impl Region {
             .collect();
         self.disk_len = record.len;
         self.end_len = record.len;
+        self.items = self.chunks.iter().map(|c| c.items).sum();
         self.tail.clear();
         self.marks.clear();
     }
@@ -436,14 +441,14 @@ impl ShapeLog {
         assert!(!self.snapshot_done, "snapshot items after its end");
         // Offsets inside the snapshot are only ordering keys; clients see
         // chunk end offsets `0_<n>`.
-        let n = self.snapshot.chunks.iter().map(|c| c.items).sum::<u64>();
+        let n = self.snapshot.items;
         self.snapshot.push(LogOffset::At { tx: 0, op: n }, item)
     }
 
     /// Closes the snapshot with its `snapshot-end` control message.
     pub fn finish_snapshot(&mut self, end_message: &[u8]) {
         assert!(!self.snapshot_done, "the snapshot ends once");
-        let n = self.snapshot.chunks.iter().map(|c| c.items).sum::<u64>();
+        let n = self.snapshot.items;
         self.snapshot
             .push(LogOffset::At { tx: 0, op: n }, end_message);
         self.snapshot.seal();

@@ -19,7 +19,7 @@ use crate::storage::meta::{LogRecord, MetaBatch, MetaStore, ShapeRecord};
 use crate::storage::record::{self, Kind};
 
 use super::convert::{self, Converter};
-use super::definition::{ShapeDefinition, ShapeHandle};
+use super::definition::{definition_hash, ShapeDefinition, ShapeHandle};
 use super::encode::{self, Layout, OpenEntry, PgSnapshot, TxContext};
 use super::log::{Captured, LogRead, ShapeLog};
 use super::offset::LogOffset;
@@ -199,6 +199,11 @@ impl Shape {
     pub fn restore_snapshot_end(&self, end_message: &[u8]) {
         let mut state = self.state.borrow_mut();
         state.log.finish_snapshot(end_message);
+        self.restore_snapshot_filter(&mut state, end_message);
+    }
+
+    /// Recovery: the snapshot's end, and the visibility filter it carries.
+    fn restore_snapshot_filter(&self, state: &mut ShapeState, end_message: &[u8]) {
         state.snapshot_end = Some(end_message.to_vec());
         let snapshot = std::str::from_utf8(end_message)
             .ok()
@@ -227,7 +232,7 @@ impl Shape {
             id: self.id,
             handle: self.handle().to_string(),
             canonical: self.spec.canonical.clone(),
-            definition_hash: crate::owner::stable_hash(self.spec.canonical.as_bytes()),
+            definition_hash: definition_hash(&self.spec.canonical),
             relation_id: self.relation_id(),
             index_key: self
                 .spec
@@ -271,15 +276,8 @@ impl Shape {
             record.snapshot_end.is_some(),
         );
         state.last_lsn = Lsn(record.last_lsn);
-        state.snapshot_end = record.snapshot_end.clone();
         if let Some(end) = &record.snapshot_end {
-            match std::str::from_utf8(end)
-                .ok()
-                .and_then(PgSnapshot::from_end_message)
-            {
-                Some(snapshot) => state.gate = Gate::Filtering(snapshot),
-                None => tracing::warn!(handle = self.handle(), "unreadable snapshot-end record"),
-            }
+            self.restore_snapshot_filter(&mut state, end);
         }
     }
 
@@ -385,10 +383,7 @@ impl Shape {
             let (offset, bytes) = entry.finish(n + 1 == count);
             // Payload: the entry's offset (tx, op) then its JSON, so the log
             // is rebuilt byte for byte from the segments.
-            payload.clear();
-            payload.extend_from_slice(&offset.tx().to_le_bytes());
-            payload.extend_from_slice(&offset.op().to_le_bytes());
-            payload.extend_from_slice(&bytes);
+            record::entry_payload(&mut payload, offset.tx(), offset.op(), &bytes);
             record::encode(
                 &mut journal,
                 tx.commit_lsn.0,
@@ -770,19 +765,6 @@ impl Registry {
         self.add(id, spec, Gate::Open, 0, 0)
     }
 
-    /// Rebuilds a shape from its metadata record during recovery; its log
-    /// state follows with `Shape::restore_log`.
-    pub fn restore_record(&mut self, record: &ShapeRecord, spec: ShapeSpec) -> Rc<Shape> {
-        self.next_id = self.next_id.max(record.id + 1);
-        self.add(
-            record.id,
-            spec,
-            Gate::Open,
-            record.created_ms,
-            record.last_read,
-        )
-    }
-
     fn add(
         &mut self,
         id: ShapeId,
@@ -875,10 +857,8 @@ impl Registry {
         );
         self.by_read.remove(&(shape.read_stamp.get(), id));
         self.meta_dirty.borrow_mut().remove(&id);
-        self.meta_removed.push((
-            id,
-            crate::owner::stable_hash(shape.spec.canonical.as_bytes()),
-        ));
+        self.meta_removed
+            .push((id, definition_hash(&shape.spec.canonical)));
         self.doomed_files.extend(shape.file_paths());
         self.by_handle.remove(shape.handle());
         if self.by_definition.get(&shape.spec.canonical) == Some(&id) {
@@ -908,7 +888,7 @@ impl Registry {
         );
         self.by_read.remove(&(cold.read_stamp, id));
         self.meta_removed
-            .push((id, crate::owner::stable_hash(cold.canonical.as_bytes())));
+            .push((id, definition_hash(&cold.canonical)));
         let log = ShapeLog::new(&self.files_dir, id, 1);
         self.doomed_files
             .extend(log.paths().iter().map(|p| p.to_path_buf()));

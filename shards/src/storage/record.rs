@@ -60,6 +60,22 @@ pub struct Record<'a> {
 }
 
 /// Appends one framed record to `out`.
+/// An `Entry` record's payload: the entry's offset `(tx, op)`, then its
+/// JSON, so a shape's log is rebuilt byte for byte from the segments.
+pub fn entry_payload(out: &mut Vec<u8>, tx: u64, op: u64, json: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&tx.to_le_bytes());
+    out.extend_from_slice(&op.to_le_bytes());
+    out.extend_from_slice(json);
+}
+
+/// `(tx, op, json)` of an `Entry` payload; None when it is too short.
+pub fn parse_entry(payload: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let tx = u64::from_le_bytes(payload.get(0..8)?.try_into().ok()?);
+    let op = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((tx, op, &payload[16..]))
+}
+
 pub fn encode(out: &mut Vec<u8>, lsn: u64, shape: u64, kind: Kind, payload: &[u8]) {
     assert!(
         payload.len() <= MAX_PAYLOAD,
