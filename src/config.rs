@@ -143,6 +143,12 @@ pub struct Options {
     )]
     pub checkpoint_interval_ms: u64,
 
+    /// Milliseconds a used shape stays built in memory while nothing reads
+    /// or changes it; then it is unloaded to its cold form (about the size
+    /// of a restored shape) and rebuilt on next use. 0 keeps shapes built.
+    #[arg(long, env = "SHAPESHARD_UNLOAD_IDLE_MS", default_value_t = 60_000)]
+    pub unload_idle_ms: u64,
+
     /// JSON `{"initial": N, "existing": M}`: concurrent requests admitted
     /// for new shapes and for existing ones; beyond, 503 + retry-after.
     #[arg(
@@ -200,6 +206,7 @@ pub struct Config {
     pub flush_bytes: usize,
     pub segment_bytes: u64,
     pub checkpoint_interval_ms: u64,
+    pub unload_idle_ms: u64,
     pub max_shapes: usize,
 }
 
@@ -306,6 +313,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         flush_bytes: o.flush_bytes,
         segment_bytes: o.segment_bytes,
         checkpoint_interval_ms: o.checkpoint_interval_ms,
+        unload_idle_ms: o.unload_idle_ms,
         max_shapes: o.max_shapes,
     })
 }

@@ -2,6 +2,13 @@ use clap::Parser;
 
 use shapeshard::config::{self, Cli};
 
+/// Per-thread heaps suit one executor per core; and glibc's allocator,
+/// after many small frees (idle shapes unloaded, shapes removed), stalls a
+/// later large allocation for hundreds of milliseconds consolidating them
+/// (measured by `restore-bench`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let config = match config::validate(&cli) {

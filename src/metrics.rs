@@ -3,6 +3,9 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use shards::storage::gauges::StorageGauges;
 
 use crate::http::shape::admission::Kind;
 
@@ -18,9 +21,18 @@ pub struct Metrics {
     pub rejected_existing: AtomicU64,
     pub snapshots_started: AtomicU64,
     pub shapes_evicted: AtomicU64,
+    /// One per shard, written by its group commit.
+    pub storage: Vec<Arc<StorageGauges>>,
 }
 
 impl Metrics {
+    pub fn new(shards: usize) -> Metrics {
+        Metrics {
+            storage: (0..shards).map(|_| Arc::default()).collect(),
+            ..Metrics::default()
+        }
+    }
+
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -92,6 +104,79 @@ impl Metrics {
             "Shapes evicted as least recently read (ELECTRIC_MAX_SHAPES).",
             &self.shapes_evicted,
         );
+        self.render_storage(&mut out);
         out
+    }
+
+    /// Per-shard storage series (label `shard`), and the fence.
+    fn render_storage(&self, out: &mut String) {
+        type Field = fn(&StorageGauges) -> &AtomicU64;
+        let series: [(&str, &str, &str, Field); 8] = [
+            (
+                "shapeshard_durable_lsn",
+                "gauge",
+                "WAL position the shard has made durable (fdatasync).",
+                |g| &g.durable_lsn,
+            ),
+            (
+                "shapeshard_fdatasyncs_total",
+                "counter",
+                "fdatasync calls of the shard's segment log.",
+                |g| &g.fdatasyncs,
+            ),
+            (
+                "shapeshard_segment_bytes_written_total",
+                "counter",
+                "Bytes written to the shard's segment log.",
+                |g| &g.segment_bytes_written,
+            ),
+            (
+                "shapeshard_metadata_commits_total",
+                "counter",
+                "LMDB write transactions of metadata batches.",
+                |g| &g.meta_commits,
+            ),
+            (
+                "shapeshard_checkpoints_total",
+                "counter",
+                "Checkpoints (tails into serving files, LMDB log states).",
+                |g| &g.checkpoints,
+            ),
+            (
+                "shapeshard_shapes_built",
+                "gauge",
+                "Shapes held built in memory.",
+                |g| &g.shapes_built,
+            ),
+            (
+                "shapeshard_shapes_cold",
+                "gauge",
+                "Shapes held in their small cold form (restored or unloaded).",
+                |g| &g.shapes_cold,
+            ),
+            (
+                "shapeshard_shapes_unloaded_total",
+                "counter",
+                "Idle built shapes unloaded to cold (SHAPESHARD_UNLOAD_IDLE_MS).",
+                |g| &g.shapes_unloaded,
+            ),
+        ];
+        for (name, kind, help, field) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (shard, gauges) in self.storage.iter().enumerate() {
+                let value = StorageGauges::get(field(gauges));
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {value}");
+            }
+        }
+        let fence = self
+            .storage
+            .iter()
+            .map(|g| StorageGauges::get(&g.durable_lsn))
+            .min()
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "# HELP shapeshard_fence_lsn WAL position durable on every shard (what Postgres is confirmed).\n# TYPE shapeshard_fence_lsn gauge\nshapeshard_fence_lsn {fence}"
+        );
     }
 }

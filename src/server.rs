@@ -98,7 +98,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         config.max_concurrent_initial,
         config.max_concurrent_existing,
     );
-    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let metrics = Arc::new(crate::metrics::Metrics::new(shard_count));
     let eviction = Arc::new(crate::shapes::evict::Eviction::new(
         config.max_shapes,
         shard_count,
@@ -107,6 +107,10 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         interval: std::time::Duration::from_millis(config.flush_interval_ms),
         max_pending: config.flush_bytes,
         checkpoint_interval: std::time::Duration::from_millis(config.checkpoint_interval_ms),
+        unload_idle_checkpoints: match config.unload_idle_ms {
+            0 => 0,
+            ms => ms.div_ceil(config.checkpoint_interval_ms),
+        },
     };
     let segment_bytes = config.segment_bytes;
     // Shards that have restored their shapes (and so subscribed their
@@ -243,7 +247,16 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
             );
             eviction.publish(index, &registry.borrow());
             let router = Router::new(links, service);
-            let mut core = ShardCore::new(index, progress, registry, writer, meta, commit_config);
+            let gauges = metrics.storage[index].clone();
+            let mut core = ShardCore::new(
+                index,
+                progress,
+                registry,
+                writer,
+                meta,
+                commit_config,
+                gauges,
+            );
             let http = crate::http::serve(
                 addr,
                 crate::http::HttpContext {

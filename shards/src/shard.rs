@@ -13,6 +13,7 @@ use crate::lsn::Lsn;
 use crate::runtime::{self, channel::ConnectedReceiver};
 use crate::shape::registry::Registry;
 use crate::storage::commit::{CommitConfig, CommitSignals, GroupCommit};
+use crate::storage::gauges::StorageGauges;
 use crate::storage::meta::{MetaStats, MetaStore};
 use crate::storage::segment::SegmentWriter;
 
@@ -38,6 +39,7 @@ impl ShardCore {
         writer: SegmentWriter,
         meta: MetaStore,
         config: CommitConfig,
+        gauges: Arc<StorageGauges>,
     ) -> ShardCore {
         let last_seen = progress.durable(index);
         let signals = Rc::new(CommitSignals::default());
@@ -57,6 +59,7 @@ impl ShardCore {
                 writer,
                 progress,
                 signals: signals.clone(),
+                gauges,
             }),
             signals,
             meta_stats,

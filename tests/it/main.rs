@@ -18,5 +18,6 @@ mod shape_consistency;
 mod shape_evict;
 mod shape_herd;
 mod shape_restart;
+mod shape_unload;
 mod standby;
 mod torn_write;

@@ -181,6 +181,25 @@ impl Server {
         }
     }
 
+    /// A series from `/metrics`, summed over its labels (per-shard series
+    /// give the server's total).
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.get("/metrics").body;
+        let values: Vec<u64> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let value = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} ")?.1,
+                    None => rest.strip_prefix(' ')?,
+                };
+                value.trim().parse().ok()
+            })
+            .collect();
+        assert!(!values.is_empty(), "no {name} in {text}");
+        values.iter().sum()
+    }
+
     pub fn request(&self, method: &str, path_and_query: &str) -> Reply {
         Reply::from(
             ureq::request(method, &self.url(path_and_query))

@@ -9,17 +9,6 @@ use std::time::Duration;
 use crate::harness::database;
 use crate::server::{Reply, Server};
 
-/// A counter from `/metrics`.
-fn metric(server: &Server, name: &str) -> u64 {
-    let text = server.get("/metrics").body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// `n` GETs released together; the replies in request order.
 fn herd(server: &Server, urls: Vec<String>) -> Vec<Reply> {
     let barrier = Arc::new(Barrier::new(urls.len()));
@@ -79,11 +68,8 @@ fn a_thousand_requests_for_one_new_shape_make_one_snapshot() {
         assert_eq!(reply.body, first.body);
     }
     assert_eq!(first.json().as_array().unwrap().len(), 501);
-    assert_eq!(
-        metric(&server, "shapeshard_shape_creations_started_total"),
-        1
-    );
-    assert_eq!(metric(&server, "shapeshard_snapshots_started_total"), 1);
+    assert_eq!(server.metric("shapeshard_shape_creations_started_total"), 1);
+    assert_eq!(server.metric("shapeshard_snapshots_started_total"), 1);
 
     // 200 requests over 20 new shapes: 20 creations.
     let urls: Vec<String> = (0..200)
@@ -99,11 +85,11 @@ fn a_thousand_requests_for_one_new_shape_make_one_snapshot() {
         );
     }
     assert_eq!(
-        metric(&server, "shapeshard_shape_creations_started_total"),
+        server.metric("shapeshard_shape_creations_started_total"),
         21
     );
-    assert_eq!(metric(&server, "shapeshard_snapshots_started_total"), 21);
-    assert_eq!(metric(&server, "shapeshard_shape_creations_in_flight"), 0);
+    assert_eq!(server.metric("shapeshard_snapshots_started_total"), 21);
+    assert_eq!(server.metric("shapeshard_shape_creations_in_flight"), 0);
 
     // A creation that fails fails for every waiter, and is retried later.
     let replies = herd(
@@ -119,7 +105,7 @@ fn a_thousand_requests_for_one_new_shape_make_one_snapshot() {
         "{}",
         replies[0].body
     );
-    let failed = metric(&server, "shapeshard_shape_creations_failed_total");
+    let failed = server.metric("shapeshard_shape_creations_failed_total");
     assert!(failed >= 1, "{failed}");
     pg.batch_execute("CREATE TABLE later (id int PRIMARY KEY); INSERT INTO later VALUES (7)")
         .unwrap();
@@ -163,7 +149,7 @@ fn over_budget_initial_requests_get_503_and_all_sync_on_retry() {
             "Concurrent initial request limit exceeded (limit: 10), please retry"
         );
     }
-    assert!(metric(&server, "shapeshard_requests_rejected_initial_total") >= rejected.len() as u64);
+    assert!(server.metric("shapeshard_requests_rejected_initial_total") >= rejected.len() as u64);
     // Nobody is lost: every rejected client gets its shape on retry
     // (without the retry-after wait, to keep the test short).
     for (i, reply) in replies.iter().enumerate() {

@@ -3,6 +3,11 @@
 //! before the shard serves — and the memory each restored, idle shape
 //! keeps (anonymous RSS growth over the restore, divided by N).
 //!
+//! Then every shape is used (built) and left idle until the shard unloads
+//! it back to cold (`Registry::unload_idle`, what a checkpoint does after
+//! `SHAPESHARD_UNLOAD_IDLE_MS`): the heap a built shape holds, and what an
+//! idle one is back to.
+//!
 //! `cargo run --release -p shapeshard-perf --bin restore-bench [SHAPES]`
 //!
 //! The records are what the server writes: the creation record from
@@ -23,6 +28,37 @@ use shards::storage::meta::{
     Checkpoint, CheckpointBatch, ChunkRecord, LogRecord, MetaBatch, MetaStore, RegionRecord,
     ShapeRecord,
 };
+
+/// Counts live heap bytes, so memory per shape is exact whatever the
+/// allocator keeps cached.
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new as i64 - layout.size() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn heap() -> i64 {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Anonymous resident memory of this process, in bytes.
 fn rss_anon() -> u64 {
@@ -117,10 +153,12 @@ fn main() {
     );
     registry.set_loader(meta, spec_loader());
     let memory_before = rss_anon();
+    let heap_before = heap();
     let started = Instant::now();
     let recovery = recover(&dir.join("log"), &meta, &mut registry).expect("recover");
     let seconds = started.elapsed().as_secs_f64();
     let memory = rss_anon().saturating_sub(memory_before);
+    let heap_cold = (heap() - heap_before) as f64 / shapes as f64;
     assert_eq!(recovery.shapes, shapes, "every shape restored");
     assert_eq!(registry.len(), shapes);
     let per_shape = memory as f64 / shapes as f64;
@@ -145,8 +183,35 @@ fn main() {
         assert!(shape.snapshot_done());
     }
     assert_eq!(registry.cold_count(), shapes - handles.len());
+    // Use every shape, then let them idle past the unload threshold.
+    for k in 0..shapes {
+        let handle = ShapeHandle::new(g_equals(k).hash(), k as u64);
+        registry.by_handle(handle.as_str()).expect("restored shape");
+    }
+    assert_eq!(registry.cold_count(), 0, "every shape built");
+    let heap_built = (heap() - heap_before) as f64 / shapes as f64;
+    // One call per checkpoint; each is a pause of the shard's executor.
+    assert_eq!(registry.unload_idle(1), 0, "used in this checkpoint");
+    let mut unload_ms: f64 = 0.0;
+    let mut unload_total = 0.0;
+    let mut checkpoints = 0;
+    while registry.cold_count() < shapes {
+        let pause = Instant::now();
+        let unloaded = registry.unload_idle(1);
+        let ms = pause.elapsed().as_secs_f64() * 1000.0;
+        unload_ms = unload_ms.max(ms);
+        unload_total += ms;
+        assert!(unloaded > 0, "idle shapes left built");
+        checkpoints += 1;
+    }
+    eprintln!("unloaded over {checkpoints} checkpoints, {unload_total:.1} ms in all");
+    assert_eq!(registry.cold_count(), shapes);
+    let heap_unloaded = (heap() - heap_before) as f64 / shapes as f64;
+    eprintln!(
+        "heap per shape: {heap_cold:.0} B restored, {heap_built:.0} B built, {heap_unloaded:.0} B unloaded ({unload_ms:.1} ms)"
+    );
     rows.push_str(&format!(
-        "| {shapes} | {seconds:.3} | {:.0} | {per_shape:.0} | {:.1} | {:.1} |\n",
+        "| {shapes} | {seconds:.3} | {:.0} | {per_shape:.0} | {heap_cold:.0} | {heap_built:.0} | {heap_unloaded:.0} | {unload_ms:.1} | {:.1} | {:.1} |\n",
         shapes as f64 / seconds,
         first_use.value_at_quantile(0.5) as f64 / 1000.0,
         first_use.value_at_quantile(0.99) as f64 / 1000.0,
@@ -154,7 +219,7 @@ fn main() {
     drop(registry);
     let _ = std::fs::remove_dir_all(&dir);
     let report = format!(
-        "# Restore: idle shapes back from LMDB after a checkpoint\n\n{}\n\nOne shard (one core) restores every shape from its LMDB records (rkyv, copied to aligned buffers) and checkpointed log states: creation record decoded, where clause compiled, shape registered and indexed, log state restored. No serving file is opened (they are cut lazily at their next write) and no segment is replayed (the checkpoint is at the log's end, as after a clean stop; after a crash only the records past the checkpoint are replayed). A server restores its shards in parallel, one per core. Shapes come back *cold*: handle, definition key, index key, read time and checkpointed log state only; a shape is built (creation record read from LMDB, where clause compiled) the first time a request or a change needs it. Memory is the growth of anonymous RSS over the restore, per shape: an idle shape's whole in-memory state. First use is the build of one cold shape (1000 sampled).\n\n| shapes | seconds | shapes/s | bytes per idle shape | first use p50 µs | first use p99 µs |\n|---|---|---|---|---|---|\n{rows}",
+        "# Restore: idle shapes back from LMDB after a checkpoint\n\n{}\n\nOne shard (one core) restores every shape from its LMDB records (rkyv, copied to aligned buffers) and checkpointed log states: creation record decoded, where clause compiled, shape registered and indexed, log state restored. No serving file is opened (they are cut lazily at their next write) and no segment is replayed (the checkpoint is at the log's end, as after a clean stop; after a crash only the records past the checkpoint are replayed). A server restores its shards in parallel, one per core. Shapes come back *cold*: handle, definition key, index key, read time and checkpointed log state only; a shape is built (creation record read from LMDB, where clause compiled) the first time a request or a change needs it. RSS is the growth of anonymous RSS over the restore, per shape. Heap columns count live heap bytes per shape (a counting allocator): after the restore (cold), after every shape was used once (built: spec, compiled where clause, log index, wake-up list), and after the shard unloaded them as idle (the checkpoint's `unload_idle`, at most `UNLOAD_PER_CHECKPOINT` per checkpoint; the longest such pause of the shard's executor is reported). First use is the build of one cold shape (1000 sampled).\n\n| shapes | seconds | shapes/s | RSS B/shape restored | heap B/shape restored | heap B/shape built | heap B/shape unloaded | longest unload pause ms | first use p50 µs | first use p99 µs |\n|---|---|---|---|---|---|---|---|---|---|\n{rows}",
         Machine::describe()
     );
     println!("{report}");

@@ -84,6 +84,7 @@ fn run(shapes: usize, changes: usize) -> Run {
                 writer,
                 progress: progress.clone(),
                 signals: signals.clone(),
+                gauges: Default::default(),
             }
             .run(),
         );

@@ -14,4 +14,6 @@ pub mod registry;
 pub mod schema;
 #[cfg(test)]
 pub(crate) mod test_support;
+#[cfg(test)]
+mod unload_tests;
 pub mod where_clause;

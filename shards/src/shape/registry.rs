@@ -56,6 +56,16 @@ pub struct ShapeSpec {
     pub persisted: Vec<u8>,
 }
 
+/// Shapes unloaded per checkpoint at most: an unload frees a built shape
+/// and allocates its cold form (a few µs each), and the sweep runs on the
+/// shard's executor, so a mass of idle shapes goes cold over several
+/// checkpoints rather than in one long pause.
+pub const UNLOAD_PER_CHECKPOINT: usize = 1024;
+
+/// Built shapes the unload sweep looks at per checkpoint (it walks them in
+/// turn, so a shard with many busy shapes does not scan them all at once).
+pub const SWEEP_PER_CHECKPOINT: usize = 16_384;
+
 /// Transactions a shape holds while its snapshot's visibility is unknown
 /// (normally a few milliseconds' worth). Past it the snapshot is stuck and
 /// the shape is dropped: its clients re-sync rather than memory grow.
@@ -97,6 +107,8 @@ pub struct Shape {
     meta_dirty: MetaDirty,
     /// When it was last read, on the server-wide read clock (for LRU).
     read_stamp: Cell<u64>,
+    /// The registry's checkpoint epoch when it was last used (unloading).
+    active: Cell<u64>,
     /// Milliseconds since the Unix epoch.
     created_ms: u64,
     column_names: Vec<String>,
@@ -279,6 +291,34 @@ impl Shape {
         if let Some(end) = &record.snapshot_end {
             self.restore_snapshot_filter(&mut state, end);
         }
+    }
+
+    /// Unloading: what it must keep to be rebuilt, when it can go cold now
+    /// (snapshot done, nothing pending, every item in its files and its
+    /// log state checkpointed).
+    fn to_cold(&self) -> Option<Box<Cold>> {
+        let state = self.state.borrow();
+        if state.gone
+            || state.snapshot_end.is_none()
+            || matches!(state.gate, Gate::Pending(_))
+            || state.log.has_tail()
+        {
+            return None;
+        }
+        let captured = state.log.capture();
+        Some(Box::new(Cold {
+            handle: self.handle().into(),
+            canonical: self.spec.canonical.as_str().into(),
+            relation: self.relation_id(),
+            read_stamp: self.read_stamp.get(),
+            created_ms: self.created_ms,
+            log: LogRecord {
+                snapshot: captured.records.0,
+                snapshot_end: state.snapshot_end.clone(),
+                main: captured.records.1,
+                last_lsn: state.last_lsn.0,
+            },
+        }))
     }
 
     /// The serving files of this shape.
@@ -471,10 +511,10 @@ impl RelationShapes {
 /// format: catalog columns, where-clause compiler).
 pub type SpecLoader = Box<dyn Fn(&[u8]) -> Result<ShapeSpec, String>>;
 
-/// A shape restored from LMDB and not used since: routed and looked up like
-/// any other, but its spec, filter and log state are built only when a
-/// request or a change first needs them, so a restart costs O(records) and
-/// an idle shape keeps a few hundred bytes.
+/// A shape restored from LMDB and not used since, or unloaded after being
+/// idle: routed and looked up like any other, but its spec, filter and log
+/// state are built only when a request or a change next needs them, so a
+/// restart costs O(records) and an idle shape keeps a few hundred bytes.
 struct Cold {
     handle: Box<str>,
     canonical: Box<str>,
@@ -507,8 +547,16 @@ pub struct Registry {
     meta_removed: Vec<(ShapeId, u64)>,
     /// Serving files of removed shapes, deleted after the next checkpoint.
     doomed_files: Vec<PathBuf>,
-    cold: HashMap<ShapeId, Cold>,
+    /// Boxed: the map churns as shapes are built and unloaded, and its
+    /// in-place rehash moves every entry.
+    cold: HashMap<ShapeId, Box<Cold>>,
     loader: Option<(MetaStore, SpecLoader)>,
+    /// Checkpoints so far: the clock shapes' idleness is measured on.
+    epoch: u64,
+    /// Built shapes unloaded to cold since start.
+    unloaded: u64,
+    /// Built shapes the unload sweep has yet to look at in this round.
+    sweep: Vec<ShapeId>,
 }
 
 impl Registry {
@@ -540,6 +588,9 @@ impl Registry {
             doomed_files: Vec::new(),
             cold: HashMap::new(),
             loader: None,
+            epoch: 0,
+            unloaded: 0,
+            sweep: Vec::new(),
         }
     }
 
@@ -571,14 +622,14 @@ impl Registry {
         self.routes.subscribe(record.relation_id, self.shard);
         self.cold.insert(
             id,
-            Cold {
+            Box::new(Cold {
                 handle: record.handle.as_str().into(),
                 canonical: record.canonical.as_str().into(),
                 relation: record.relation_id,
                 read_stamp: record.last_read,
                 created_ms: record.created_ms,
                 log,
-            },
+            }),
         );
         true
     }
@@ -610,6 +661,7 @@ impl Registry {
     /// be built (its record unreadable) is removed: its clients re-sync.
     fn warm(&mut self, id: ShapeId) -> Option<Rc<Shape>> {
         if let Some(shape) = self.shapes.get(&id) {
+            shape.active.set(self.epoch);
             return Some(shape.clone());
         }
         let cold = self.cold.get(&id)?;
@@ -645,6 +697,59 @@ impl Registry {
         shape.restore_log(&cold.log);
         self.shapes.insert(id, shape.clone());
         Some(shape)
+    }
+
+    /// Called once per checkpoint, as it starts (the previous one has
+    /// completed): unloads the built shapes unused for more than
+    /// `idle_checkpoints` checkpoints back to cold, so an idle shape costs
+    /// what a restored one does. Only a shape nothing else holds (no reader,
+    /// long-poll, snapshot or checkpoint in flight) whose items are all in
+    /// its files goes cold, and only with a loader to rebuild it. A shape
+    /// idle for a whole checkpoint had its creation record committed to
+    /// LMDB, where rebuilding reads it. 0 never unloads. Each call looks at
+    /// the next `SWEEP_PER_CHECKPOINT` built shapes and unloads at most
+    /// `UNLOAD_PER_CHECKPOINT`. Returns how many.
+    pub fn unload_idle(&mut self, idle_checkpoints: u64) -> usize {
+        self.epoch += 1;
+        if idle_checkpoints == 0 || self.loader.is_none() {
+            return 0;
+        }
+        if self.sweep.is_empty() {
+            self.sweep = self.shapes.keys().copied().collect();
+        }
+        let dirty = self.meta_dirty.clone();
+        let dirty = dirty.borrow();
+        let (mut visited, mut unloaded) = (0, 0);
+        while visited < SWEEP_PER_CHECKPOINT && unloaded < UNLOAD_PER_CHECKPOINT {
+            let Some(id) = self.sweep.pop() else { break };
+            visited += 1;
+            let Some(shape) = self.shapes.get(&id) else {
+                continue;
+            };
+            if self.epoch - shape.active.get() <= idle_checkpoints
+                || Rc::strong_count(shape) > 1
+                || dirty.contains(&id)
+            {
+                continue;
+            }
+            if let Some(cold) = shape.to_cold() {
+                self.shapes.remove(&id);
+                self.cold.insert(id, cold);
+                unloaded += 1;
+            }
+        }
+        self.unloaded += unloaded as u64;
+        unloaded
+    }
+
+    /// Built shapes unloaded to cold since start.
+    pub fn unloaded_count(&self) -> u64 {
+        self.unloaded
+    }
+
+    /// Built (in-memory) shapes.
+    pub fn built_count(&self) -> usize {
+        self.shapes.len()
     }
 
     pub fn files_dir(&self) -> &Path {
@@ -803,6 +908,7 @@ impl Registry {
         Rc::new(Shape {
             id,
             read_stamp: Cell::new(read_stamp),
+            active: Cell::new(self.epoch),
             created_ms,
             journal: self.journal.clone(),
             meta_dirty: self.meta_dirty.clone(),
@@ -844,7 +950,7 @@ impl Registry {
     /// Removes a shape without journaling it (replaying a removal).
     pub fn forget(&mut self, id: ShapeId, why: &str) {
         if let Some(cold) = self.cold.remove(&id) {
-            self.forget_cold(id, cold, why);
+            self.forget_cold(id, &cold, why);
             return;
         }
         let Some(shape) = self.shapes.remove(&id) else {
@@ -880,7 +986,7 @@ impl Registry {
         shape.changed.notify_all();
     }
 
-    fn forget_cold(&mut self, id: ShapeId, cold: Cold, why: &str) {
+    fn forget_cold(&mut self, id: ShapeId, cold: &Cold, why: &str) {
         tracing::info!(
             shard = self.shard,
             handle = &*cold.handle,

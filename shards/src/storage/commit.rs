@@ -27,6 +27,7 @@ use crate::shape::registry::Registry;
 use crate::shape::registry::Shape;
 use crate::storage::meta::LogRecord;
 
+use super::gauges::StorageGauges;
 use super::meta::{CheckpointBatch, MetaStats, MetaStore};
 use super::segment::{delete_segments_before, SegmentWriter};
 
@@ -37,6 +38,9 @@ pub struct CommitConfig {
     pub max_pending: usize,
     /// Time between checkpoints (materialised tails, retention).
     pub checkpoint_interval: Duration,
+    /// Checkpoints a built shape may go unused before it is unloaded to
+    /// cold (`Registry::unload_idle`); 0 keeps shapes built.
+    pub unload_idle_checkpoints: u64,
 }
 
 impl CommitSignals {
@@ -54,6 +58,7 @@ impl Default for CommitConfig {
             interval: Duration::from_millis(5),
             max_pending: 256 * 1024,
             checkpoint_interval: Duration::from_secs(1),
+            unload_idle_checkpoints: 60,
         }
     }
 }
@@ -83,6 +88,7 @@ pub struct GroupCommit {
     pub writer: SegmentWriter,
     pub progress: Arc<DurableProgress>,
     pub signals: Rc<CommitSignals>,
+    pub gauges: Arc<StorageGauges>,
 }
 
 impl GroupCommit {
@@ -137,8 +143,14 @@ impl GroupCommit {
                 let mut registry = self.registry.borrow_mut();
                 let records = std::mem::take(&mut *journal.borrow_mut());
                 let batch = registry.take_meta_batch();
-                let checkpoint =
-                    checkpoint_due.then(|| (registry.capture_logs(), registry.take_doomed_files()));
+                let checkpoint = checkpoint_due.then(|| {
+                    if !closing {
+                        // The previous checkpoint completed: shapes without
+                        // a tail are wholly in their files and LMDB.
+                        registry.unload_idle(self.config.unload_idle_checkpoints);
+                    }
+                    (registry.capture_logs(), registry.take_doomed_files())
+                });
                 (records, batch, checkpoint)
             };
             self.writer.append_framed(&records);
@@ -159,6 +171,7 @@ impl GroupCommit {
                     .commits
                     .set(self.meta_stats.commits.get() + 1);
             }
+            self.publish_gauges(durable);
             if let Some((captures, doomed)) = checkpoint {
                 last_checkpoint = std::time::Instant::now();
                 let job = Checkpoint {
@@ -191,6 +204,24 @@ impl GroupCommit {
                 return Ok(());
             }
         }
+    }
+}
+
+impl GroupCommit {
+    fn publish_gauges(&self, durable: Lsn) {
+        let g = &self.gauges;
+        let registry = self.registry.borrow();
+        StorageGauges::set(&g.durable_lsn, durable.0);
+        StorageGauges::set(&g.fdatasyncs, self.writer.stats.fdatasyncs.get());
+        StorageGauges::set(
+            &g.segment_bytes_written,
+            self.writer.stats.bytes_written.get(),
+        );
+        StorageGauges::set(&g.meta_commits, self.meta_stats.commits.get());
+        StorageGauges::set(&g.checkpoints, self.meta_stats.checkpoints.get());
+        StorageGauges::set(&g.shapes_built, registry.built_count() as u64);
+        StorageGauges::set(&g.shapes_cold, registry.cold_count() as u64);
+        StorageGauges::set(&g.shapes_unloaded, registry.unloaded_count());
     }
 }
 
@@ -318,6 +349,7 @@ mod tests {
                         interval: Duration::from_millis(20),
                         max_pending: usize::MAX,
                         checkpoint_interval: Duration::from_secs(3600),
+                        unload_idle_checkpoints: 0,
                     },
                     registry: registry.clone(),
                     meta,
@@ -325,6 +357,7 @@ mod tests {
                     writer,
                     progress: progress.clone(),
                     signals: signals.clone(),
+                    gauges: Arc::default(),
                 };
                 let committer = runtime::spawn_local(commit.run());
                 let relation = id_relation(1, "items");

@@ -1,0 +1,166 @@
+//! Unloading idle built shapes back to cold: only shapes nothing holds and
+//! whose items are all in their files go; a rebuilt shape serves the same
+//! bytes and continues its log where it stopped.
+
+use std::sync::Arc;
+
+use crate::change::{Change, Datum, Transaction};
+use crate::lsn::Lsn;
+use crate::routes::RouteTable;
+use crate::shape::encode::PgSnapshot;
+use crate::shape::log::LogRead;
+use crate::shape::offset::LogOffset;
+use crate::shape::registry::{Registry, RowFilter, Shape, ShapeSpec};
+use crate::shape::test_support::{id_relation, id_shape};
+use crate::storage::meta::MetaStore;
+
+/// `id = n`, indexed; its creation record is `n` as text.
+struct IdIs(String);
+
+impl RowFilter for IdIs {
+    fn matches<'v>(&self, value: &dyn Fn(usize) -> Option<&'v str>) -> bool {
+        value(0) == Some(self.0.as_str())
+    }
+    fn index_key(&self) -> Option<(usize, Vec<String>)> {
+        Some((0, vec![self.0.clone()]))
+    }
+}
+
+fn spec(n: u64) -> ShapeSpec {
+    let filter: Box<dyn RowFilter> = Box::new(IdIs(n.to_string()));
+    let mut spec = id_shape(1, "items", Some((format!("id = {n}"), filter)), n);
+    spec.persisted = n.to_string().into_bytes();
+    spec
+}
+
+fn insert_tx(commit: u64, ids: &[u64]) -> Arc<Transaction> {
+    let relation = id_relation(1, "items");
+    Arc::new(Transaction {
+        xid: 100 + commit as u32,
+        commit_lsn: Lsn(commit),
+        end_lsn: Lsn(commit + 1),
+        commit_time_micros: 0,
+        changes: ids
+            .iter()
+            .map(|id| Change::Insert {
+                relation: relation.clone(),
+                new: vec![Datum::Text(id.to_string().into())],
+            })
+            .collect(),
+    })
+}
+
+/// Every response from the start to the end of the log, concatenated.
+fn read_all(shape: &Shape) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut after = LogOffset::BeforeAll;
+    loop {
+        let LogRead::Items(view) = shape.read(after) else {
+            panic!("{} not readable after {after:?}", shape.handle());
+        };
+        let end = view.end;
+        out.extend_from_slice(&view.load_blocking().expect("read"));
+        out.push(b'|');
+        if end == after || end >= shape.last_offset() {
+            return out;
+        }
+        after = end;
+    }
+}
+
+/// What the group commit does at a checkpoint, inline: the meta batch to
+/// LMDB, every tail to its files, trimmed.
+fn checkpoint(registry: &mut Registry, meta: &MetaStore) {
+    meta.commit(&registry.take_meta_batch())
+        .expect("meta commit");
+    for (shape, captured, _) in registry.capture_logs() {
+        for write in &captured.writes {
+            write.apply().expect("file write");
+        }
+        shape.written(&captured);
+    }
+}
+
+#[test]
+fn idle_shapes_unload_to_cold_and_come_back_with_the_same_log() {
+    let dir = std::env::temp_dir().join(format!("shapeshard-unload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let meta = MetaStore::open(&dir.join("meta")).expect("meta");
+    let mut registry = Registry::new(0, Arc::new(RouteTable::new()), 256, &dir.join("shapes"));
+    registry.set_loader(
+        meta,
+        Box::new(|persisted: &[u8]| {
+            let n = std::str::from_utf8(persisted)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or("bad creation record")?;
+            Ok(spec(n))
+        }),
+    );
+    let mut handles = Vec::new();
+    for n in 0..3 {
+        let shape = registry.insert(spec(n));
+        let snapshot = PgSnapshot {
+            xmin: 50,
+            xmax: 50,
+            xip: vec![],
+        };
+        shape.push_snapshot_row(&[Some(n.to_string().as_str())], &mut Vec::new());
+        shape.finish_snapshot(&snapshot);
+        registry.snapshot_taken(shape.id, snapshot);
+        handles.push(shape.handle().to_string());
+    }
+    // Enough changes to seal a few chunks of 256 bytes.
+    for commit in (1000..1200).step_by(10) {
+        registry.apply_transaction(&insert_tx(commit, &[0, 1, 2]));
+    }
+    checkpoint(&mut registry, &meta);
+    let before: Vec<Vec<u8>> = handles
+        .iter()
+        .map(|h| read_all(&registry.by_handle(h).unwrap()))
+        .collect();
+    let held = registry.by_handle(&handles[2]).unwrap();
+
+    // Used in this epoch: nothing goes yet.
+    assert_eq!(registry.unload_idle(1), 0);
+    assert_eq!(registry.unload_idle(1), 2, "two idle shapes unloaded");
+    assert_eq!(registry.cold_count(), 2);
+    assert_eq!(registry.built_count(), 1, "a held shape stays built");
+    assert_eq!(registry.len(), 3);
+
+    // A change rebuilds shape 0 (the index routes it there); with a tail it
+    // is not unloaded, however idle, until a checkpoint wrote it.
+    registry.apply_transaction(&insert_tx(2000, &[0]));
+    assert_eq!(registry.cold_count(), 1, "the change rebuilt its shape");
+    for _ in 0..3 {
+        registry.unload_idle(1);
+    }
+    assert_eq!(registry.cold_count(), 1, "a shape with a tail stays built");
+    checkpoint(&mut registry, &meta);
+    registry.unload_idle(1);
+    assert_eq!(registry.cold_count(), 2, "written, it goes cold");
+
+    // Rebuilt: the same responses, byte for byte, and a replayed
+    // transaction is still skipped.
+    let shape1 = registry.by_handle(&handles[1]).expect("rebuilt");
+    assert_eq!(
+        read_all(&shape1),
+        before[1],
+        "shape 1 rebuilt byte-identical"
+    );
+    let end1 = shape1.last_offset();
+    registry.apply_transaction(&insert_tx(1190, &[1]));
+    assert_eq!(shape1.last_offset(), end1, "a held transaction is skipped");
+    registry.apply_transaction(&insert_tx(3000, &[1]));
+    assert_eq!(shape1.last_offset().tx(), 3000, "new changes append");
+
+    let shape0 = registry.by_handle(&handles[0]).expect("rebuilt");
+    let now = read_all(&shape0);
+    assert!(
+        now.len() > before[0].len() && shape0.last_offset().tx() == 2000,
+        "shape 0 keeps the change that rebuilt it"
+    );
+    assert_eq!(read_all(&held), before[2]);
+    drop(registry);
+    let _ = std::fs::remove_dir_all(&dir);
+}

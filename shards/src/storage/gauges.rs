@@ -1,0 +1,33 @@
+//! What a shard's storage reports to operators (`/metrics`): written by its
+//! group commit once per tick, read by whichever shard renders the page.
+//! Plain relaxed atomics: a scrape sees each value as of some recent tick.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct StorageGauges {
+    /// The WAL position this shard has made durable (published to the
+    /// fence).
+    pub durable_lsn: AtomicU64,
+    pub fdatasyncs: AtomicU64,
+    pub segment_bytes_written: AtomicU64,
+    /// LMDB write transactions of the ticks' metadata batches.
+    pub meta_commits: AtomicU64,
+    pub checkpoints: AtomicU64,
+    /// Shapes in memory, built (used since their restore or creation).
+    pub shapes_built: AtomicU64,
+    /// Shapes kept in their small cold form (restored or unloaded).
+    pub shapes_cold: AtomicU64,
+    /// Built shapes unloaded to cold after being idle.
+    pub shapes_unloaded: AtomicU64,
+}
+
+impl StorageGauges {
+    pub fn set(counter: &AtomicU64, value: u64) {
+        counter.store(value, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
