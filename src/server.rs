@@ -70,6 +70,7 @@ pub fn run(config: Config) -> Result<(), String> {
 fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> Result<(), String> {
     let shard_count = config.shards;
     check_shard_count(&config.storage_dir.join("shards"), shard_count)?;
+    let descriptors = raise_descriptor_limit();
     let progress = DurableProgress::new(shard_count, Lsn::ZERO);
     let routes = Arc::new(RouteTable::new());
     let status = Arc::new(ServiceStatus::default());
@@ -107,6 +108,8 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         interval: std::time::Duration::from_millis(config.flush_interval_ms),
         max_pending: config.flush_bytes,
         checkpoint_interval: std::time::Duration::from_millis(config.checkpoint_interval_ms),
+        open_files: ((descriptors / 4) as usize / shard_count)
+            .clamp(16, shards::storage::commit::MAX_OPEN_SERVING_FILES),
         unload_idle_checkpoints: match config.unload_idle_ms {
             0 => 0,
             ms => ms.div_ceil(config.checkpoint_interval_ms),
@@ -410,6 +413,36 @@ fn check_shard_count(dir: &std::path::Path, shards: usize) -> Result<(), String>
         }
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
+}
+
+/// Raises the soft descriptor limit to the hard one (the common soft
+/// default, 1024, runs out under load) and returns it. Each shard keeps a
+/// quarter of its share for open serving files, the rest for sockets.
+fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            ..limit
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    if limit.rlim_cur < 16_384 {
+        tracing::warn!(
+            "open file limit is {}: raise it (ulimit -n, LimitNOFILE=) or clients may be refused under load",
+            limit.rlim_cur
+        );
+    }
+    limit.rlim_cur
 }
 
 fn install_signal_handlers(shutdown: &Shutdown) -> Result<(), String> {

@@ -90,15 +90,20 @@ impl FileWrite {
     /// past `pos` were written after the last checkpoint before a crash:
     /// they are cut here, lazily, so a restart touches no serving file
     /// (reads never look past the chunk ranges, so they are harmless until
-    /// then).
+    /// then). Opens the file; `storage::serving` keeps busy ones open.
     pub fn apply(&self) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&self.path)?;
         let len = file.metadata()?.len();
+        self.apply_to(&file, len).map(|_| ())
+    }
+
+    /// `apply` on an open `file` of length `len`; returns the new length.
+    pub fn apply_to(&self, file: &std::fs::File, len: u64) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt;
         if len < self.pos {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -112,7 +117,8 @@ impl FileWrite {
         if len > self.pos {
             file.set_len(self.pos)?;
         }
-        file.write_all_at(&self.bytes, self.pos)
+        file.write_all_at(&self.bytes, self.pos)?;
+        Ok(self.pos + self.bytes.len() as u64)
     }
 }
 

@@ -30,6 +30,12 @@ use crate::storage::meta::LogRecord;
 use super::gauges::StorageGauges;
 use super::meta::{CheckpointBatch, MetaStats, MetaStore};
 use super::segment::{delete_segments_before, SegmentWriter};
+use super::serving::ServingFiles;
+
+/// Most serving-file descriptors a shard keeps open between checkpoints
+/// (its most recently written shapes'); the server sizes
+/// `CommitConfig::open_files` from its descriptor limit, up to this.
+pub const MAX_OPEN_SERVING_FILES: usize = 16384;
 
 #[derive(Clone, Copy, Debug)]
 pub struct CommitConfig {
@@ -41,6 +47,8 @@ pub struct CommitConfig {
     /// Checkpoints a built shape may go unused before it is unloaded to
     /// cold (`Registry::unload_idle`); 0 keeps shapes built.
     pub unload_idle_checkpoints: u64,
+    /// Serving files kept open between checkpoints (`storage::serving`).
+    pub open_files: usize,
 }
 
 impl CommitSignals {
@@ -59,6 +67,7 @@ impl Default for CommitConfig {
             max_pending: 256 * 1024,
             checkpoint_interval: Duration::from_secs(1),
             unload_idle_checkpoints: 60,
+            open_files: 4096,
         }
     }
 }
@@ -109,6 +118,9 @@ impl GroupCommit {
         let journal = self.registry.borrow().journal().clone();
         let mut last_checkpoint = std::time::Instant::now();
         let in_flight = Rc::new(Cell::new(false));
+        // Lent to the checkpoint in flight; back when it completes.
+        let files: Rc<Cell<Option<ServingFiles>>> =
+            Rc::new(Cell::new(Some(ServingFiles::new(self.config.open_files))));
         let failure: Rc<RefCell<Option<std::io::Error>>> = Rc::default();
         loop {
             let wake = self.signals.wake.listen();
@@ -182,6 +194,8 @@ impl GroupCommit {
                     files_dir: self.registry.borrow().files_dir().to_path_buf(),
                     log_dir: self.writer.dir().to_path_buf(),
                     stats: self.meta_stats.clone(),
+                    files: files.clone(),
+                    open_files: self.config.open_files,
                 };
                 if closing {
                     job.run().await?;
@@ -236,6 +250,8 @@ struct Checkpoint {
     files_dir: std::path::PathBuf,
     log_dir: std::path::PathBuf,
     stats: Rc<MetaStats>,
+    files: Rc<Cell<Option<ServingFiles>>>,
+    open_files: usize,
 }
 
 impl Checkpoint {
@@ -254,23 +270,29 @@ impl Checkpoint {
             at: self.position,
         };
         let (meta, files_dir, doomed) = (self.meta, self.files_dir, self.doomed);
-        on_thread("checkpoint", move || -> std::io::Result<()> {
-            for write in &writes {
-                write.apply()?;
-            }
-            if !writes.is_empty() {
-                sync_filesystem(&files_dir)?;
-            }
-            meta.checkpoint(&batch)?;
-            for path in doomed {
-                match std::fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
+        let mut files = self
+            .files
+            .take()
+            .unwrap_or_else(|| ServingFiles::new(self.open_files));
+        let (files, result) = on_thread("checkpoint", move || {
+            let result = (|| -> std::io::Result<()> {
+                for write in &writes {
+                    files.write(write)?;
                 }
-            }
-            Ok(())
+                if !writes.is_empty() {
+                    sync_filesystem(&files_dir)?;
+                }
+                meta.checkpoint(&batch)?;
+                for path in &doomed {
+                    files.remove(path)?;
+                }
+                Ok(())
+            })();
+            (files, result)
         })
-        .await??;
+        .await?;
+        self.files.set(Some(files));
+        result?;
         for (shape, captured, _) in &self.captures {
             shape.written(captured);
         }
@@ -350,6 +372,7 @@ mod tests {
                         max_pending: usize::MAX,
                         checkpoint_interval: Duration::from_secs(3600),
                         unload_idle_checkpoints: 0,
+                        open_files: 64,
                     },
                     registry: registry.clone(),
                     meta,

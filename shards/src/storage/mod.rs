@@ -7,3 +7,4 @@ pub mod gauges;
 pub mod meta;
 pub mod record;
 pub mod segment;
+pub mod serving;
