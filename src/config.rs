@@ -34,6 +34,17 @@ pub enum Command {
     /// Run the server (the default). Without DATABASE_URL it starts an
     /// embedded Postgres, as `dev` does.
     Serve,
+    /// Move every shape of a cleanly stopped storage directory to its owner
+    /// under a new shard count (the server must be stopped); start the
+    /// server with the same --shards afterwards.
+    Rehome {
+        /// The new number of shards.
+        #[arg(long)]
+        shards: usize,
+        /// The storage directory to re-home.
+        #[arg(long, env = "ELECTRIC_STORAGE_DIR", default_value = "./persistent")]
+        storage_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]

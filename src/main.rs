@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use shapeshard::config::{self, Cli};
+use shapeshard::config::{self, Cli, Command};
 
 /// Per-thread heaps suit one executor per core; and glibc's allocator,
 /// after many small frees (idle shapes unloaded, shapes removed), stalls a
@@ -11,6 +11,20 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(Command::Rehome {
+        shards,
+        storage_dir,
+    }) = &cli.command
+    {
+        match shapeshard::server::rehome(storage_dir, *shards) {
+            Ok(done) => println!("{done}"),
+            Err(message) => {
+                eprintln!("error: {message}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let config = match config::validate(&cli) {
         Ok(config) => config,
         Err(message) => {

@@ -69,6 +69,7 @@ pub fn run(config: Config) -> Result<(), String> {
 
 fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> Result<(), String> {
     let shard_count = config.shards;
+    crate::shapes::rehome::finish_interrupted(&config.storage_dir)?;
     check_shard_count(&config.storage_dir.join("shards"), shard_count)?;
     let descriptors = raise_descriptor_limit();
     let progress = DurableProgress::new(shard_count, Lsn::ZERO);
@@ -391,18 +392,53 @@ fn lock_storage(
     }
 }
 
+/// `shapeshard rehome`: re-homes the storage directory's shapes onto
+/// `shards` shards, refusing while a server holds the directory.
+pub fn rehome(storage_dir: &std::path::Path, shards: usize) -> Result<String, String> {
+    if shards == 0 || shards > shards::routes::MAX_SHARDS {
+        return Err(format!(
+            "--shards must be between 1 and {} (got {shards})",
+            shards::routes::MAX_SHARDS
+        ));
+    }
+    let shutdown = Shutdown::new();
+    shutdown.trigger();
+    // Triggered: the lock is tried once instead of waited for.
+    let Some(_lock) = lock_storage(storage_dir, &shutdown)? else {
+        return Err(format!(
+            "a shapeshard server is running on {}: stop it first",
+            storage_dir.display()
+        ));
+    };
+    let done = crate::shapes::rehome::rehome(storage_dir, shards)?;
+    Ok(if done.from == done.to {
+        format!(
+            "{} already has {shards} shards: nothing to do",
+            storage_dir.display()
+        )
+    } else {
+        format!(
+            "re-homed {} shapes from {} to {} shards in {}",
+            done.shapes,
+            done.from,
+            done.to,
+            storage_dir.display()
+        )
+    })
+}
+
 /// Shapes live on the shard that owns their definition hash, so a storage
-/// directory written with N shards only makes sense with N shards. Until
-/// shapes are re-homed on a change, refuse to start rather than lose them.
+/// directory written with N shards only makes sense with N shards: on a
+/// change, refuse to start (rather than lose shapes) and name the command
+/// that re-homes them (`shapes::rehome`).
 fn check_shard_count(dir: &std::path::Path, shards: usize) -> Result<(), String> {
     let path = dir.join("count");
     match std::fs::read_to_string(&path) {
         Ok(text) => match text.trim().parse::<usize>() {
             Ok(n) if n == shards => Ok(()),
             Ok(n) => Err(format!(
-                "{} holds shapes of {n} shards but {shards} were asked for: start with --shards {n} (SHAPESHARD_SHARDS={n}), or remove {} to start with no shapes",
+                "{} holds shapes of {n} shards but {shards} were asked for: run `shapeshard rehome --shards {shards}` with the server stopped to move them (or start with --shards {n})",
                 dir.display(),
-                dir.display()
             )),
             Err(_) => Err(format!("{} is not a shard count: remove it", path.display())),
         },

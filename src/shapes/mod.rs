@@ -8,4 +8,5 @@ pub mod filter;
 pub mod persist;
 pub mod pool;
 pub mod recover;
+pub mod rehome;
 pub mod service;

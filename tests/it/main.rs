@@ -17,6 +17,7 @@ mod shape_client;
 mod shape_consistency;
 mod shape_evict;
 mod shape_herd;
+mod shape_rehome;
 mod shape_restart;
 mod shape_unload;
 mod standby;

@@ -115,6 +115,36 @@ impl Server {
         self.wait_active();
     }
 
+    /// SIGTERM and wait; `restart` starts it again.
+    pub fn stop_process(&mut self) {
+        self.terminate();
+    }
+
+    /// Starts the server (after a stop) expecting it to refuse: waits for
+    /// the exit and returns its status.
+    pub fn start_expecting_exit(&mut self) -> std::process::ExitStatus {
+        self.child = self.spawn_on(self.port);
+        let child = &mut self.child;
+        wait_for("the server to exit", Duration::from_secs(30), || {
+            child.try_wait().unwrap()
+        })
+    }
+
+    /// Runs `shapeshard <args>` on this server's storage directory (a
+    /// command such as `rehome`); returns its status, stdout and stderr.
+    pub fn command(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_shapeshard"))
+            .args(args)
+            .env("ELECTRIC_STORAGE_DIR", &self.dir)
+            .output()
+            .unwrap();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// Sets an environment variable for the next (re)starts.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
