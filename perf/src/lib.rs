@@ -5,3 +5,5 @@
 pub mod fixture;
 pub mod psql;
 pub mod report;
+pub mod server;
+pub mod shapes;

@@ -14,3 +14,11 @@ pub fn psql(url: &str, sql: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// The bench table (`id int8 PK, g int4, note text`, indexed on `g`).
+pub fn create_bench_table(url: &str) {
+    psql(
+        url,
+        "CREATE TABLE bench (id int8 PRIMARY KEY, g int4 NOT NULL, note text); CREATE INDEX bench_g ON bench (g)",
+    );
+}

@@ -31,7 +31,6 @@
 //! Knobs: `--help` (each flag has an `E2E_*` variable).
 
 use std::collections::VecDeque;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -41,8 +40,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use shapeshard::devpg::{free_port, DevPgOptions, DevPostgres};
-use shapeshard_perf::psql::psql;
+use shapeshard_perf::psql::{create_bench_table, psql};
 use shapeshard_perf::report::{Machine, Spread};
+use shapeshard_perf::server::{server_binary, signal, Server, ServerConfig};
+use shapeshard_perf::shapes::{agent, create_shapes, get, read_url, shape_url, Creation};
 
 const SLOT: &str = "electric_slot_default";
 const PUBLICATION: &str = "electric_publication_default";
@@ -105,6 +106,8 @@ struct Ctx {
     args: Args,
     url: String,
     server: Server,
+    /// Cores the server uses with nothing to do (timers, status updates).
+    idle_cores: f64,
     /// The throwaway Postgres' postmaster (its processes are ours).
     postmaster: i32,
     storage: PathBuf,
@@ -117,24 +120,7 @@ fn main() {
         !args.shapes.is_empty() && args.shapes.windows(2).all(|w| w[0] < w[1]),
         "E2E_SHAPES must be increasing"
     );
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let default_bin = workspace.join("target/release/shapeshard");
-    let bin = args.server_bin.clone().unwrap_or(default_bin.clone());
-    assert!(
-        bin.exists(),
-        "{} not found: run `cargo build --release --bin shapeshard` first",
-        bin.display()
-    );
-    let version = args.server_version.clone().unwrap_or_else(|| {
-        if bin == default_bin {
-            workspace_version(&workspace)
-        } else {
-            format!("`{}`", bin.display())
-        }
-    });
+    let (bin, version) = server_binary(args.server_bin.clone(), args.server_version.clone());
 
     let dir = std::env::temp_dir().join(format!("shapeshard-e2e-write-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -159,14 +145,12 @@ fn main() {
         .next()
         .and_then(|l| l.trim().parse().ok())
         .expect("postmaster pid");
-    psql(
-        &url,
-        "CREATE TABLE bench (id int8 PRIMARY KEY, g int4 NOT NULL, note text); CREATE INDEX bench_g ON bench (g)",
-    );
+    create_bench_table(&url);
 
     let port = free_port().expect("a free port");
     let storage = dir.join("server");
-    let server = Server::start(&bin, &url, port, &storage, &args);
+    let server = start_server(&bin, &url, port, &storage, &args);
+    let idle_cores = server.cores_over(Duration::from_secs(2));
     eprintln!("server {} up on port {port}", bin.display());
     let shards = args
         .server_shards
@@ -176,6 +160,7 @@ fn main() {
         args,
         url,
         server,
+        idle_cores,
         postmaster,
         storage,
         next_id: 1,
@@ -226,7 +211,7 @@ fn main() {
     let report = render(
         &ctx.args,
         shards,
-        ctx.server.idle_cores,
+        ctx.idle_cores,
         &version,
         &points,
         &metrics,
@@ -237,260 +222,35 @@ fn main() {
 
 // ---------------------------------------------------------------- server
 
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    /// Cores the server uses with nothing to do (timers, status updates).
-    idle_cores: f64,
-}
-
-impl Server {
-    fn start(bin: &Path, url: &str, port: u16, storage: &Path, args: &Args) -> Server {
-        std::fs::create_dir_all(storage).unwrap();
-        let log = storage.with_extension("log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(bin);
-        // Flags only: none of the caller's Electric variables leak in.
-        for (k, _) in std::env::vars() {
-            if k == "DATABASE_URL" || k.starts_with("ELECTRIC_") || k.starts_with("SHAPESHARD_") {
-                command.env_remove(k);
-            }
-        }
-        command
-            .args(["--database-url", url, "--insecure"])
-            .args(["--port", &port.to_string()])
-            .arg("--storage-dir")
-            .arg(storage)
-            .args(["--log-level", "warning"])
-            .args(["--flush-interval-ms", &FLUSH_INTERVAL_MS.to_string()])
-            .args(["--status-interval-ms", &args.status_interval_ms.to_string()])
-            .args([
-                "--max-concurrent-requests",
-                r#"{"initial": 100000, "existing": 100000}"#,
-            ]);
-        if let Some(n) = args.server_shards {
-            command.args(["--shards", &n.to_string()]);
-        }
-        let child = command
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start the server");
-        let mut server = Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-            idle_cores: 0.0,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            server.assert_alive();
-            let health = ureq::get(&format!("{}/v1/health", server.base))
-                .call()
-                .map(|r| r.status());
-            if health.ok() == Some(200) {
-                std::thread::sleep(Duration::from_millis(500));
-                server.idle_cores = server.cores_over(Duration::from_secs(2));
-                return server;
-            }
-            assert!(Instant::now() < deadline, "server never became active");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+fn start_server(bin: &Path, url: &str, port: u16, storage: &Path, args: &Args) -> Server {
+    let mut config = ServerConfig::new(bin, url, port, storage).args([
+        "--flush-interval-ms".to_string(),
+        FLUSH_INTERVAL_MS.to_string(),
+        "--status-interval-ms".to_string(),
+        args.status_interval_ms.to_string(),
+        "--max-concurrent-requests".to_string(),
+        r#"{"initial": 100000, "existing": 100000}"#.to_string(),
+    ]);
+    if let Some(n) = args.server_shards {
+        config = config.args(["--shards".to_string(), n.to_string()]);
     }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Cores the server used over the next `window`.
-    fn cores_over(&self, window: Duration) -> f64 {
-        let ticks = || -> u64 {
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-                .ok()
-                .and_then(|s| {
-                    let (_, rest) = s.rsplit_once(')')?;
-                    let f: Vec<&str> = rest.split_whitespace().collect();
-                    Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?)
-                })
-                .unwrap_or(0)
-        };
-        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let before = ticks();
-        std::thread::sleep(window);
-        (ticks() - before) as f64 / tick / window.as_secs_f64()
-    }
-
-    fn assert_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            panic!("server exited ({status}):\n{}", tail.join("\n"));
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-                line.split_whitespace().nth(1)?.parse().ok()
-            })
-            .unwrap_or(0)
-    }
-
-    fn metrics(&self) -> String {
-        ureq::get(&format!("{}/metrics", self.base))
-            .call()
-            .ok()
-            .and_then(|r| r.into_string().ok())
-            .unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        signal(self.pid(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                eprintln!("server did not stop in 60 s; killing it");
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    let server = Server::start(&config, &storage.with_extension("log"));
+    std::thread::sleep(Duration::from_millis(500));
+    server
 }
 
 /// Waits (up to 60 s) until the server is back to its idle CPU use (plus
 /// 5% of a core), so background work left from one phase does not land in
 /// the next. Returns how long that took.
-fn settle(server: &Server) -> f64 {
+fn settle(ctx: &Ctx) -> f64 {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(60)
-        && server.cores_over(Duration::from_millis(500)) > server.idle_cores + 0.05
+        && ctx.server.cores_over(Duration::from_millis(500)) > ctx.idle_cores + 0.05
     {}
     started.elapsed().as_secs_f64()
 }
 
-/// Signals one process this bench started (the server, a `perf`, or a
-/// backend of its own throwaway Postgres).
-fn signal(pid: i32, signal: i32) {
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
-}
-
-/// The workspace's HEAD, and whether src/ or shards/ differ from it.
-fn workspace_version(workspace: &Path) -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(workspace)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = git(&["status", "--porcelain", "--", "src", "shards"]);
-    format!(
-        "`target/release/shapeshard` at {head}{}",
-        if dirty.is_empty() {
-            ""
-        } else {
-            " (src/ or shards/ had uncommitted changes)"
-        }
-    )
-}
-
 // ---------------------------------------------------------------- shapes
-
-struct Creation {
-    new_shapes: usize,
-    seconds: f64,
-    latency: Histogram<u64>,
-}
-
-fn shape_url(base: &str, k: usize) -> String {
-    format!("{base}/v1/shape?table=bench&offset=-1&where=g%20%3D%20{k}")
-}
-
-/// Creates the shapes `g = k` for `k` in `range`, `concurrency` requests in
-/// flight, printing progress every 5 s.
-fn create_shapes(base: &str, range: std::ops::Range<usize>, concurrency: usize) -> Creation {
-    let total = range.len();
-    let next = AtomicUsize::new(range.start);
-    let done = AtomicUsize::new(0);
-    let started = Instant::now();
-    eprintln!(
-        "creating shapes g = {}..{} ({total}, {concurrency} at a time)",
-        range.start, range.end
-    );
-    let latency = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let (next, done, end) = (&next, &done, range.end);
-                scope.spawn(move || {
-                    let agent = ureq::AgentBuilder::new()
-                        .timeout(Duration::from_secs(120))
-                        .build();
-                    let mut latency = Histogram::<u64>::new(3).unwrap();
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        if k >= end {
-                            return latency;
-                        }
-                        let url = shape_url(base, k);
-                        let t = Instant::now();
-                        loop {
-                            match agent.get(&url).call() {
-                                Ok(reply) => {
-                                    let mut body = Vec::new();
-                                    reply.into_reader().read_to_end(&mut body).unwrap();
-                                    break;
-                                }
-                                Err(ureq::Error::Status(503, _)) => {
-                                    std::thread::sleep(Duration::from_millis(50))
-                                }
-                                Err(e) => panic!("creating shape g = {k}: {e}"),
-                            }
-                        }
-                        latency.record(t.elapsed().as_micros() as u64).unwrap();
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        let mut last = Instant::now();
-        while workers.iter().any(|w| !w.is_finished()) {
-            std::thread::sleep(Duration::from_millis(100));
-            if last.elapsed() >= Duration::from_secs(5) {
-                last = Instant::now();
-                let n = done.load(Ordering::Relaxed);
-                eprintln!(
-                    "  {n}/{total} shapes ({:.0}/s)",
-                    n as f64 / started.elapsed().as_secs_f64()
-                );
-            }
-        }
-        let mut all = Histogram::<u64>::new(3).unwrap();
-        for w in workers {
-            all.add(w.join().unwrap()).unwrap();
-        }
-        all
-    });
-    let seconds = started.elapsed().as_secs_f64();
-    eprintln!(
-        "  {total} shapes in {seconds:.1} s ({:.0}/s)",
-        total as f64 / seconds
-    );
-    Creation {
-        new_shapes: total,
-        seconds,
-        latency,
-    }
-}
 
 /// Reads shape `g = k` from the start to up-to-date and counts its rows
 /// against Postgres': the server applied the changes, not only confirmed
@@ -499,25 +259,17 @@ fn check_shape(url: &str, base: &str, k: usize) -> (usize, usize) {
     let expected: usize = psql(url, &format!("SELECT count(*) FROM bench WHERE g = {k}"))
         .parse()
         .unwrap();
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build();
+    let agent = agent();
     let mut request = shape_url(base, k);
     let mut rows = 0;
     loop {
-        let reply = agent.get(&request).call().expect("shape read");
-        let handle = reply.header("electric-handle").unwrap().to_string();
-        let offset = reply.header("electric-offset").unwrap().to_string();
-        let up_to_date = reply.header("electric-up-to-date").is_some();
-        let mut body = String::new();
-        reply.into_reader().read_to_string(&mut body).unwrap();
-        rows += body.matches(r#""operation":"insert""#).count();
-        if up_to_date {
+        let reply = get(&agent, &request).expect("shape read");
+        assert_eq!(reply.status, 200, "shape read: {}", reply.body);
+        rows += reply.body.matches(r#""operation":"insert""#).count();
+        if reply.up_to_date {
             return (rows, expected);
         }
-        request = format!(
-            "{base}/v1/shape?table=bench&where=g%20%3D%20{k}&offset={offset}&handle={handle}"
-        );
+        request = read_url(base, k, &reply.at.expect("electric-handle and -offset"));
     }
 }
 
@@ -764,7 +516,7 @@ struct Live {
 }
 
 fn live(ctx: &mut Ctx, shapes: usize) -> Live {
-    settle(&ctx.server);
+    settle(ctx);
     let pending: Arc<Mutex<VecDeque<(u64, Instant)>>> = Default::default();
     let writing = Arc::new(AtomicBool::new(true));
     let counter = SyncCounter::start(ctx.server.pid(), &ctx.storage);
@@ -861,7 +613,7 @@ struct Drain {
 
 fn drain(ctx: &mut Ctx, shapes: usize) -> Drain {
     ctx.server.assert_alive();
-    settle(&ctx.server);
+    settle(ctx);
     let url = ctx.url.clone();
     let mut client = connect(&url);
     client
@@ -924,7 +676,7 @@ fn drain(ctx: &mut Ctx, shapes: usize) -> Drain {
 
     // The server keeps working after it confirmed (checkpoints move the
     // tails to serving files): the limit is measured on quiet cores.
-    let busy_after_seconds = settle(&ctx.server);
+    let busy_after_seconds = settle(ctx);
     let started = Instant::now();
     let status = Command::new("pg_recvlogical")
         .args(["-d", &url, "--slot", TWIN_SLOT, "--start", "--no-loop"])
