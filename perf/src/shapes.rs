@@ -38,11 +38,11 @@ pub struct Reply {
 
 /// One GET, its body read; any status is a reply, a transport error is
 /// `Err`.
-pub fn get(agent: &ureq::Agent, url: &str) -> Result<Reply, ureq::Transport> {
+pub fn get(agent: &ureq::Agent, url: &str) -> Result<Reply, Box<ureq::Transport>> {
     let response = match agent.get(url).call() {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(ureq::Error::Transport(t)) => return Err(t),
+        Err(ureq::Error::Transport(t)) => return Err(Box::new(t)),
     };
     let status = response.status();
     let at = match (

@@ -9,15 +9,23 @@ use shapeshard::pg::error::PgError;
 
 use crate::harness::{block_on, cluster, database};
 
-fn connect(port: u16, user: &str, password: Option<&str>, db: &str) -> Result<String, PgError> {
+fn connect(
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    db: &str,
+) -> Result<String, Box<PgError>> {
     let url = match password {
         Some(p) => format!("postgresql://{user}:{p}@127.0.0.1:{port}/{db}?sslmode=disable"),
         None => format!("postgresql://{user}@127.0.0.1:{port}/{db}?sslmode=disable"),
     };
     let config: ConnConfig = url.parse().unwrap();
     block_on(move || async move {
-        let mut conn = Connection::connect(&config).await?;
-        let rows = conn.query_rows("SELECT current_user").await?;
+        let mut conn = Connection::connect(&config).await.map_err(Box::new)?;
+        let rows = conn
+            .query_rows("SELECT current_user")
+            .await
+            .map_err(Box::new)?;
         let user = rows[0].get(0).unwrap_or_default().to_string();
         conn.close().await;
         Ok(user)
@@ -92,6 +100,6 @@ fn md5_scram_and_cleartext_logins() {
         );
     }
     let err = connect(port, "ss_scram_user", None, &db.name).unwrap_err();
-    assert!(matches!(err, PgError::Auth(_)), "{err:?}");
+    assert!(matches!(*err, PgError::Auth(_)), "{err:?}");
     assert!(err.to_string().contains("password"), "{err}");
 }

@@ -246,10 +246,9 @@ fn point(ctx: &mut Ctx, n: usize) -> Point {
     let mut read_all = Vec::new();
     let mut idle_waits = vec![wait_idle(&server)];
     stops.push(stop(ctx, &mut server, Kind::Created, &mut complaints, n));
-    let kinds = std::iter::repeat(Kind::Cold)
-        .take(ctx.args.cold_restarts)
-        .chain(std::iter::repeat(Kind::Built).take(ctx.args.built_restarts))
-        .chain(std::iter::repeat(Kind::Live).take(ctx.args.live_restarts));
+    let kinds = std::iter::repeat_n(Kind::Cold, ctx.args.cold_restarts)
+        .chain(std::iter::repeat_n(Kind::Built, ctx.args.built_restarts))
+        .chain(std::iter::repeat_n(Kind::Live, ctx.args.live_restarts));
     for kind in kinds {
         let (mut server, restart) = restart(ctx, n, kind);
         restarts.push(restart);
@@ -887,11 +886,9 @@ fn render(ctx: &Ctx, version: &str, seed: u64, points: &[Point]) -> String {
             ));
         }
     }
-    out.push_str(&format!(
-        "\n\n## Restart → restored, serving, active (ms, HDR)\n\n\
+    out.push_str("\n\n## Restart → restored, serving, active (ms, HDR)\n\n\
          | shapes | restarts | restored min | p50 | p90 | max | serving min | p50 | p90 | max | active p50 | each shard's own restore (log `millis`), median (range) | records replayed |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-    ));
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for p in points {
         let r = &p.restarts;
         if r.is_empty() {
