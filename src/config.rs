@@ -157,7 +157,7 @@ pub struct Options {
     /// Milliseconds a used shape stays built in memory while nothing reads
     /// or changes it; then it is unloaded to its cold form (about the size
     /// of a restored shape) and rebuilt on next use. 0 keeps shapes built.
-    #[arg(long, env = "SHAPESHARD_UNLOAD_IDLE_MS", default_value_t = 60_000)]
+    #[arg(long, env = "SHAPESHARD_UNLOAD_IDLE_MS", default_value_t = 300_000)]
     pub unload_idle_ms: u64,
 
     /// JSON `{"initial": N, "existing": M}`: concurrent requests admitted

@@ -66,7 +66,7 @@ impl Default for CommitConfig {
             interval: Duration::from_millis(5),
             max_pending: 256 * 1024,
             checkpoint_interval: Duration::from_secs(1),
-            unload_idle_checkpoints: 60,
+            unload_idle_checkpoints: 300,
             open_files: 4096,
         }
     }
