@@ -74,3 +74,24 @@ pub fn id_shape(
         persisted: Vec::new(),
     }
 }
+
+/// `id = value` on the id table, indexed by its value.
+struct IdIs(String);
+
+impl RowFilter for IdIs {
+    fn matches<'v>(&self, value: &dyn Fn(usize) -> Option<&'v str>) -> bool {
+        value(0) == Some(self.0.as_str())
+    }
+    fn index_key(&self) -> Option<(usize, Vec<String>)> {
+        Some((0, vec![self.0.clone()]))
+    }
+}
+
+/// The shape `id = n` on table `items` (relation 1); its creation record
+/// is `n` as text, so a loader can rebuild it.
+pub fn id_equals_shape(n: u64) -> ShapeSpec {
+    let filter: Box<dyn RowFilter> = Box::new(IdIs(n.to_string()));
+    let mut spec = id_shape(1, "items", Some((format!("id = {n}"), filter)), n);
+    spec.persisted = n.to_string().into_bytes();
+    spec
+}

@@ -10,28 +10,9 @@ use crate::routes::RouteTable;
 use crate::shape::encode::PgSnapshot;
 use crate::shape::log::LogRead;
 use crate::shape::offset::LogOffset;
-use crate::shape::registry::{Registry, RowFilter, Shape, ShapeSpec};
-use crate::shape::test_support::{id_relation, id_shape};
+use crate::shape::registry::{Registry, Shape};
+use crate::shape::test_support::{id_equals_shape, id_relation};
 use crate::storage::meta::MetaStore;
-
-/// `id = n`, indexed; its creation record is `n` as text.
-struct IdIs(String);
-
-impl RowFilter for IdIs {
-    fn matches<'v>(&self, value: &dyn Fn(usize) -> Option<&'v str>) -> bool {
-        value(0) == Some(self.0.as_str())
-    }
-    fn index_key(&self) -> Option<(usize, Vec<String>)> {
-        Some((0, vec![self.0.clone()]))
-    }
-}
-
-fn spec(n: u64) -> ShapeSpec {
-    let filter: Box<dyn RowFilter> = Box::new(IdIs(n.to_string()));
-    let mut spec = id_shape(1, "items", Some((format!("id = {n}"), filter)), n);
-    spec.persisted = n.to_string().into_bytes();
-    spec
-}
 
 fn insert_tx(commit: u64, ids: &[u64]) -> Arc<Transaction> {
     let relation = id_relation(1, "items");
@@ -94,12 +75,12 @@ fn idle_shapes_unload_to_cold_and_come_back_with_the_same_log() {
                 .ok()
                 .and_then(|t| t.parse().ok())
                 .ok_or("bad creation record")?;
-            Ok(spec(n))
+            Ok(id_equals_shape(n))
         }),
     );
     let mut handles = Vec::new();
     for n in 0..3 {
-        let shape = registry.insert(spec(n));
+        let shape = registry.insert(id_equals_shape(n));
         let snapshot = PgSnapshot {
             xmin: 50,
             xmax: 50,

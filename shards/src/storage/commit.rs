@@ -308,25 +308,8 @@ mod tests {
     use crate::routes::RouteTable;
     use crate::runtime::{dma::open_marker_first, spawn_thread};
     use crate::shape::encode::PgSnapshot;
-    use crate::shape::registry::{Registry, RowFilter, ShapeSpec};
-    use crate::shape::test_support::{id_relation, id_shape};
-
-    /// `id = value`, indexed.
-    struct IdIs(String);
-
-    impl RowFilter for IdIs {
-        fn matches<'v>(&self, value: &dyn Fn(usize) -> Option<&'v str>) -> bool {
-            value(0) == Some(self.0.as_str())
-        }
-        fn index_key(&self) -> Option<(usize, Vec<String>)> {
-            Some((0, vec![self.0.clone()]))
-        }
-    }
-
-    fn spec(n: usize) -> ShapeSpec {
-        let filter: Box<dyn RowFilter> = Box::new(IdIs(n.to_string()));
-        id_shape(1, "items", Some((format!("id = {n}"), filter)), n as u64)
-    }
+    use crate::shape::registry::Registry;
+    use crate::shape::test_support::{id_equals_shape, id_relation};
 
     /// Also: the 10,000 creations' metadata is one LMDB commit, and the
     /// closing checkpoint moves every log tail to the serving files.
@@ -345,7 +328,7 @@ mod tests {
                 let progress = DurableProgress::new(1, Lsn::ZERO);
                 let mut registry = Registry::new(0, routes, 1 << 20, &d.join("shapes"));
                 for n in 0..SHAPES {
-                    let shape = registry.insert(spec(n));
+                    let shape = registry.insert(id_equals_shape(n as u64));
                     registry.snapshot_taken(
                         shape.id,
                         PgSnapshot {
