@@ -324,7 +324,7 @@ fn every_bad_request_gets_electrics_status_and_body() {
         (
             "where=id%20%3D%20",
             "where",
-            "At location 21: syntax error at end of input",
+            "At location 20: syntax error at end of input",
         ),
         (
             "where=id%20%3D%20%241",

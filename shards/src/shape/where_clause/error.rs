@@ -28,14 +28,14 @@ pub struct WhereError {
     pub field: WhereErrorField,
 }
 
-/// Electric parses `SELECT 1 WHERE <where>`; positions of syntax errors
-/// come straight from libpg_query's `cursorpos` (1-based, in characters,
-/// counted from the start of that wrapped statement).
+/// Electric parses `SELECT 1 WHERE <where>` and reports a syntax error at
+/// libpg_query's `cursorpos` (1-based, in characters, counted from the
+/// start of that wrapped statement) minus one.
 const WRAPPER_PREFIX_CHARS: usize = "SELECT 1 WHERE ".len();
 
 pub(crate) fn syntax_error_location(text: &str, byte_offset: usize) -> usize {
     let prefix = text.get(..byte_offset).unwrap_or(text);
-    WRAPPER_PREFIX_CHARS + prefix.chars().count() + 1
+    WRAPPER_PREFIX_CHARS + prefix.chars().count()
 }
 
 impl WhereError {

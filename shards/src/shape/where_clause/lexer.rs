@@ -338,28 +338,28 @@ mod tests {
         let err = tokenize("a = 'abc").unwrap_err();
         assert_eq!(
             err.message,
-            "At location 20: unterminated quoted string at or near \"'abc\""
+            "At location 19: unterminated quoted string at or near \"'abc\""
         );
         for (text, expected) in [
             (
                 "id = \"abc",
-                "At location 21: unterminated quoted identifier at or near \"\"abc\"",
+                "At location 20: unterminated quoted identifier at or near \"\"abc\"",
             ),
             (
                 "id = $$abc",
-                "At location 21: unterminated dollar-quoted string at or near \"$$abc\"",
+                "At location 20: unterminated dollar-quoted string at or near \"$$abc\"",
             ),
             (
                 "id = /* abc",
-                "At location 21: unterminated /* comment at or near \"/* abc\"",
+                "At location 20: unterminated /* comment at or near \"/* abc\"",
             ),
             (
                 "id = E'abc",
-                "At location 21: unterminated quoted string at or near \"E'abc\"",
+                "At location 20: unterminated quoted string at or near \"E'abc\"",
             ),
             (
                 "id = 'a' || 'b",
-                "At location 28: unterminated quoted string at or near \"'b\"",
+                "At location 27: unterminated quoted string at or near \"'b\"",
             ),
         ] {
             assert_eq!(tokenize(text).unwrap_err().message, expected, "{text}");
@@ -367,7 +367,7 @@ mod tests {
         let err = tokenize("\"\" = 1").unwrap_err();
         assert_eq!(
             err.message,
-            "At location 16: zero-length delimited identifier at or near \"\"\"\"\""
+            "At location 15: zero-length delimited identifier at or near \"\"\"\"\""
         );
     }
 }

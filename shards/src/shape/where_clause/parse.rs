@@ -1305,20 +1305,20 @@ mod tests {
     fn where_clause_parse_errors_read_like_postgres() {
         assert_eq!(
             error("1=1) OR (1=1"),
-            "At location 19: syntax error at or near \")\""
+            "At location 18: syntax error at or near \")\""
         );
         assert_eq!(
             error("a = "),
-            "At location 20: syntax error at end of input"
+            "At location 19: syntax error at end of input"
         );
-        assert_eq!(error(""), "At location 16: syntax error at end of input");
+        assert_eq!(error(""), "At location 15: syntax error at end of input");
         assert_eq!(
             error("a = = 1"),
-            "At location 20: syntax error at or near \"=\""
+            "At location 19: syntax error at or near \"=\""
         );
         assert_eq!(
             error("a = 1 = 2"),
-            "At location 22: syntax error at or near \"=\""
+            "At location 21: syntax error at or near \"=\""
         );
         assert_eq!(
             error("a = 1; DROP TABLE x"),
@@ -1330,11 +1330,11 @@ mod tests {
         );
         assert_eq!(
             error("select = 1"),
-            "At location 16: syntax error at or near \"select\""
+            "At location 15: syntax error at or near \"select\""
         );
         assert_eq!(
             error("é = ) "),
-            "At location 20: syntax error at or near \")\""
+            "At location 19: syntax error at or near \")\""
         );
     }
 

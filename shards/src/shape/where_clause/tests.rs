@@ -891,7 +891,7 @@ fn where_clause_canonical_forms_identify_meaning() {
 fn where_clause_to_sql_never_echoes_user_text() {
     assert_eq!(
         error("1=1) OR (1=1"),
-        "At location 19: syntax error at or near \")\""
+        "At location 18: syntax error at or near \")\""
     );
     let attempts = [
         "name = 'x'' OR 1=1 --'",
@@ -1147,13 +1147,13 @@ fn where_clause_error_messages_match_electric() {
             "id = 1 GROUP BY id",
             "malformed query ending with SQL clauses",
         ),
-        ("id = ", "At location 21: syntax error at end of input"),
+        ("id = ", "At location 20: syntax error at end of input"),
         (
             "id = 'abc",
-            "At location 21: unterminated quoted string at or near \"'abc\"",
+            "At location 20: unterminated quoted string at or near \"'abc\"",
         ),
         ("id == 1", "At location 3: unknown binary operator \"==\""),
-        ("id = = 1", "At location 21: syntax error at or near \"=\""),
+        ("id = = 1", "At location 20: syntax error at or near \"=\""),
         (
             "name LIKE 'a' ESCAPE '!'",
             "At location 5: unknown or unsupported function like_escape/2",
@@ -1446,7 +1446,7 @@ fn where_clause_locations_count_bytes_for_typing_and_characters_for_syntax() {
     );
     assert_eq!(
         error("name = 'é' AND )"),
-        "At location 31: syntax error at or near \")\""
+        "At location 30: syntax error at or near \")\""
     );
 }
 
