@@ -108,6 +108,10 @@ pub struct Options {
     #[arg(long, env = "ELECTRIC_LONG_POLL_TIMEOUT", default_value_t = 20_000)]
     pub long_poll_timeout: u64,
 
+    /// Milliseconds an SSE live response stays open (the client reconnects).
+    #[arg(long, env = "ELECTRIC_SSE_TIMEOUT", default_value_t = 60_000)]
+    pub sse_timeout: u64,
+
     /// Bytes after which a shape's log starts a new chunk (one response).
     #[arg(long, env = "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", default_value_t = 10 * 1024 * 1024)]
     pub chunk_bytes_threshold: usize,
@@ -206,6 +210,7 @@ pub struct Config {
     pub placement: shards::runtime::Placement,
     pub status_interval_ms: u64,
     pub long_poll_timeout: std::time::Duration,
+    pub sse_timeout: std::time::Duration,
     pub chunk_bytes_threshold: usize,
     pub enable_integration_testing: bool,
     pub cache_max_age: u32,
@@ -276,6 +281,12 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
             o.long_poll_timeout
         ));
     }
+    if !(1_000..=3_600_000).contains(&o.sse_timeout) {
+        return Err(format!(
+            "ELECTRIC_SSE_TIMEOUT {} ms is out of range: use 1000 to 3600000 (the default is 60000)",
+            o.sse_timeout
+        ));
+    }
     if o.flush_interval_ms == 0 || o.flush_interval_ms > 10_000 {
         return Err("SHAPESHARD_FLUSH_INTERVAL_MS must be between 1 and 10000".into());
     }
@@ -313,6 +324,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         },
         status_interval_ms: o.status_interval_ms,
         long_poll_timeout: std::time::Duration::from_millis(o.long_poll_timeout),
+        sse_timeout: std::time::Duration::from_millis(o.sse_timeout),
         chunk_bytes_threshold: o.chunk_bytes_threshold,
         enable_integration_testing: o.enable_integration_testing,
         cache_max_age: o.cache_max_age,

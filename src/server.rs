@@ -134,6 +134,10 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         let mesh = mesh.clone();
         let routes = routes.clone();
         let shape_config = shape_config.clone();
+        let sse_settings = crate::http::shape::sse::SseSettings {
+            timeout: config.sse_timeout,
+            ..Default::default()
+        };
         let secret = secret.clone();
         let conn = conn.clone();
         let admission = admission.clone();
@@ -271,6 +275,8 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                     in_flight: Default::default(),
                     admission,
                     metrics,
+                    sse: sse_settings,
+                    shutdown: shutdown.clone(),
                 },
                 shutdown.clone(),
             );

@@ -34,11 +34,14 @@ pub struct HttpContext {
     pub secret: Option<String>,
     /// Shape routing and serving; None only in tests of the bare edge.
     pub shapes: Option<Rc<shape::forward::Router>>,
-    /// Shape requests this shard is serving now (bounded by
-    /// `shape::MAX_IN_FLIGHT`).
-    pub in_flight: std::cell::Cell<usize>,
+    /// Shape requests this shard is serving now, open SSE streams
+    /// included (bounded by `shape::MAX_IN_FLIGHT`).
+    pub in_flight: Rc<std::cell::Cell<usize>>,
     pub admission: Arc<shape::admission::Admission>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub sse: shape::sse::SseSettings,
+    /// Ends open SSE streams on a stop.
+    pub shutdown: Shutdown,
 }
 
 /// Accepts and serves connections on this shard until `shutdown`.

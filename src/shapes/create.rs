@@ -274,7 +274,7 @@ fn select_columns(
     Ok(selected)
 }
 
-fn unreachable_db(e: &PgError) -> ShapeReply {
+pub(super) fn unreachable_db(e: &PgError) -> ShapeReply {
     tracing::warn!("cannot reach Postgres for a shape: {e}");
     ShapeReply::error(
         503,
@@ -283,7 +283,7 @@ fn unreachable_db(e: &PgError) -> ShapeReply {
     .header("retry-after", "10")
 }
 
-fn db_error(e: &PgError) -> ShapeReply {
+pub(super) fn db_error(e: &PgError) -> ShapeReply {
     match e {
         PgError::Db(db) => ShapeReply::message(400, &db.message),
         other => unreachable_db(other),

@@ -10,3 +10,4 @@ pub mod pool;
 pub mod recover;
 pub mod rehome;
 pub mod service;
+pub mod subset;

@@ -114,10 +114,16 @@ impl ShapeService {
             registry.touch(shape.id, self.eviction.stamp());
             self.eviction.publish(self.shard, &registry);
         }
-        let mut reply = match &request.handle {
-            Some(handle) if handle != shape.handle() => {
+        if let Some(queryable) = &request.queryable {
+            if let Err(reply) = super::subset::check_queryable(&shape.spec.schema, queryable) {
+                return reply;
+            }
+        }
+        let mut reply = match (&request.handle, &request.subset) {
+            (Some(handle), _) if handle != shape.handle() => {
                 ShapeReply::must_refetch(Some(shape.handle()))
             }
+            (_, Some(subset)) => self.subset(&request, subset, &shape).await,
             _ => self.read(&request, &shape).await,
         };
         reply.created = created;
@@ -260,7 +266,8 @@ impl ShapeService {
                         }
                     };
                     if items.is_empty() && request.live {
-                        let left = self.config.long_poll.saturating_sub(started.elapsed());
+                        let wait = request.wait.unwrap_or(self.config.long_poll);
+                        let left = wait.saturating_sub(started.elapsed());
                         // A stop ends the wait like a timeout: the client
                         // just polls again (the next server answers).
                         let woken = futures_lite::future::or(

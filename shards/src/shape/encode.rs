@@ -83,6 +83,18 @@ pub fn snapshot_row(out: &mut Vec<u8>, layout: &Layout, row: &Row) {
     out.extend_from_slice(b"}}");
 }
 
+/// A subset snapshot row: a snapshot row marked with the subset's
+/// `snapshot_mark`, which the client matches against the response metadata.
+pub fn subset_row(out: &mut Vec<u8>, layout: &Layout, row: &Row, snapshot_mark: u32) {
+    out.extend_from_slice(b"{\"key\":");
+    json::push_str(out, &row_key(layout, row));
+    out.extend_from_slice(b",\"value\":");
+    push_value(out, layout, row, layout.selected.iter());
+    out.extend_from_slice(b",\"headers\":{\"operation\":\"insert\",");
+    push_relation(out, layout.table);
+    out.extend_from_slice(format!(",\"snapshot_mark\":{snapshot_mark}}}}}").as_bytes());
+}
+
 /// An entry whose headers are still open: `last` is only known once the
 /// whole transaction has been seen by the shape.
 pub struct OpenEntry {

@@ -168,7 +168,8 @@ fn coalescing_key(request: &ShapeRequest) -> Option<String> {
     let initial = request.kind == RequestKind::Get
         && request.offset == StartOffset::At(LogOffset::BeforeAll)
         && request.handle.is_none()
-        && !request.live;
+        && !request.live
+        && request.subset.is_none();
     let definition = request.definition.as_ref().filter(|_| initial)?;
     Some(format!(
         "{}|inm={}",

@@ -4,6 +4,8 @@ pub mod admission;
 pub mod forward;
 pub mod reply;
 pub mod request;
+pub mod sse;
+pub mod subset;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
@@ -29,23 +31,34 @@ pub async fn handle(request: Request<Incoming>, context: &HttpContext) -> Respon
         .into_response();
     }
     context.in_flight.set(context.in_flight.get() + 1);
-    // Counted down on drop too: a client may hang up mid long-poll.
-    struct Admitted<'a>(&'a std::cell::Cell<usize>);
-    impl Drop for Admitted<'_> {
-        fn drop(&mut self) {
-            self.0.set(self.0.get() - 1);
-        }
-    }
-    let _admitted = Admitted(&context.in_flight);
-    handle_admitted(request, context).await
+    let admitted = Admitted(context.in_flight.clone());
+    handle_admitted(request, context, admitted).await
 }
 
-async fn handle_admitted(request: Request<Incoming>, context: &HttpContext) -> Response<Body> {
+/// Counts a request in flight until dropped: when its response is built,
+/// or when its SSE stream ends (a client may hang up mid long-poll too).
+struct Admitted(std::rc::Rc<std::cell::Cell<usize>>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+async fn handle_admitted(
+    request: Request<Incoming>,
+    context: &HttpContext,
+    admitted: Admitted,
+) -> Response<Body> {
     let kind = match *request.method() {
-        Method::GET | Method::HEAD => RequestKind::Get,
+        Method::GET | Method::HEAD | Method::POST => RequestKind::Get,
         Method::DELETE => RequestKind::Delete,
         Method::OPTIONS => return super::response::preflight(&request),
-        _ => return ShapeReply::message(405, "Method not allowed").into_response(),
+        _ => {
+            return ShapeReply::message(405, "Method not allowed")
+                .header("allow", "GET, POST, HEAD, DELETE, OPTIONS")
+                .into_response()
+        }
     };
     let query = Query::parse(request.uri().query());
     if let Some(secret) = &context.secret {
@@ -58,7 +71,21 @@ async fn handle_admitted(request: Request<Incoming>, context: &HttpContext) -> R
         .headers()
         .get(hyper::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
-    let parsed = match request::parse(kind, &query, if_none_match) {
+    let mut subset = subset::RawSubset::from_query(&query);
+    let post = request.method() == Method::POST;
+    let head = request.method() == Method::HEAD;
+    let if_none_match = if_none_match.map(str::to_string);
+    if post {
+        let body = match read_body(request.into_body()).await {
+            Ok(body) => body,
+            Err(reply) => return reply.into_response(),
+        };
+        if let Err(reply) = subset.merge_body(&body) {
+            return reply.into_response();
+        }
+    }
+    let parsed = match request::parse_with_subset(kind, &query, if_none_match.as_deref(), subset)
+    {
         Ok(parsed) => parsed,
         Err(reply) => return reply.into_response(),
     };
@@ -70,24 +97,36 @@ async fn handle_admitted(request: Request<Incoming>, context: &HttpContext) -> R
     } else {
         admission::Kind::Initial
     };
-    let _permit = match context.admission.admit(kind, &context.metrics) {
+    let permit = match context.admission.admit(kind, &context.metrics) {
         Ok(permit) => permit,
         Err(reply) => return reply.into_response(),
     };
     let owner = shards::owner::shard_of(parsed.owner_key(), router.shards());
+    if parsed.sse {
+        return sse::respond(
+            router.clone(),
+            owner,
+            parsed,
+            context.sse,
+            context.shutdown.clone(),
+            Box::new((admitted, permit)),
+        )
+        .await;
+    }
+    let _guard = (admitted, permit);
     let parsed_kind = parsed.kind;
     let mut reply = router.dispatch(owner, parsed).await;
     if reply.created {
         evict_if_over(router).await;
     }
-    if parsed_kind == RequestKind::Delete && reply.status < 400 {
+    // Electric: whatever is not a GET (or HEAD) is never cached.
+    if (parsed_kind == RequestKind::Delete || post) && reply.status < 400 {
         reply.headers.retain(|(n, _)| *n != "cache-control");
         reply = reply.header("cache-control", "no-cache");
     }
-    let head = request.method() == Method::HEAD;
     let mut response = reply.into_response();
     if head {
-        *response.body_mut() = Body::default();
+        *response.body_mut() = Body::Empty;
     }
     response
 }
@@ -109,9 +148,32 @@ async fn evict_if_over(router: &forward::Router) {
             handle: None,
             offset: request::StartOffset::Now,
             live: false,
+            sse: false,
+            wait: None,
             cursor: None,
             if_none_match: None,
+            subset: None,
+            queryable: None,
         };
         router.dispatch(victim, request).await;
+    }
+}
+
+/// A POST body, whole, up to `subset::MAX_BODY_BYTES` (then a 413).
+async fn read_body(body: Incoming) -> Result<bytes::Bytes, ShapeReply> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, subset::MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ShapeReply::error(
+            413,
+            r#"{"error":"Request body too large"}"#,
+        )),
+        Err(_) => Err(ShapeReply::error(
+            400,
+            r#"{"error":"Failed to read request body"}"#,
+        )),
     }
 }

@@ -57,6 +57,20 @@ impl ShapeReply {
         ShapeReply::error(400, body)
     }
 
+    /// 400 for a subset field: Electric nests these,
+    /// `{"message":"Invalid request","errors":{"subset":{field:[message]}}}`.
+    pub fn invalid_subset(field: &str, message: &str) -> ShapeReply {
+        // By hand: Electric's key order puts the message first.
+        ShapeReply::error(
+            400,
+            format!(
+                r#"{{"message":"Invalid request","errors":{{"subset":{{{}:[{}]}}}}}}"#,
+                serde_json::Value::from(field),
+                serde_json::Value::from(message)
+            ),
+        )
+    }
+
     /// Any non-409 error: `{"message": ...}` or a prepared body, uncacheable.
     pub fn error(status: u16, body: impl Into<Bytes>) -> ShapeReply {
         ShapeReply::new(status, body)

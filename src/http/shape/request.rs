@@ -8,6 +8,7 @@ use shards::shape::definition::{LogMode, Replica, ShapeDefinition, TableName};
 use shards::shape::offset::LogOffset;
 
 use super::reply::ShapeReply;
+use super::subset::RawSubset;
 
 /// Where a read starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,9 +29,19 @@ pub struct ShapeRequest {
     pub handle: Option<String>,
     pub offset: StartOffset,
     pub live: bool,
+    /// `live_sse` (or the deprecated `experimental_live_sse`): the live
+    /// response is a stream of server-sent events.
+    pub sse: bool,
+    /// How long a live read may wait for a change, when not the configured
+    /// long-poll timeout (the rounds of an SSE stream set it).
+    pub wait: Option<std::time::Duration>,
     /// The `cursor` the client echoed from our last live response.
     pub cursor: Option<u64>,
     pub if_none_match: Option<String>,
+    /// A subset snapshot instead of a log read.
+    pub subset: Option<super::subset::Subset>,
+    /// `queryable_columns`: what subsets may reference (and `columns` select).
+    pub queryable: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +114,17 @@ pub fn parse(
     query: &Query,
     if_none_match: Option<&str>,
 ) -> Result<ShapeRequest, ShapeReply> {
+    parse_with_subset(kind, query, if_none_match, RawSubset::from_query(query))
+}
+
+/// As [`parse`], with subset fields from a POST body merged over the
+/// query's `subset__*` ones.
+pub fn parse_with_subset(
+    kind: RequestKind,
+    query: &Query,
+    if_none_match: Option<&str>,
+    body_subset: RawSubset,
+) -> Result<ShapeRequest, ShapeReply> {
     let mut errors = Errors::default();
     let mut handle = query
         .get("handle")
@@ -110,6 +132,11 @@ pub fn parse(
         .map(str::to_string);
     let mut offset = StartOffset::At(LogOffset::BeforeAll);
     let live = query.get("live").is_some_and(|v| v != "false");
+    // Electric: `live_sse` defaults to the deprecated spelling's value.
+    let sse = query
+        .get("live_sse")
+        .or_else(|| query.get("experimental_live_sse"))
+        .is_some_and(|v| v != "false");
     if kind == RequestKind::Get {
         match query.get("offset") {
             None | Some("") => errors.add("offset", "can't be blank"),
@@ -137,11 +164,23 @@ pub fn parse(
                 }
                 _ => {}
             }
+            if sse && !live {
+                errors.add("live_sse", "can't be true unless live is also true");
+            }
         }
         if !errors.0.is_empty() {
             return Err(ShapeReply::invalid(&errors.0));
         }
     }
+    let subset = if kind == RequestKind::Get && body_subset.is_requested() {
+        Some(body_subset.validate()?)
+    } else {
+        None
+    };
+    let queryable = match super::subset::parse_queryable(query) {
+        Ok(q) => q,
+        Err(e) => return Err(ShapeReply::invalid(&[("queryable_columns", e)])),
+    };
     let table = query.get("table").filter(|t| !t.is_empty());
     let definition = match (kind, table) {
         (RequestKind::Delete, None) => {
@@ -157,6 +196,29 @@ pub fn parse(
         }
         (_, Some(table)) => Some(definition(query, table, &mut errors)),
     };
+    let mut definition = definition;
+    // Without `columns`, a shape syncs its queryable columns.
+    if let (Some(definition), Some(queryable)) = (definition.as_mut(), &queryable) {
+        match &definition.columns {
+            None => definition.columns = Some(queryable.clone()),
+            Some(columns) => {
+                let outside: Vec<&str> = columns
+                    .iter()
+                    .filter(|c| !queryable.contains(c))
+                    .map(String::as_str)
+                    .collect();
+                if !outside.is_empty() {
+                    errors.add(
+                        "columns",
+                        format!(
+                            "The following columns are not in queryable_columns: {}",
+                            outside.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
     if !errors.0.is_empty() {
         return Err(ShapeReply::invalid(&errors.0));
     }
@@ -166,8 +228,14 @@ pub fn parse(
         handle,
         offset,
         live,
+        // A subset is a one-off answer, never a stream (Electric serves it
+        // as JSON whatever `live_sse` says).
+        sse: sse && live && subset.is_none(),
+        wait: None,
         cursor: query.get("cursor").and_then(|c| c.parse().ok()),
         if_none_match: if_none_match.map(str::to_string),
+        subset,
+        queryable,
     })
 }
 

@@ -146,6 +146,18 @@ impl WhereClause {
         columns: &[WhereColumn],
         params: &BTreeMap<usize, String>,
     ) -> Result<WhereClause, WhereError> {
+        WhereClause::parse_after(sql, columns, params, 0)
+    }
+
+    /// As [`WhereClause::parse`], with the SQL's placeholders numbered
+    /// after `earlier_params` (`$1` is written `$<earlier_params + 1>`), so
+    /// the clause can follow another one's in a single query.
+    pub fn parse_after(
+        sql: &str,
+        columns: &[WhereColumn],
+        params: &BTreeMap<usize, String>,
+        earlier_params: usize,
+    ) -> Result<WhereClause, WhereError> {
         let parsed = parse::parse(sql)?;
         if parsed.has_subquery {
             return Err(WhereError::plain("Subqueries are not supported"));
@@ -175,7 +187,9 @@ impl WhereClause {
         let sql = render::render(
             &with_placeholders.expr,
             columns,
-            render::Params::Placeholders,
+            render::Params::Placeholders {
+                after: earlier_params,
+            },
         );
         let index_key = index::index_key(&checked.expr);
         Ok(WhereClause {

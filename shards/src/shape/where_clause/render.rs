@@ -12,8 +12,10 @@ use super::WhereColumn;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Params {
-    /// `$n::type` placeholders (the snapshot query binds the values).
-    Placeholders,
+    /// `$n::type` placeholders (the snapshot query binds the values),
+    /// numbered after the given count of earlier parameters (a subset's
+    /// clause follows its shape's in one query).
+    Placeholders { after: usize },
     /// Values written in (the canonical form for shape identity).
     Inline,
 }
@@ -69,8 +71,8 @@ impl Renderer<'_> {
         ty: &Type,
         param: Option<usize>,
     ) {
-        if let (Some(n), Params::Placeholders) = (param, self.params) {
-            out.push_str(&format!("${n}::{}", ty.sql_name()));
+        if let (Some(n), Params::Placeholders { after }) = (param, self.params) {
+            out.push_str(&format!("${}::{}", n + after, ty.sql_name()));
             return;
         }
         match format_value(value, ty) {
