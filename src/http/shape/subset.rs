@@ -407,13 +407,13 @@ mod tests {
                 },
                 OrderTerm {
                     column: "id".into(),
-                    location: 50,
+                    location: 49,
                     descending: false,
                     nulls_first: None
                 },
                 OrderTerm {
                     column: "title".into(),
-                    location: 54,
+                    location: 53,
                     descending: false,
                     nulls_first: Some(false)
                 },
