@@ -112,6 +112,11 @@ pub struct Options {
     #[arg(long, env = "ELECTRIC_SSE_TIMEOUT", default_value_t = 60_000)]
     pub sse_timeout: u64,
 
+    /// Milliseconds of silence after which an SSE stream sends a
+    /// `: keep-alive` comment (Electric: 21000).
+    #[arg(long, env = "SHAPESHARD_SSE_KEEPALIVE_MS", default_value_t = 21_000)]
+    pub sse_keepalive_ms: u64,
+
     /// Bytes after which a shape's log starts a new chunk (one response).
     #[arg(long, env = "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", default_value_t = 10 * 1024 * 1024)]
     pub chunk_bytes_threshold: usize,
@@ -211,6 +216,7 @@ pub struct Config {
     pub status_interval_ms: u64,
     pub long_poll_timeout: std::time::Duration,
     pub sse_timeout: std::time::Duration,
+    pub sse_keepalive: std::time::Duration,
     pub chunk_bytes_threshold: usize,
     pub enable_integration_testing: bool,
     pub cache_max_age: u32,
@@ -287,6 +293,12 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
             o.sse_timeout
         ));
     }
+    if o.sse_keepalive_ms < 100 || o.sse_keepalive_ms > 600_000 {
+        return Err(format!(
+            "SHAPESHARD_SSE_KEEPALIVE_MS {} is out of range: use 100 to 600000 (the default is 21000)",
+            o.sse_keepalive_ms
+        ));
+    }
     if o.flush_interval_ms == 0 || o.flush_interval_ms > 10_000 {
         return Err("SHAPESHARD_FLUSH_INTERVAL_MS must be between 1 and 10000".into());
     }
@@ -325,6 +337,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         status_interval_ms: o.status_interval_ms,
         long_poll_timeout: std::time::Duration::from_millis(o.long_poll_timeout),
         sse_timeout: std::time::Duration::from_millis(o.sse_timeout),
+        sse_keepalive: std::time::Duration::from_millis(o.sse_keepalive_ms),
         chunk_bytes_threshold: o.chunk_bytes_threshold,
         enable_integration_testing: o.enable_integration_testing,
         cache_max_age: o.cache_max_age,

@@ -136,7 +136,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         let shape_config = shape_config.clone();
         let sse_settings = crate::http::shape::sse::SseSettings {
             timeout: config.sse_timeout,
-            ..Default::default()
+            keepalive: config.sse_keepalive,
         };
         let secret = secret.clone();
         let conn = conn.clone();

@@ -117,9 +117,62 @@ async fn serve_connection(stream: net::TcpStream, context: Rc<HttpContext>, shut
     }
 }
 
+/// What the server calls itself on every response (`electric-server`, as
+/// Electric names its own): Electric's client ignores it; operators see
+/// which server answered behind a proxy.
+const SERVER_NAME: &str = concat!("shapeshard/", env!("CARGO_PKG_VERSION"));
+
 async fn route(request: Request<Incoming>, context: &HttpContext) -> Response<Body> {
+    let origin = request.headers().get(hyper::header::ORIGIN).cloned();
+    let request_id = request_id(request.headers().get("x-request-id"));
+    let mut response = route_request(request, context).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        "electric-server",
+        hyper::header::HeaderValue::from_static(SERVER_NAME),
+    );
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", value);
+    }
+    // Electric echoes the caller's origin (credentials work then); a cache
+    // must keep the answers for different origins apart.
+    if let Some(origin) = origin {
+        if headers.contains_key(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+            headers.insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.append(
+                hyper::header::VARY,
+                hyper::header::HeaderValue::from_static("origin"),
+            );
+        }
+    }
+    response
+}
+
+/// The caller's `x-request-id` when it is a sensible one (20–200 bytes, as
+/// Plug accepts), else a fresh one.
+fn request_id(given: Option<&hyper::header::HeaderValue>) -> String {
+    if let Some(id) = given.and_then(|v| v.to_str().ok()) {
+        if (20..=200).contains(&id.len()) {
+            return id.to_string();
+        }
+    }
+    thread_local! {
+        static NEXT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let n = NEXT.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{nanos:016x}{:04x}{n:08x}", std::process::id() & 0xffff)
+}
+
+async fn route_request(request: Request<Incoming>, context: &HttpContext) -> Response<Body> {
     let path = normalise_path(request.uri().path());
     match (request.method(), path.as_str()) {
+        (&Method::GET | &Method::HEAD, "/") => response::with_cors(Response::new(Body::Empty)),
         (&Method::GET | &Method::HEAD, "/v1/health") => health::respond(&context.status),
         (_, "/v1/shape") => shape::handle(request, context).await,
         (&Method::GET, "/metrics") => response::text(context.metrics.render()),

@@ -83,6 +83,21 @@ export function useDatabase() {
     await db.client?.end()
   })
   db.query = (text, values) => db.client.query(text, values)
+  /**
+   * A second connection, for transactions held open beside `db.query` or
+   * statements that must really run concurrently; closed when `t` ends.
+   */
+  db.connect = async (t) => {
+    const client = new pg.Client({
+      connectionString: databaseUrl,
+      connectionTimeoutMillis: 5_000,
+      application_name: 'shapeshard-client-compat',
+    })
+    await client.connect()
+    client.on('error', (error) => console.error('pg client error:', error))
+    t.after(() => client.end())
+    return client
+  }
   return db
 }
 
@@ -210,7 +225,7 @@ export function syncShape(t, params, options = {}) {
   return sync
 }
 
-function summarize(value) {
+export function summarize(value) {
   const text = JSON.stringify(value, (_, v) => (typeof v === 'bigint' ? `${v}n` : v))
   return text.length > 2_000 ? `${text.slice(0, 2_000)}… (${text.length} chars)` : text
 }
@@ -254,4 +269,53 @@ export async function rawGet(query) {
   }
   const text = await response.text()
   return { url, status: response.status, headers: response.headers, text }
+}
+
+/**
+ * A `fetchClient` for ShapeStream that records every request the client
+ * makes and what came back, so tests can tell how the client talked (SSE or
+ * long-poll, which handle, GET or POST) without reimplementing any of it.
+ */
+export function recordingFetch() {
+  const requests = []
+  const fetchClient = async (input, init = {}) => {
+    const href = typeof input === 'string' || input instanceof URL ? String(input) : input.url
+    const entry = { url: new URL(href), method: init.method ?? 'GET', startedAt: Date.now() }
+    requests.push(entry)
+    try {
+      const response = await fetch(input, init)
+      entry.status = response.status
+      entry.contentType = response.headers.get('content-type')
+      entry.handle = response.headers.get('electric-handle')
+      return response
+    } catch (error) {
+      entry.error = error
+      throw error
+    }
+  }
+  const param = (entry, name) => entry.url.searchParams.get(name)
+  return {
+    fetchClient,
+    requests,
+    param,
+    /** Requests for live updates (long-poll or SSE). */
+    live: () => requests.filter((entry) => param(entry, 'live') === 'true'),
+    /** Requests the client made in SSE mode. */
+    sse: () => requests.filter((entry) => param(entry, 'live_sse') === 'true'),
+    /** SSE requests the server answered with an event stream. */
+    sseStreams: () =>
+      requests.filter(
+        (entry) =>
+          param(entry, 'live_sse') === 'true' &&
+          entry.status === 200 &&
+          String(entry.contentType).startsWith('text/event-stream')
+      ),
+    describe: () =>
+      requests
+        .map((entry) => {
+          const outcome = entry.error ? `error ${entry.error.message}` : `${entry.status ?? 'pending'} ${entry.contentType ?? ''}`
+          return `+${entry.startedAt - requests[0].startedAt}ms ${entry.method} ${entry.url.search} → ${outcome}`
+        })
+        .join('\n    '),
+  }
 }

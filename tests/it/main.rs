@@ -19,6 +19,8 @@ mod shape_evict;
 mod shape_herd;
 mod shape_rehome;
 mod shape_restart;
+mod shape_sse;
+mod shape_subset;
 mod shape_unload;
 mod standby;
 mod torn_write;

@@ -59,6 +59,10 @@ pub async fn respond(
     guard: Box<dyn std::any::Any>,
 ) -> Response<Body> {
     let opened = Instant::now();
+    let request_offset = match request.offset {
+        StartOffset::At(o) => o.to_string(),
+        StartOffset::Now => "now".to_string(),
+    };
     // First look without waiting: data already there is a one-shot answer.
     request.wait = Some(Duration::ZERO);
     request.if_none_match = None;
@@ -67,6 +71,13 @@ pub async fn respond(
         return first.into_response();
     }
     let has_data = first.header_value("electric-has-data") == Some("true");
+    // Electric's etag for a live response, without the uniqueness suffix of
+    // a long-poll timeout: an SSE response is never a "no changes" one.
+    let etag = format!(
+        "\"{}:{request_offset}:{}\"",
+        first.header_value("electric-handle").unwrap_or_default(),
+        first.header_value("electric-offset").unwrap_or_default()
+    );
     let body = if has_data {
         Body::new(events(&first.body))
     } else {
@@ -101,6 +112,10 @@ pub async fn respond(
         headers.insert(CACHE_CONTROL, value);
     }
     headers.remove(hyper::header::CONTENT_LENGTH);
+    headers.insert("electric-has-data", HeaderValue::from_static("true"));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        headers.insert(hyper::header::ETAG, value);
+    }
     response
 }
 

@@ -75,8 +75,10 @@ impl RawSubset {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             ShapeReply::error(
                 400,
-                serde_json::json!({"error": "Invalid JSON in request body", "details": e.to_string()})
-                    .to_string(),
+                format!(
+                    r#"{{"error":"Invalid JSON in request body","details":{}}}"#,
+                    Value::from(e.to_string())
+                ),
             )
         })?;
         let Value::Object(mut object) = value else {
