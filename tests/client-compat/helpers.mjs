@@ -280,7 +280,12 @@ export function recordingFetch() {
   const requests = []
   const fetchClient = async (input, init = {}) => {
     const href = typeof input === 'string' || input instanceof URL ? String(input) : input.url
-    const entry = { url: new URL(href), method: init.method ?? 'GET', startedAt: Date.now() }
+    const entry = {
+      url: new URL(href),
+      method: init.method ?? 'GET',
+      body: typeof init.body === 'string' ? init.body : undefined,
+      startedAt: Date.now(),
+    }
     requests.push(entry)
     try {
       const response = await fetch(input, init)

@@ -17,6 +17,9 @@ use crate::server::Server;
 /// exercised; the suite reads the same value to bound page sizes.
 const CHUNK_BYTES_THRESHOLD: &str = "10000";
 
+/// Short, so the SSE cases see streams end and the client reconnect.
+const SSE_TIMEOUT_MS: &str = "5000";
+
 /// Per node:test case; the suite's own waits are 30 s (55 s around a 409).
 const NODE_TEST_TIMEOUT_MS: u32 = 120_000;
 
@@ -36,10 +39,13 @@ fn electric_client_syncs_from_shapeshard() {
     let db = database("client_compat");
     let server = Server::start(
         &db,
-        &[(
-            "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD",
-            CHUNK_BYTES_THRESHOLD,
-        )],
+        &[
+            (
+                "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD",
+                CHUNK_BYTES_THRESHOLD,
+            ),
+            ("ELECTRIC_SSE_TIMEOUT", SSE_TIMEOUT_MS),
+        ],
     );
 
     let mut command = Command::new("node");
@@ -59,7 +65,8 @@ fn electric_client_syncs_from_shapeshard() {
         .env(
             "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD",
             CHUNK_BYTES_THRESHOLD,
-        );
+        )
+        .env("ELECTRIC_SSE_TIMEOUT", SSE_TIMEOUT_MS);
     let run = run_bounded(command, NODE_RUN_TIMEOUT);
     server.stop();
 

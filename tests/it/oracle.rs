@@ -145,11 +145,27 @@ fn shapes_match_the_oracle_across_batches_and_restarts() {
     for _ in 0..60 {
         pg.batch_execute(&mutation(&mut rng)).unwrap();
     }
-    let mut server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "300")]);
+    let mut server = Server::start(
+        &db,
+        &[
+            ("ELECTRIC_LONG_POLL_TIMEOUT", "300"),
+            ("ELECTRIC_SSE_TIMEOUT", "1000"),
+        ],
+    );
     let shapes: Vec<(&str, String)> = (0..shape_count).map(|_| generate_shape(&mut rng)).collect();
+    // Every third client follows its shape over SSE.
+    let new_client = |n: usize, definition: &str| {
+        if n % 3 == 1 {
+            ShapeClient::sse(definition)
+        } else {
+            ShapeClient::new(definition)
+        }
+    };
+    let mut sse_requests = 0;
     let mut clients: Vec<ShapeClient> = shapes
         .iter()
-        .map(|(table, clause)| ShapeClient::new(&query_string(table, clause)))
+        .enumerate()
+        .map(|(n, (table, clause))| new_client(n, &query_string(table, clause)))
         .collect();
 
     for batch in 1..=batches {
@@ -170,8 +186,9 @@ fn shapes_match_the_oracle_across_batches_and_restarts() {
             }
         }
         if client_restart_every > 0 && batch % client_restart_every == 0 {
-            for client in &mut clients {
-                *client = ShapeClient::new(&client.definition.clone());
+            for (n, client) in clients.iter_mut().enumerate() {
+                sse_requests += client.sse_requests;
+                *client = new_client(n, &client.definition.clone());
             }
         }
         for (n, ((table, clause), client)) in shapes.iter().zip(&mut clients).enumerate() {
@@ -191,6 +208,65 @@ fn shapes_match_the_oracle_across_batches_and_restarts() {
                 .unwrap_or_else(|e| {
                     panic!("batch {batch}, shape {n} ({table} WHERE {clause}): {e}; {replay}")
                 });
+            // A subset snapshot of the shape agrees with Postgres too.
+            if n % 4 == batch as usize % 4 {
+                let after = rng.below(40);
+                let limit = 1 + rng.below(10);
+                let want = sorted_texts(
+                    &mut pg,
+                    &format!(
+                        "SELECT id::text FROM (SELECT id FROM {table} WHERE ({clause}) AND id > {after} ORDER BY id DESC LIMIT {limit}) s"
+                    ),
+                    &[],
+                );
+                let got = subset_ids(&server, &client.definition, after, limit, batch % 2 == 0)
+                    .unwrap_or_else(|e| panic!("batch {batch}, shape {n}: subset: {e}; {replay}"));
+                assert_eq!(
+                    got, want,
+                    "batch {batch}, shape {n} ({table} WHERE {clause}): subset id > {after} ORDER BY id DESC LIMIT {limit}; {replay}"
+                );
+            }
         }
     }
+    sse_requests += clients.iter().map(|c| c.sse_requests).sum::<usize>();
+    assert!(
+        shape_count < 2 || sse_requests > 0,
+        "no SSE client ever read a stream; {replay}"
+    );
+}
+
+/// Ids of a subset snapshot (`id > after`, newest `limit`), sorted as text;
+/// over POST or GET.
+fn subset_ids(
+    server: &Server,
+    definition: &str,
+    after: u64,
+    limit: u64,
+    post: bool,
+) -> Result<Vec<String>, String> {
+    let path = format!("/v1/shape?{definition}&offset=-1");
+    let reply = if post {
+        crate::server::Reply::from(
+            ureq::post(&server.url(&path))
+                .timeout(Duration::from_secs(60))
+                .send_string(&format!(
+                    r#"{{"where":"id > $1","params":{{"1":"{after}"}},"order_by":"id DESC","limit":{limit}}}"#
+                )),
+        )
+    } else {
+        server.get(&format!(
+            "{path}&subset__where=id%20%3E%20{after}&subset__order_by=id%20DESC&subset__limit={limit}"
+        ))
+    };
+    if reply.status != 200 {
+        return Err(format!("{} {}", reply.status, reply.body));
+    }
+    let mut ids: Vec<String> = reply.json()["data"]
+        .as_array()
+        .ok_or("no data")?
+        .iter()
+        .map(|row| row["value"]["id"].as_str().unwrap_or("?").to_string())
+        .collect();
+    ids.sort();
+    Ok(ids)
 }

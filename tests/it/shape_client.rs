@@ -8,7 +8,33 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::replay::Recorded;
-use crate::server::Server;
+use crate::server::{Reply, Server};
+
+/// Where a client sends its requests: the server itself, or a proxy in
+/// front of it.
+pub trait Endpoint {
+    fn url(&self, path_and_query: &str) -> String;
+
+    fn try_get(&self, path_and_query: &str) -> Result<Reply, String> {
+        match ureq::get(&self.url(path_and_query))
+            .timeout(std::time::Duration::from_secs(60))
+            .call()
+        {
+            Err(ureq::Error::Transport(e)) => Err(format!("GET {path_and_query}: {e}")),
+            result => Ok(Reply::from(result)),
+        }
+    }
+}
+
+impl Endpoint for Server {
+    fn url(&self, path_and_query: &str) -> String {
+        Server::url(self, path_and_query)
+    }
+
+    fn try_get(&self, path_and_query: &str) -> Result<Reply, String> {
+        Server::try_get(self, path_and_query)
+    }
+}
 
 pub struct ShapeClient {
     /// The query string defining the shape (`table=...&where=...`).
@@ -25,6 +51,11 @@ pub struct ShapeClient {
     /// byte comparisons across restarts, `replay.rs`).
     pub record: bool,
     pub recorded: Vec<Recorded>,
+    /// Live requests as server-sent events (`live_sse=true`): each poll
+    /// reads a stream until its first `up-to-date`, then hangs up.
+    pub sse: bool,
+    /// SSE responses read (streams and one-shot answers).
+    pub sse_requests: usize,
     cursor: Option<String>,
 }
 
@@ -40,14 +71,27 @@ impl ShapeClient {
             history: Vec::new(),
             record: false,
             recorded: Vec::new(),
+            sse: false,
+            sse_requests: 0,
             cursor: None,
+        }
+    }
+
+    /// A client whose live requests are SSE streams.
+    pub fn sse(definition: &str) -> ShapeClient {
+        ShapeClient {
+            sse: true,
+            ..ShapeClient::new(definition)
         }
     }
 
     /// One request; `live` only once up to date (as the client does).
     /// Returns an error message on anything unexpected.
-    pub fn poll(&mut self, server: &Server) -> Result<(), String> {
+    pub fn poll(&mut self, server: &dyn Endpoint) -> Result<(), String> {
         let live = self.up_to_date;
+        if live && self.sse {
+            return self.poll_sse(server);
+        }
         let mut url = format!("/v1/shape?{}&offset={}", self.definition, self.offset);
         if let Some(handle) = &self.handle {
             url.push_str(&format!("&handle={handle}"));
@@ -154,8 +198,83 @@ impl ShapeClient {
         Ok(())
     }
 
+    /// One SSE request: applies events until the first `up-to-date` (or
+    /// the end of the stream), then hangs up. The offset moves to the last
+    /// change applied, read from its `lsn` and `op_position` (Electric's
+    /// client resumes at `<lsn>_0`, re-receiving later changes of that
+    /// transaction; a strict client must not).
+    fn poll_sse(&mut self, server: &dyn Endpoint) -> Result<(), String> {
+        use std::io::BufRead;
+        let handle = self.handle.clone().ok_or("SSE before a handle")?;
+        let mut url = format!(
+            "/v1/shape?{}&offset={}&handle={handle}&live=true&live_sse=true",
+            self.definition, self.offset
+        );
+        if let Some(cursor) = &self.cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        self.requests += 1;
+        let response = match ureq::get(&server.url(&url))
+            .timeout(std::time::Duration::from_secs(120))
+            .call()
+        {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => {
+                let reply = Reply::from(Ok(response));
+                return Err(format!("GET {url} → {} {}", reply.status, reply.body));
+            }
+            Err(e) => return Err(format!("GET {url}: {e}")),
+        };
+        if response.content_type() != "text/event-stream" {
+            return Err(format!("GET {url}: content-type {}", response.content_type()));
+        }
+        self.sse_requests += 1;
+        if response.header("electric-handle") != Some(handle.as_str()) {
+            return Err(format!("GET {url}: handle changed without a 409"));
+        }
+        if let Some(cursor) = response.header("electric-cursor") {
+            self.cursor = Some(cursor.to_string());
+        }
+        let reader = std::io::BufReader::new(response.into_reader());
+        for line in reader.lines() {
+            let line = line.map_err(|e| format!("GET {url}: reading the stream: {e}"))?;
+            if line.is_empty() || line.starts_with(':') {
+                continue;
+            }
+            let data = line
+                .strip_prefix("data: ")
+                .ok_or_else(|| format!("not an SSE line: {line:?}"))?;
+            let message: Value =
+                serde_json::from_str(data).map_err(|e| format!("bad event ({e}): {data}"))?;
+            if message["headers"]["control"] == "up-to-date" {
+                return Ok(());
+            }
+            if let (Some(lsn), Some(op)) = (
+                message["headers"]["lsn"].as_str(),
+                message["headers"]["op_position"].as_u64(),
+            ) {
+                self.history.push((
+                    url.clone(),
+                    message["headers"]["operation"].as_str().unwrap_or("").into(),
+                    message["key"].as_str().unwrap_or("").into(),
+                    lsn.into(),
+                    op,
+                ));
+                self.offset = format!("{lsn}_{op}");
+            }
+            if let Err(e) = self.apply(&message) {
+                let key = message["key"].as_str().unwrap_or("");
+                let seen: Vec<_> = self.history.iter().filter(|h| h.2 == key).collect();
+                return Err(format!("{e}; history of that key: {seen:#?}"));
+            }
+        }
+        // The stream ended (its timeout, or the shape went away: the next
+        // request says which).
+        Ok(())
+    }
+
     /// Polls until up to date (the initial sync, or catching up).
-    pub fn sync(&mut self, server: &Server) -> Result<(), String> {
+    pub fn sync(&mut self, server: &dyn Endpoint) -> Result<(), String> {
         self.up_to_date = false;
         for _ in 0..10_000 {
             // Once up to date, a non-live request catches up fully.
@@ -191,7 +310,7 @@ impl ShapeClient {
     /// differs once `timeout` has passed.
     pub fn converge(
         &mut self,
-        server: &Server,
+        server: &dyn Endpoint,
         columns: &[&str],
         want: &[String],
         timeout: std::time::Duration,
