@@ -7,6 +7,7 @@ mod decode;
 mod dev_mode;
 mod harness;
 mod oracle;
+mod proxy_cache;
 mod reconnect;
 mod replay;
 mod rig;

@@ -108,6 +108,9 @@ pub async fn respond(
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+    // nginx (deploy/nginx.conf): pass events through as they come, and
+    // never cache a stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Ok(value) = HeaderValue::from_str(&cache) {
         headers.insert(CACHE_CONTROL, value);
     }
