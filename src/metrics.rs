@@ -21,6 +21,10 @@ pub struct Metrics {
     pub rejected_existing: AtomicU64,
     pub snapshots_started: AtomicU64,
     pub shapes_evicted: AtomicU64,
+    /// SSE responses streaming now, and streamed in all.
+    pub sse_streams_open: AtomicU64,
+    pub sse_streams_total: AtomicU64,
+    pub subset_snapshots: AtomicU64,
     /// One per shard, written by its group commit.
     pub storage: Vec<Arc<StorageGauges>>,
 }
@@ -73,6 +77,24 @@ impl Metrics {
             "gauge",
             "Shape creations in progress.",
             &self.creations_in_flight,
+        );
+        line(
+            "shapeshard_sse_streams_open",
+            "gauge",
+            "SSE live responses streaming now.",
+            &self.sse_streams_open,
+        );
+        line(
+            "shapeshard_sse_streams_total",
+            "counter",
+            "SSE live responses opened as streams.",
+            &self.sse_streams_total,
+        );
+        line(
+            "shapeshard_subset_snapshots_total",
+            "counter",
+            "Subset snapshot queries run.",
+            &self.subset_snapshots,
         );
         line(
             "shapeshard_requests_coalesced_total",

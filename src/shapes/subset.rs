@@ -53,6 +53,7 @@ impl ShapeService {
             Err(reply) => return reply,
         };
         conn.set_reusable(false);
+        crate::metrics::Metrics::inc(&self.metrics.subset_snapshots);
         let result = run(&mut conn, shape, &query).await;
         match result {
             Ok(body) => {

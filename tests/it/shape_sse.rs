@@ -191,6 +191,7 @@ fn sse_one_shot_stream_keepalive_timeout_and_rotation() {
         stream.header("etag"),
         Some(format!("\"{handle}:{end}:{end}\"").as_str())
     );
+    assert_eq!(server.metric("shapeshard_sse_streams_open"), 1);
     pg.batch_execute("INSERT INTO items VALUES (4, 'four')")
         .unwrap();
     let event = stream.next_event(Duration::from_secs(3));
@@ -221,6 +222,11 @@ fn sse_one_shot_stream_keepalive_timeout_and_rotation() {
             && lasted < Duration::from_millis(SSE_TIMEOUT_MS + 3_000),
         "the stream should end at the SSE timeout, lasted {lasted:?}"
     );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.metric("shapeshard_sse_streams_open") != 0 {
+        assert!(Instant::now() < deadline, "an ended stream is still counted open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // A shape deleted mid-stream ends the stream; the next request is a 409.
     let end = current_end(&server, &handle, "0_0");

@@ -109,6 +109,7 @@ async fn handle_admitted(
             parsed,
             context.sse,
             context.shutdown.clone(),
+            context.metrics.clone(),
             Box::new((admitted, permit)),
         )
         .await;

@@ -26,6 +26,7 @@ use super::forward::Router;
 use super::reply::ShapeReply;
 use super::request::{ShapeRequest, StartOffset};
 use crate::http::response::Body;
+use crate::metrics::Metrics;
 
 /// Electric's interval between `: keep-alive` comments on a silent stream.
 pub const KEEPALIVE: Duration = Duration::from_secs(21);
@@ -56,6 +57,7 @@ pub async fn respond(
     mut request: ShapeRequest,
     settings: SseSettings,
     shutdown: Shutdown,
+    metrics: std::sync::Arc<Metrics>,
     guard: Box<dyn std::any::Any>,
 ) -> Response<Body> {
     let opened = Instant::now();
@@ -88,6 +90,7 @@ pub async fn respond(
             return first.into_response();
         };
         request.offset = StartOffset::At(offset);
+        let open = OpenStream::new(metrics);
         let stream = Stream {
             router,
             owner,
@@ -95,7 +98,7 @@ pub async fn respond(
             deadline: opened + settings.timeout,
             keepalive: settings.keepalive,
             shutdown,
-            _guard: guard,
+            _guard: (guard, open),
         };
         Body::unfold(stream, Stream::next)
     };
@@ -131,7 +134,26 @@ struct Stream {
     deadline: Instant,
     keepalive: Duration,
     shutdown: Shutdown,
-    _guard: Box<dyn std::any::Any>,
+    _guard: (Box<dyn std::any::Any>, OpenStream),
+}
+
+/// Counts a stream in `/metrics` while it is open.
+struct OpenStream(std::sync::Arc<Metrics>);
+
+impl OpenStream {
+    fn new(metrics: std::sync::Arc<Metrics>) -> OpenStream {
+        Metrics::inc(&metrics.sse_streams_total);
+        Metrics::inc(&metrics.sse_streams_open);
+        OpenStream(metrics)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0
+            .sse_streams_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Stream {
