@@ -3,7 +3,7 @@
 //! their readers live on the same executor.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -84,6 +84,118 @@ impl Drop for Listener {
     }
 }
 
+/// Deadlines of many waiters served by one timer: a waiter is an entry in
+/// an ordered map (no timer or task of its own); one driver task per shard
+/// wakes those whose time has come, ticking at `resolution` while any wait
+/// and sleeping on a wake-up when none do. For long, coarse waits (SSE
+/// keep-alives and timeouts), where a few hundred milliseconds late is fine.
+pub struct Deadlines {
+    inner: RefCell<DeadlinesInner>,
+    /// Wakes the driver when the first entry arrives.
+    armed: Rc<Notify>,
+}
+
+#[derive(Default)]
+struct DeadlinesInner {
+    next_id: u64,
+    waiting: BTreeMap<(std::time::Instant, u64), Waker>,
+}
+
+impl Deadlines {
+    pub fn new() -> Rc<Deadlines> {
+        Rc::new(Deadlines {
+            inner: RefCell::new(DeadlinesInner::default()),
+            armed: Notify::new(),
+        })
+    }
+
+    /// Completes at or a little after `when`.
+    pub fn at(self: &Rc<Self>, when: std::time::Instant) -> Deadline {
+        let mut inner = self.inner.borrow_mut();
+        inner.next_id += 1;
+        Deadline {
+            deadlines: self.clone(),
+            key: (when, inner.next_id),
+            registered: false,
+        }
+    }
+
+    /// Waiters now (for tests and metrics).
+    pub fn waiting(&self) -> usize {
+        self.inner.borrow().waiting.len()
+    }
+
+    /// Wakes every waiter whose deadline is at or before `now`; returns
+    /// how many.
+    pub fn fire(&self, now: std::time::Instant) -> usize {
+        let due: Vec<Waker> = {
+            let mut inner = self.inner.borrow_mut();
+            let later = inner.waiting.split_off(&(now, u64::MAX));
+            std::mem::replace(&mut inner.waiting, later)
+                .into_values()
+                .collect()
+        };
+        let count = due.len();
+        for waker in due {
+            waker.wake();
+        }
+        count
+    }
+
+    /// The driver: `sleep(resolution)` is the runtime's timer, awaited by
+    /// this one task only.
+    pub async fn drive<S, F>(self: Rc<Self>, resolution: std::time::Duration, sleep: S)
+    where
+        S: Fn(std::time::Duration) -> F,
+        F: Future<Output = ()>,
+    {
+        loop {
+            let armed = self.armed.listen();
+            if self.waiting() == 0 {
+                armed.await;
+                continue;
+            }
+            sleep(resolution).await;
+            self.fire(std::time::Instant::now());
+        }
+    }
+}
+
+pub struct Deadline {
+    deadlines: Rc<Deadlines>,
+    key: (std::time::Instant, u64),
+    registered: bool,
+}
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if std::time::Instant::now() >= self.key.0 {
+            return Poll::Ready(());
+        }
+        let was_empty = {
+            let mut inner = self.deadlines.inner.borrow_mut();
+            let was_empty = inner.waiting.is_empty();
+            inner.waiting.insert(self.key, cx.waker().clone());
+            was_empty
+        };
+        self.registered = true;
+        if was_empty {
+            self.deadlines.armed.notify_all();
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        if self.registered {
+            self.deadlines.inner.borrow_mut().waiting.remove(&self.key);
+        }
+    }
+}
+
 /// A value set once and awaited by any number of tasks on the executor
 /// (a creation's result, a forwarded request's reply).
 pub struct Slot<T> {
@@ -146,6 +258,30 @@ mod tests {
         assert_eq!(notify.waiting(), 1);
         drop(pending);
         assert_eq!(notify.waiting(), 0);
+    }
+
+    #[test]
+    fn deadlines_fire_in_order_and_drops_clean_up() {
+        let deadlines = Deadlines::new();
+        let now = std::time::Instant::now();
+        let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
+            Poll::Ready(cx.waker().clone())
+        }));
+        let mut cx = Context::from_waker(&waker);
+        let mut soon = Box::pin(deadlines.at(now + std::time::Duration::from_secs(10)));
+        let mut late = Box::pin(deadlines.at(now + std::time::Duration::from_secs(20)));
+        let mut gone = Box::pin(deadlines.at(now + std::time::Duration::from_secs(5)));
+        assert!(soon.as_mut().poll(&mut cx).is_pending());
+        assert!(late.as_mut().poll(&mut cx).is_pending());
+        assert!(gone.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(deadlines.waiting(), 3);
+        drop(gone);
+        assert_eq!(deadlines.waiting(), 2);
+        assert_eq!(deadlines.fire(now + std::time::Duration::from_secs(15)), 1);
+        assert_eq!(deadlines.waiting(), 1, "only the later one is left");
+        let past = deadlines.at(now);
+        futures_lite::future::block_on(past);
+        assert_eq!(deadlines.waiting(), 1, "a past deadline never registers");
     }
 
     #[test]

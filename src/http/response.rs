@@ -93,9 +93,7 @@ impl hyper::body::Body for Body {
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
-            Body::Full(bytes) => {
-                Poll::Ready(bytes.take().map(|b| Ok(hyper::body::Frame::data(b))))
-            }
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(hyper::body::Frame::data(b)))),
             Body::Stream(stream) => stream
                 .as_mut()
                 .poll_next(cx)

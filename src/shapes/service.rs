@@ -130,6 +130,11 @@ impl ShapeService {
         reply
     }
 
+    /// The live shape with this handle, if this shard has one.
+    pub fn shape_by_handle(&self, handle: &str) -> Option<Rc<Shape>> {
+        self.registry.borrow_mut().by_handle(handle)
+    }
+
     /// Evicts this shard's least recently read shape (LRU over the limit).
     fn evict_oldest(&self) -> ShapeReply {
         let mut registry = self.registry.borrow_mut();
@@ -248,14 +253,25 @@ impl ShapeService {
                 return ShapeReply::must_refetch(None);
             }
             let last = shape.last_offset();
-            match shape.read(offset) {
+            let read = match shape.read(offset) {
+                // Past the shape's last entry but not past what this shard
+                // has processed: nothing can come at or before it any more,
+                // so it is caught up. (Electric's client resumes SSE at
+                // `<global_last_seen_lsn>_0`, which may lie there.)
+                LogRead::OutOfBounds
+                    if !offset.is_snapshot_region()
+                        && shape.snapshot_done()
+                        && offset.tx() <= self.registry.borrow().last_seen().0 =>
+                {
+                    (Bytes::new(), offset)
+                }
                 LogRead::Items(view) => {
                     // The view was taken above with no await in between; the
                     // file bytes it names never change, so this read cannot
                     // come back empty or partial whatever a checkpoint does.
                     let end = view.end;
-                    let items = match view.load().await {
-                        Ok(items) => items,
+                    match view.load().await {
+                        Ok(items) => (items, end),
                         Err(_) if shape.is_gone() => return ShapeReply::must_refetch(None),
                         Err(e) => {
                             tracing::error!(
@@ -264,63 +280,12 @@ impl ShapeService {
                             );
                             return ShapeReply::message(500, "Unable to read the shape log");
                         }
-                    };
-                    if items.is_empty() && request.live {
-                        let wait = request.wait.unwrap_or(self.config.long_poll);
-                        let left = wait.saturating_sub(started.elapsed());
-                        // A stop ends the wait like a timeout: the client
-                        // just polls again (the next server answers).
-                        let woken = futures_lite::future::or(
-                            async { runtime::timeout(left, changed).await.is_some() },
-                            async {
-                                self.shutdown.wait().await;
-                                false
-                            },
-                        );
-                        if left.is_zero() || !woken.await {
-                            let global = self.registry.borrow().last_seen().0;
-                            let body = format!("[{}]", encode::up_to_date(global));
-                            return self.ok(
-                                request,
-                                shape,
-                                Bytes::from(body),
-                                offset,
-                                Outcome::TimedOut,
-                                true,
-                            );
-                        }
-                        continue;
                     }
-                    // Electric: up to date once the chunk reaches the log's
-                    // end, never for the first (long-cached) response.
-                    let up_to_date = end >= last.max(offset) && offset != LogOffset::BeforeAll;
-                    let mut body = BytesMut::with_capacity(items.len() + 96);
-                    body.put_u8(b'[');
-                    body.extend_from_slice(&items);
-                    if up_to_date {
-                        if !items.is_empty() {
-                            body.put_u8(b',');
-                        }
-                        let global = if request.live {
-                            end.tx()
-                        } else {
-                            self.global_lsn(end)
-                        };
-                        body.extend_from_slice(encode::up_to_date(global).as_bytes());
-                    }
-                    body.put_u8(b']');
-                    return self.ok(
-                        request,
-                        shape,
-                        body.freeze(),
-                        end,
-                        Outcome::Data,
-                        up_to_date,
-                    );
                 }
                 LogRead::NotYet => {
                     // The snapshot is still being read; its chunk is coming.
                     changed.await;
+                    continue;
                 }
                 LogRead::OutOfBounds => {
                     if waited_out_of_bounds {
@@ -331,8 +296,62 @@ impl ShapeService {
                     }
                     waited_out_of_bounds = true;
                     runtime::timeout(self.config.long_poll / 2, changed).await;
+                    continue;
                 }
+            };
+            let (items, end) = read;
+            if items.is_empty() && request.live {
+                let wait = request.wait.unwrap_or(self.config.long_poll);
+                let left = wait.saturating_sub(started.elapsed());
+                // A stop ends the wait like a timeout: the client
+                // just polls again (the next server answers).
+                let woken = futures_lite::future::or(
+                    async { runtime::timeout(left, changed).await.is_some() },
+                    async {
+                        self.shutdown.wait().await;
+                        false
+                    },
+                );
+                if left.is_zero() || !woken.await {
+                    let global = self.registry.borrow().last_seen().0;
+                    let body = format!("[{}]", encode::up_to_date(global));
+                    return self.ok(
+                        request,
+                        shape,
+                        Bytes::from(body),
+                        offset,
+                        Outcome::TimedOut,
+                        true,
+                    );
+                }
+                continue;
             }
+            // Electric: up to date once the chunk reaches the log's
+            // end, never for the first (long-cached) response.
+            let up_to_date = end >= last.max(offset) && offset != LogOffset::BeforeAll;
+            let mut body = BytesMut::with_capacity(items.len() + 96);
+            body.put_u8(b'[');
+            body.extend_from_slice(&items);
+            if up_to_date {
+                if !items.is_empty() {
+                    body.put_u8(b',');
+                }
+                let global = match (request.live, request.sse) {
+                    (true, true) => sse_resume_lsn(end),
+                    (true, false) => end.tx(),
+                    (false, _) => self.global_lsn(end),
+                };
+                body.extend_from_slice(encode::up_to_date(global).as_bytes());
+            }
+            body.put_u8(b']');
+            return self.ok(
+                request,
+                shape,
+                body.freeze(),
+                end,
+                Outcome::Data,
+                up_to_date,
+            );
         }
     }
 
@@ -412,6 +431,20 @@ impl ShapeService {
             reply = reply.header("cache-control", cache);
         }
         reply
+    }
+}
+
+/// The `global_last_seen_lsn` of an SSE batch's `up-to-date`. Electric's
+/// client resumes an SSE stream at `<that lsn>_0`; the batch's end
+/// transaction's LSN (Electric's choice) would have it re-read that
+/// transaction's later operations, forever in a loop when it is the last
+/// one. One past it is still below the next transaction's commit LSN (commit
+/// records are far more than a byte apart) and no less true.
+fn sse_resume_lsn(end: LogOffset) -> u64 {
+    if end.is_snapshot_region() || end.op() == 0 {
+        end.tx()
+    } else {
+        end.tx() + 1
     }
 }
 

@@ -319,7 +319,12 @@ test('requestSnapshot after the shape was deleted (409) follows the new handle',
   const whereA = 'score < $1'
   await sync.shape.requestSnapshot({ where: whereA, params: { 1: '3' } })
   assert.deepStrictEqual(plain(sync.rows()), plain(await itemsWhere(table, 'score < 3')), 'the first snapshot')
+  // A live change first, so the stream's offset is a real log position of
+  // the shape that is about to go.
+  await db.query(`UPDATE ${table} SET status = 'moved' WHERE id = 10`) // score 0: in A
+  await sync.untilRowsEqual('a live change before the delete', await itemsWhere(table, 'score < 3'))
   const oldHandle = sync.stream.shapeHandle
+  assert.match(String(sync.stream.lastOffset), /^[1-9]\d*_\d+$/, 'the stream is at a real log offset before the delete')
 
   // `log` is part of the shape definition, so the DELETE names it too.
   const deleteUrl = `${baseUrl}/v1/shape?${new URLSearchParams({ table, log: 'changes_only', handle: oldHandle })}`

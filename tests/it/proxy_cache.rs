@@ -32,7 +32,8 @@ impl Nginx {
     fn start(upstream_port: u16) -> Nginx {
         let binary = nginx_binary();
         let port = shapeshard::devpg::free_port().unwrap();
-        let dir = std::env::temp_dir().join(format!("shapeshard-nginx-{port}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("shapeshard-nginx-{port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("cache")).unwrap();
         let shipped = std::fs::read_to_string(
@@ -53,7 +54,14 @@ impl Nginx {
         }
         std::fs::write(dir.join("nginx.conf"), config).unwrap();
         let child = Command::new(binary)
-            .args(["-p", &path(""), "-c", &path("nginx.conf"), "-g", "daemon off;"])
+            .args([
+                "-p",
+                &path(""),
+                "-c",
+                &path("nginx.conf"),
+                "-g",
+                "daemon off;",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -131,9 +139,21 @@ fn behind_nginx_hits_collapses_streams_and_recovers() {
     )
     .unwrap();
     let server = Server::start(&db, &[("ELECTRIC_SSE_TIMEOUT", "10000")]);
-    let port: u16 = server.base_url().rsplit(':').next().unwrap().parse().unwrap();
+    let port: u16 = server
+        .base_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let nginx = Nginx::start(port);
-    let want = || sorted_texts(&mut db.client(), "SELECT concat_ws('|', id, title) FROM items", &[]);
+    let want = || {
+        sorted_texts(
+            &mut db.client(),
+            "SELECT concat_ws('|', id, title) FROM items",
+            &[],
+        )
+    };
 
     // A second client's initial sync is a cache hit, byte for byte.
     let first = nginx.get("/v1/shape?table=items&offset=-1");
@@ -170,11 +190,16 @@ fn behind_nginx_hits_collapses_streams_and_recovers() {
         .collect();
     barrier.wait();
     std::thread::sleep(Duration::from_millis(1_000));
-    pg.batch_execute("INSERT INTO items VALUES (21, 'new')").unwrap();
+    pg.batch_execute("INSERT INTO items VALUES (21, 'new')")
+        .unwrap();
     for reply in waiting {
         let reply = reply.join().unwrap();
         assert_eq!(reply.status, 200, "{}", reply.body);
-        assert!(reply.body.contains("\"new\""), "a live reply without the change: {}", reply.body);
+        assert!(
+            reply.body.contains("\"new\""),
+            "a live reply without the change: {}",
+            reply.body
+        );
     }
     let log = nginx.access_log();
     let upstream: Vec<&String> = log[before..]
@@ -198,7 +223,10 @@ fn behind_nginx_hits_collapses_streams_and_recovers() {
     let (send, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        let response = ureq::get(&sse_url).timeout(Duration::from_secs(60)).call().unwrap();
+        let response = ureq::get(&sse_url)
+            .timeout(Duration::from_secs(60))
+            .call()
+            .unwrap();
         for line in std::io::BufReader::new(response.into_reader()).lines() {
             let Ok(line) = line else { break };
             if send.send(line).is_err() {
@@ -208,7 +236,8 @@ fn behind_nginx_hits_collapses_streams_and_recovers() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let committed = Instant::now();
-    pg.batch_execute("UPDATE items SET title = 'streamed' WHERE id = 3").unwrap();
+    pg.batch_execute("UPDATE items SET title = 'streamed' WHERE id = 3")
+        .unwrap();
     let deadline = committed + Duration::from_secs(5);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -224,7 +253,8 @@ fn behind_nginx_hits_collapses_streams_and_recovers() {
     // over (with a cache-buster, as Electric's client does) and end right.
     let deleted = server.request("DELETE", &format!("/v1/shape?table=items&handle={handle}"));
     assert_eq!(deleted.status, 202);
-    pg.batch_execute("INSERT INTO items VALUES (22, 'after the 409')").unwrap();
+    pg.batch_execute("INSERT INTO items VALUES (22, 'after the 409')")
+        .unwrap();
     let mut saw_409 = false;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {

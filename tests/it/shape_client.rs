@@ -226,7 +226,10 @@ impl ShapeClient {
             Err(e) => return Err(format!("GET {url}: {e}")),
         };
         if response.content_type() != "text/event-stream" {
-            return Err(format!("GET {url}: content-type {}", response.content_type()));
+            return Err(format!(
+                "GET {url}: content-type {}",
+                response.content_type()
+            ));
         }
         self.sse_requests += 1;
         if response.header("electric-handle") != Some(handle.as_str()) {
@@ -255,7 +258,10 @@ impl ShapeClient {
             ) {
                 self.history.push((
                     url.clone(),
-                    message["headers"]["operation"].as_str().unwrap_or("").into(),
+                    message["headers"]["operation"]
+                        .as_str()
+                        .unwrap_or("")
+                        .into(),
                     message["key"].as_str().unwrap_or("").into(),
                     lsn.into(),
                     op,

@@ -145,7 +145,10 @@ fn sse_one_shot_stream_keepalive_timeout_and_rotation() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while current_end(&server, &handle, &end) == end {
-        assert!(Instant::now() < deadline, "the insert never reached the shape");
+        assert!(
+            Instant::now() < deadline,
+            "the insert never reached the shape"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let one_shot = SseStream::open(
@@ -164,8 +167,7 @@ fn sse_one_shot_stream_keepalive_timeout_and_rotation() {
     let up_to_date = one_shot.next_event(Duration::from_secs(5));
     assert_eq!(up_to_date["headers"]["control"], "up-to-date");
     assert_eq!(
-        up_to_date["headers"]["global_last_seen_lsn"],
-        insert["headers"]["lsn"],
+        up_to_date["headers"]["global_last_seen_lsn"], insert["headers"]["lsn"],
         "the LSN the client resumes from is the transaction's"
     );
     assert_eq!(
@@ -173,6 +175,56 @@ fn sse_one_shot_stream_keepalive_timeout_and_rotation() {
         None,
         "a one-shot answer ends after its data"
     );
+
+    // Electric's client resumes an SSE stream at `<global_last_seen_lsn>_0`:
+    // after a transaction of several changes that must be past all of them
+    // (else it re-reads the later ones, in a loop), and still in bounds.
+    let end = current_end(&server, &handle, &end);
+    pg.batch_execute(
+        "BEGIN; INSERT INTO items VALUES (5, 'five'); INSERT INTO items VALUES (6, 'six'); COMMIT;",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while current_end(&server, &handle, &end) == end {
+        assert!(
+            Instant::now() < deadline,
+            "the transaction never reached the shape"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let batch = SseStream::open(
+        &server,
+        &format!("/v1/shape?table=items&offset={end}&handle={handle}&live=true&live_sse=true"),
+    );
+    let five = batch.next_event(Duration::from_secs(5));
+    let six = batch.next_event(Duration::from_secs(5));
+    assert_eq!(
+        (five["value"]["id"].as_str(), six["value"]["id"].as_str()),
+        (Some("5"), Some("6"))
+    );
+    assert_eq!(six["headers"]["op_position"], 2);
+    let lsn: u64 = six["headers"]["lsn"].as_str().unwrap().parse().unwrap();
+    let up_to_date = batch.next_event(Duration::from_secs(5));
+    assert_eq!(up_to_date["headers"]["control"], "up-to-date");
+    let resume: u64 = up_to_date["headers"]["global_last_seen_lsn"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(resume, lsn + 1, "resuming at <lsn>_0 would repeat id 6");
+    let resumed = SseStream::open(
+        &server,
+        &format!("/v1/shape?table=items&offset={resume}_0&handle={handle}&live=true&live_sse=true"),
+    );
+    assert_eq!(resumed.status, 200, "the resume point is in bounds");
+    pg.batch_execute("INSERT INTO items VALUES (7, 'seven')")
+        .unwrap();
+    let seven = resumed.next_event(Duration::from_secs(5));
+    assert_eq!(
+        seven["value"]["id"], "7",
+        "nothing repeated, nothing skipped"
+    );
+    drop(resumed);
 
     // Nothing waiting: the stream opens at once and carries each change.
     let end = current_end(&server, &handle, &end);
@@ -212,7 +264,10 @@ fn sse_one_shot_stream_keepalive_timeout_and_rotation() {
     // Silence: keep-alive comments, then the end at the timeout.
     let mut keepalives = 0;
     while let Some(line) = stream.next_line(Duration::from_secs(3)) {
-        assert_eq!(line, ": keep-alive", "only keep-alives while nothing changes");
+        assert_eq!(
+            line, ": keep-alive",
+            "only keep-alives while nothing changes"
+        );
         keepalives += 1;
     }
     let lasted = stream.opened.elapsed();
@@ -224,7 +279,10 @@ fn sse_one_shot_stream_keepalive_timeout_and_rotation() {
     );
     let deadline = Instant::now() + Duration::from_secs(2);
     while server.metric("shapeshard_sse_streams_open") != 0 {
-        assert!(Instant::now() < deadline, "an ended stream is still counted open");
+        assert!(
+            Instant::now() < deadline,
+            "an ended stream is still counted open"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 

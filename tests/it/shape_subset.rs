@@ -47,7 +47,11 @@ fn subset_snapshots_over_get_and_post() {
          &subset__order_by=id%20DESC&subset__limit=3&subset__offset=1"
     ));
     assert_eq!(get.status, 200, "{}", get.body);
-    assert_eq!(ids(&get), ["38", "37", "35"], "n <> 0 drops 40 and 36; offset 1 skips 39");
+    assert_eq!(
+        ids(&get),
+        ["38", "37", "35"],
+        "n <> 0 drops 40 and 36; offset 1 skips 39"
+    );
     assert_eq!(get.header("electric-snapshot"), Some("true"));
     assert_eq!(get.header("cache-control"), Some("no-cache"));
     assert_eq!(get.header("electric-handle"), Some(handle.as_str()));
@@ -55,7 +59,8 @@ fn subset_snapshots_over_get_and_post() {
     assert!(get.header("electric-schema").unwrap().contains("\"int8\""));
     assert_eq!(get.header("etag"), None);
     assert!(
-        get.body.starts_with(r#"{"metadata":{"database_lsn":""#) && get.body.contains(r#"}, "data": ["#),
+        get.body.starts_with(r#"{"metadata":{"database_lsn":""#)
+            && get.body.contains(r#"}, "data": ["#),
         "Electric's body layout: {}",
         get.body
     );
@@ -69,7 +74,13 @@ fn subset_snapshots_over_get_and_post() {
     for row in body["data"].as_array().unwrap() {
         assert_eq!(row["headers"]["snapshot_mark"].as_u64(), Some(mark));
         assert_eq!(row["headers"]["operation"], "insert");
-        assert_eq!(row["key"].as_str().unwrap(), format!("\"public\".\"items\"/\"{}\"", row["value"]["id"].as_str().unwrap()));
+        assert_eq!(
+            row["key"].as_str().unwrap(),
+            format!(
+                "\"public\".\"items\"/\"{}\"",
+                row["value"]["id"].as_str().unwrap()
+            )
+        );
     }
 
     // POST: top level or under "subset", merged over the query; params are
@@ -150,13 +161,18 @@ fn subset_snapshots_over_get_and_post() {
     let not_json = post(&server, &format!("{shape}&offset=-1"), "{where");
     assert_eq!(not_json.status, 400);
     assert!(
-        not_json.body.starts_with(r#"{"error":"Invalid JSON in request body","details":"#),
+        not_json
+            .body
+            .starts_with(r#"{"error":"Invalid JSON in request body","details":"#),
         "{}",
         not_json.body
     );
     let not_object = post(&server, &format!("{shape}&offset=-1"), "[1]");
     assert_eq!(not_object.status, 400);
-    assert_eq!(not_object.body, r#"{"error":"Request body must be a JSON object"}"#);
+    assert_eq!(
+        not_object.body,
+        r#"{"error":"Request body must be a JSON object"}"#
+    );
     let huge = format!(r#"{{"where":"{}"}}"#, "x".repeat(8_000_001));
     let too_large = post(&server, &format!("{shape}&offset=-1"), &huge);
     assert_eq!(too_large.status, 413);
@@ -182,9 +198,15 @@ fn queryable_columns_bound_what_subsets_and_columns_see() {
         serde_json::from_str(synced.header("electric-schema").unwrap()).unwrap();
     let mut names: Vec<&String> = schema.as_object().unwrap().keys().collect();
     names.sort();
-    assert_eq!(names, ["id", "owner", "title"], "without columns, the queryable ones sync");
+    assert_eq!(
+        names,
+        ["id", "owner", "title"],
+        "without columns, the queryable ones sync"
+    );
 
-    let ok = server.get(&format!("{base}&subset__where=owner%20%3D%208&subset__order_by=title"));
+    let ok = server.get(&format!(
+        "{base}&subset__where=owner%20%3D%208&subset__order_by=title"
+    ));
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ids(&ok), ["2"]);
     let hidden = server.get(&format!("{base}&subset__where=body%20%3D%20%27x%27"));
@@ -218,24 +240,42 @@ fn methods_headers_and_secret_on_every_path_spelling() {
         .unwrap();
     let server = Server::start(
         &db,
-        &[("ELECTRIC_SECRET", "s3cret"), ("ELECTRIC_INSECURE", "false")],
+        &[
+            ("ELECTRIC_SECRET", "s3cret"),
+            ("ELECTRIC_INSECURE", "false"),
+        ],
     );
     for path in ["/v1/shape", "/v1/shape/", "/v1//shape", "/v1/%73hape"] {
         let denied = server.get(&format!("{path}?table=t&offset=-1"));
         assert_eq!(denied.status, 401, "{path}");
-        assert_eq!(denied.body, r#"{"message":"Unauthorized - Invalid API secret"}"#);
+        assert_eq!(
+            denied.body,
+            r#"{"message":"Unauthorized - Invalid API secret"}"#
+        );
         let denied_post = post(&server, &format!("{path}?table=t&offset=-1"), "{}");
         assert_eq!(denied_post.status, 401, "POST {path}");
         let allowed = server.get(&format!("{path}?table=t&offset=-1&secret=s3cret"));
         assert_eq!(allowed.status, 200, "{path}: {}", allowed.body);
     }
-    let ok = server.get("/v1/shape?table=t&offset=-1&secret=s3cret&expired_handle=1-2&cache-buster=abc");
+    let ok =
+        server.get("/v1/shape?table=t&offset=-1&secret=s3cret&expired_handle=1-2&cache-buster=abc");
     assert_eq!(ok.status, 200, "unknown parameters are ignored");
     assert_eq!(ok.header("electric-has-data"), Some("true"));
-    assert!(ok.header("electric-server").unwrap().starts_with("shapeshard/"));
+    assert!(ok
+        .header("electric-server")
+        .unwrap()
+        .starts_with("shapeshard/"));
     assert!(ok.header("x-request-id").is_some_and(|id| id.len() >= 20));
     let exposed = ok.header("access-control-expose-headers").unwrap();
-    for header in ["electric-handle", "electric-offset", "electric-schema", "electric-cursor", "electric-up-to-date", "electric-has-data", "retry-after"] {
+    for header in [
+        "electric-handle",
+        "electric-offset",
+        "electric-schema",
+        "electric-cursor",
+        "electric-up-to-date",
+        "electric-has-data",
+        "retry-after",
+    ] {
         assert!(exposed.contains(header), "{header} not exposed: {exposed}");
     }
     let put = server.request("PUT", "/v1/shape?table=t&offset=-1&secret=s3cret");

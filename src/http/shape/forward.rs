@@ -26,7 +26,22 @@ pub enum Envelope {
         id: u64,
         reply: ShapeReply,
     },
+    /// Shard `from` has streams following `handle` (or no longer has).
+    Watch {
+        from: usize,
+        handle: String,
+        follow: bool,
+    },
+    /// From a shape's owner: `handle` changed (or is gone).
+    Changed {
+        owner: usize,
+        handle: String,
+        gone: bool,
+    },
 }
+
+/// How late a coarse deadline (SSE keep-alives, timeouts) may fire.
+const DEADLINE_RESOLUTION: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A reply some request is waiting for.
 type Waiting = Slot<ShapeReply>;
@@ -41,6 +56,10 @@ pub struct Router {
     /// identical one joins instead of crossing the mesh again (a herd on a
     /// new shape costs one message per shard).
     initial: RefCell<HashMap<String, Rc<Waiting>>>,
+    /// What this shard's SSE streams follow, and what others follow here.
+    live: super::live::LiveHub,
+    /// Keep-alive and timeout deadlines of this shard's streams.
+    deadlines: Rc<shards::notify::Deadlines>,
 }
 
 impl Router {
@@ -51,7 +70,15 @@ impl Router {
             next_id: Cell::new(0),
             waiting: RefCell::new(HashMap::new()),
             initial: RefCell::new(HashMap::new()),
+            live: super::live::LiveHub::default(),
+            deadlines: shards::notify::Deadlines::new(),
         });
+        runtime::spawn_detached(
+            router
+                .deadlines
+                .clone()
+                .drive(DEADLINE_RESOLUTION, runtime::sleep),
+        );
         for peer in 0..router.links.shards() {
             if peer != router.me() {
                 let router = router.clone();
@@ -71,6 +98,18 @@ impl Router {
 
     pub fn service(&self) -> &Rc<ShapeService> {
         &self.service
+    }
+
+    pub fn live(&self) -> &super::live::LiveHub {
+        &self.live
+    }
+
+    pub fn deadlines(&self) -> &Rc<shards::notify::Deadlines> {
+        &self.deadlines
+    }
+
+    pub(super) fn links(&self) -> &MeshLinks<Envelope> {
+        &self.links
     }
 
     /// Answers `request` on shard `owner`.
@@ -155,6 +194,18 @@ impl Router {
                         waiting.set(reply);
                     }
                 }
+                // Inline, not a task: a read `from` sends after this is
+                // handled after it (see `live.rs`).
+                Envelope::Watch {
+                    from,
+                    handle,
+                    follow,
+                } => super::live::LiveHub::watch(&self, from, handle, follow),
+                Envelope::Changed {
+                    owner,
+                    handle,
+                    gone,
+                } => self.live.notify(owner, &handle, gone),
             }
         }
     }

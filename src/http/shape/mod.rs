@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod forward;
+pub mod live;
 pub mod reply;
 pub mod request;
 pub mod sse;
@@ -84,8 +85,7 @@ async fn handle_admitted(
             return reply.into_response();
         }
     }
-    let parsed = match request::parse_with_subset(kind, &query, if_none_match.as_deref(), subset)
-    {
+    let parsed = match request::parse_with_subset(kind, &query, if_none_match.as_deref(), subset) {
         Ok(parsed) => parsed,
         Err(reply) => return reply.into_response(),
     };

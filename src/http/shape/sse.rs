@@ -8,10 +8,11 @@
 //! ends at `timeout`, on a stop, or when the shape is gone (the client's
 //! next request then gets the 409).
 //!
-//! The stream is a state machine the connection polls: each round is one
-//! live read on the owner shard (the same wake-up on a log change as a
-//! long-poll), bounded by the keep-alive interval. An idle stream holds no
-//! task of its own.
+//! The stream is a state machine the connection polls. Between changes it
+//! waits on its shard's watch of the shape (`live.rs`: one message from the
+//! owner per change per shard) and on the shard's shared deadlines, so an
+//! idle stream costs no task, timer or owner request of its own; on a
+//! change it reads its new entries from the owner without waiting.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -23,10 +24,12 @@ use shards::runtime::Shutdown;
 use shards::shape::offset::LogOffset;
 
 use super::forward::Router;
+use super::live::{LiveHub, WatchUse};
 use super::reply::ShapeReply;
 use super::request::{ShapeRequest, StartOffset};
 use crate::http::response::Body;
 use crate::metrics::Metrics;
+use shards::notify::Deadlines;
 
 /// Electric's interval between `: keep-alive` comments on a silent stream.
 pub const KEEPALIVE: Duration = Duration::from_secs(21);
@@ -90,12 +93,21 @@ pub async fn respond(
             return first.into_response();
         };
         request.offset = StartOffset::At(offset);
+        let handle = first
+            .header_value("electric-handle")
+            .unwrap_or_default()
+            .to_string();
+        let follow = LiveHub::follow(&router, owner, &handle).await;
         let open = OpenStream::new(metrics);
+        let deadlines = router.deadlines().clone();
         let stream = Stream {
             router,
             owner,
             request,
+            follow,
+            deadlines,
             deadline: opened + settings.timeout,
+            last_sent: Instant::now(),
             keepalive: settings.keepalive,
             shutdown,
             _guard: (guard, open),
@@ -131,7 +143,12 @@ struct Stream {
     owner: usize,
     /// The next round's read, from the end of what was sent.
     request: ShapeRequest,
+    /// Wakes the stream when its shape changes.
+    follow: WatchUse,
+    deadlines: Rc<Deadlines>,
     deadline: Instant,
+    /// When the last frame went out (keep-alives follow silence).
+    last_sent: Instant,
     keepalive: Duration,
     shutdown: Shutdown,
     _guard: (Box<dyn std::any::Any>, OpenStream),
@@ -158,39 +175,74 @@ impl Drop for OpenStream {
 
 impl Stream {
     /// The next frame: new messages as events, or a keep-alive comment;
-    /// None ends the response.
+    /// None ends the response. Between changes the stream waits as a
+    /// waker on its watch and an entry in the shard's deadlines: no task,
+    /// no timer, no request to the owner.
     async fn next(mut self) -> Option<(Bytes, Stream)> {
-        let left = self.deadline.checked_duration_since(Instant::now())?;
-        if left.is_zero() || self.shutdown.is_triggered() {
-            return None;
+        enum Woke {
+            Changed,
+            Time,
+            Stop,
         }
-        self.request.wait = Some(left.min(self.keepalive));
-        let reply = self
-            .router
-            .dispatch(self.owner, self.request.clone())
-            .await;
-        // A 409 (shape gone or rotated) or any error ends the stream: the
-        // client reconnects and its next request gets the answer.
-        if reply.status != 200 || self.shutdown.is_triggered() {
-            return None;
-        }
-        if reply.header_value("electric-has-data") != Some("true") {
-            if Instant::now() >= self.deadline {
+        loop {
+            if Instant::now() >= self.deadline || self.shutdown.is_triggered() {
                 return None;
             }
-            return Some((Bytes::from_static(KEEPALIVE_COMMENT), self));
+            // Listen before reading: a change after the read wakes us.
+            let changed = self.follow.watch.listen();
+            if self.follow.watch.is_gone() {
+                // The client's next request gets the 409.
+                return None;
+            }
+            self.request.wait = Some(Duration::ZERO);
+            let reply = self.router.dispatch(self.owner, self.request.clone()).await;
+            // A 409 (shape gone or rotated) or any error ends the stream:
+            // the client reconnects and its next request gets the answer.
+            if reply.status != 200 || self.shutdown.is_triggered() {
+                return None;
+            }
+            if reply.header_value("electric-has-data") == Some("true") {
+                let offset = reply
+                    .header_value("electric-offset")
+                    .and_then(|o| o.parse::<LogOffset>().ok())?;
+                self.request.offset = StartOffset::At(offset);
+                if let Some(cursor) = reply
+                    .header_value("electric-cursor")
+                    .and_then(|c| c.parse().ok())
+                {
+                    self.request.cursor = Some(cursor);
+                }
+                self.last_sent = Instant::now();
+                return Some((events(&reply.body), self));
+            }
+            let wake_at = (self.last_sent + self.keepalive).min(self.deadline);
+            let woke = futures_lite::future::or(
+                futures_lite::future::or(
+                    async {
+                        changed.await;
+                        Woke::Changed
+                    },
+                    async {
+                        self.deadlines.at(wake_at).await;
+                        Woke::Time
+                    },
+                ),
+                async {
+                    self.shutdown.wait().await;
+                    Woke::Stop
+                },
+            )
+            .await;
+            match woke {
+                Woke::Changed => continue,
+                Woke::Stop => return None,
+                Woke::Time if Instant::now() >= self.deadline => return None,
+                Woke::Time => {
+                    self.last_sent = Instant::now();
+                    return Some((Bytes::from_static(KEEPALIVE_COMMENT), self));
+                }
+            }
         }
-        let offset = reply
-            .header_value("electric-offset")
-            .and_then(|o| o.parse::<LogOffset>().ok())?;
-        self.request.offset = StartOffset::At(offset);
-        if let Some(cursor) = reply
-            .header_value("electric-cursor")
-            .and_then(|c| c.parse().ok())
-        {
-            self.request.cursor = Some(cursor);
-        }
-        Some((events(&reply.body), self))
     }
 }
 
@@ -259,7 +311,8 @@ mod tests {
 
     #[test]
     fn arrays_become_one_event_per_message() {
-        let array = br#"[{"key":"a,\"}{","value":{"x":"[1,2]"}},{"headers":{"control":"up-to-date"}}]"#;
+        let array =
+            br#"[{"key":"a,\"}{","value":{"x":"[1,2]"}},{"headers":{"control":"up-to-date"}}]"#;
         assert_eq!(
             &events(array)[..],
             &b"data: {\"key\":\"a,\\\"}{\",\"value\":{\"x\":\"[1,2]\"}}\n\ndata: {\"headers\":{\"control\":\"up-to-date\"}}\n\n"[..]

@@ -129,9 +129,7 @@ impl RawSubset {
             None | Some(Value::Null) => None,
             Some(value) => match integer(value) {
                 Some(n) if n >= 0 => Some(n as u64),
-                Some(_) => {
-                    return Err(invalid("offset", "must be greater than or equal to 0"))
-                }
+                Some(_) => return Err(invalid("offset", "must be greater than or equal to 0")),
                 None => return Err(invalid("offset", "is invalid")),
             },
         };
@@ -396,8 +394,8 @@ mod tests {
 
     #[test]
     fn order_by_accepts_what_the_client_compiles() {
-        let terms = parse_order_by(r#""created_at" DESC NULLS FIRST, id, Title asc nulls last"#)
-            .unwrap();
+        let terms =
+            parse_order_by(r#""created_at" DESC NULLS FIRST, id, Title asc nulls last"#).unwrap();
         assert_eq!(
             terms,
             vec![
@@ -443,11 +441,17 @@ mod tests {
             r#"{"message":"Invalid request","errors":{"subset":{"order_by":["order_by is required when limit or offset is present"]}}}"#
         );
         assert_eq!(
-            error(raw(&[("limit", Value::from(0)), ("order_by", s("id".into()))])),
+            error(raw(&[
+                ("limit", Value::from(0)),
+                ("order_by", s("id".into()))
+            ])),
             r#"{"message":"Invalid request","errors":{"subset":{"limit":["must be greater than 0"]}}}"#
         );
         assert_eq!(
-            error(raw(&[("offset", Value::from(-1)), ("order_by", s("id".into()))])),
+            error(raw(&[
+                ("offset", Value::from(-1)),
+                ("order_by", s("id".into()))
+            ])),
             r#"{"message":"Invalid request","errors":{"subset":{"offset":["must be greater than or equal to 0"]}}}"#
         );
         assert_eq!(
