@@ -25,6 +25,9 @@ pub struct Metrics {
     pub sse_streams_open: AtomicU64,
     pub sse_streams_total: AtomicU64,
     pub subset_snapshots: AtomicU64,
+    /// Shapes some shard's SSE streams follow: one owner task each,
+    /// however many streams.
+    pub shapes_watched: AtomicU64,
     /// One per shard, written by its group commit.
     pub storage: Vec<Arc<StorageGauges>>,
 }
@@ -89,6 +92,12 @@ impl Metrics {
             "counter",
             "SSE live responses opened as streams.",
             &self.sse_streams_total,
+        );
+        line(
+            "shapeshard_shapes_watched",
+            "gauge",
+            "Shapes followed by SSE streams (one owner task each, whatever the number of streams).",
+            &self.shapes_watched,
         );
         line(
             "shapeshard_subset_snapshots_total",

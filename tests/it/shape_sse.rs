@@ -243,7 +243,13 @@ fn sse_one_shot_stream_keepalive_timeout_and_rotation() {
         stream.header("etag"),
         Some(format!("\"{handle}:{end}:{end}\"").as_str())
     );
-    assert_eq!(server.metric("shapeshard_sse_streams_open"), 1);
+    // A stream whose client hung up is noticed at its next write (at the
+    // latest its keep-alive): the resumed one above.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.metric("shapeshard_sse_streams_open") != 1 {
+        assert!(Instant::now() < deadline, "a hung-up stream is still open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     pg.batch_execute("INSERT INTO items VALUES (4, 'four')")
         .unwrap();
     let event = stream.next_event(Duration::from_secs(3));
@@ -309,5 +315,56 @@ fn sse_one_shot_stream_keepalive_timeout_and_rotation() {
     ));
     assert_eq!(after.status, 409, "{}", after.body);
     assert_eq!(after.body, r#"[{"headers":{"control":"must-refetch"}}]"#);
+    server.stop();
+}
+
+#[test]
+fn many_idle_streams_share_one_watch_and_all_get_the_change() {
+    let db = database("shape_sse_many");
+    let mut pg = db.client();
+    pg.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, title text); INSERT INTO items VALUES (1, 'one');",
+    )
+    .unwrap();
+    let server = Server::start(
+        &db,
+        &[
+            ("ELECTRIC_SSE_TIMEOUT", "30000"),
+            ("SHAPESHARD_SSE_KEEPALIVE_MS", "1000"),
+        ],
+    );
+    let first = server.get("/v1/shape?table=items&offset=-1");
+    let handle = first.header("electric-handle").unwrap().to_string();
+    let end = current_end(&server, &handle, "0_0");
+    let path =
+        format!("/v1/shape?table=items&offset={end}&handle={handle}&live=true&live_sse=true");
+    let streams: Vec<SseStream> = (0..200).map(|_| SseStream::open(&server, &path)).collect();
+    assert_eq!(server.metric("shapeshard_sse_streams_open"), 200);
+    assert_eq!(
+        server.metric("shapeshard_shapes_watched"),
+        1,
+        "200 streams of one shape cost its owner one watch"
+    );
+    pg.batch_execute("INSERT INTO items VALUES (2, 'two')")
+        .unwrap();
+    for stream in &streams {
+        assert_eq!(
+            stream.next_event(Duration::from_secs(10))["value"]["id"],
+            "2"
+        );
+    }
+    // Hung up: each is noticed at its next keep-alive, and the watch ends
+    // with the last.
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metric("shapeshard_shapes_watched") != 0
+        || server.metric("shapeshard_sse_streams_open") != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "closed streams still hold their watch"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     server.stop();
 }

@@ -54,6 +54,15 @@ pub struct LiveHub {
 struct Watched {
     shards: Rc<RefCell<BTreeSet<usize>>>,
     _task: Task<()>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.metrics
+            .shapes_watched
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A stream's hold on a watch; the last one to go ends the watch.
@@ -182,11 +191,14 @@ impl LiveHub {
                 }
             })
         };
+        let metrics = router.service().metrics.clone();
+        crate::metrics::Metrics::inc(&metrics.shapes_watched);
         hub.watched.borrow_mut().insert(
             handle,
             Watched {
                 shards,
                 _task: task,
+                metrics,
             },
         );
     }
