@@ -20,7 +20,8 @@ pub enum Envelope {
     Request {
         id: u64,
         from: usize,
-        request: ShapeRequest,
+        /// Boxed: a definition is large beside the other messages.
+        request: Box<ShapeRequest>,
     },
     Reply {
         id: u64,
@@ -166,7 +167,7 @@ impl Router {
         let message = Envelope::Request {
             id,
             from: self.me(),
-            request,
+            request: Box::new(request),
         };
         if self.links.send(owner, message).await.is_err() {
             self.waiting.borrow_mut().remove(&id);
@@ -183,7 +184,7 @@ impl Router {
                 Envelope::Request { id, from, request } => {
                     let router = self.clone();
                     runtime::spawn_detached(async move {
-                        let reply = router.service.serve(request).await;
+                        let reply = router.service.serve(*request).await;
                         // A peer that has gone is shutting down; nobody waits.
                         let _ = router.links.send(from, Envelope::Reply { id, reply }).await;
                     });

@@ -39,7 +39,7 @@ pub struct ShapeRequest {
     pub cursor: Option<u64>,
     pub if_none_match: Option<String>,
     /// A subset snapshot instead of a log read.
-    pub subset: Option<super::subset::Subset>,
+    pub subset: Option<Box<super::subset::Subset>>,
     /// `queryable_columns`: what subsets may reference (and `columns` select).
     pub queryable: Option<Vec<String>>,
 }
@@ -173,7 +173,7 @@ pub fn parse_with_subset(
         }
     }
     let subset = if kind == RequestKind::Get && body_subset.is_requested() {
-        Some(body_subset.validate()?)
+        Some(Box::new(body_subset.validate()?))
     } else {
         None
     };
