@@ -183,14 +183,22 @@ async fn snapshot(
     conn.set_reusable(false);
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
+    // The insert position, read after the snapshot: every commit the
+    // snapshot sees is below it (see `PgSnapshot::wal_lsn`).
     let rows = conn
-        .query_rows("SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text")
+        .query_rows("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text")
         .await?;
-    let snapshot = rows
+    let mut snapshot = rows
         .first()
         .and_then(|r| r.get(0))
         .and_then(PgSnapshot::parse)
         .ok_or_else(|| PgError::Protocol("pg_current_snapshot() returned no snapshot".into()))?;
+    let wal_lsn: shards::Lsn = rows
+        .first()
+        .and_then(|r| r.get(1))
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| PgError::Protocol("pg_current_wal_insert_lsn() returned nothing".into()))?;
+    snapshot.wal_lsn = Some(wal_lsn.0);
     service
         .registry
         .borrow_mut()

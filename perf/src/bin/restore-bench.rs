@@ -93,6 +93,7 @@ fn main() {
         xmin: 100,
         xmax: 100,
         xip: vec![],
+        wal_lsn: None,
     };
     let end = snapshot.end_message().into_bytes();
     let built = Instant::now();

@@ -69,6 +69,7 @@ fn run(shapes: usize, changes: usize) -> Run {
                     xmin: 1,
                     xmax: 1,
                     xip: vec![],
+                    wal_lsn: None,
                 },
             );
         }

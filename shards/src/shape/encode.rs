@@ -199,9 +199,65 @@ pub struct PgSnapshot {
     pub xmin: u64,
     pub xmax: u64,
     pub xip: Vec<u64>,
+    /// `pg_current_wal_insert_lsn()` read right after the snapshot: every
+    /// transaction the snapshot sees committed below it, so one committed
+    /// at or after it never is. Deciding by it first keeps the 32-bit xid
+    /// arithmetic to transactions of the snapshot's own time, however old
+    /// the snapshot gets. None for shapes stored before it was recorded.
+    pub wal_lsn: Option<u64>,
 }
 
 impl PgSnapshot {
+    /// Whether the transaction `xid` committed at `commit_lsn` is already
+    /// in the snapshot rows (so its changes must be dropped).
+    pub fn holds(&self, xid: u32, commit_lsn: u64) -> bool {
+        if self.wal_lsn.is_some_and(|lsn| commit_lsn >= lsn) {
+            return false;
+        }
+        self.contains(xid)
+    }
+
+    /// Whether no transaction from this one on (in commit order) can be in
+    /// the snapshot: it committed past the snapshot's WAL position, or it
+    /// started after the snapshot.
+    pub fn ends_filtering(&self, xid: u32, commit_lsn: u64) -> bool {
+        self.wal_lsn.is_some_and(|lsn| commit_lsn >= lsn) || self.is_after(xid)
+    }
+
+    /// The form kept in the journal and LMDB: the `snapshot-end` message
+    /// clients read, then (after a newline, which JSON never holds raw) the
+    /// snapshot's WAL position, which clients never see.
+    pub fn stored_end(&self) -> Vec<u8> {
+        let mut out = self.end_message().into_bytes();
+        if let Some(lsn) = self.wal_lsn {
+            out.extend_from_slice(format!("\n{lsn}").as_bytes());
+        }
+        out
+    }
+
+    /// The client's part of a stored end: the `snapshot-end` message.
+    pub fn served_end(stored: &[u8]) -> &[u8] {
+        match stored.iter().position(|&b| b == b'\n') {
+            Some(n) => &stored[..n],
+            None => stored,
+        }
+    }
+
+    /// Reads back what `stored_end` wrote (or a bare end message).
+    pub fn from_stored_end(stored: &[u8]) -> Option<PgSnapshot> {
+        let served = PgSnapshot::served_end(stored);
+        let mut snapshot = PgSnapshot::from_end_message(std::str::from_utf8(served).ok()?)?;
+        if served.len() < stored.len() {
+            snapshot.wal_lsn = Some(
+                std::str::from_utf8(&stored[served.len() + 1..])
+                    .ok()?
+                    .parse()
+                    .ok()?,
+            );
+        }
+        Some(snapshot)
+    }
+
     /// Parses `xmin:xmax:xip1,xip2`.
     pub fn parse(s: &str) -> Option<PgSnapshot> {
         let mut parts = s.splitn(3, ':');
@@ -214,7 +270,12 @@ impl PgSnapshot {
                 .map(|x| x.parse().ok())
                 .collect::<Option<Vec<u64>>>()?,
         };
-        Some(PgSnapshot { xmin, xmax, xip })
+        Some(PgSnapshot {
+            xmin,
+            xmax,
+            xip,
+            wal_lsn: None,
+        })
     }
 
     /// Whether transaction `xid` (32-bit, from pgoutput) committed before the
@@ -262,7 +323,12 @@ impl PgSnapshot {
                 .map(|x| x.trim().trim_matches('"').parse().ok())
                 .collect::<Option<Vec<u64>>>()?
         };
-        Some(PgSnapshot { xmin, xmax, xip })
+        Some(PgSnapshot {
+            xmin,
+            xmax,
+            xip,
+            wal_lsn: None,
+        })
     }
 
     /// The `snapshot-end` control message.
@@ -384,11 +450,13 @@ mod tests {
                 xmin: 740,
                 xmax: 745,
                 xip: vec![741, 743],
+                wal_lsn: None,
             },
             PgSnapshot {
                 xmin: 5,
                 xmax: 5,
                 xip: vec![],
+                wal_lsn: None,
             },
         ] {
             assert_eq!(

@@ -76,12 +76,14 @@ fn run(seed: u64, dir: &Path) -> Result<(), String> {
             xmin: 1,
             xmax: 1,
             xip: vec![],
+            wal_lsn: None,
         },
     );
     shape.finish_snapshot(&PgSnapshot {
         xmin: 1,
         xmax: 1,
         xip: vec![],
+        wal_lsn: None,
     });
     let relation = id_relation(7, "t");
     // The model: every entry's offset, in order, and the durable prefix.

@@ -13,6 +13,8 @@ pub mod offset;
 pub mod registry;
 pub mod schema;
 #[cfg(test)]
+mod snapshot_filter_tests;
+#[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
 mod unload_tests;

@@ -182,18 +182,18 @@ impl Shape {
 
     /// Ends the snapshot with `snapshot-end`.
     pub fn finish_snapshot(&self, snapshot: &PgSnapshot) {
-        let end = snapshot.end_message();
+        let stored = snapshot.stored_end();
         record::encode(
             &mut self.journal.borrow_mut(),
             0,
             self.id,
             Kind::SnapshotEnd,
-            end.as_bytes(),
+            &stored,
         );
         {
             let mut state = self.state.borrow_mut();
-            state.log.finish_snapshot(end.as_bytes());
-            state.snapshot_end = Some(end.into_bytes());
+            state.log.finish_snapshot(PgSnapshot::served_end(&stored));
+            state.snapshot_end = Some(stored);
         }
         self.meta_dirty.borrow_mut().insert(self.id);
         self.changed.notify_all();
@@ -208,19 +208,19 @@ impl Shape {
     /// snapshot's visibility filter: after a crash Postgres re-sends from
     /// the fence, which may predate the snapshot, and transactions the
     /// snapshot already holds must be dropped again.
-    pub fn restore_snapshot_end(&self, end_message: &[u8]) {
+    pub fn restore_snapshot_end(&self, stored: &[u8]) {
         let mut state = self.state.borrow_mut();
-        state.log.finish_snapshot(end_message);
-        self.restore_snapshot_filter(&mut state, end_message);
+        state.log.finish_snapshot(PgSnapshot::served_end(stored));
+        self.restore_snapshot_filter(&mut state, stored);
     }
 
-    /// Recovery: the snapshot's end, and the visibility filter it carries.
-    fn restore_snapshot_filter(&self, state: &mut ShapeState, end_message: &[u8]) {
-        state.snapshot_end = Some(end_message.to_vec());
-        let snapshot = std::str::from_utf8(end_message)
-            .ok()
-            .and_then(PgSnapshot::from_end_message);
-        match snapshot {
+    /// Recovery: the snapshot's end (as stored: `PgSnapshot::stored_end`),
+    /// and the visibility filter it carries. The filter's WAL position
+    /// makes re-arming it harmless: every transaction after the snapshot
+    /// passes it by commit LSN, however far xids have moved on.
+    fn restore_snapshot_filter(&self, state: &mut ShapeState, stored: &[u8]) {
+        state.snapshot_end = Some(stored.to_vec());
+        match PgSnapshot::from_stored_end(stored) {
             Some(snapshot) => state.gate = Gate::Filtering(snapshot),
             None => tracing::warn!(handle = self.handle(), "unreadable snapshot-end record"),
         }
@@ -343,10 +343,10 @@ impl Shape {
                 return Applied::Nothing;
             }
             Gate::Filtering(snapshot) => {
-                if snapshot.contains(tx.xid) {
+                if snapshot.holds(tx.xid, tx.commit_lsn.0) {
                     return Applied::Nothing;
                 }
-                if snapshot.is_after(tx.xid) {
+                if snapshot.ends_filtering(tx.xid, tx.commit_lsn.0) {
                     state.gate = Gate::Open;
                 }
             }

@@ -85,6 +85,7 @@ fn idle_shapes_unload_to_cold_and_come_back_with_the_same_log() {
             xmin: 50,
             xmax: 50,
             xip: vec![],
+            wal_lsn: None,
         };
         shape.push_snapshot_row(&[Some(n.to_string().as_str())], &mut Vec::new());
         shape.finish_snapshot(&snapshot);

@@ -335,6 +335,7 @@ mod tests {
                             xmin: 10,
                             xmax: 10,
                             xip: vec![],
+                            wal_lsn: None,
                         },
                     );
                 }
