@@ -1,5 +1,5 @@
 //! The Postgres wire client: one connection over TCP or a Unix socket,
-//! running inside a glommio executor. It speaks the simple query protocol
+//! running inside a shard executor (through `shards::runtime`). It speaks the simple query protocol
 //! (admin SQL, snapshots via COPY TO STDOUT) and COPY BOTH for the logical
 //! replication stream; the caller decodes the replication sub-messages.
 //!
@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpStream, UnixStream};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
+use shards::runtime::net::{TcpStream, UnixStream};
 
 use super::connstr::{ConnConfig, Host, SslMode};
 use super::error::{DbError, PgError};
@@ -378,7 +378,7 @@ impl Connection {
             return work.await;
         }
         futures_lite::future::or(work, async {
-            glommio::timer::sleep(cfg.connect_timeout).await;
+            shards::runtime::sleep(cfg.connect_timeout).await;
             Err(PgError::Timeout(
                 "connecting to Postgres (see connect_timeout)",
             ))
@@ -622,7 +622,7 @@ impl Connection {
             async {
                 let _ = self.flush().await;
             },
-            glommio::timer::sleep(CLOSE_TIMEOUT),
+            shards::runtime::sleep(CLOSE_TIMEOUT),
         )
         .await;
     }
@@ -1180,9 +1180,10 @@ async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, PgError> {
     }
     let name = host.to_string();
     // getaddrinfo blocks; keep it off the executor thread.
-    let resolved = glommio::executor()
-        .spawn_blocking(move || (name.as_str(), port).to_socket_addrs().map(Vec::from_iter))
-        .await;
+    let resolved = shards::runtime::dma::blocking(move || {
+        (name.as_str(), port).to_socket_addrs().map(Vec::from_iter)
+    })
+    .await;
     resolved.map_err(|e| {
         PgError::Io(io::Error::new(
             e.kind(),

@@ -25,3 +25,4 @@ mod shape_subset;
 mod shape_unload;
 mod standby;
 mod torn_write;
+mod where_differential;

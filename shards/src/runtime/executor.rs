@@ -60,11 +60,11 @@ where
     G: FnOnce() -> F + Send + 'static,
     F: Future<Output = ()> + 'static,
 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(shards.len());
     for (index, fut_gen) in shards.into_iter().enumerate() {
         let placement = match placement {
-            Placement::Pinned => GlommioPlacement::Fixed(index % cpus),
+            Placement::Pinned => GlommioPlacement::Fixed(cpus[index % cpus.len()]),
             Placement::Unbound => GlommioPlacement::Unbound,
         };
         let handle = builder(&format!("shard-{index}"), placement)
@@ -73,6 +73,29 @@ where
         handles.push((index, handle));
     }
     Ok(ShardsHandle { handles })
+}
+
+/// The CPUs this process may run on, ascending: a container's cpuset need
+/// not start at 0 (pinning shard i to CPU i would fail there).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+    // writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            == 0;
+    let cpus: Vec<usize> = if ok {
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        return (0..n).collect();
+    }
+    cpus
 }
 
 /// Starts an unpinned executor on its own thread (the ingest, tests).
@@ -99,4 +122,23 @@ where
 /// Number of shards to run by default: one per available core.
 pub fn default_shard_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn allowed_cpus_are_the_affinity_mask() {
+        let cpus = super::allowed_cpus();
+        assert!(!cpus.is_empty());
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]), "{cpus:?}");
+        // Restrict this thread to its last allowed CPU: the set follows
+        // (a container whose cpuset does not start at 0 looks like this).
+        let last = *cpus.last().unwrap();
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(last, &mut set) };
+        let rc =
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        assert_eq!(rc, 0);
+        assert_eq!(super::allowed_cpus(), vec![last]);
+    }
 }

@@ -511,6 +511,27 @@ impl RelationShapes {
 /// format: catalog columns, where-clause compiler).
 pub type SpecLoader = Box<dyn Fn(&[u8]) -> Result<ShapeSpec, String>>;
 
+/// Reads of a creation record tried before giving up on the metadata.
+const META_READ_ATTEMPTS: u32 = 3;
+
+/// A cold shape's creation record. A read that keeps failing is a storage
+/// failure, not a reason to delete the shape: the process stops (as on any
+/// storage failure) and recovery rebuilds from the segment log, rather than
+/// the shape's clients losing it or a change for it being skipped.
+fn read_persisted(meta: &MetaStore, id: ShapeId) -> Option<Vec<u8>> {
+    let mut last_error = None;
+    for _ in 0..META_READ_ATTEMPTS {
+        match meta.persisted(id) {
+            Ok(found) => return found,
+            Err(e) => last_error = Some(e),
+        }
+    }
+    panic!(
+        "shard metadata unreadable (shape {id}): {}; stopping so that recovery rebuilds from the segment log",
+        last_error.map_or_else(String::new, |e| e.to_string())
+    );
+}
+
 /// A shape restored from LMDB and not used since, or unloaded after being
 /// idle: routed and looked up like any other, but its spec, filter and log
 /// state are built only when a request or a change next needs them, so a
@@ -666,10 +687,9 @@ impl Registry {
         }
         let cold = self.cold.get(&id)?;
         let built = match &self.loader {
-            Some((meta, loader)) => match meta.persisted(id) {
-                Ok(Some(persisted)) => loader(&persisted),
-                Ok(None) => Err("its metadata record is missing".to_string()),
-                Err(e) => Err(e.to_string()),
+            Some((meta, loader)) => match read_persisted(meta, id) {
+                Some(persisted) => loader(&persisted),
+                None => Err("its metadata record is missing".to_string()),
             },
             None => Err("no loader for restored shapes".to_string()),
         };

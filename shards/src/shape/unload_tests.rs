@@ -146,3 +146,63 @@ fn idle_shapes_unload_to_cold_and_come_back_with_the_same_log() {
     drop(registry);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_failing_metadata_read_never_deletes_a_cold_shape() {
+    let dir = std::env::temp_dir().join(format!("shapeshard-warm-fail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let meta = MetaStore::open(&dir.join("meta")).expect("meta");
+    let mut registry = Registry::new(0, Arc::new(RouteTable::new()), 256, &dir.join("shapes"));
+    registry.set_loader(
+        meta,
+        Box::new(|persisted: &[u8]| {
+            let n = std::str::from_utf8(persisted)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or("bad creation record")?;
+            Ok(id_equals_shape(n))
+        }),
+    );
+    let shape = registry.insert(id_equals_shape(4));
+    let snapshot = PgSnapshot {
+        xmin: 50,
+        xmax: 50,
+        xip: vec![],
+        wal_lsn: None,
+    };
+    shape.finish_snapshot(&snapshot);
+    registry.snapshot_taken(shape.id, snapshot);
+    let handle = shape.handle().to_string();
+    drop(shape);
+    checkpoint(&mut registry, &meta);
+    registry.unload_idle(1);
+    registry.unload_idle(1);
+    assert_eq!(registry.cold_count(), 1);
+
+    // A read that fails and then works: retried, the shape is rebuilt.
+    crate::storage::meta::fault::fail_reads(2);
+    assert!(
+        registry.by_handle(&handle).is_some(),
+        "rebuilt after retries"
+    );
+    checkpoint(&mut registry, &meta);
+    registry.unload_idle(1);
+    registry.unload_idle(1);
+    assert_eq!(registry.cold_count(), 1);
+
+    // A read that keeps failing stops the shard (a panic aborts the
+    // process); the shape is still there for recovery, not deleted.
+    crate::storage::meta::fault::fail_reads(100);
+    let stopped =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| registry.by_handle(&handle)));
+    assert!(stopped.is_err(), "an unreadable record must stop the shard");
+    crate::storage::meta::fault::fail_reads(0);
+    assert_eq!(registry.len(), 1, "the shape was not deleted");
+    assert!(
+        registry.take_meta_batch().remove.is_empty(),
+        "no removal journaled"
+    );
+    assert!(registry.by_handle(&handle).is_some());
+    drop(registry);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -138,6 +138,28 @@ pub struct MetaStats {
 
 const CHECKPOINT_KEY: &str = "checkpoint";
 
+/// Test seam: the next N reads of a creation record fail (this thread).
+#[cfg(test)]
+pub mod fault {
+    use std::cell::Cell;
+
+    thread_local! {
+        static READ_FAILURES: Cell<u32> = const { Cell::new(0) };
+    }
+
+    pub fn fail_reads(n: u32) {
+        READ_FAILURES.with(|f| f.set(n));
+    }
+
+    pub(super) fn take_read_failure() -> bool {
+        READ_FAILURES.with(|f| {
+            let n = f.get();
+            f.set(n.saturating_sub(1));
+            n > 0
+        })
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(format!("shard metadata (LMDB): {e}"))
 }
@@ -237,6 +259,10 @@ impl MetaStore {
 
     /// A shape's creation record, to build it when it is first used.
     pub fn persisted(&self, id: u64) -> std::io::Result<Option<Vec<u8>>> {
+        #[cfg(test)]
+        if fault::take_read_failure() {
+            return Err(err("injected read failure"));
+        }
         let txn = self.env.read_txn().map_err(err)?;
         match self.shapes.get(&txn, &id).map_err(err)? {
             Some(bytes) => Ok(Some(decode::<ShapeRecord>(bytes)?.persisted)),

@@ -64,7 +64,7 @@ async fn handle_admitted(
     let query = Query::parse(request.uri().query());
     if let Some(secret) = &context.secret {
         let given = query.get("secret").or_else(|| query.get("api_secret"));
-        if given != Some(secret.as_str()) {
+        if !secret_matches(given, secret) {
             return ShapeReply::message(401, "Unauthorized - Invalid API secret").into_response();
         }
     }
@@ -176,5 +176,24 @@ async fn read_body(body: Incoming) -> Result<bytes::Bytes, ShapeReply> {
             400,
             r#"{"error":"Failed to read request body"}"#,
         )),
+    }
+}
+
+/// Compares in time independent of where the strings differ, so response
+/// timing does not reveal the secret byte by byte (its length may show).
+fn secret_matches(given: Option<&str>, secret: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(secret.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(super::secret_matches(Some("s3cret"), "s3cret"));
+        assert!(!super::secret_matches(Some("s3cre"), "s3cret"));
+        assert!(!super::secret_matches(Some("s3creT"), "s3cret"));
+        assert!(!super::secret_matches(None, "s3cret"));
+        assert!(!super::secret_matches(Some(""), "s3cret"));
     }
 }
