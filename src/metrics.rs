@@ -25,6 +25,8 @@ pub struct Metrics {
     pub sse_streams_open: AtomicU64,
     pub sse_streams_total: AtomicU64,
     pub subset_snapshots: AtomicU64,
+    /// Shapes dropped because a serving-file frame failed its checksum.
+    pub serving_files_corrupt: AtomicU64,
     /// Shapes some shard's SSE streams follow: one owner task each,
     /// however many streams.
     pub shapes_watched: AtomicU64,
@@ -98,6 +100,12 @@ impl Metrics {
             "gauge",
             "Shapes followed by SSE streams (one owner task each, whatever the number of streams).",
             &self.shapes_watched,
+        );
+        line(
+            "shapeshard_serving_files_corrupt_total",
+            "counter",
+            "Shapes dropped (clients re-sync) because a serving-file frame failed its checksum.",
+            &self.serving_files_corrupt,
         );
         line(
             "shapeshard_subset_snapshots_total",

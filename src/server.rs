@@ -70,6 +70,7 @@ pub fn run(config: Config) -> Result<(), String> {
 fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> Result<(), String> {
     let shard_count = config.shards;
     crate::shapes::rehome::finish_interrupted(&config.storage_dir)?;
+    check_storage_format(&config.storage_dir.join("shards"))?;
     check_shard_count(&config.storage_dir.join("shards"), shard_count)?;
     let descriptors = raise_descriptor_limit();
     let progress = DurableProgress::new(shard_count, Lsn::ZERO);
@@ -451,6 +452,36 @@ fn check_shard_count(dir: &std::path::Path, shards: usize) -> Result<(), String>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir)
                 .and_then(|()| std::fs::write(&path, format!("{shards}\n")))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Serving files changed layout (frames gained checksums): a storage
+/// directory written before cannot be read. Refuse it with what to do
+/// rather than misread it; a new one is marked with the layout it holds.
+pub fn check_storage_format(dir: &std::path::Path) -> Result<(), String> {
+    let path = dir.join("format");
+    let want = shards::shape::log::SERVING_FORMAT;
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim() == want => Ok(()),
+        Ok(text) => Err(format!(
+            "{} holds serving files of layout {} but this build reads layout {want}: remove {} (clients re-sync) or run the matching version",
+            dir.display(),
+            text.trim(),
+            dir.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join("count").exists() {
+                return Err(format!(
+                    "{} was written by an older shapeshard (serving files without checksums): remove {} to start over (clients re-sync)",
+                    dir.display(),
+                    dir.display()
+                ));
+            }
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&path, format!("{want}\n")))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))
         }
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),

@@ -36,6 +36,9 @@ pub struct Rehomed {
 pub fn rehome(storage: &Path, shards: usize) -> Result<Rehomed, String> {
     finish_interrupted(storage)?;
     let dir = storage.join("shards");
+    if dir.join("count").exists() {
+        crate::server::check_storage_format(&dir)?;
+    }
     let count_path = dir.join("count");
     let from = match std::fs::read_to_string(&count_path) {
         Ok(text) => text
@@ -125,6 +128,11 @@ pub fn rehome(storage: &Path, shards: usize) -> Result<Rehomed, String> {
         std::fs::write(shard.join("clean"), b"clean\n")
             .map_err(|e| io("cannot write a clean marker", e))?;
     }
+    std::fs::write(
+        staging.join("format"),
+        format!("{}\n", shards::shape::log::SERVING_FORMAT),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", staging.join("format").display()))?;
     std::fs::write(staging.join("count"), format!("{shards}\n"))
         .map_err(|e| io("cannot write the shard count", e))?;
     sync_filesystem(&staging).map_err(|e| io("cannot sync the new layout", e))?;

@@ -273,6 +273,20 @@ impl ShapeService {
                     match view.load().await {
                         Ok(items) => (items, end),
                         Err(_) if shape.is_gone() => return ShapeReply::must_refetch(None),
+                        // A frame failing its checksum: never serve a wrong
+                        // byte. The shape goes; its clients re-sync.
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            tracing::error!(
+                                shard = self.shard,
+                                handle = shape.handle(),
+                                "corrupt serving file, dropping the shape (its clients re-sync): {e}"
+                            );
+                            Metrics::inc(&self.metrics.serving_files_corrupt);
+                            self.registry
+                                .borrow_mut()
+                                .remove(shape.id, "its serving file is corrupt");
+                            return ShapeReply::must_refetch(None);
+                        }
                         Err(e) => {
                             tracing::error!(
                                 handle = shape.handle(),

@@ -13,6 +13,7 @@ mod replay;
 mod rig;
 mod rng;
 mod server;
+mod serving_checksum;
 mod shape_api;
 mod shape_client;
 mod shape_consistency;

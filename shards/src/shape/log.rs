@@ -26,8 +26,20 @@ use bytes::{Bytes, BytesMut};
 use super::offset::LogOffset;
 use crate::storage::meta::{ChunkRecord, RegionRecord};
 
-/// Frame of one item in a serving file: tx, op, JSON length, then JSON.
-const FRAME_HEADER: u64 = 8 + 8 + 4;
+/// Frame of one item in a serving file: tx, op, JSON length (LE), a CRC32
+/// of those and the JSON, then the JSON. Once older segments are deleted
+/// these files are the only copy: every read checks every frame it serves.
+const FRAME_HEADER: u64 = 8 + 8 + 4 + 4;
+
+/// The serving-file layout this build writes and reads (`shards/format`).
+pub const SERVING_FORMAT: &str = "2";
+
+fn frame_crc(header: &[u8], json: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header);
+    hasher.update(json);
+    hasher.finalize()
+}
 
 /// In an open chunk, a seek mark every this many file bytes, so a read from
 /// the middle of a large open chunk does not read it from its start.
@@ -243,9 +255,12 @@ impl Region {
         );
         let mut bytes = Vec::with_capacity((self.end_len - self.disk_len) as usize);
         for item in &self.tail {
+            let start = bytes.len();
             bytes.extend_from_slice(&item.offset.tx().to_le_bytes());
             bytes.extend_from_slice(&item.offset.op().to_le_bytes());
             bytes.extend_from_slice(&(item.json.len() as u32).to_le_bytes());
+            let crc = frame_crc(&bytes[start..], &item.json);
+            bytes.extend_from_slice(&crc.to_le_bytes());
             bytes.extend_from_slice(&item.json);
         }
         Some(FileWrite {
@@ -347,7 +362,7 @@ impl ReadView {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!(
-                        "serving file {:?}: bad frame",
+                        "serving file {:?}: a frame fails its checksum or length",
                         self.disk.as_ref().map(|d| &d.path)
                     ),
                 )
@@ -356,9 +371,13 @@ impl ReadView {
             let tx = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
             let op = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
             let len = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
             let json = rest
                 .get(FRAME_HEADER as usize..FRAME_HEADER as usize + len)
                 .ok_or_else(corrupt)?;
+            if frame_crc(&header[..20], json) != crc {
+                return Err(corrupt());
+            }
             rest = &rest[FRAME_HEADER as usize + len..];
             if self.after.is_some_and(|a| LogOffset::At { tx, op } <= a) {
                 continue;

@@ -21,7 +21,7 @@ use crate::fence::DurableProgress;
 use crate::lsn::Lsn;
 use crate::notify::Notify;
 use crate::runtime;
-use crate::runtime::dma::{blocking, on_thread, sync_filesystem};
+use crate::runtime::dma::{blocking, on_thread};
 use crate::shape::log::Captured;
 use crate::shape::registry::Registry;
 use crate::shape::registry::Shape;
@@ -276,11 +276,14 @@ impl Checkpoint {
             .unwrap_or_else(|| ServingFiles::new(self.open_files));
         let (files, result) = on_thread("checkpoint", move || {
             let result = (|| -> std::io::Result<()> {
+                files.open_sync(&files_dir)?;
                 for write in &writes {
                     files.write(write)?;
                 }
+                // An error here stops the checkpoint: no LMDB record, no
+                // segment deleted (the segments stay the copy).
                 if !writes.is_empty() {
-                    sync_filesystem(&files_dir)?;
+                    files.sync(&files_dir)?;
                 }
                 meta.checkpoint(&batch)?;
                 for path in &doomed {

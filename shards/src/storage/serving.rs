@@ -22,6 +22,12 @@ pub struct ServingFiles {
     open: HashMap<PathBuf, OpenFile>,
     uses: u64,
     max_open: usize,
+    /// The files' directory, open for as long as this lives: `syncfs`
+    /// through it reports every writeback error since it was opened (one
+    /// opened just for the call would miss those from before).
+    sync_dir: Option<File>,
+    /// A file was created since the last sync: the directory is synced too.
+    created: bool,
     /// Files opened (for tests and the bench: the cache's hit rate).
     pub opened: u64,
 }
@@ -33,8 +39,38 @@ impl ServingFiles {
             open: HashMap::new(),
             uses: 0,
             max_open: max_open.max(1),
+            sync_dir: None,
+            created: false,
             opened: 0,
         }
+    }
+
+    /// Opens the sync handle on `dir` if it is not open yet. Call before
+    /// the first write whose errors a later `sync` must report.
+    pub fn open_sync(&mut self, dir: &Path) -> std::io::Result<()> {
+        if self.sync_dir.is_none() {
+            std::fs::create_dir_all(dir)?;
+            self.sync_dir = Some(File::open(dir)?);
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable, or says why not: `syncfs` on the
+    /// long-lived handle, then an fsync of the directory if files were
+    /// created (their names must survive too).
+    pub fn sync(&mut self, dir: &Path) -> std::io::Result<()> {
+        self.open_sync(dir)?;
+        let handle = self.sync_dir.as_ref().expect("opened above");
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for the duration of the call.
+        if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if self.created {
+            handle.sync_all()?;
+            self.created = false;
+        }
+        Ok(())
     }
 
     /// Appends `write` at its position; bytes past it (written after the
@@ -45,11 +81,18 @@ impl ServingFiles {
             if self.open.len() >= self.max_open {
                 self.close_least_used();
             }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&write.path)?;
+            let file = match std::fs::OpenOptions::new().write(true).open(&write.path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.created = true;
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&write.path)?
+                }
+                Err(e) => return Err(e),
+            };
             let len = file.metadata()?.len();
             self.opened += 1;
             self.open.insert(
