@@ -101,6 +101,7 @@ fn main() {
         let mut records = MetaBatch::default();
         let mut logs = CheckpointBatch {
             logs: Vec::new(),
+            stamps: Vec::new(),
             at: Checkpoint::default(),
         };
         for &k in batch {

@@ -566,6 +566,8 @@ pub struct Registry {
     meta_dirty: MetaDirty,
     /// `(id, definition hash)` of shapes removed since the last commit.
     meta_removed: Vec<(ShapeId, u64)>,
+    /// Read stamps set since the last checkpoint (one per shape at most).
+    read_stamps: HashMap<ShapeId, u64>,
     /// Serving files of removed shapes, deleted after the next checkpoint.
     doomed_files: Vec<PathBuf>,
     /// Boxed: the map churns as shapes are built and unloaded, and its
@@ -606,6 +608,7 @@ impl Registry {
             files_dir: files_dir.to_path_buf(),
             meta_dirty: MetaDirty::default(),
             meta_removed: Vec::new(),
+            read_stamps: HashMap::new(),
             doomed_files: Vec::new(),
             cold: HashMap::new(),
             loader: None,
@@ -817,8 +820,17 @@ impl Registry {
             self.by_read.remove(&(shape.read_stamp.get(), id));
             shape.read_stamp.set(stamp);
             self.by_read.insert((stamp, id));
-            self.meta_dirty.borrow_mut().insert(id);
+            // Not a metadata rewrite per read: the stamp goes to LMDB's
+            // small stamp table at the next checkpoint.
+            self.read_stamps.insert(id, stamp);
         }
+    }
+
+    /// Checkpoint: the read stamps set since the last one.
+    pub fn take_read_stamps(&mut self) -> Vec<(u64, u64)> {
+        let mut stamps: Vec<(u64, u64)> = self.read_stamps.drain().collect();
+        stamps.sort_unstable();
+        stamps
     }
 
     /// The read stamp of the least recently read shape, if any.
@@ -983,6 +995,7 @@ impl Registry {
         );
         self.by_read.remove(&(shape.read_stamp.get(), id));
         self.meta_dirty.borrow_mut().remove(&id);
+        self.read_stamps.remove(&id);
         self.meta_removed
             .push((id, definition_hash(&shape.spec.canonical)));
         self.doomed_files.extend(shape.file_paths());
@@ -1013,6 +1026,7 @@ impl Registry {
             "shape removed: {why}"
         );
         self.by_read.remove(&(cold.read_stamp, id));
+        self.read_stamps.remove(&id);
         self.meta_removed
             .push((id, definition_hash(&cold.canonical)));
         let log = ShapeLog::new(&self.files_dir, id, 1);

@@ -63,6 +63,7 @@ fn checkpoint(registry: &mut Registry, meta: &MetaStore) {
     }
     meta.checkpoint(&CheckpointBatch {
         logs,
+        stamps: registry.take_read_stamps(),
         at: Default::default(),
     })
     .expect("checkpoint");

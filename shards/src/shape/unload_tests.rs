@@ -206,3 +206,34 @@ fn a_failing_metadata_read_never_deletes_a_cold_shape() {
     drop(registry);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn reads_write_no_metadata_record_and_their_stamps_reach_lmdb_at_checkpoints() {
+    let dir = std::env::temp_dir().join(format!("shapeshard-stamps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let meta = MetaStore::open(&dir.join("meta")).expect("meta");
+    let mut registry = Registry::new(0, Arc::new(RouteTable::new()), 256, &dir.join("shapes"));
+    let shape = registry.insert(id_equals_shape(9));
+    let id = shape.id;
+    drop(shape);
+    checkpoint(&mut registry, &meta);
+    for stamp in 1..=100 {
+        registry.touch(id, stamp);
+    }
+    assert!(
+        registry.take_meta_batch().is_empty(),
+        "a read rewrote the shape's metadata record"
+    );
+    meta.checkpoint(&crate::storage::meta::CheckpointBatch {
+        logs: Vec::new(),
+        stamps: registry.take_read_stamps(),
+        at: Default::default(),
+    })
+    .expect("checkpoint");
+    let loaded = meta.load().expect("load");
+    assert_eq!(loaded.shapes.len(), 1);
+    assert_eq!(loaded.shapes[0].last_read, 100, "the newest stamp is kept");
+    assert!(registry.take_read_stamps().is_empty(), "taken once");
+    drop(registry);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -161,7 +161,11 @@ impl GroupCommit {
                         // a tail are wholly in their files and LMDB.
                         registry.unload_idle(self.config.unload_idle_checkpoints);
                     }
-                    (registry.capture_logs(), registry.take_doomed_files())
+                    (
+                        registry.capture_logs(),
+                        registry.take_doomed_files(),
+                        registry.take_read_stamps(),
+                    )
                 });
                 (records, batch, checkpoint)
             };
@@ -184,11 +188,12 @@ impl GroupCommit {
                     .set(self.meta_stats.commits.get() + 1);
             }
             self.publish_gauges(durable);
-            if let Some((captures, doomed)) = checkpoint {
+            if let Some((captures, doomed, stamps)) = checkpoint {
                 last_checkpoint = std::time::Instant::now();
                 let job = Checkpoint {
                     captures,
                     doomed,
+                    stamps,
                     position,
                     meta: self.meta,
                     files_dir: self.registry.borrow().files_dir().to_path_buf(),
@@ -245,6 +250,7 @@ impl GroupCommit {
 struct Checkpoint {
     captures: Vec<(Rc<Shape>, Captured, LogRecord)>,
     doomed: Vec<std::path::PathBuf>,
+    stamps: Vec<(u64, u64)>,
     position: super::meta::Checkpoint,
     meta: MetaStore,
     files_dir: std::path::PathBuf,
@@ -267,6 +273,7 @@ impl Checkpoint {
                 .iter()
                 .map(|(shape, _, record)| (shape.id, record.clone()))
                 .collect(),
+            stamps: std::mem::take(&mut self.stamps),
             at: self.position,
         };
         let (meta, files_dir, doomed) = (self.meta, self.files_dir, self.doomed);

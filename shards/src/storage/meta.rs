@@ -8,10 +8,15 @@
 //! flush tick (after that tick's fdatasync) and the per-shape log state
 //! only at checkpoints, after the serving files are synced.
 //!
-//! Commits use `NO_SYNC`: with a filesystem that keeps write order LMDB
-//! stays consistent and only loses the newest commits on power loss, and
-//! those are re-derived from the segment log. A checkpoint forces a sync
-//! before anything it covers (old segments) is deleted.
+//! Commits use `NO_META_SYNC`: each commit syncs its data pages but not
+//! the meta page, which LMDB documents as keeping the environment intact
+//! through an OS crash or power loss (the newest commits may be undone,
+//! and are re-derived from the segment log). `NO_SYNC` would save that
+//! sync but may corrupt the whole environment on a system crash. Commits
+//! are rare: creations, removals, snapshot ends (control plane); read
+//! stamps, which change on every read, are written only at checkpoints. A
+//! checkpoint forces a full sync before anything it covers (old segments)
+//! is deleted.
 
 use std::cell::Cell;
 use std::path::Path;
@@ -100,10 +105,13 @@ impl MetaBatch {
     }
 }
 
-/// A checkpoint's writes: log states, and where replay now starts.
+/// A checkpoint's writes: log states, read stamps, and where replay now
+/// starts.
 #[derive(Debug, Default)]
 pub struct CheckpointBatch {
     pub logs: Vec<(u64, LogRecord)>,
+    /// `(shape id, read stamp)` of shapes read since the last checkpoint.
+    pub stamps: Vec<(u64, u64)>,
     pub at: Checkpoint,
 }
 
@@ -125,7 +133,8 @@ pub struct MetaStore {
     env: &'static Env,
     shapes: IdDb,
     logs: IdDb,
-    by_hash: Database<'static, U64<BigEndian>, Str>,
+    /// Read stamps by shape id (LRU order), newer than the records' own.
+    stamps: Database<'static, U64<BigEndian>, U64<BigEndian>>,
     state: Database<'static, Str, Bytes>,
 }
 
@@ -198,21 +207,21 @@ impl MetaStore {
         options.map_size(64 << 30).max_dbs(4);
         // SAFETY: the storage directory is locked (flock) by this process and
         // each shard opens its own environment once, so no other handle to
-        // this file exists in this process or another; NO_SYNC is paired
-        // with `force_sync` at checkpoints (see the module comment).
+        // this file exists in this process or another; NO_META_SYNC is
+        // paired with `force_sync` at checkpoints (see the module comment).
         let env = unsafe {
-            options.flags(EnvFlags::NO_SYNC);
+            options.flags(EnvFlags::NO_META_SYNC);
             options.open(dir)
         }
         .map_err(err)?;
         let env: &'static Env = Box::leak(Box::new(env));
         let txn = env.write_txn().map_err(err)?;
-        let (shapes, logs, by_hash, state) = env
+        let (shapes, logs, stamps, state) = env
             .create_databases_and_commit(txn, |opener, txn| -> heed::Result<_> {
                 Ok(heed::CommitOrAbort::<_, ()>::Commit((
                     opener.create_database(txn, Some("shapes"))?,
                     opener.create_database(txn, Some("logs"))?,
-                    opener.create_database(txn, Some("by_hash"))?,
+                    opener.create_database(txn, Some("stamps"))?,
                     opener.create_database(txn, Some("state"))?,
                 )))
             })
@@ -222,7 +231,7 @@ impl MetaStore {
             env,
             shapes,
             logs,
-            by_hash,
+            stamps,
             state,
         })
     }
@@ -232,8 +241,12 @@ impl MetaStore {
         let txn = self.env.read_txn().map_err(err)?;
         let mut loaded = Loaded::default();
         for item in self.shapes.iter(&txn).map_err(err)? {
-            let (_, bytes) = item.map_err(err)?;
-            loaded.shapes.push(decode::<ShapeRecord>(bytes)?);
+            let (id, bytes) = item.map_err(err)?;
+            let mut record = decode::<ShapeRecord>(bytes)?;
+            if let Some(stamp) = self.stamps.get(&txn, &id).map_err(err)? {
+                record.last_read = record.last_read.max(stamp);
+            }
+            loaded.shapes.push(record);
         }
         for item in self.logs.iter(&txn).map_err(err)? {
             let (id, bytes) = item.map_err(err)?;
@@ -270,41 +283,17 @@ impl MetaStore {
         }
     }
 
-    /// The handle stored for a definition hash.
-    pub fn handle_for_hash(&self, hash: u64) -> std::io::Result<Option<String>> {
-        let txn = self.env.read_txn().map_err(err)?;
-        Ok(self
-            .by_hash
-            .get(&txn, &hash)
-            .map_err(err)?
-            .map(str::to_string))
-    }
-
     /// One tick's mutations in one write transaction.
     pub fn commit(&self, batch: &MetaBatch) -> std::io::Result<()> {
         let mut txn = self.env.write_txn().map_err(err)?;
         for record in &batch.put {
             let bytes = encode(record)?;
             self.shapes.put(&mut txn, &record.id, &bytes).map_err(err)?;
-            self.by_hash
-                .put(&mut txn, &record.definition_hash, &record.handle)
-                .map_err(err)?;
         }
-        for &(id, hash) in &batch.remove {
-            let removed = self
-                .shapes
-                .get(&txn, &id)
-                .map_err(err)?
-                .map(decode::<ShapeRecord>);
+        for &(id, _) in &batch.remove {
             self.shapes.delete(&mut txn, &id).map_err(err)?;
             self.logs.delete(&mut txn, &id).map_err(err)?;
-            // A re-added definition has the same hash and a new handle:
-            // keep its entry.
-            if let Some(Ok(removed)) = removed {
-                if self.by_hash.get(&txn, &hash).map_err(err)? == Some(removed.handle.as_str()) {
-                    self.by_hash.delete(&mut txn, &hash).map_err(err)?;
-                }
-            }
+            self.stamps.delete(&mut txn, &id).map_err(err)?;
         }
         txn.commit().map_err(err)
     }
@@ -319,6 +308,11 @@ impl MetaStore {
             }
             let bytes = encode(log)?;
             self.logs.put(&mut txn, id, &bytes).map_err(err)?;
+        }
+        for (id, stamp) in &batch.stamps {
+            if self.shapes.get(&txn, id).map_err(err)?.is_some() {
+                self.stamps.put(&mut txn, id, stamp).map_err(err)?;
+            }
         }
         let mut at = [0u8; 16];
         at[..8].copy_from_slice(&batch.at.segment.to_le_bytes());
@@ -377,6 +371,7 @@ mod tests {
         };
         meta.checkpoint(&CheckpointBatch {
             logs: vec![(2, log.clone()), (42, log.clone())],
+            stamps: vec![(3, 777), (42, 1)],
             at: Checkpoint {
                 segment: 3,
                 offset: 4096,
@@ -389,7 +384,10 @@ mod tests {
         })
         .unwrap();
         let loaded = meta.load().unwrap();
-        assert_eq!(loaded.shapes, vec![record(2), record(3)]);
+        // Shape 3's read stamp came from the checkpoint's stamp table.
+        let mut read3 = record(3);
+        read3.last_read = 777;
+        assert_eq!(loaded.shapes, vec![record(2), read3]);
         // Shape 42 has no record, so its log state was not kept.
         assert_eq!(loaded.logs.len(), 1);
         assert_eq!(loaded.logs[&2], log);
@@ -402,11 +400,6 @@ mod tests {
         );
         assert_eq!(meta.persisted(2).unwrap(), Some(vec![1, 2, 3]));
         assert_eq!(meta.persisted(1).unwrap(), None);
-        assert_eq!(meta.handle_for_hash(7).unwrap(), None);
-        assert_eq!(
-            meta.handle_for_hash(14).unwrap().as_deref(),
-            Some("2-handle")
-        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
