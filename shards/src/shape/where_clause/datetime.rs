@@ -3,7 +3,8 @@
 //! `IntervalStyle=iso_8601`, plus the common input spellings users write),
 //! formatting them back exactly as Postgres would, and the arithmetic the
 //! operators need. Values are plain integers, as in Postgres itself:
-//! days or microseconds since 1970-01-01, with the extremes of `i64`
+//! days since 1970-01-01, or microseconds since 2000-01-01 (Postgres' own
+//! timestamp epoch), with the extremes of `i64`
 //! standing for `-infinity` / `infinity`.
 
 use std::cmp::Ordering;
@@ -15,6 +16,26 @@ pub(crate) const USECS_PER_DAY: i64 = 24 * USECS_PER_HOUR;
 const DAYS_PER_MONTH: i64 = 30;
 
 pub(crate) const NEG_INFINITY: i64 = i64::MIN;
+/// Days from 1970-01-01 (dates) to 2000-01-01, Postgres' timestamp epoch:
+/// timestamps count microseconds from there as Postgres' do, so their whole
+/// range (up to 294276-12-31) fits an `i64`.
+const TIMESTAMP_EPOCH_DAY: i64 = 10_957;
+
+/// Microseconds of a timestamp at the start of `day` (days since 1970).
+fn day_micros(day: i64) -> Option<i64> {
+    day.checked_sub(TIMESTAMP_EPOCH_DAY)?
+        .checked_mul(USECS_PER_DAY)
+}
+
+/// [`day_micros`] without overflow, for comparisons across types.
+pub(crate) fn day_micros_wide(day: i64) -> i128 {
+    (i128::from(day) - i128::from(TIMESTAMP_EPOCH_DAY)) * i128::from(USECS_PER_DAY)
+}
+
+/// The day (since 1970) a finite timestamp falls on.
+fn micros_day(micros: i64) -> i64 {
+    micros.div_euclid(USECS_PER_DAY) + TIMESTAMP_EPOCH_DAY
+}
 pub(crate) const POS_INFINITY: i64 = i64::MAX;
 
 /// Postgres' supported range: 4713-11-24 BC (Julian day 0) onwards.
@@ -105,8 +126,14 @@ impl Interval {
         })
     }
 
+    /// `interval_mi`: field by field, failing only when a field overflows
+    /// (`x - x` is zero even for the most negative value).
     pub fn checked_sub(&self, other: &Interval) -> Option<Interval> {
-        self.checked_add(&other.checked_neg()?)
+        Some(Interval {
+            months: self.months.checked_sub(other.months)?,
+            days: self.days.checked_sub(other.days)?,
+            micros: self.micros.checked_sub(other.micros)?,
+        })
     }
 
     /// `interval_mul`: fractional months spill into days (30 per month) and
@@ -476,8 +503,8 @@ pub(crate) fn parse_date(s: &str) -> Option<i64> {
 }
 
 pub(crate) fn parse_time(s: &str) -> Option<i64> {
-    let parsed = parse_datetime(s, false)?;
-    parsed.time.or(parsed.day.map(|_| 0))
+    // A date alone is not a time ("invalid input syntax for type time").
+    parse_datetime(s, false)?.time
 }
 
 /// `timestamp` input ignores a written zone, as Postgres does.
@@ -495,13 +522,11 @@ fn parse_timestamp_with(s: &str, apply_zone: bool) -> Option<i64> {
         return Some(special);
     }
     if s.trim().eq_ignore_ascii_case("epoch") {
-        return Some(0);
+        return day_micros(0);
     }
     let parsed = parse_datetime(s, true)?;
     let day = parsed.day?;
-    let mut micros = day
-        .checked_mul(USECS_PER_DAY)?
-        .checked_add(parsed.time.unwrap_or(0))?;
+    let mut micros = day_micros(day)?.checked_add(parsed.time.unwrap_or(0))?;
     if apply_zone {
         let offset = parsed.offset_secs.unwrap_or(0);
         micros = micros.checked_sub(offset.checked_mul(USECS_PER_SEC)?)?;
@@ -513,8 +538,7 @@ pub(crate) fn timestamp_in_range(micros: i64) -> bool {
     if micros == NEG_INFINITY || micros == POS_INFINITY {
         return true;
     }
-    let day = micros.div_euclid(USECS_PER_DAY);
-    (min_day()..=max_timestamp_day()).contains(&day)
+    (min_day()..=max_timestamp_day()).contains(&micros_day(micros))
 }
 
 fn push_year_month_day(out: &mut String, day: i64) -> bool {
@@ -568,7 +592,7 @@ pub(crate) fn format_timestamp(micros: i64, with_zone: bool) -> String {
         POS_INFINITY => "infinity".into(),
         NEG_INFINITY => "-infinity".into(),
         _ => {
-            let day = micros.div_euclid(USECS_PER_DAY);
+            let day = micros_day(micros);
             let time = micros.rem_euclid(USECS_PER_DAY);
             let mut out = String::with_capacity(32);
             let bc = push_year_month_day(&mut out, day);
@@ -821,8 +845,15 @@ pub(crate) fn timestamp_add_interval(ts: i64, iv: &Interval) -> Option<i64> {
     if ts == NEG_INFINITY || ts == POS_INFINITY {
         return Some(ts);
     }
-    let mut day = ts.div_euclid(USECS_PER_DAY);
+    let mut day = micros_day(ts);
     let time = ts.rem_euclid(USECS_PER_DAY);
+    // Each step's result must be a valid timestamp, as in Postgres (which
+    // fails `'294276-12-31 23:00' + '1 day -24 hours'` at the day step).
+    let valid = |day: i64| -> Option<()> {
+        let micros = day_micros(day)?.checked_add(time)?;
+        (timestamp_in_range(micros) && micros != NEG_INFINITY && micros != POS_INFINITY)
+            .then_some(())
+    };
     if iv.months != 0 {
         let (year, month, d) = civil_from_days(day);
         let total = (year * 12 + i64::from(month) - 1).checked_add(i64::from(iv.months))?;
@@ -833,18 +864,31 @@ pub(crate) fn timestamp_add_interval(ts: i64, iv: &Interval) -> Option<i64> {
         }
         let new_day = d.min(days_in_month(new_year, new_month));
         day = days_from_civil(new_year, new_month, new_day);
+        valid(day)?;
     }
-    day = day.checked_add(i64::from(iv.days))?;
-    let result = day
-        .checked_mul(USECS_PER_DAY)?
-        .checked_add(time)?
-        .checked_add(iv.micros)?;
+    if iv.days != 0 {
+        day = day.checked_add(i64::from(iv.days))?;
+        valid(day)?;
+    }
+    let result = day_micros(day)?.checked_add(time)?.checked_add(iv.micros)?;
     (timestamp_in_range(result) && result != NEG_INFINITY && result != POS_INFINITY)
         .then_some(result)
 }
 
+/// `timestamp_mi_interval`: an infinite timestamp stays infinite whatever
+/// the interval; otherwise the interval is negated field by field (with C's
+/// wrap-around, as Postgres 15 does: the extreme values then overflow the
+/// timestamp range and fail there).
 pub(crate) fn timestamp_sub_interval(ts: i64, iv: &Interval) -> Option<i64> {
-    timestamp_add_interval(ts, &iv.checked_neg()?)
+    if ts == NEG_INFINITY || ts == POS_INFINITY {
+        return Some(ts);
+    }
+    let negated = Interval {
+        months: iv.months.wrapping_neg(),
+        days: iv.days.wrapping_neg(),
+        micros: iv.micros.wrapping_neg(),
+    };
+    timestamp_add_interval(ts, &negated)
 }
 
 /// `timestamp - timestamp`, justified into days like `timestamp_mi`.
@@ -855,7 +899,9 @@ pub(crate) fn timestamp_diff(a: i64, b: i64) -> Option<Interval> {
     {
         return None;
     }
-    let micros = a.checked_sub(b)?;
+    // Postgres 15 subtracts without an overflow check (C wraps around):
+    // only timestamps ~292000 years apart get there.
+    let micros = a.wrapping_sub(b);
     Some(
         Interval {
             months: 0,
@@ -870,7 +916,7 @@ pub(crate) fn date_to_timestamp(day: i64) -> Option<i64> {
     match day {
         NEG_INFINITY | POS_INFINITY => Some(day),
         _ => {
-            let micros = day.checked_mul(USECS_PER_DAY)?;
+            let micros = day_micros(day)?;
             timestamp_in_range(micros).then_some(micros)
         }
     }
@@ -879,7 +925,7 @@ pub(crate) fn date_to_timestamp(day: i64) -> Option<i64> {
 pub(crate) fn timestamp_to_date(ts: i64) -> i64 {
     match ts {
         NEG_INFINITY | POS_INFINITY => ts,
-        _ => ts.div_euclid(USECS_PER_DAY),
+        _ => micros_day(ts),
     }
 }
 
@@ -900,8 +946,15 @@ pub(crate) fn date_add_days(day: i64, days: i64) -> Option<i64> {
         .then_some(result)
 }
 
+/// `time_pl_interval`: the interval's time part, wrapped into one day
+/// (64-bit wrap-around included, as in Postgres).
 pub(crate) fn time_add_interval(time: i64, iv: &Interval) -> i64 {
-    (i128::from(time) + i128::from(iv.micros)).rem_euclid(i128::from(USECS_PER_DAY)) as i64
+    time.wrapping_add(iv.micros).rem_euclid(USECS_PER_DAY)
+}
+
+/// `time_mi_interval`.
+pub(crate) fn time_sub_interval(time: i64, iv: &Interval) -> i64 {
+    time.wrapping_sub(iv.micros).rem_euclid(USECS_PER_DAY)
 }
 
 #[cfg(test)]

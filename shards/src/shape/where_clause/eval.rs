@@ -67,13 +67,11 @@ pub(crate) fn evaluate(expr: &Expr, row: &Row) -> Result<Value> {
             predicate(func.kind, scalar, a.get(), b.get()).map(Value::Bool)
         }
         Expr::Call { func, args } => {
+            // Every argument is evaluated (and may fail) before a strict
+            // function sees a NULL among them, as in Postgres' executor.
             let mut values = Vec::with_capacity(args.len());
             for arg in args {
-                let value = evaluate(arg, row)?;
-                if value.is_null() && func.kind.is_strict() {
-                    return Ok(Value::Null);
-                }
-                values.push(value);
+                values.push(evaluate(arg, row)?);
             }
             call(func, values)
         }
@@ -157,13 +155,13 @@ pub(crate) fn evaluate(expr: &Expr, row: &Row) -> Result<Value> {
             right,
             all,
         } => {
+            let left = operand(left, row)?;
             let array = operand(right, row)?;
             let array = match array.get() {
                 Value::Null => return Ok(Value::Null),
                 Value::Array(a) => a,
                 _ => return Err(EvalError),
             };
-            let left = operand(left, row)?;
             quantified(func, left.get(), array, *all)
         }
         Expr::Coalesce { args, .. } => {
@@ -302,6 +300,67 @@ fn float_result(value: f64, a: f64, b: f64, zero_ok: bool, ty: &Type) -> Result<
     .map(Value::Float)
 }
 
+/// `dpow`: POSIX's rules for NaN and infinities spelled out, Postgres'
+/// errors for 0 ^ negative and negative ^ fractional, and overflow or
+/// underflow of a finite result as errors.
+fn float_pow(x: f64, y: f64) -> Option<f64> {
+    if x.is_nan() {
+        return Some(if y.is_nan() || y != 0.0 {
+            f64::NAN
+        } else {
+            1.0
+        });
+    }
+    if y.is_nan() {
+        return Some(if x != 1.0 { f64::NAN } else { 1.0 });
+    }
+    if (x == 0.0 && y < 0.0) || (x < 0.0 && y.floor() != y) {
+        return None;
+    }
+    if y.is_infinite() {
+        let abs = x.abs();
+        return Some(if abs == 1.0 {
+            1.0
+        } else if y > 0.0 {
+            if abs > 1.0 {
+                y
+            } else {
+                0.0
+            }
+        } else if abs > 1.0 {
+            0.0
+        } else {
+            -y
+        });
+    }
+    if x.is_infinite() {
+        if y == 0.0 {
+            return Some(1.0);
+        }
+        if x > 0.0 {
+            return Some(if y > 0.0 { x } else { 0.0 });
+        }
+        let half = y / 2.0;
+        let odd = half.floor() != half;
+        return Some(if y > 0.0 {
+            if odd {
+                x
+            } else {
+                -x
+            }
+        } else if odd {
+            -0.0
+        } else {
+            0.0
+        });
+    }
+    let result = x.powf(y);
+    if result.is_infinite() || result.is_nan() || (result == 0.0 && x != 0.0) {
+        return None;
+    }
+    Some(result)
+}
+
 fn ordering_result(kind: FuncKind, ordering: Ordering) -> bool {
     match kind {
         FuncKind::Eq => ordering == Ordering::Equal,
@@ -333,12 +392,7 @@ pub(crate) fn call(func: &Func, args: Vec<Value>) -> Result<Value> {
         | ContainedBy | Overlap => Value::Bool(predicate(func.kind, &arg_scalar, &a, &b)?),
         Add | Sub | Mul | Div | Mod => arithmetic(func.kind, a, b, ret)?,
         Pow => match (a, b) {
-            (Value::Float(x), Value::Float(y)) => {
-                if (x == 0.0 && y < 0.0) || (x < 0.0 && y.fract() != 0.0) {
-                    return Err(EvalError);
-                }
-                float_result(x.powf(y), x, y, x == 0.0 || y.is_infinite(), ret)?
-            }
+            (Value::Float(x), Value::Float(y)) => Value::Float(ok(float_pow(x, y))?),
             (Value::Numeric(x), Value::Numeric(y)) => Value::Numeric(ok(Numeric::pow(x, y))?),
             _ => return Err(EvalError),
         },
@@ -385,10 +439,11 @@ pub(crate) fn call(func: &Func, args: Vec<Value>) -> Result<Value> {
             _ => return Err(EvalError),
         },
         Lower | Upper => match a {
+            // The `C` collation's folding (rendered SQL asks for it).
             Value::Text(t) => Value::Text(if func.kind == Lower {
-                t.to_lowercase()
+                t.to_ascii_lowercase()
             } else {
-                t.to_uppercase()
+                t.to_ascii_uppercase()
             }),
             _ => return Err(EvalError),
         },
@@ -464,7 +519,8 @@ fn predicate(kind: FuncKind, scalar: &Scalar, a: &Value, b: &Value) -> Result<bo
                 return Err(EvalError);
             };
             let matched = if matches!(kind, ILike | NotILike) {
-                like(&text.to_lowercase(), &pattern.to_lowercase())?
+                // As Postgres under `COLLATE "C"`: lower() both, ASCII only.
+                like(&text.to_ascii_lowercase(), &pattern.to_ascii_lowercase())?
             } else {
                 like(text, pattern)?
             };
@@ -543,7 +599,8 @@ fn arithmetic(kind: FuncKind, a: Value, b: Value, ret: &Type) -> Result<Value> {
                 Sub => (x - y, true),
                 Mul => (x * y, x == 0.0 || y == 0.0),
                 Div => {
-                    if y == 0.0 {
+                    // `float8_div`: NaN / 0 is NaN, not an error.
+                    if y == 0.0 && !x.is_nan() {
                         return Err(EvalError);
                     }
                     (x / y, x == 0.0 || y.is_infinite())
@@ -599,12 +656,11 @@ fn arithmetic(kind: FuncKind, a: Value, b: Value, ret: &Type) -> Result<Value> {
             Value::Timestamptz(timestamp_interval(kind, ts, &iv)?)
         }
         (Value::Time(t), Value::Interval(iv)) | (Value::Interval(iv), Value::Time(t)) => {
-            let iv = if kind == Sub {
-                ok(iv.checked_neg())?
+            Value::Time(if kind == Sub {
+                datetime::time_sub_interval(t, &iv)
             } else {
-                iv
-            };
-            Value::Time(datetime::time_add_interval(t, &iv))
+                datetime::time_add_interval(t, &iv)
+            })
         }
         (Value::Interval(x), Value::Interval(y)) => Value::Interval(ok(match kind {
             Add => x.checked_add(&y),
@@ -651,35 +707,25 @@ fn array_concat(a: Value, b: Value) -> Result<Value> {
     if y.dims.is_empty() {
         return Ok(Value::Array(x));
     }
+    // Inner dimensions must agree in length and lower bound, as in
+    // Postgres ("cannot concatenate incompatible arrays").
     let (xd, yd) = (x.dims.len(), y.dims.len());
     let dims = if xd == yd {
-        if x.dims[1..]
-            .iter()
-            .map(|d| d.len)
-            .ne(y.dims[1..].iter().map(|d| d.len))
-        {
+        if x.dims[1..] != y.dims[1..] {
             return Err(EvalError);
         }
         let mut dims = x.dims.clone();
         dims[0].len += y.dims[0].len;
         dims
     } else if xd + 1 == yd {
-        if x.dims
-            .iter()
-            .map(|d| d.len)
-            .ne(y.dims[1..].iter().map(|d| d.len))
-        {
+        if x.dims[..] != y.dims[1..] {
             return Err(EvalError);
         }
         let mut dims = y.dims.clone();
         dims[0].len += 1;
         dims
     } else if xd == yd + 1 {
-        if y.dims
-            .iter()
-            .map(|d| d.len)
-            .ne(x.dims[1..].iter().map(|d| d.len))
-        {
+        if y.dims[..] != x.dims[1..] {
             return Err(EvalError);
         }
         let mut dims = x.dims.clone();

@@ -96,6 +96,19 @@ pub(crate) fn operator_signatures(op: &str, arity: usize) -> Option<Vec<Signatur
             // which decide how `float4 = 0.1` is evaluated.
             sigs.push(sig(kind, &[Float4, Float8], Bool));
             sigs.push(sig(kind, &[Float8, Float4], Bool));
+            // ...and the date/timestamp ones (`date_lt_timestamp` etc.),
+            // which compare a date beyond the timestamp range as larger
+            // than every finite timestamp instead of failing a cast.
+            for (a, b) in [
+                (Date, Timestamp),
+                (Timestamp, Date),
+                (Date, Timestamptz),
+                (Timestamptz, Date),
+                (Timestamp, Timestamptz),
+                (Timestamptz, Timestamp),
+            ] {
+                sigs.push(sig(kind, &[a, b], Bool));
+            }
         }
         ("+" | "-" | "*" | "/", 2) => {
             let kind = match op {
@@ -386,10 +399,12 @@ mod tests {
             Some((vec![Timestamptz, Timestamptz], Interval))
         );
         assert_eq!(pick("+", &[Date, Int4]), Some((vec![Date, Int4], Date)));
+        // Postgres' cross-type operator (`timestamp_lt_date`), not a cast.
         assert_eq!(
             pick("<", &[Timestamp, Date]),
-            Some((vec![Timestamp, Timestamp], Bool))
+            Some((vec![Timestamp, Date], Bool))
         );
+        assert_eq!(pick("=", &[Date, Unknown]), Some((vec![Date, Date], Bool)));
         assert_eq!(
             pick("||", &[Unknown, Unknown]),
             Some((vec![Text, Text], Text))

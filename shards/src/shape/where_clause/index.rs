@@ -54,7 +54,9 @@ fn equality(expr: &Expr) -> Option<(usize, Vec<String>)> {
     let Expr::Call { func, args } = expr else {
         return None;
     };
-    if func.kind != FuncKind::Eq {
+    // Cross-type comparisons (a date against a timestamp) are not
+    // equalities of one type's text.
+    if func.kind != FuncKind::Eq || func.args.first() != func.args.get(1) {
         return None;
     }
     let [left, right] = args.as_slice() else {
@@ -112,6 +114,16 @@ pub(crate) fn index_key(expr: &Expr) -> Option<(usize, Vec<String>)> {
             let mut column = None;
             let mut values: Vec<String> = Vec::new();
             for item in items {
+                // A NULL arm never makes the OR true.
+                if matches!(
+                    item,
+                    Expr::Const {
+                        value: super::value::Value::Null,
+                        ..
+                    }
+                ) {
+                    continue;
+                }
                 let (index, keys) = equality(item)?;
                 if column.is_some_and(|c| c != index) {
                     return None;

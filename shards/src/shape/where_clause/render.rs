@@ -45,8 +45,32 @@ pub(crate) fn quote_literal(text: &str) -> String {
     out
 }
 
-fn needs_bytewise_collation(func: &Func) -> bool {
+/// Text orderings are bytewise: `COLLATE "C"`, in every rendering.
+fn needs_bytewise_ordering(func: &Func) -> bool {
     func.kind.is_ordering() && func.args.first().is_some_and(|t| t.scalar.is_string())
+}
+
+/// Everything else on text that a collation can change: equality (under a
+/// nondeterministic collation `=` is not bytewise, and two different
+/// implicit collations make Postgres refuse the comparison), `LIKE`, array
+/// membership, and case folding, which we do as the `C` collation does
+/// (ASCII letters only). Only the snapshot SQL spells these out, so shape
+/// identity (the canonical form) stays what it was.
+fn needs_collation(func: &Func) -> bool {
+    use FuncKind::*;
+    matches!(
+        func.kind,
+        Eq | Ne
+            | Like
+            | NotLike
+            | ILike
+            | NotILike
+            | Contains
+            | ContainedBy
+            | Overlap
+            | Lower
+            | Upper
+    ) && func.args.first().is_some_and(|t| t.scalar.is_string())
 }
 
 struct Renderer<'a> {
@@ -55,6 +79,16 @@ struct Renderer<'a> {
 }
 
 impl Renderer<'_> {
+    /// Whether `func`'s text operands get `COLLATE "C"` here.
+    fn collate(&self, func: &Func) -> bool {
+        needs_bytewise_ordering(func)
+            || (matches!(self.params, Params::Placeholders { .. }) && needs_collation(func))
+    }
+
+    fn collate_text(&self, ty: &Type) -> bool {
+        matches!(self.params, Params::Placeholders { .. }) && ty.scalar.is_string()
+    }
+
     fn list(&self, out: &mut String, items: &[Expr], separator: &str) {
         for (i, item) in items.iter().enumerate() {
             if i > 0 {
@@ -143,6 +177,9 @@ impl Renderer<'_> {
                     " IS DISTINCT FROM "
                 });
                 self.expr(out, right);
+                if self.collate_text(&left.ty()) {
+                    out.push_str(" COLLATE \"C\"");
+                }
                 out.push(')');
             }
             Expr::Quantified {
@@ -153,7 +190,7 @@ impl Renderer<'_> {
             } => {
                 out.push('(');
                 self.expr(out, left);
-                if needs_bytewise_collation(func) {
+                if self.collate(func) {
                     out.push_str(" COLLATE \"C\"");
                 }
                 out.push(' ');
@@ -199,7 +236,7 @@ impl Renderer<'_> {
                 out.push_str(name);
                 out.push(' ');
                 self.expr(out, right);
-                if needs_bytewise_collation(func) {
+                if self.collate(func) {
                     out.push_str(" COLLATE \"C\"");
                 }
                 out.push(')');
@@ -222,6 +259,10 @@ impl Renderer<'_> {
                 out.push_str(name);
                 out.push('(');
                 self.list(out, args, ", ");
+                if self.collate(func) {
+                    // On the last argument: one explicit collation decides.
+                    out.push_str(" COLLATE \"C\"");
+                }
                 out.push(')');
             }
         }

@@ -71,6 +71,8 @@ pub(crate) struct Checker<'a> {
     /// Treat parameter values as literals (folding them into constants),
     /// as Electric does; off when `$n` placeholders must survive.
     fold_params: bool,
+    /// Off while typing `IS DISTINCT FROM`, whose `=` is not strict.
+    fold_null_calls: bool,
 }
 
 /// The type a column is evaluated as.
@@ -121,6 +123,7 @@ impl<'a> Checker<'a> {
             used_params: BTreeSet::new(),
             referenced: BTreeSet::new(),
             fold_params,
+            fold_null_calls: true,
         }
     }
 
@@ -228,7 +231,7 @@ impl<'a> Checker<'a> {
             }
             NodeKind::UnsupportedMessage(message) => return Err(WhereError::at(loc, message)),
         };
-        Ok(Self::known(expr, loc))
+        Ok(Self::known(fold_constant(expr), loc))
     }
 
     fn string(&mut self, text: &str, loc: usize) -> Result<Typed, WhereError> {
@@ -306,16 +309,12 @@ impl<'a> Checker<'a> {
                 other => args.push(other),
             }
         }
-        Ok(if is_and {
-            Expr::And(args)
-        } else {
-            Expr::Or(args)
-        })
+        Ok(fold_bool_list(args, is_and))
     }
 
     fn not(&mut self, arg: &Node) -> Result<Expr, WhereError> {
         let typed = self.check(arg)?;
-        Ok(Expr::Not(Box::new(self.coerce_bool(typed)?)))
+        Ok(fold_not(self.coerce_bool(typed)?))
     }
 
     fn is_null(&mut self, arg: &Node, negated: bool) -> Result<Expr, WhereError> {
@@ -351,7 +350,10 @@ impl<'a> Checker<'a> {
         let left = self.check(left)?;
         let right = self.check(right)?;
         let overload_error = || WhereError::at(loc, "Could not select an operator overload");
-        let Expr::Call { mut args, .. } = self.operator("=", vec![left, right], loc)? else {
+        self.fold_null_calls = false;
+        let equality = self.operator("=", vec![left, right], loc);
+        self.fold_null_calls = true;
+        let Expr::Call { mut args, .. } = equality? else {
             return Err(overload_error());
         };
         let (Some(right), Some(left)) = (args.pop(), args.pop()) else {
@@ -379,10 +381,10 @@ impl<'a> Checker<'a> {
         let mut expr = self.between(&arg, &low, &high, loc)?;
         if symmetric {
             let swapped = self.between(&arg, &high, &low, loc)?;
-            expr = Expr::Or(vec![expr, swapped]);
+            expr = fold_bool_list(vec![expr, swapped], false);
         }
         if negated {
-            expr = Expr::Not(Box::new(expr));
+            expr = fold_not(expr);
         }
         Ok(expr)
     }
@@ -395,19 +397,50 @@ impl<'a> Checker<'a> {
         loc: usize,
     ) -> Result<Expr, WhereError> {
         let arg = self.check(arg)?;
-        let mut comparisons = Vec::with_capacity(items.len());
+        let mut typed = Vec::with_capacity(items.len());
         for item in items {
-            let item = self.check(item)?;
+            typed.push(self.check(item)?);
+        }
+        // Postgres (`transformAExprIn`) compares the items without column
+        // references as one array of their common type with the left side
+        // (`x = ANY (ARRAY[...])`), the others one by one, after them. The
+        // common type decides how literals read (`f4 IN (0.1, 0.2)` reads
+        // them as float4), so we type them the same way.
+        let (constants, with_columns): (Vec<Typed>, Vec<Typed>) =
+            typed.into_iter().partition(|t| !typed_has_column(t));
+        let mut ordered = Vec::with_capacity(items.len());
+        if constants.len() > 1 {
+            let mut types = vec![arg.ty()];
+            types.extend(constants.iter().map(Typed::ty));
+            match self.union(&types, "IN", loc) {
+                Ok(common) => {
+                    for item in constants {
+                        let item_loc = item.loc();
+                        let expr = self.coerce(item, &common)?;
+                        ordered.push(Typed::Known {
+                            expr,
+                            loc: item_loc,
+                        });
+                    }
+                }
+                Err(_) => ordered.extend(constants),
+            }
+        } else {
+            ordered.extend(constants);
+        }
+        ordered.extend(with_columns);
+        let mut comparisons = Vec::with_capacity(items.len());
+        for item in ordered {
             let arg = self.refresh(arg.clone())?;
             comparisons.push(self.operator("=", vec![arg, item], loc)?);
         }
         let mut expr = if comparisons.len() == 1 {
             comparisons.remove(0)
         } else {
-            Expr::Or(comparisons)
+            fold_bool_list(comparisons, false)
         };
         if negated {
-            expr = Expr::Not(Box::new(expr));
+            expr = fold_not(expr);
         }
         Ok(expr)
     }
@@ -652,6 +685,16 @@ impl<'a> Checker<'a> {
     /// Folds a call whose arguments are all literals; a failure is an
     /// error now rather than a clause that silently never matches.
     fn fold_call(&self, func: Func, args: Vec<Expr>, loc: usize) -> Result<Expr, WhereError> {
+        // A strict function of a NULL literal is NULL, its other arguments
+        // unevaluated (Postgres' planner folds it so: `x / 0 + NULL` never
+        // divides).
+        if self.fold_null_calls && func.kind.is_strict() && args.iter().any(is_null_literal) {
+            return Ok(Expr::Const {
+                value: Value::Null,
+                ty: func.ret,
+                param: None,
+            });
+        }
         let Some(values) = literal_values(&args) else {
             return Ok(Expr::Call { func, args });
         };
@@ -716,6 +759,27 @@ impl<'a> Checker<'a> {
         let mut coerced = Vec::with_capacity(args.len());
         for (arg, ty) in args.into_iter().zip(&sig.args) {
             coerced.push(self.coerce(arg, ty)?);
+        }
+        if sig.kind == FuncKind::Pow && sig.ret.scalar == Scalar::Numeric {
+            // Postgres computes fractional numeric powers with ln/exp series
+            // whose last digits we do not reproduce: only exponents we
+            // compute exactly as Postgres does are accepted.
+            let supported = matches!(
+                coerced.get(1),
+                Some(Expr::Const { value: Value::Numeric(n), .. }) if n.is_supported_exponent()
+            ) || matches!(
+                coerced.get(1),
+                Some(Expr::Const {
+                    value: Value::Null,
+                    ..
+                })
+            );
+            if !supported {
+                return Err(WhereError::at(
+                    loc,
+                    "numeric ^ is only supported with a constant integer exponent",
+                ));
+            }
         }
         let func = Func {
             kind: sig.kind,
@@ -854,7 +918,7 @@ impl<'a> Checker<'a> {
         let lower = self.operator("<=", vec![low, arg_once], loc)?;
         let (arg, high) = (self.refresh(arg.clone())?, self.refresh(high.clone())?);
         let upper = self.operator("<=", vec![arg, high], loc)?;
-        Ok(Expr::And(vec![lower, upper]))
+        Ok(fold_bool_list(vec![lower, upper], true))
     }
 
     fn quantified(
@@ -981,7 +1045,7 @@ impl<'a> Checker<'a> {
                     loc,
                 )?;
                 let args = self.coerce_all(args, &ty)?;
-                return Ok(Expr::Coalesce { args, ty });
+                return Ok(fold_coalesce(args, ty));
             }
             ("greatest" | "least", 1..) => {
                 let what = if name == "greatest" {
@@ -1107,6 +1171,176 @@ impl<'a> Checker<'a> {
             elements,
             ty: result,
         })
+    }
+}
+
+/// An expression of literals only is computed now. Postgres' planner
+/// folds immutable constant expressions before running anything, which
+/// decides `AND`/`OR` arms without evaluating the others; folding at least
+/// as much as it does (the rendered SQL then carries our constant) keeps
+/// both sides' short-circuits the same. A failure stays for run time.
+fn fold_constant(expr: Expr) -> Expr {
+    if matches!(expr, Expr::Const { .. }) || has_column(&expr) || has_param(&expr) {
+        return expr;
+    }
+    let lookup = |_: usize| -> Option<&str> { None };
+    match eval::evaluate(&expr, &eval::Row::new(&lookup)) {
+        Ok(value) => Expr::Const {
+            value,
+            ty: expr.ty(),
+            param: None,
+        },
+        Err(_) => expr,
+    }
+}
+
+/// `COALESCE` simplified as Postgres does: NULL literals drop out, a
+/// leading literal is the result, and arguments after a literal are never
+/// reached.
+fn fold_coalesce(args: Vec<Expr>, ty: Type) -> Expr {
+    let mut kept: Vec<Expr> = Vec::with_capacity(args.len());
+    for arg in args {
+        if is_null_literal(&arg) {
+            continue;
+        }
+        let literal = matches!(arg, Expr::Const { param: None, .. });
+        if literal && kept.is_empty() {
+            return arg;
+        }
+        kept.push(arg);
+        if literal {
+            break;
+        }
+    }
+    if kept.is_empty() {
+        return Expr::Const {
+            value: Value::Null,
+            ty,
+            param: None,
+        };
+    }
+    Expr::Coalesce { args: kept, ty }
+}
+
+fn has_param(expr: &Expr) -> bool {
+    match expr {
+        Expr::Const { param, .. } => param.is_some(),
+        Expr::Column { .. } => false,
+        Expr::Call { args, .. }
+        | Expr::And(args)
+        | Expr::Or(args)
+        | Expr::Coalesce { args, .. }
+        | Expr::MinMax { args, .. }
+        | Expr::ArrayCtor { elements: args, .. } => args.iter().any(has_param),
+        Expr::Cast { arg, .. }
+        | Expr::Not(arg)
+        | Expr::IsNull { arg, .. }
+        | Expr::BoolTest { arg, .. } => has_param(arg),
+        Expr::Distinct { left, right, .. } | Expr::Quantified { left, right, .. } => {
+            has_param(left) || has_param(right)
+        }
+    }
+}
+
+fn typed_has_column(typed: &Typed) -> bool {
+    match typed {
+        Typed::Unknown { .. } => false,
+        Typed::Known { expr, .. } => has_column(expr),
+    }
+}
+
+fn has_column(expr: &Expr) -> bool {
+    match expr {
+        Expr::Const { .. } => false,
+        Expr::Column { .. } => true,
+        Expr::Call { args, .. }
+        | Expr::And(args)
+        | Expr::Or(args)
+        | Expr::Coalesce { args, .. }
+        | Expr::MinMax { args, .. }
+        | Expr::ArrayCtor { elements: args, .. } => args.iter().any(has_column),
+        Expr::Cast { arg, .. }
+        | Expr::Not(arg)
+        | Expr::IsNull { arg, .. }
+        | Expr::BoolTest { arg, .. } => has_column(arg),
+        Expr::Distinct { left, right, .. } | Expr::Quantified { left, right, .. } => {
+            has_column(left) || has_column(right)
+        }
+    }
+}
+
+fn is_null_literal(expr: &Expr) -> bool {
+    matches!(
+        expr,
+        Expr::Const {
+            value: Value::Null,
+            param: None,
+            ..
+        }
+    )
+}
+
+/// `AND`/`OR` simplified as Postgres' planner does before running anything
+/// (`simplify_and_arguments`/`simplify_or_arguments`): a literal `false`
+/// (`true`) decides an `AND` (`OR`) without evaluating the other arms, the
+/// other literal drops out, literal NULLs merge into one at the end. Without
+/// this, `x / 0 = 1 OR true` would fail for us and hold for the snapshot.
+fn fold_bool_list(items: Vec<Expr>, is_and: bool) -> Expr {
+    let decisive = !is_and;
+    let mut kept = Vec::with_capacity(items.len());
+    let mut null = None;
+    for item in items {
+        match item {
+            Expr::Const {
+                value: Value::Bool(b),
+                param: None,
+                ..
+            } => {
+                if b == decisive {
+                    return Expr::Const {
+                        value: Value::Bool(decisive),
+                        ty: Type::BOOL,
+                        param: None,
+                    };
+                }
+            }
+            null_literal if is_null_literal(&null_literal) => null = Some(null_literal),
+            Expr::And(inner) if is_and => kept.extend(inner),
+            Expr::Or(inner) if !is_and => kept.extend(inner),
+            other => kept.push(other),
+        }
+    }
+    kept.extend(null);
+    match kept.len() {
+        0 => Expr::Const {
+            value: Value::Bool(!decisive),
+            ty: Type::BOOL,
+            param: None,
+        },
+        1 => kept.pop().unwrap_or(Expr::Const {
+            value: Value::Null,
+            ty: Type::BOOL,
+            param: None,
+        }),
+        _ if is_and => Expr::And(kept),
+        _ => Expr::Or(kept),
+    }
+}
+
+/// `NOT` of a literal is folded, as Postgres does.
+fn fold_not(expr: Expr) -> Expr {
+    match expr {
+        Expr::Const {
+            value: Value::Bool(b),
+            param: None,
+            ty,
+        } => Expr::Const {
+            value: Value::Bool(!b),
+            ty,
+            param: None,
+        },
+        null_literal if is_null_literal(&null_literal) => null_literal,
+        other => Expr::Not(Box::new(other)),
     }
 }
 

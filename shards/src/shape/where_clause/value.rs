@@ -25,7 +25,8 @@ pub(crate) enum Value {
     Date(i64),
     /// Microseconds since midnight.
     Time(i64),
-    /// Microseconds since 1970-01-01 00:00 (UTC for `Timestamptz`).
+    /// Microseconds since 2000-01-01 00:00 (UTC for `Timestamptz`), as in
+    /// Postgres: its whole range fits an `i64` only from that epoch.
     Timestamp(i64),
     Timestamptz(i64),
     Interval(Interval),
@@ -223,9 +224,33 @@ pub(crate) fn compare_values(a: &Value, b: &Value, scalar: &Scalar) -> Option<Or
         | (Value::Timestamp(x), Value::Timestamp(y))
         | (Value::Timestamptz(x), Value::Timestamptz(y)) => x.cmp(y),
         (Value::Interval(x), Value::Interval(y)) => x.compare(y),
+        // Cross-type date/timestamp comparisons (`date_cmp_timestamp`...).
+        (
+            Value::Date(_) | Value::Timestamp(_) | Value::Timestamptz(_),
+            Value::Date(_) | Value::Timestamp(_) | Value::Timestamptz(_),
+        ) => datetime_key(a)?.cmp(&datetime_key(b)?),
         (Value::Array(x), Value::Array(y)) => {
             array::compare_arrays(x, y, &|p, q| compare_values(p, q, scalar))?
         }
+        _ => return None,
+    })
+}
+
+/// A date or timestamp on one scale without overflow: a date past the
+/// timestamp range sorts after every finite timestamp and before infinity,
+/// as Postgres' cross-type comparisons have it.
+fn datetime_key(value: &Value) -> Option<i128> {
+    Some(match value {
+        Value::Date(d) => match *d {
+            datetime::NEG_INFINITY => i128::MIN,
+            datetime::POS_INFINITY => i128::MAX,
+            day => datetime::day_micros_wide(day),
+        },
+        Value::Timestamp(t) | Value::Timestamptz(t) => match *t {
+            datetime::NEG_INFINITY => i128::MIN,
+            datetime::POS_INFINITY => i128::MAX,
+            micros => i128::from(micros),
+        },
         _ => return None,
     })
 }
@@ -292,7 +317,7 @@ fn cast_scalar(value: Value, from: &Scalar, to: &Scalar) -> Option<Value> {
         }
         (Value::Int(i), Float4) => Value::Float(f64::from(i as f32)),
         (Value::Int(i), Float8) => Value::Float(i as f64),
-        (Value::Int(i), Numeric) => Value::Numeric(numeric::Numeric::Finite(i.into())),
+        (Value::Int(i), Numeric) => Value::Numeric(numeric::Numeric::from_i64(i)),
         (Value::Int(i), Bool) if *from == Int4 => Value::Bool(i != 0),
         (Value::Float(f), Int2 | Int4 | Int8) => {
             if !f.is_finite() {
@@ -320,10 +345,7 @@ fn cast_scalar(value: Value, from: &Scalar, to: &Scalar) -> Option<Value> {
             let (min, max) = int_range(to);
             Value::Int(n.to_i64_in(min, max)?)
         }
-        (Value::Numeric(n), Float4 | Float8) => {
-            let f = n.to_f64();
-            Value::Float(numeric::check_float(f, !f.is_finite(), true, float4)?)
-        }
+        (Value::Numeric(n), Float4 | Float8) => Value::Float(n.to_float(float4)?),
         (Value::Bool(b), Int4) => Value::Int(i64::from(b)),
         (Value::Date(d), Timestamp) => Value::Timestamp(datetime::date_to_timestamp(d)?),
         (Value::Date(d), Timestamptz) => Value::Timestamptz(datetime::date_to_timestamp(d)?),
@@ -333,7 +355,11 @@ fn cast_scalar(value: Value, from: &Scalar, to: &Scalar) -> Option<Value> {
             Value::Date(datetime::timestamp_to_date(t))
         }
         (Value::Timestamp(t) | Value::Timestamptz(t), Time) => {
-            Value::Time(datetime::timestamp_to_time(t)?)
+            // `timestamp_time`: an infinite timestamp has no time: NULL.
+            match datetime::timestamp_to_time(t) {
+                Some(time) => Value::Time(time),
+                None => Value::Null,
+            }
         }
         (Value::Time(t), Interval) => Value::Interval(datetime::Interval {
             months: 0,
