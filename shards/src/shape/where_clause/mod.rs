@@ -29,9 +29,10 @@
 //! * Functions: `lower upper like ilike coalesce greatest least array_cat
 //!   array_prepend array_append array_ndims justify_days justify_hours
 //!   justify_interval`.
-//! * Types: `bool`, `int2/4/8`, `float4/8`, `numeric` (as `rust_decimal`:
-//!   exact to 28 significant digits; larger values fail to parse and the
-//!   row does not match), `text`, `varchar`, `bpchar` (padding-insensitive
+//! * Types: `bool`, `int2/4/8`, `float4/8`, `numeric` (arbitrary
+//!   precision to Postgres' limits, 131072 digits before the point and
+//!   16383 after, with its scale rules for `/`, `*` and `^`), `text`,
+//!   `varchar`, `bpchar` (padding-insensitive
 //!   comparison), `name`, `uuid`, `date`, `time`, `timestamp`,
 //!   `timestamptz`, `interval` (ordered like Postgres: a month is 30 days),
 //!   and arrays of these. Enums, `json`, `jsonb`, `bytea` and other types
@@ -48,9 +49,25 @@
 //! named time zones in literals (only `Z`, `UTC`, `GMT` and numeric
 //! offsets), literals Postgres reads by `DateStyle` (only ISO year-first
 //! dates), and text comparison by collation: we compare bytes, and the
-//! rendered SQL asks Postgres to do the same with `COLLATE "C"`.
-//! `lower`/`upper`/`ILIKE` fold case with Unicode rules, which may differ
-//! from the database's locale for some characters.
+//! rendered SQL asks Postgres to do the same with `COLLATE "C"` (on every
+//! text comparison, `LIKE`, array membership and case folding, so that a
+//! column's own collation, even a nondeterministic one, changes nothing).
+//! `lower`/`upper`/`ILIKE` fold case as the `C` collation does: ASCII
+//! letters only (`'É' ILIKE 'é'` is false), whatever the database's locale.
+//! `numeric ^ numeric` needs a constant integer exponent (Postgres computes
+//! fractional powers with ln/exp series whose last digits we do not
+//! reproduce); `float8 ^` has no such limit.
+//!
+//! # Agreement with Postgres
+//!
+//! `tests/it/where_differential.rs` compares evaluation with Postgres
+//! running the rendered SQL on generated clauses and edge-value rows. What
+//! it pinned down: constants fold as Postgres' planner folds them (`AND`/
+//! `OR` arms, `COALESCE`, strict functions of NULL), so a failing arm
+//! Postgres never runs is not run here either; strict functions evaluate
+//! every argument before NULL; `IN` lists type their constant items with
+//! one common type; dates compare with timestamps through the cross-type
+//! operators. A row on which Postgres would raise an error does not match.
 //!
 //! Nesting (parentheses, operators, function calls) is bounded at 64
 //! levels (`stack depth limit exceeded`), which keeps typing, evaluation
