@@ -1351,6 +1351,20 @@ fn run(
     }
 }
 
+/// Whether Postgres parses and types the clause as the user wrote it.
+fn postgres_accepts(client: &mut postgres::Client, clause: &Clause) -> bool {
+    let ok = client
+        .batch_execute(&format!(
+            "PREPARE where_diff_check AS SELECT id FROM t WHERE ({})",
+            clause.sql
+        ))
+        .is_ok();
+    if ok {
+        let _ = client.batch_execute("DEALLOCATE where_diff_check");
+    }
+    ok
+}
+
 /// Runs `condition` (SQL with `$n` placeholders for `params`) over every
 /// row: one query, or one per row when some row raises a runtime error.
 fn postgres_answers(
@@ -1517,6 +1531,7 @@ fn where_differential() {
     };
     let mut accepted = 0usize;
     let mut rejected = 0usize;
+    let mut rejected_but_valid = 0usize;
     let mut compared_rows = 0usize;
     let mut pg_errors = 0usize;
     let mut matches_seen = 0usize;
@@ -1544,6 +1559,16 @@ fn where_differential() {
                     .take(40)
                     .collect();
                 *rejections.entry(kind).or_default() += 1;
+                // Informational: clauses we refuse that Postgres would run.
+                if postgres_accepts(&mut client, &clause) {
+                    rejected_but_valid += 1;
+                    if rejected_but_valid <= 5 {
+                        eprintln!(
+                            "  refused, valid in Postgres: {} ({})",
+                            clause.sql, e.message
+                        );
+                    }
+                }
                 continue;
             }
         };
@@ -1608,7 +1633,15 @@ fn where_differential() {
                         .collect();
                     report("original", &original, &answers, &mut failures);
                 }
-                Err(Rejected::Plan(_)) => original_invalid += 1,
+                Err(Rejected::Plan(message)) => {
+                    original_invalid += 1;
+                    if original_invalid <= 5 {
+                        eprintln!(
+                            "  accepted, invalid in Postgres: {} ({message})",
+                            clause.sql
+                        );
+                    }
+                }
             }
         }
         if failures.len() >= 30 {
@@ -1620,7 +1653,8 @@ fn where_differential() {
         "where_differential: {accepted} clauses accepted, {rejected} rejected at parse time, \
          {compared_rows} (clause, row) comparisons with the rendered SQL ({pg_errors} rows on \
          which Postgres raised an error), {matches_seen} matches, {original_compared} clauses \
-         also compared as written ({original_invalid} not valid as written), {:.1?}",
+         also compared as written ({original_invalid} not valid as written; {rejected_but_valid} \
+         refused ones valid in Postgres), {:.1?}",
         elapsed
     );
     let mut top: Vec<(&String, &usize)> = rejections.iter().collect();
