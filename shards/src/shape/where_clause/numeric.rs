@@ -702,10 +702,7 @@ impl Numeric {
             Numeric::NaN => f64::NAN,
             Numeric::PosInf => f64::INFINITY,
             Numeric::NegInf => f64::NEG_INFINITY,
-            Numeric::Finite(d) => match d.sign_f64() {
-                s if s == 0.0 => 0.0,
-                s => s,
-            },
+            Numeric::Finite(d) => d.sign_f64(),
         };
         let value = float(to_f64(a), to_f64(b));
         if value.is_nan() {
