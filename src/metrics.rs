@@ -150,7 +150,7 @@ impl Metrics {
     /// Per-shard storage series (label `shard`), and the fence.
     fn render_storage(&self, out: &mut String) {
         type Field = fn(&StorageGauges) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 8] = [
+        let series: [(&str, &str, &str, Field); 9] = [
             (
                 "shapeshard_durable_lsn",
                 "gauge",
@@ -198,6 +198,12 @@ impl Metrics {
                 "counter",
                 "Idle built shapes unloaded to cold (SHAPESHARD_UNLOAD_IDLE_MS).",
                 |g| &g.shapes_unloaded,
+            ),
+            (
+                "shapeshard_shapes_rebuilt_total",
+                "counter",
+                "Cold shapes built again (by a read, a change or a schema check).",
+                |g| &g.shapes_rebuilt,
             ),
         ];
         for (name, kind, help, field) in series {

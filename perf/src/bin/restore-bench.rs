@@ -112,6 +112,7 @@ fn main() {
             let id = k as u64 + 1;
             records.put.push(ShapeRecord {
                 id,
+                schema_fingerprint: 0,
                 handle: spec.handle.as_str().to_string(),
                 canonical: spec.canonical.clone(),
                 definition_hash: definition_hash(&spec.canonical),

@@ -15,6 +15,8 @@ pub mod schema;
 #[cfg(test)]
 mod snapshot_filter_tests;
 #[cfg(test)]
+mod relation_tests;
+#[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
 mod unload_tests;

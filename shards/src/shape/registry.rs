@@ -242,6 +242,7 @@ impl Shape {
     pub fn meta_record(&self) -> ShapeRecord {
         ShapeRecord {
             id: self.id,
+            schema_fingerprint: table_fingerprint(&self.spec.schema),
             handle: self.handle().to_string(),
             canonical: self.spec.canonical.clone(),
             definition_hash: definition_hash(&self.spec.canonical),
@@ -310,6 +311,7 @@ impl Shape {
             handle: self.handle().into(),
             canonical: self.spec.canonical.as_str().into(),
             relation: self.relation_id(),
+            fingerprint: table_fingerprint(&self.spec.schema),
             read_stamp: self.read_stamp.get(),
             created_ms: self.created_ms,
             log: LogRecord {
@@ -380,7 +382,7 @@ impl Shape {
                         .as_ref()
                         .is_some_and(|r| Arc::ptr_eq(r, relation));
                     if !known {
-                        if !schema_matches(&self.spec.schema, relation) {
+                        if table_fingerprint(&self.spec.schema) != relation_fingerprint(relation) {
                             return Applied::Invalidated("its table's columns changed");
                         }
                         state.relation = Some(relation.clone());
@@ -443,23 +445,50 @@ enum Applied {
     Invalidated(&'static str),
 }
 
-/// Same column names and types, in the same order, as at creation.
-fn schema_matches(schema: &TableSchema, relation: &Relation) -> bool {
-    schema.columns.len() == relation.columns.len()
-        && schema
+/// A table's shape-relevant schema, as one number: column names and type
+/// oids, in order (what a shape was validated against). Kept with cold
+/// shapes, so a Relation message is checked without building them.
+pub fn schema_fingerprint<'a>(columns: impl Iterator<Item = (&'a str, u32)>) -> u64 {
+    // FNV-1a: stable across runs and builds (it is stored).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (name, type_oid) in columns {
+        eat(name.as_bytes());
+        eat(&[0]);
+        eat(&type_oid.to_le_bytes());
+    }
+    hash
+}
+
+fn table_fingerprint(schema: &TableSchema) -> u64 {
+    schema_fingerprint(schema.columns.iter().map(|c| (c.name.as_str(), c.type_oid)))
+}
+
+fn relation_fingerprint(relation: &Relation) -> u64 {
+    schema_fingerprint(
+        relation
             .columns
             .iter()
-            .zip(&relation.columns)
-            .all(|(a, b)| a.name == b.name && a.type_oid == b.type_oid)
+            .map(|c| (c.name.as_str(), c.type_oid)),
+    )
 }
 
 /// The shapes on one relation, indexed by their where clause's
-/// equality/IN column when they have one.
+/// equality/IN column when they have one. Adding and removing a shape cost
+/// the size of its own key, not the number of shapes on the table (a table
+/// losing 100k shapes at once must not be quadratic).
 #[derive(Default)]
 struct RelationShapes {
-    unindexed: Vec<ShapeId>,
+    unindexed: BTreeSet<ShapeId>,
     /// column → value text → shapes requiring that value.
     indexed: HashMap<usize, HashMap<String, Vec<ShapeId>>>,
+    /// Where each indexed shape is in `indexed`, for its removal.
+    keys: HashMap<ShapeId, (usize, Vec<String>)>,
     /// Shapes still waiting for their snapshot's visibility: they hold
     /// every transaction on the relation, whatever the index says.
     pending: Vec<ShapeId>,
@@ -472,31 +501,56 @@ impl RelationShapes {
         match key {
             Some((column, values)) => {
                 let by_value = self.indexed.entry(column).or_default();
-                for value in values {
-                    by_value.entry(value).or_default().push(id);
+                for value in &values {
+                    by_value.entry(value.clone()).or_default().push(id);
                 }
+                self.keys.insert(id, (column, values));
             }
-            None => self.unindexed.push(id),
+            None => {
+                self.unindexed.insert(id);
+            }
         }
     }
 
     fn remove(&mut self, id: ShapeId) {
         self.count -= 1;
-        self.pending.retain(|&s| s != id);
-        self.unindexed.retain(|&s| s != id);
-        for by_value in self.indexed.values_mut() {
-            by_value.retain(|_, ids| {
-                ids.retain(|&s| s != id);
-                !ids.is_empty()
-            });
+        if !self.pending.is_empty() {
+            self.pending.retain(|&s| s != id);
         }
-        self.indexed.retain(|_, by_value| !by_value.is_empty());
+        if self.unindexed.remove(&id) {
+            return;
+        }
+        let Some((column, values)) = self.keys.remove(&id) else {
+            return;
+        };
+        if let Some(by_value) = self.indexed.get_mut(&column) {
+            for value in values {
+                if let Some(ids) = by_value.get_mut(&value) {
+                    ids.retain(|&s| s != id);
+                    if ids.is_empty() {
+                        by_value.remove(&value);
+                    }
+                }
+            }
+            if by_value.is_empty() {
+                self.indexed.remove(&column);
+            }
+        }
+    }
+
+    /// Every shape on the relation.
+    fn all(&self) -> impl Iterator<Item = ShapeId> + '_ {
+        self.unindexed
+            .iter()
+            .chain(self.keys.keys())
+            .chain(self.pending.iter())
+            .copied()
     }
 
     /// Shapes a row may belong to. Reads only the indexed columns of the
     /// tuple (no row is built: this runs for every change).
     fn candidates(&self, tuple: &Tuple, old: Option<&Tuple>, out: &mut Vec<ShapeId>) {
-        out.extend_from_slice(&self.unindexed);
+        out.extend(self.unindexed.iter().copied());
         for (&column, by_value) in &self.indexed {
             if let Some(value) = convert::value_at(tuple, old, column) {
                 if let Some(ids) = by_value.get(value) {
@@ -540,6 +594,8 @@ struct Cold {
     handle: Box<str>,
     canonical: Box<str>,
     relation: RelationId,
+    /// `schema_fingerprint` of the table the shape was validated against.
+    fingerprint: u64,
     read_stamp: u64,
     created_ms: u64,
     log: LogRecord,
@@ -556,6 +612,10 @@ pub struct Registry {
     by_relation: HashMap<RelationId, RelationShapes>,
     /// The newest WAL position this shard has processed.
     last_seen: Lsn,
+    /// The fingerprint of each table's last Relation message.
+    relations_seen: HashMap<RelationId, u64>,
+    /// Cold shapes built since start (by a read, a change, a Relation).
+    rebuilt: u64,
     journal: Journal,
     /// Shapes by last read, oldest first (LRU eviction).
     by_read: BTreeSet<(u64, ShapeId)>,
@@ -603,6 +663,8 @@ impl Registry {
             by_definition: HashMap::new(),
             by_relation: HashMap::new(),
             last_seen: Lsn::ZERO,
+            relations_seen: HashMap::new(),
+            rebuilt: 0,
             journal: Rc::default(),
             by_read: BTreeSet::new(),
             files_dir: files_dir.to_path_buf(),
@@ -650,6 +712,7 @@ impl Registry {
                 handle: record.handle.as_str().into(),
                 canonical: record.canonical.as_str().into(),
                 relation: record.relation_id,
+                fingerprint: record.schema_fingerprint,
                 read_stamp: record.last_read,
                 created_ms: record.created_ms,
                 log,
@@ -716,6 +779,7 @@ impl Registry {
             }
         };
         let cold = self.cold.remove(&id).expect("checked above");
+        self.rebuilt += 1;
         let shape = self.build(id, spec, Gate::Open, cold.created_ms, cold.read_stamp);
         shape.restore_log(&cold.log);
         self.shapes.insert(id, shape.clone());
@@ -766,6 +830,11 @@ impl Registry {
     }
 
     /// Built shapes unloaded to cold since start.
+    /// Cold shapes built since start.
+    pub fn rebuilt_count(&self) -> u64 {
+        self.rebuilt
+    }
+
     pub fn unloaded_count(&self) -> u64 {
         self.unloaded
     }
@@ -1150,12 +1219,21 @@ impl Registry {
     /// A relation's new description: shapes on it whose columns no longer
     /// match are invalidated now rather than at their next change.
     pub fn apply_relation(&mut self, relation: &Arc<Relation>) {
-        let on: Vec<ShapeId> = self.shapes_on(relation.id).collect();
-        let stale: Vec<ShapeId> = on
+        // pgoutput re-sends a table's Relation at every session start and
+        // after cache invalidations: the same one again changes nothing.
+        let fingerprint = relation_fingerprint(relation);
+        if self.relations_seen.insert(relation.id, fingerprint) == Some(fingerprint) {
+            return;
+        }
+        // Compared by fingerprint: no shape is built for this (a table
+        // with 100k cold shapes would stall the shard building them).
+        let stale: Vec<ShapeId> = self
+            .shapes_on(relation.id)
             .into_iter()
-            .filter(|&id| {
-                self.warm(id)
-                    .is_some_and(|s| !schema_matches(&s.spec.schema, relation))
+            .filter(|id| match (self.shapes.get(id), self.cold.get(id)) {
+                (Some(shape), _) => table_fingerprint(&shape.spec.schema) != fingerprint,
+                (None, Some(cold)) => cold.fingerprint != fingerprint,
+                (None, None) => false,
             })
             .collect();
         for id in stale {
@@ -1168,17 +1246,16 @@ impl Registry {
         self.last_seen = self.last_seen.max(lsn);
     }
 
-    fn shapes_on(&self, relation: RelationId) -> impl Iterator<Item = ShapeId> + '_ {
-        self.shapes
-            .values()
-            .filter(move |s| s.relation_id() == relation)
-            .map(|s| s.id)
-            .chain(
-                self.cold
-                    .iter()
-                    .filter(move |(_, c)| c.relation == relation)
-                    .map(|(&id, _)| id),
-            )
+    /// The shapes on `relation`, built or cold, from the per-relation
+    /// index (not a scan of every shape).
+    fn shapes_on(&self, relation: RelationId) -> Vec<ShapeId> {
+        let Some(on) = self.by_relation.get(&relation) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<ShapeId> = on.all().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Every shape (for DELETE by definition, metrics, shutdown).

@@ -241,6 +241,7 @@ impl GroupCommit {
         StorageGauges::set(&g.shapes_built, registry.built_count() as u64);
         StorageGauges::set(&g.shapes_cold, registry.cold_count() as u64);
         StorageGauges::set(&g.shapes_unloaded, registry.unloaded_count());
+        StorageGauges::set(&g.shapes_rebuilt, registry.rebuilt_count());
     }
 }
 

@@ -20,6 +20,8 @@ pub struct StorageGauges {
     pub shapes_cold: AtomicU64,
     /// Built shapes unloaded to cold after being idle.
     pub shapes_unloaded: AtomicU64,
+    /// Cold shapes built again (by a read, a change or a schema check).
+    pub shapes_rebuilt: AtomicU64,
 }
 
 impl StorageGauges {

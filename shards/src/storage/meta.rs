@@ -30,6 +30,10 @@ use rkyv::util::AlignedVec;
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShapeRecord {
     pub id: u64,
+    /// The table's columns as the shape was validated against them
+    /// (`registry::schema_fingerprint`): checked against Relation messages
+    /// without building the shape.
+    pub schema_fingerprint: u64,
     pub handle: String,
     /// The normalised definition.
     pub canonical: String,
@@ -330,6 +334,7 @@ mod tests {
     fn record(id: u64) -> ShapeRecord {
         ShapeRecord {
             id,
+            schema_fingerprint: 0,
             handle: format!("{id}-handle"),
             canonical: format!("items where id = {id}"),
             definition_hash: id * 7,
