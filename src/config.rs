@@ -169,6 +169,23 @@ pub struct Options {
     #[arg(long, env = "SHAPESHARD_UNLOAD_IDLE_MS", default_value_t = 300_000)]
     pub unload_idle_ms: u64,
 
+    /// Bytes per shard that may wait in memory for durability or a
+    /// checkpoint (journal + shapes' log tails); past it the shard takes
+    /// no more from the replication feed or a snapshot until some is
+    /// written (the backlog stays in Postgres' slot).
+    #[arg(long, env = "SHAPESHARD_SHARD_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub shard_memory_bytes: usize,
+
+    /// Fault injection for tests: every group commit waits this many
+    /// milliseconds before writing (a slow disk). Never set in production.
+    #[arg(
+        long,
+        env = "SHAPESHARD_FAULT_FLUSH_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub fault_flush_delay_ms: u64,
+
     /// JSON `{"initial": N, "existing": M}`: concurrent requests admitted
     /// for new shapes and for existing ones; beyond, 503 + retry-after.
     #[arg(
@@ -229,6 +246,8 @@ pub struct Config {
     pub segment_bytes: u64,
     pub checkpoint_interval_ms: u64,
     pub unload_idle_ms: u64,
+    pub shard_memory_bytes: usize,
+    pub fault_flush_delay_ms: u64,
     pub max_shapes: usize,
 }
 
@@ -293,6 +312,12 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
             o.sse_timeout
         ));
     }
+    if o.shard_memory_bytes < 1 << 20 {
+        return Err(format!(
+            "SHAPESHARD_SHARD_MEMORY_BYTES {} is too small: use at least 1048576 (the default is 268435456)",
+            o.shard_memory_bytes
+        ));
+    }
     if o.sse_keepalive_ms < 100 || o.sse_keepalive_ms > 600_000 {
         return Err(format!(
             "SHAPESHARD_SSE_KEEPALIVE_MS {} is out of range: use 100 to 600000 (the default is 21000)",
@@ -350,6 +375,8 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         segment_bytes: o.segment_bytes,
         checkpoint_interval_ms: o.checkpoint_interval_ms,
         unload_idle_ms: o.unload_idle_ms,
+        shard_memory_bytes: o.shard_memory_bytes,
+        fault_flush_delay_ms: o.fault_flush_delay_ms,
         max_shapes: o.max_shapes,
     })
 }

@@ -150,7 +150,7 @@ impl Metrics {
     /// Per-shard storage series (label `shard`), and the fence.
     fn render_storage(&self, out: &mut String) {
         type Field = fn(&StorageGauges) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 9] = [
+        let series: [(&str, &str, &str, Field); 13] = [
             (
                 "shapeshard_durable_lsn",
                 "gauge",
@@ -204,6 +204,30 @@ impl Metrics {
                 "counter",
                 "Cold shapes built again (by a read, a change or a schema check).",
                 |g| &g.shapes_rebuilt,
+            ),
+            (
+                "shapeshard_shard_memory_bytes",
+                "gauge",
+                "Journal and log tails waiting in memory for durability or a checkpoint.",
+                |g| &g.memory_bytes,
+            ),
+            (
+                "shapeshard_shard_memory_peak_bytes",
+                "gauge",
+                "The highest shapeshard_shard_memory_bytes seen.",
+                |g| &g.memory_peak_bytes,
+            ),
+            (
+                "shapeshard_shard_memory_budget_bytes",
+                "gauge",
+                "SHAPESHARD_SHARD_MEMORY_BYTES: past it the feed and snapshots wait.",
+                |g| &g.memory_budget_bytes,
+            ),
+            (
+                "shapeshard_shard_memory_waits_total",
+                "counter",
+                "Times the feed or a snapshot waited for memory to be written out.",
+                |g| &g.budget_waits,
             ),
         ];
         for (name, kind, help, field) in series {

@@ -112,6 +112,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         checkpoint_interval: std::time::Duration::from_millis(config.checkpoint_interval_ms),
         open_files: ((descriptors / 4) as usize / shard_count)
             .clamp(16, shards::storage::commit::MAX_OPEN_SERVING_FILES),
+        fault_flush_delay: std::time::Duration::from_millis(config.fault_flush_delay_ms),
         unload_idle_checkpoints: match config.unload_idle_ms {
             0 => 0,
             ms => ms.div_ceil(config.checkpoint_interval_ms),
@@ -135,6 +136,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         let mesh = mesh.clone();
         let routes = routes.clone();
         let shape_config = shape_config.clone();
+        let memory_budget = config.shard_memory_bytes;
         let sse_settings = crate::http::shape::sse::SseSettings {
             timeout: config.sse_timeout,
             keepalive: config.sse_keepalive,
@@ -187,6 +189,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                 shape_config.chunk_bytes,
                 &shard_dir.join("shapes"),
             )));
+            registry.borrow_mut().set_memory_budget(memory_budget);
             let log_dir = shard_dir.join("log");
             let writer = match SegmentWriter::open(&log_dir, segment_bytes).await {
                 Ok((writer, recovered)) => {

@@ -29,6 +29,7 @@ pub struct ShardCore {
     meta_stats: Rc<MetaStats>,
     max_pending: usize,
     interval: std::time::Duration,
+    gauges: Arc<StorageGauges>,
 }
 
 impl ShardCore {
@@ -59,8 +60,9 @@ impl ShardCore {
                 writer,
                 progress,
                 signals: signals.clone(),
-                gauges,
+                gauges: gauges.clone(),
             }),
+            gauges,
             signals,
             meta_stats,
             max_pending: config.max_pending,
@@ -109,6 +111,30 @@ impl ShardCore {
         }
     }
 
+    /// Over the memory budget (journal + tails waiting for durability or a
+    /// checkpoint), take nothing more from the feed until a flush or a
+    /// checkpoint frees some: the bounded feed then stops the ingest, and
+    /// the backlog waits in Postgres' slot, not in this process.
+    async fn wait_for_memory(&self) {
+        loop {
+            let (over, freed) = {
+                let registry = self.registry.borrow();
+                (registry.over_budget(), registry.freed())
+            };
+            if !over || self.signals.failed.get() {
+                return;
+            }
+            let freed = freed.listen();
+            self.signals
+                .budget_waits
+                .set(self.signals.budget_waits.get() + 1);
+            self.signals.pressure.set(true);
+            self.signals.wake.notify_all();
+            // Bounded: re-check even if no wake-up comes.
+            runtime::timeout(std::time::Duration::from_millis(100), freed).await;
+        }
+    }
+
     /// Consumes the feed until the ingest closes it (on shutdown, after its
     /// last event: the shard drains everything it was sent), then makes it
     /// all durable. An I/O error of the segment log stops the shard: nothing
@@ -116,11 +142,19 @@ impl ShardCore {
     pub async fn run(&mut self, feed: ConnectedReceiver<FeedEvent>) -> std::io::Result<()> {
         let commit = self.commit.take().expect("run once");
         let committer = runtime::spawn_local(commit.run());
-        while let Some(event) = feed.recv().await {
+        loop {
+            self.wait_for_memory().await;
+            let Some(event) = feed.recv().await else {
+                break;
+            };
             if self.signals.failed.get() {
                 break;
             }
             self.apply(event);
+            self.gauges.memory_peak_bytes.fetch_max(
+                self.registry.borrow().memory_bytes() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             if self.signals.commit_due(self.interval) {
                 // Let the committer run its tick now, however busy the feed.
                 futures_lite::future::yield_now().await;

@@ -6,6 +6,7 @@ mod client_compat;
 mod decode;
 mod dev_mode;
 mod harness;
+mod memory_budget;
 mod oracle;
 mod proxy_cache;
 mod reconnect;

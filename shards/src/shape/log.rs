@@ -31,6 +31,9 @@ use crate::storage::meta::{ChunkRecord, RegionRecord};
 /// these files are the only copy: every read checks every frame it serves.
 const FRAME_HEADER: u64 = 8 + 8 + 4 + 4;
 
+/// Bytes a tail item costs beyond its frame (queue slot, shared buffer).
+const TAIL_ITEM_OVERHEAD: usize = 48;
+
 /// The serving-file layout this build writes and reads (`shards/format`).
 pub const SERVING_FORMAT: &str = "2";
 
@@ -284,8 +287,10 @@ impl Region {
         self.disk_len = upto;
     }
 
+    /// Memory the tail holds: its framed bytes plus a per-item allowance
+    /// for the entry itself (O(1): this is asked after every append).
     fn tail_bytes(&self) -> usize {
-        self.tail.iter().map(|t| t.json.len() + 40).sum()
+        (self.end_len - self.disk_len) as usize + self.tail.len() * TAIL_ITEM_OVERHEAD
     }
 
     /// The state once the whole tail is in the file (taken with `capture`,

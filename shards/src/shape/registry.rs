@@ -114,9 +114,24 @@ pub struct Shape {
     column_names: Vec<String>,
     state: RefCell<ShapeState>,
     changed: Rc<Notify>,
+    /// The shard's total of memory tails, and this shape's part of it.
+    memory: Rc<Cell<usize>>,
+    counted: Cell<usize>,
 }
 
 impl Shape {
+    /// Brings the shard's memory total up to date with this shape's tail
+    /// (after anything that appended or trimmed it).
+    fn recount(&self, state: &ShapeState) {
+        if state.gone {
+            return;
+        }
+        let now = state.log.memory_bytes();
+        let total = self.memory.get() + now - self.counted.get();
+        self.memory.set(total);
+        self.counted.set(now);
+    }
+
     pub fn handle(&self) -> &str {
         self.spec.handle.as_str()
     }
@@ -174,7 +189,12 @@ impl Shape {
             Kind::SnapshotItem,
             scratch,
         );
-        let sealed = self.state.borrow_mut().log.push_snapshot_item(scratch);
+        let sealed = {
+            let mut state = self.state.borrow_mut();
+            let sealed = state.log.push_snapshot_item(scratch);
+            self.recount(&state);
+            sealed
+        };
         if sealed {
             self.changed.notify_all();
         }
@@ -194,6 +214,7 @@ impl Shape {
             let mut state = self.state.borrow_mut();
             state.log.finish_snapshot(PgSnapshot::served_end(&stored));
             state.snapshot_end = Some(stored);
+            self.recount(&state);
         }
         self.meta_dirty.borrow_mut().insert(self.id);
         self.changed.notify_all();
@@ -201,7 +222,9 @@ impl Shape {
 
     /// Recovery: a snapshot row as the log holds it.
     pub fn restore_snapshot_item(&self, item: &[u8]) {
-        self.state.borrow_mut().log.push_snapshot_item(item);
+        let mut state = self.state.borrow_mut();
+        state.log.push_snapshot_item(item);
+        self.recount(&state);
     }
 
     /// Recovery: the snapshot's end message. It also restores the
@@ -212,6 +235,7 @@ impl Shape {
         let mut state = self.state.borrow_mut();
         state.log.finish_snapshot(PgSnapshot::served_end(stored));
         self.restore_snapshot_filter(&mut state, stored);
+        self.recount(&state);
     }
 
     /// Recovery: the snapshot's end (as stored: `PgSnapshot::stored_end`),
@@ -231,6 +255,7 @@ impl Shape {
         let mut state = self.state.borrow_mut();
         state.log.push_entry(offset, item);
         state.last_lsn = state.last_lsn.max(commit_lsn);
+        self.recount(&state);
     }
 
     /// Log bytes held in memory (not yet in the serving files).
@@ -276,7 +301,9 @@ impl Shape {
 
     /// Checkpoint: `captured` is in the files; trim the memory tail.
     pub fn written(&self, captured: &Captured) {
-        self.state.borrow_mut().log.written(captured);
+        let mut state = self.state.borrow_mut();
+        state.log.written(captured);
+        self.recount(&state);
     }
 
     /// Recovery: the checkpointed log state (the files are already cut to
@@ -292,6 +319,7 @@ impl Shape {
         if let Some(end) = &record.snapshot_end {
             self.restore_snapshot_filter(&mut state, end);
         }
+        self.recount(&state);
     }
 
     /// Unloading: what it must keep to be rebuilt, when it can go cold now
@@ -435,6 +463,7 @@ impl Shape {
             );
             state.log.push_entry(offset, &bytes);
         }
+        self.recount(&state);
         Applied::Grew
     }
 }
@@ -616,6 +645,12 @@ pub struct Registry {
     relations_seen: HashMap<RelationId, u64>,
     /// Cold shapes built since start (by a read, a change, a Relation).
     rebuilt: u64,
+    /// Bytes of the shapes' memory tails (each shape keeps its part).
+    memory: Rc<Cell<usize>>,
+    /// Tails plus journal above this: the feed and snapshots wait.
+    memory_budget: usize,
+    /// Pinged when memory is freed (a flush, a checkpoint's trim).
+    freed: Rc<Notify>,
     journal: Journal,
     /// Shapes by last read, oldest first (LRU eviction).
     by_read: BTreeSet<(u64, ShapeId)>,
@@ -665,6 +700,9 @@ impl Registry {
             last_seen: Lsn::ZERO,
             relations_seen: HashMap::new(),
             rebuilt: 0,
+            memory: Rc::default(),
+            memory_budget: usize::MAX,
+            freed: Notify::new(),
             journal: Rc::default(),
             by_read: BTreeSet::new(),
             files_dir: files_dir.to_path_buf(),
@@ -830,6 +868,32 @@ impl Registry {
     }
 
     /// Built shapes unloaded to cold since start.
+    /// Sets the shard's memory budget (journal + tails), in bytes.
+    pub fn set_memory_budget(&mut self, bytes: usize) {
+        self.memory_budget = bytes;
+    }
+
+    pub fn memory_budget(&self) -> usize {
+        self.memory_budget
+    }
+
+    /// Bytes held in memory waiting for durability or a checkpoint: the
+    /// journal not yet flushed, and the shapes' tails not yet in files.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory.get() + self.journal.borrow().len()
+    }
+
+    /// Over the budget: take nothing more (feed, snapshot rows) until
+    /// `freed` fires.
+    pub fn over_budget(&self) -> bool {
+        self.memory_bytes() > self.memory_budget
+    }
+
+    /// Fires when a flush or a checkpoint freed memory.
+    pub fn freed(&self) -> Rc<Notify> {
+        self.freed.clone()
+    }
+
     /// Cold shapes built since start.
     pub fn rebuilt_count(&self) -> u64 {
         self.rebuilt
@@ -1023,6 +1087,8 @@ impl Registry {
                 relation: None,
             }),
             changed: Notify::new(),
+            memory: self.memory.clone(),
+            counted: Cell::new(0),
             spec,
         })
     }
@@ -1082,6 +1148,10 @@ impl Registry {
         self.routes.unsubscribe(relation, self.shard);
         {
             let mut state = shape.state.borrow_mut();
+            // Its tail leaves the shard's total now (readers may still hold
+            // the shape, but it takes nothing more).
+            self.memory.set(self.memory.get() - shape.counted.get());
+            shape.counted.set(0);
             state.gone = true;
             state.gate = Gate::Open;
         }

@@ -49,6 +49,9 @@ pub struct CommitConfig {
     pub unload_idle_checkpoints: u64,
     /// Serving files kept open between checkpoints (`storage::serving`).
     pub open_files: usize,
+    /// Fault injection for tests only: each flush waits this long first
+    /// (a slow disk), so what waits on durability piles up.
+    pub fault_flush_delay: Duration,
 }
 
 impl CommitSignals {
@@ -68,6 +71,7 @@ impl Default for CommitConfig {
             checkpoint_interval: Duration::from_secs(1),
             unload_idle_checkpoints: 300,
             open_files: 4096,
+            fault_flush_delay: Duration::ZERO,
         }
     }
 }
@@ -86,6 +90,11 @@ pub struct CommitSignals {
     /// once a tick has passed, so a busy feed cannot stretch the tick.
     pub last_commit: Cell<Option<std::time::Instant>>,
     pub wake: Rc<Notify>,
+    /// Set by the shard core when it waits on the memory budget: the next
+    /// tick checkpoints (trimming tails) without waiting for its interval.
+    pub pressure: Cell<bool>,
+    /// Times the feed or a snapshot waited on the memory budget.
+    pub budget_waits: Cell<u64>,
 }
 
 pub struct GroupCommit {
@@ -150,7 +159,8 @@ impl GroupCommit {
             let seen = self.signals.seen.get();
             let checkpoint_due = closing
                 || (!in_flight.get()
-                    && last_checkpoint.elapsed() >= self.config.checkpoint_interval);
+                    && (last_checkpoint.elapsed() >= self.config.checkpoint_interval
+                        || self.signals.pressure.replace(false)));
             let (records, batch, checkpoint) = {
                 let mut registry = self.registry.borrow_mut();
                 let records = std::mem::take(&mut *journal.borrow_mut());
@@ -171,7 +181,12 @@ impl GroupCommit {
             };
             self.writer.append_framed(&records);
             let position = self.writer.position();
+            if !self.config.fault_flush_delay.is_zero() {
+                runtime::sleep(self.config.fault_flush_delay).await;
+            }
             self.writer.flush().await?;
+            // The journal went to the segment log: its bytes are free.
+            self.registry.borrow().freed().notify_all();
             if seen > durable {
                 assert!(
                     seen <= self.signals.seen.get(),
@@ -191,6 +206,7 @@ impl GroupCommit {
             if let Some((captures, doomed, stamps)) = checkpoint {
                 last_checkpoint = std::time::Instant::now();
                 let job = Checkpoint {
+                    freed: self.registry.borrow().freed(),
                     captures,
                     doomed,
                     stamps,
@@ -242,6 +258,13 @@ impl GroupCommit {
         StorageGauges::set(&g.shapes_cold, registry.cold_count() as u64);
         StorageGauges::set(&g.shapes_unloaded, registry.unloaded_count());
         StorageGauges::set(&g.shapes_rebuilt, registry.rebuilt_count());
+        StorageGauges::set(&g.memory_bytes, registry.memory_bytes() as u64);
+        g.memory_peak_bytes.fetch_max(
+            registry.memory_bytes() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        StorageGauges::set(&g.memory_budget_bytes, registry.memory_budget() as u64);
+        StorageGauges::set(&g.budget_waits, self.signals.budget_waits.get());
     }
 }
 
@@ -249,6 +272,8 @@ impl GroupCommit {
 /// synced; then LMDB records their state and the segment position they
 /// cover; then the tails are trimmed and older segments deleted.
 struct Checkpoint {
+    /// Pinged once the tails are trimmed (memory freed).
+    freed: Rc<Notify>,
     captures: Vec<(Rc<Shape>, Captured, LogRecord)>,
     doomed: Vec<std::path::PathBuf>,
     stamps: Vec<(u64, u64)>,
@@ -307,6 +332,7 @@ impl Checkpoint {
         for (shape, captured, _) in &self.captures {
             shape.written(captured);
         }
+        self.freed.notify_all();
         self.stats.checkpoints.set(self.stats.checkpoints.get() + 1);
         delete_segments_before(&self.log_dir, self.position.segment)
     }
@@ -368,6 +394,7 @@ mod tests {
                         checkpoint_interval: Duration::from_secs(3600),
                         unload_idle_checkpoints: 0,
                         open_files: 64,
+                        ..CommitConfig::default()
                     },
                     registry: registry.clone(),
                     meta,

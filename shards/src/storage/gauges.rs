@@ -22,6 +22,13 @@ pub struct StorageGauges {
     pub shapes_unloaded: AtomicU64,
     /// Cold shapes built again (by a read, a change or a schema check).
     pub shapes_rebuilt: AtomicU64,
+    /// Journal + memory tails now, and the budget they are held under.
+    pub memory_bytes: AtomicU64,
+    pub memory_budget_bytes: AtomicU64,
+    /// The highest `memory_bytes` seen.
+    pub memory_peak_bytes: AtomicU64,
+    /// Times the feed or a snapshot waited for memory to be freed.
+    pub budget_waits: AtomicU64,
 }
 
 impl StorageGauges {
