@@ -11,6 +11,7 @@ pub mod json;
 pub mod log;
 pub mod offset;
 pub mod registry;
+mod relation_index;
 pub mod schema;
 #[cfg(test)]
 mod snapshot_filter_tests;
