@@ -54,6 +54,12 @@ pub struct Options {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// PEM file of the certificate authorities that sign Postgres' TLS
+    /// certificate (used unless the URL names `sslrootcert`); without it
+    /// the system's roots are trusted.
+    #[arg(long, env = "ELECTRIC_DATABASE_CA_CERTIFICATE_FILE")]
+    pub database_ca_certificate_file: Option<std::path::PathBuf>,
+
     /// HTTP port every shard listens on (SO_REUSEPORT).
     #[arg(long, env = "ELECTRIC_PORT", default_value_t = 3000)]
     pub port: u16,
@@ -267,9 +273,20 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
     let dev = matches!(cli.command, Some(Command::Dev));
     let database = match (&o.database_url, dev) {
         (Some(url), false) if !url.trim().is_empty() => {
-            let conn = url
+            let mut conn = url
                 .parse::<ConnConfig>()
                 .map_err(|e| format!("invalid DATABASE_URL: {e}"))?;
+            if conn.sslrootcert.is_none() {
+                conn.sslrootcert = o.database_ca_certificate_file.clone();
+            }
+            if let Some(root) = &conn.sslrootcert {
+                if !root.is_file() {
+                    return Err(format!(
+                        "the CA certificate file {} (sslrootcert / ELECTRIC_DATABASE_CA_CERTIFICATE_FILE) does not exist",
+                        root.display()
+                    ));
+                }
+            }
             Database::External(conn)
         }
         _ => Database::Embedded,

@@ -299,6 +299,8 @@ enum State {
 enum Transport {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// Boxed: the TLS state is large beside a socket.
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Transport {
@@ -306,6 +308,7 @@ impl Transport {
         match self {
             Transport::Tcp(s) => s.read(buf).await,
             Transport::Unix(s) => s.read(buf).await,
+            Transport::Tls(s) => s.read(buf).await,
         }
     }
 
@@ -313,6 +316,12 @@ impl Transport {
         match self {
             Transport::Tcp(s) => s.write(buf).await,
             Transport::Unix(s) => s.write(buf).await,
+            Transport::Tls(s) => {
+                let n = s.write(buf).await?;
+                // rustls buffers what it encrypts: push it to the socket.
+                s.flush().await?;
+                Ok(n)
+            }
         }
     }
 }
@@ -343,17 +352,6 @@ impl Connection {
     }
 
     async fn connect_with(cfg: &ConnConfig, replication: bool) -> Result<Connection, PgError> {
-        // Unix sockets never use TLS, as in libpq, so any sslmode is fine there.
-        let needs_tls = matches!(
-            cfg.sslmode,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        );
-        if needs_tls && matches!(cfg.host, Host::Tcp(_)) {
-            return Err(PgError::Tls(format!(
-                "sslmode={}: TLS is not supported yet; use sslmode=disable or prefer",
-                cfg.sslmode
-            )));
-        }
         let work = async {
             let transport = open(cfg).await?;
             let mut conn = Connection {
@@ -1097,8 +1095,8 @@ fn split_cstr(bytes: &[u8]) -> Option<(String, &[u8])> {
     Some((text, &bytes[end + 1..]))
 }
 
-/// Opens the socket; over TCP with sslmode=prefer, asks for TLS first and
-/// falls back to plaintext.
+/// Opens the socket, and over TCP negotiates TLS as `sslmode` asks (Unix
+/// sockets never use TLS, as in libpq, whatever the mode).
 async fn open(cfg: &ConnConfig) -> Result<Transport, PgError> {
     match &cfg.host {
         Host::Unix(_) => {
@@ -1111,8 +1109,8 @@ async fn open(cfg: &ConnConfig) -> Result<Transport, PgError> {
         Host::Tcp(host) => {
             let mut last_error = None;
             for addr in resolve(host, cfg.port).await? {
-                match open_tcp(addr, cfg.sslmode).await {
-                    Ok(stream) => return Ok(Transport::Tcp(stream)),
+                match open_tcp(addr, host, cfg).await {
+                    Ok(transport) => return Ok(transport),
                     // Like libpq, try the next address (::1 then 127.0.0.1).
                     Err(PgError::Io(e)) => last_error = Some(PgError::Io(e)),
                     Err(e) => return Err(e),
@@ -1128,11 +1126,15 @@ async fn open(cfg: &ConnConfig) -> Result<Transport, PgError> {
     }
 }
 
-async fn open_tcp(addr: SocketAddr, sslmode: SslMode) -> Result<TcpStream, PgError> {
+async fn open_tcp(addr: SocketAddr, host: &str, cfg: &ConnConfig) -> Result<Transport, PgError> {
     let mut stream = tcp(addr).await?;
-    if sslmode != SslMode::Prefer {
-        return Ok(stream);
+    if cfg.sslmode == SslMode::Disable {
+        return Ok(Transport::Tcp(stream));
     }
+    // Everything TLS needs is checked before a byte is sent: a bad root
+    // file is a configuration error, not a connection one.
+    let config = super::tls::client_config(cfg)?;
+    let name = super::tls::server_name(host)?;
     let mut request = BytesMut::new();
     frontend::ssl_request(&mut request);
     let mut answer = [0u8; 1];
@@ -1146,14 +1148,22 @@ async fn open_tcp(addr: SocketAddr, sslmode: SslMode) -> Result<TcpStream, PgErr
         .await
         .map_err(|e| connect_error(&addr.to_string(), e))?;
     match answer[0] {
-        b'N' => Ok(stream),
+        b'N' if cfg.sslmode == SslMode::Prefer => Ok(Transport::Tcp(stream)),
+        b'N' => Err(PgError::Tls(format!(
+            "sslmode={}: the server at {addr} does not accept TLS connections (enable ssl in Postgres, or use sslmode=prefer or disable)",
+            cfg.sslmode
+        ))),
         b'S' => {
-            tracing::warn!(
-                %addr,
-                "Postgres offers TLS, which shapeshard does not support yet; reconnecting without it (set sslmode=disable to skip the attempt)"
-            );
-            drop(stream);
-            tcp(addr).await
+            let tls = futures_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| {
+                    PgError::Tls(format!(
+                        "TLS handshake with {host} ({addr}) failed under sslmode={}: {e}",
+                        cfg.sslmode
+                    ))
+                })?;
+            Ok(Transport::Tls(Box::new(tls)))
         }
         other => Err(PgError::Protocol(format!(
             "unexpected answer {:?} to SSLRequest from {addr}; try sslmode=disable",

@@ -14,7 +14,7 @@ pub const DEFAULT_APPLICATION_NAME: &str = "shapeshard";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const KNOWN_KEYS: &str =
-    "host, port, user, password, dbname, sslmode, application_name, connect_timeout, options";
+    "host, port, user, password, dbname, sslmode, sslrootcert, application_name, connect_timeout, options";
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnConfig {
@@ -24,6 +24,9 @@ pub struct ConnConfig {
     pub password: Option<String>,
     pub dbname: String,
     pub sslmode: SslMode,
+    /// PEM file of the certificate authorities to trust (`sslrootcert`, or
+    /// `ELECTRIC_DATABASE_CA_CERTIFICATE_FILE`); None: the system's roots.
+    pub sslrootcert: Option<PathBuf>,
     /// Sent as a startup parameter unless empty.
     pub application_name: String,
     /// For the whole connect and authentication; zero means no limit (as
@@ -129,6 +132,7 @@ impl fmt::Debug for ConnConfig {
             .field("password", &self.password.as_ref().map(|_| "****"))
             .field("dbname", &self.dbname)
             .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
             .field("options", &self.options)
@@ -214,6 +218,9 @@ impl ConnConfig {
         if self.sslmode != SslMode::Prefer {
             query.push(format!("sslmode={}", self.sslmode));
         }
+        if let Some(root) = &self.sslrootcert {
+            query.push(format!("sslrootcert={}", encode(&root.to_string_lossy())));
+        }
         if self.application_name != DEFAULT_APPLICATION_NAME {
             query.push(format!(
                 "application_name={}",
@@ -256,6 +263,7 @@ struct Parts {
     password: Option<String>,
     dbname: Option<String>,
     sslmode: Option<String>,
+    sslrootcert: Option<String>,
     application_name: Option<String>,
     connect_timeout: Option<String>,
     options: Option<String>,
@@ -271,6 +279,7 @@ impl Parts {
             "password" => &mut self.password,
             "dbname" => &mut self.dbname,
             "sslmode" => &mut self.sslmode,
+            "sslrootcert" => &mut self.sslrootcert,
             "application_name" => &mut self.application_name,
             "connect_timeout" => &mut self.connect_timeout,
             "options" => &mut self.options,
@@ -335,6 +344,10 @@ impl Parts {
             password: self.password.filter(|p| !p.is_empty()),
             dbname,
             sslmode,
+            sslrootcert: self
+                .sslrootcert
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
             application_name: self
                 .application_name
                 .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_string()),

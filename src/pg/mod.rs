@@ -7,6 +7,7 @@ pub mod error;
 pub mod pgoutput;
 pub mod replication;
 pub mod sql;
+pub mod tls;
 
 /// Value text formats every connection that produces row values uses, so
 /// snapshot rows and replicated rows render identically (Electric's display

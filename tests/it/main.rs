@@ -8,6 +8,7 @@ mod dev_mode;
 mod harness;
 mod memory_budget;
 mod oracle;
+mod pg_tls;
 mod proxy_cache;
 mod reconnect;
 mod replay;

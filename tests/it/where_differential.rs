@@ -1631,7 +1631,7 @@ fn where_differential() {
                             other => *other,
                         })
                         .collect();
-                    report("original", &original, &answers, &mut failures);
+                    report("original", original, &answers, &mut failures);
                 }
                 Err(Rejected::Plan(message)) => {
                     original_invalid += 1;

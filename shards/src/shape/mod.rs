@@ -12,11 +12,11 @@ pub mod log;
 pub mod offset;
 pub mod registry;
 mod relation_index;
+#[cfg(test)]
+mod relation_tests;
 pub mod schema;
 #[cfg(test)]
 mod snapshot_filter_tests;
-#[cfg(test)]
-mod relation_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
