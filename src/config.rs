@@ -54,6 +54,12 @@ pub struct Options {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// A second URL for snapshot and catalog queries (a pooler, say); the
+    /// replication stream always uses DATABASE_URL. Electric's legacy name
+    /// ELECTRIC_QUERY_DATABASE_URL is read too.
+    #[arg(long, env = "ELECTRIC_POOLED_DATABASE_URL", hide_env_values = true)]
+    pub pooled_database_url: Option<String>,
+
     /// PEM file of the certificate authorities that sign Postgres' TLS
     /// certificate (used unless the URL names `sslrootcert`); without it
     /// the system's roots are trusted.
@@ -226,6 +232,8 @@ pub enum Database {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database: Database,
+    /// Where snapshot and catalog queries go, when not DATABASE_URL.
+    pub pooled_database: Option<ConnConfig>,
     pub port: u16,
     pub listen_address: IpAddr,
     pub storage_dir: PathBuf,
@@ -290,6 +298,23 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
             Database::External(conn)
         }
         _ => Database::Embedded,
+    };
+    let pooled_url = o
+        .pooled_database_url
+        .clone()
+        .or_else(|| std::env::var("ELECTRIC_QUERY_DATABASE_URL").ok())
+        .filter(|u| !u.trim().is_empty());
+    let pooled_database = match (&database, pooled_url) {
+        (Database::External(_), Some(url)) => {
+            let mut conn = url
+                .parse::<ConnConfig>()
+                .map_err(|e| format!("invalid ELECTRIC_POOLED_DATABASE_URL: {e}"))?;
+            if conn.sslrootcert.is_none() {
+                conn.sslrootcert = o.database_ca_certificate_file.clone();
+            }
+            Some(conn)
+        }
+        _ => None,
     };
     // The embedded Postgres is local and throwaway: no secret to protect.
     let insecure = o.insecure || matches!(database, Database::Embedded);
@@ -363,6 +388,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
     }
     Ok(Config {
         database,
+        pooled_database,
         port: o.port,
         listen_address: o.listen_address,
         storage_dir: o.storage_dir.clone(),

@@ -142,7 +142,11 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
             keepalive: config.sse_keepalive,
         };
         let secret = secret.clone();
-        let conn = conn.clone();
+        // Snapshots and catalog reads go to the pooled URL when one is set.
+        let conn = config
+            .pooled_database
+            .clone()
+            .unwrap_or_else(|| conn.clone());
         let admission = admission.clone();
         let metrics = metrics.clone();
         let recovered = recovered.clone();

@@ -3,6 +3,7 @@
 
 mod auth;
 mod client_compat;
+mod conn_options;
 mod decode;
 mod dev_mode;
 mod harness;
