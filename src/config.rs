@@ -472,6 +472,31 @@ fn log_filter(level: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
+mod documented {
+    /// Every setting an operator can give is in README's configuration
+    /// table (hidden test knobs aside).
+    #[test]
+    fn every_environment_variable_is_in_the_readme() {
+        use clap::CommandFactory;
+        let readme = include_str!("../README.md");
+        let command = super::Cli::command();
+        let mut missing = Vec::new();
+        for arg in command.get_arguments() {
+            if arg.is_hide_set() {
+                continue;
+            }
+            if let Some(env) = arg.get_env() {
+                let name = env.to_string_lossy();
+                if !readme.contains(&format!("`{name}`")) {
+                    missing.push(name.into_owned());
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not in README.md: {missing:?}");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
