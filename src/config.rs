@@ -34,6 +34,10 @@ pub enum Command {
     /// Run the server (the default). Without DATABASE_URL it starts an
     /// embedded Postgres, as `dev` does.
     Serve,
+    /// Check the configuration and Postgres (reachable, wal_level=logical,
+    /// a role that may replicate and create the publication) without
+    /// starting; prints what is wrong, exits 0 when all is well, 2 if not.
+    CheckConfig,
     /// Move every shape of a cleanly stopped storage directory to its owner
     /// under a new shard count (the server must be stopped); start the
     /// server with the same --shards afterwards.

@@ -2,6 +2,7 @@
 //! replication ingest, dev-mode Postgres). The per-core core is the `shards`
 //! crate; dependencies point one way, from here to there.
 
+pub mod check;
 pub mod config;
 pub mod devpg;
 pub mod http;

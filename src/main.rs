@@ -32,6 +32,13 @@ fn main() {
             std::process::exit(config::EXIT_BAD_CONFIG);
         }
     };
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        let (lines, passed) = shapeshard::check::check(&config);
+        for line in lines {
+            println!("{line}");
+        }
+        std::process::exit(if passed { 0 } else { config::EXIT_BAD_CONFIG });
+    }
     shapeshard::logging::init(&config.log_filter, config.log_format);
     // A panic is a broken invariant: a shard that died would leave a server
     // that accepts requests it can never answer. Stop the whole process

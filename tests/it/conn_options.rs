@@ -57,3 +57,57 @@ fn queries_use_the_pooled_url_and_replication_the_main_one() {
     );
     server.stop();
 }
+
+fn check_config(url: &str) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shapeshard"))
+        .arg("check-config")
+        .env("DATABASE_URL", url)
+        .env("ELECTRIC_INSECURE", "true")
+        .env(
+            "ELECTRIC_STORAGE_DIR",
+            std::env::temp_dir().join("shapeshard-check-config"),
+        )
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_config_says_what_postgres_lacks() {
+    let db = database("check_config");
+    let (code, out) = check_config(&db.url);
+    assert_eq!(code, Some(0), "{out}");
+    for line in [
+        "ok: wal_level is logical",
+        "may replicate",
+        "a replication connection works",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+    }
+    let mut pg = db.client();
+    let role = format!("norep_{}", std::process::id());
+    pg.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN"
+    ))
+    .unwrap();
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let (code, out) = check_config(&url);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains(&format!(
+            "role {role} lacks REPLICATION: run ALTER ROLE {role} WITH REPLICATION"
+        )),
+        "{out}"
+    );
+    let (code, out) =
+        check_config("postgresql://postgres@127.0.0.1:1/nope?sslmode=disable&connect_timeout=2");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("cannot connect"), "{out}");
+}
