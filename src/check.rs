@@ -21,7 +21,7 @@ pub fn check(config: &Config) -> (Vec<String>, bool) {
             lines.push("ok: no DATABASE_URL: an embedded Postgres will be started".into());
             return (lines, true);
         }
-        Database::External(conn) => conn.clone(),
+        Database::External(conn) => (**conn).clone(),
     };
     let pooled = config.pooled_database.clone();
     let problems = shards::runtime::spawn_thread("check-config", move || async move {

@@ -64,6 +64,20 @@ pub struct Options {
     #[arg(long, env = "ELECTRIC_POOLED_DATABASE_URL", hide_env_values = true)]
     pub pooled_database_url: Option<String>,
 
+    /// Seconds a Postgres connection may be idle before TCP keepalive
+    /// probes start (unless the URL sets `keepalives_idle`); OS default.
+    #[arg(long, env = "ELECTRIC_DATABASE_TCP_KEEPALIVE_IDLE")]
+    pub database_tcp_keepalive_idle: Option<u32>,
+
+    /// Seconds between keepalive probes (URL: `keepalives_interval`).
+    #[arg(long, env = "ELECTRIC_DATABASE_TCP_KEEPALIVE_INTERVAL")]
+    pub database_tcp_keepalive_interval: Option<u32>,
+
+    /// Unanswered probes before the connection is dropped (URL:
+    /// `keepalives_count`).
+    #[arg(long, env = "ELECTRIC_DATABASE_TCP_KEEPALIVE_COUNT")]
+    pub database_tcp_keepalive_count: Option<u32>,
+
     /// PEM file of the certificate authorities that sign Postgres' TLS
     /// certificate (used unless the URL names `sslrootcert`); without it
     /// the system's roots are trusted.
@@ -227,7 +241,8 @@ pub enum PlacementArg {
 /// Where the server gets its Postgres.
 #[derive(Debug, Clone)]
 pub enum Database {
-    External(ConnConfig),
+    /// Boxed: a connection config is large beside the other variant.
+    External(Box<ConnConfig>),
     /// Start an embedded Postgres in the storage directory.
     Embedded,
 }
@@ -279,6 +294,39 @@ impl Config {
     }
 }
 
+/// Electric's keepalive settings, where the URL has none of its own.
+fn apply_keepalive(conn: &mut ConnConfig, o: &Options) -> Result<(), String> {
+    let settings = [
+        (
+            "ELECTRIC_DATABASE_TCP_KEEPALIVE_IDLE",
+            o.database_tcp_keepalive_idle,
+            &mut conn.keepalive.idle_s,
+        ),
+        (
+            "ELECTRIC_DATABASE_TCP_KEEPALIVE_INTERVAL",
+            o.database_tcp_keepalive_interval,
+            &mut conn.keepalive.interval_s,
+        ),
+        (
+            "ELECTRIC_DATABASE_TCP_KEEPALIVE_COUNT",
+            o.database_tcp_keepalive_count,
+            &mut conn.keepalive.count,
+        ),
+    ];
+    for (name, value, slot) in settings {
+        match value {
+            Some(0) => {
+                return Err(format!(
+                    "{name} must be above 0 (unset it for the OS default)"
+                ))
+            }
+            Some(v) if slot.is_none() => *slot = Some(v),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Checks `cli` and builds the configuration, or says in one line what to fix.
 pub fn validate(cli: &Cli) -> Result<Config, String> {
     let o = &cli.options;
@@ -291,6 +339,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
             if conn.sslrootcert.is_none() {
                 conn.sslrootcert = o.database_ca_certificate_file.clone();
             }
+            apply_keepalive(&mut conn, o)?;
             if let Some(root) = &conn.sslrootcert {
                 if !root.is_file() {
                     return Err(format!(
@@ -299,7 +348,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
                     ));
                 }
             }
-            Database::External(conn)
+            Database::External(Box::new(conn))
         }
         _ => Database::Embedded,
     };
@@ -316,6 +365,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
             if conn.sslrootcert.is_none() {
                 conn.sslrootcert = o.database_ca_certificate_file.clone();
             }
+            apply_keepalive(&mut conn, o)?;
             Some(conn)
         }
         _ => None,

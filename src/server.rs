@@ -43,7 +43,7 @@ pub fn run(config: Config) -> Result<(), String> {
 
     let mut embedded = None;
     let conn = match &config.database {
-        Database::External(conn) => conn.clone(),
+        Database::External(conn) => (**conn).clone(),
         Database::Embedded => {
             let pg = DevPostgres::start(
                 &config.storage_dir.join("postgres"),

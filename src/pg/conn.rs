@@ -27,7 +27,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use shards::runtime::net::{TcpStream, UnixStream};
 
-use super::connstr::{ConnConfig, Host, SslMode};
+use super::connstr::{ConnConfig, Host, Keepalive, SslMode};
 use super::error::{DbError, PgError};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -391,6 +391,38 @@ impl Connection {
 
     pub fn backend_pid(&self) -> i32 {
         self.backend_pid
+    }
+
+    /// The socket's keepalive settings as the kernel has them: (on, idle
+    /// seconds, interval seconds, count); None on a Unix socket.
+    pub fn tcp_keepalive(&self) -> Option<(bool, i32, i32, i32)> {
+        use std::os::fd::AsRawFd;
+        let fd = match &self.transport {
+            Transport::Tcp(s) => s.as_raw_fd(),
+            Transport::Tls(s) => s.get_ref().0.as_raw_fd(),
+            Transport::Unix(_) => return None,
+        };
+        let get = |level: libc::c_int, name: libc::c_int| -> i32 {
+            let mut value: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: reads one int option into a local.
+            unsafe {
+                libc::getsockopt(
+                    fd,
+                    level,
+                    name,
+                    (&mut value as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            value
+        };
+        Some((
+            get(libc::SOL_SOCKET, libc::SO_KEEPALIVE) != 0,
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+        ))
     }
 
     /// Runs `sql` (one or more statements) with the simple query protocol.
@@ -1127,7 +1159,7 @@ async fn open(cfg: &ConnConfig) -> Result<Transport, PgError> {
 }
 
 async fn open_tcp(addr: SocketAddr, host: &str, cfg: &ConnConfig) -> Result<Transport, PgError> {
-    let mut stream = tcp(addr).await?;
+    let mut stream = tcp(addr, &cfg.keepalive).await?;
     if cfg.sslmode == SslMode::Disable {
         return Ok(Transport::Tcp(stream));
     }
@@ -1172,7 +1204,7 @@ async fn open_tcp(addr: SocketAddr, host: &str, cfg: &ConnConfig) -> Result<Tran
     }
 }
 
-async fn tcp(addr: SocketAddr) -> Result<TcpStream, PgError> {
+async fn tcp(addr: SocketAddr, keepalive: &Keepalive) -> Result<TcpStream, PgError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| connect_error(&addr.to_string(), e.into()))?;
@@ -1181,7 +1213,47 @@ async fn tcp(addr: SocketAddr) -> Result<TcpStream, PgError> {
     stream
         .set_nodelay(true)
         .map_err(|e| connect_error(&addr.to_string(), e.into()))?;
+    // A peer that vanished (a failover, a NAT dropping the flow) is found
+    // by the kernel's probes instead of a read that never returns.
+    set_keepalive(&stream, keepalive).map_err(|e| connect_error(&addr.to_string(), e))?;
     Ok(stream)
+}
+
+fn set_keepalive(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| -> io::Result<()> {
+        // SAFETY: a plain int option on a socket we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    if let Some(idle) = keepalive.idle_s {
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle as libc::c_int)?;
+    }
+    if let Some(interval) = keepalive.interval_s {
+        set(
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            interval as libc::c_int,
+        )?;
+    }
+    if let Some(count) = keepalive.count {
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count as libc::c_int)?;
+    }
+    Ok(())
 }
 
 async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, PgError> {

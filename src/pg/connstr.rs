@@ -14,7 +14,7 @@ pub const DEFAULT_APPLICATION_NAME: &str = "shapeshard";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const KNOWN_KEYS: &str =
-    "host, port, user, password, dbname, sslmode, sslrootcert, application_name, connect_timeout, options";
+    "host, port, user, password, dbname, sslmode, sslrootcert, application_name, connect_timeout, keepalives_idle, keepalives_interval, keepalives_count, options";
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnConfig {
@@ -32,8 +32,21 @@ pub struct ConnConfig {
     /// For the whole connect and authentication; zero means no limit (as
     /// `connect_timeout=0` does in libpq).
     pub connect_timeout: Duration,
+    /// TCP keepalive probes (always on, as in libpq): seconds idle before
+    /// the first, seconds between them, how many unanswered before the
+    /// connection is dropped. None: the OS defaults.
+    pub keepalive: Keepalive,
     /// Extra startup parameters, e.g. `("options", "-c statement_timeout=0")`.
     pub options: Vec<(String, String)>,
+}
+
+/// libpq's `keepalives_idle`, `keepalives_interval`, `keepalives_count`
+/// (Electric's `ELECTRIC_DATABASE_TCP_KEEPALIVE_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle_s: Option<u32>,
+    pub interval_s: Option<u32>,
+    pub count: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +148,7 @@ impl fmt::Debug for ConnConfig {
             .field("sslrootcert", &self.sslrootcert)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
+            .field("keepalive", &self.keepalive)
             .field("options", &self.options)
             .finish()
     }
@@ -266,6 +280,9 @@ struct Parts {
     sslrootcert: Option<String>,
     application_name: Option<String>,
     connect_timeout: Option<String>,
+    keepalives_idle: Option<String>,
+    keepalives_interval: Option<String>,
+    keepalives_count: Option<String>,
     options: Option<String>,
 }
 
@@ -282,6 +299,9 @@ impl Parts {
             "sslrootcert" => &mut self.sslrootcert,
             "application_name" => &mut self.application_name,
             "connect_timeout" => &mut self.connect_timeout,
+            "keepalives_idle" => &mut self.keepalives_idle,
+            "keepalives_interval" => &mut self.keepalives_interval,
+            "keepalives_count" => &mut self.keepalives_count,
             "options" => &mut self.options,
             _ => return false,
         };
@@ -335,6 +355,22 @@ impl Parts {
                 }
             },
         };
+        let seconds = |name: &str, value: Option<String>| -> Result<Option<u32>, ConnStrError> {
+            match value.filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<u32>() {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(ConnStrError::new(format!(
+                        "invalid {name} {v:?}: expected a whole number above 0"
+                    ))),
+                },
+            }
+        };
+        let keepalive = Keepalive {
+            idle_s: seconds("keepalives_idle", self.keepalives_idle)?,
+            interval_s: seconds("keepalives_interval", self.keepalives_interval)?,
+            count: seconds("keepalives_count", self.keepalives_count)?,
+        };
         Ok(ConnConfig {
             host,
             port,
@@ -352,6 +388,7 @@ impl Parts {
                 .application_name
                 .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_string()),
             connect_timeout,
+            keepalive,
             options: self
                 .options
                 .filter(|o| !o.is_empty())

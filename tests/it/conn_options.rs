@@ -111,3 +111,36 @@ fn check_config_says_what_postgres_lacks() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("cannot connect"), "{out}");
 }
+
+#[test]
+fn postgres_sockets_keep_alive_with_the_configured_probes() {
+    use shapeshard::pg::conn::Connection;
+    let db = database("keepalive");
+    let with = format!(
+        "{}&keepalives_idle=7&keepalives_interval=3&keepalives_count=4",
+        db.url
+    );
+    let cfg: shapeshard::pg::connstr::ConnConfig = with.parse().unwrap();
+    let plain = db.conn_config();
+    let (set, default) = crate::harness::block_on(move || async move {
+        let tuned = Connection::connect(&cfg).await.unwrap();
+        let plain = Connection::connect(&plain).await.unwrap();
+        (tuned.tcp_keepalive(), plain.tcp_keepalive())
+    });
+    assert_eq!(set, Some((true, 7, 3, 4)));
+    assert!(
+        default.unwrap().0,
+        "keepalive is on by default, as in libpq"
+    );
+    // Electric's variables fill in what the URL leaves out; a bad value is
+    // one line and exit code 2.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shapeshard"))
+        .env("DATABASE_URL", &db.url)
+        .env("ELECTRIC_INSECURE", "true")
+        .env("ELECTRIC_DATABASE_TCP_KEEPALIVE_IDLE", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("ELECTRIC_DATABASE_TCP_KEEPALIVE_IDLE must be above 0"));
+}
