@@ -23,6 +23,12 @@ use response::Body;
 /// kernel's backlog absorbs the burst.
 pub const MAX_CONNECTIONS_PER_SHARD: usize = 16 * 1024;
 
+/// Bound of a connection's read buffer while a request head is parsed
+/// (hyper's `max_buf_size`; its adaptive reads may take a head a few times
+/// larger before refusing it). Electric's client sends short heads; a long
+/// `where` travels in a POST body (subset snapshots) instead.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
 /// How long in-flight requests get to finish once a stop is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -95,6 +101,10 @@ async fn serve_connection(stream: net::TcpStream, context: Rc<HttpContext>, shut
     let connection = hyper::server::conn::http1::Builder::new()
         // hyper's header timeout needs a Send timer; glommio's is not.
         .header_read_timeout(None)
+        // Bounds the connection's read buffer: a request head that cannot
+        // be parsed within it is refused (431, or 414 for the URI) instead
+        // of being buffered without end.
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .keep_alive(true)
         .serve_connection(io::HyperIo(stream), service);
     let mut connection = std::pin::pin!(connection);

@@ -310,3 +310,44 @@ fn methods_headers_and_secret_on_every_path_spelling() {
     );
     server.stop();
 }
+
+/// Raw HTTP/1.1: the status line of the answer to `head`.
+fn raw_status(server: &Server, head: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let address = server.base_url().trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = socket.write_all(head);
+    let mut answer = vec![0u8; 64];
+    let n = socket.read(&mut answer).unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn oversized_request_heads_get_414_and_431() {
+    let db = database("shape_limits");
+    let server = Server::start(&db, &[]);
+    let mut uri = b"GET /v1/shape?table=".to_vec();
+    uri.extend(std::iter::repeat_n(b'a', 100_000));
+    uri.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(raw_status(&server, &uri), "HTTP/1.1 414 URI Too Long");
+    let mut header = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    header.extend(std::iter::repeat_n(b'b', 1_000_000));
+    header.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(
+        raw_status(&server, &header),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(
+        raw_status(&server, b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "HTTP/1.1 200 OK",
+        "an ordinary request still passes"
+    );
+    server.stop();
+}
