@@ -142,6 +142,12 @@ pub struct Options {
     #[arg(long, env = "ELECTRIC_SSE_TIMEOUT", default_value_t = 60_000)]
     pub sse_timeout: u64,
 
+    /// Milliseconds a client connection may sit with no request being
+    /// handled and no byte moving (an idle keep-alive, a slow request head,
+    /// a client that stopped reading) before it is dropped.
+    #[arg(long, env = "ELECTRIC_TCP_READ_TIMEOUT", default_value_t = 60_000)]
+    pub tcp_read_timeout: u64,
+
     /// Milliseconds of silence after which an SSE stream sends a
     /// `: keep-alive` comment (Electric: 21000).
     #[arg(long, env = "SHAPESHARD_SSE_KEEPALIVE_MS", default_value_t = 21_000)]
@@ -267,6 +273,7 @@ pub struct Config {
     pub long_poll_timeout: std::time::Duration,
     pub sse_timeout: std::time::Duration,
     pub sse_keepalive: std::time::Duration,
+    pub tcp_read_timeout: std::time::Duration,
     pub chunk_bytes_threshold: usize,
     pub enable_integration_testing: bool,
     pub cache_max_age: u32,
@@ -408,6 +415,12 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
             o.sse_timeout
         ));
     }
+    if o.tcp_read_timeout <= o.sse_keepalive_ms {
+        return Err(format!(
+            "ELECTRIC_TCP_READ_TIMEOUT {} ms must be above SHAPESHARD_SSE_KEEPALIVE_MS {} ms, or idle SSE streams are cut",
+            o.tcp_read_timeout, o.sse_keepalive_ms
+        ));
+    }
     if o.shard_memory_bytes < 1 << 20 {
         return Err(format!(
             "SHAPESHARD_SHARD_MEMORY_BYTES {} is too small: use at least 1048576 (the default is 268435456)",
@@ -460,6 +473,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         long_poll_timeout: std::time::Duration::from_millis(o.long_poll_timeout),
         sse_timeout: std::time::Duration::from_millis(o.sse_timeout),
         sse_keepalive: std::time::Duration::from_millis(o.sse_keepalive_ms),
+        tcp_read_timeout: std::time::Duration::from_millis(o.tcp_read_timeout),
         chunk_bytes_threshold: o.chunk_bytes_threshold,
         enable_integration_testing: o.enable_integration_testing,
         cache_max_age: o.cache_max_age,

@@ -137,6 +137,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         let routes = routes.clone();
         let shape_config = shape_config.clone();
         let memory_budget = config.shard_memory_bytes;
+        let read_timeout = config.tcp_read_timeout;
         let sse_settings = crate::http::shape::sse::SseSettings {
             timeout: config.sse_timeout,
             keepalive: config.sse_keepalive,
@@ -285,6 +286,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                     metrics,
                     sse: sse_settings,
                     shutdown: shutdown.clone(),
+                    read_timeout,
                 },
                 shutdown.clone(),
             );

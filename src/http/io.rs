@@ -6,7 +6,9 @@ use std::task::{ready, Context, Poll};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 
-pub struct HyperIo<S>(pub S);
+/// The stream, and when bytes last moved on it (either way): the
+/// connection's idle watchdog reads it.
+pub struct HyperIo<S>(pub S, pub std::rc::Rc<std::cell::Cell<std::time::Instant>>);
 
 impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
     fn poll_read(
@@ -24,6 +26,9 @@ impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
             std::slice::from_raw_parts_mut(uninit.as_mut_ptr().cast::<u8>(), uninit.len())
         };
         let n = ready!(Pin::new(&mut self.0).poll_read(cx, slice))?;
+        if n > 0 {
+            self.1.set(std::time::Instant::now());
+        }
         unsafe { buf.advance(n) };
         Poll::Ready(Ok(()))
     }
@@ -35,7 +40,11 @@ impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let n = ready!(Pin::new(&mut self.0).poll_write(cx, buf))?;
+        if n > 0 {
+            self.1.set(std::time::Instant::now());
+        }
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

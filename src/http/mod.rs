@@ -48,6 +48,9 @@ pub struct HttpContext {
     pub sse: shape::sse::SseSettings,
     /// Ends open SSE streams on a stop.
     pub shutdown: Shutdown,
+    /// A connection idle this long (no request handled, no byte moving)
+    /// is dropped.
+    pub read_timeout: Duration,
 }
 
 /// Accepts and serves connections on this shard until `shutdown`.
@@ -94,36 +97,107 @@ pub async fn serve(
 }
 
 async fn serve_connection(stream: net::TcpStream, context: Rc<HttpContext>, shutdown: Shutdown) {
-    let service = hyper::service::service_fn(move |request| {
-        let context = context.clone();
-        async move { Ok::<_, Infallible>(route(request, &context).await) }
-    });
+    let activity = Rc::new(std::cell::Cell::new(std::time::Instant::now()));
+    // Requests whose handler is running (a long-poll waits in there).
+    let in_flight = Rc::new(std::cell::Cell::new(0usize));
+    let read_timeout = context.read_timeout;
+    let deadlines = context.shapes.as_ref().map(|r| r.deadlines().clone());
+    let service = {
+        let in_flight = in_flight.clone();
+        hyper::service::service_fn(move |request| {
+            let context = context.clone();
+            let busy = Busy::new(in_flight.clone());
+            async move {
+                let response = route(request, &context).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
     let connection = hyper::server::conn::http1::Builder::new()
-        // hyper's header timeout needs a Send timer; glommio's is not.
+        // hyper's header timeout needs a Send timer; glommio's is not: the
+        // idle watchdog below bounds a slow head instead.
         .header_read_timeout(None)
         // Bounds the connection's read buffer: a request head that cannot
         // be parsed within it is refused (431, or 414 for the URI) instead
         // of being buffered without end.
         .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .keep_alive(true)
-        .serve_connection(io::HyperIo(stream), service);
+        .serve_connection(io::HyperIo(stream, activity.clone()), service);
     let mut connection = std::pin::pin!(connection);
+    // A connection with no request being handled and no byte moving for
+    // the read timeout is dropped: an idle keep-alive, a head sent too
+    // slowly, or a client that stopped reading its response (SSE
+    // keep-alives and long-polls in flight keep theirs). The wait is an
+    // entry in the shard's shared deadlines, not a timer per connection.
+    let watchdog = async {
+        loop {
+            let now = std::time::Instant::now();
+            let due = activity.get() + read_timeout;
+            if in_flight.get() == 0 && now >= due {
+                return;
+            }
+            let wake_at = if in_flight.get() > 0 {
+                now + read_timeout
+            } else {
+                due
+            };
+            match &deadlines {
+                Some(deadlines) => deadlines.at(wake_at).await,
+                None => runtime::sleep(wake_at.saturating_duration_since(now)).await,
+            }
+        }
+    };
+    enum End<T> {
+        Done(T),
+        Stop,
+        Idle,
+    }
     // On a stop, idle keep-alive connections close at once and busy ones
     // after their response (live requests answer early on a stop).
-    let result = match futures_lite::future::or(async { Some(connection.as_mut().await) }, async {
-        shutdown.wait().await;
-        None
-    })
-    .await
-    {
-        Some(result) => result,
-        None => {
+    let ended = futures_lite::future::or(
+        async { End::Done(connection.as_mut().await) },
+        futures_lite::future::or(
+            async {
+                shutdown.wait().await;
+                End::Stop
+            },
+            async {
+                watchdog.await;
+                End::Idle
+            },
+        ),
+    )
+    .await;
+    let result = match ended {
+        End::Done(result) => result,
+        End::Idle => {
+            tracing::debug!("closing a connection idle for {read_timeout:?}");
+            return;
+        }
+        End::Stop => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
     };
     if let Err(e) = result {
         tracing::debug!("connection ended: {e}");
+    }
+}
+
+/// Counts a request whose handler runs, until dropped.
+struct Busy(Rc<std::cell::Cell<usize>>);
+
+impl Busy {
+    fn new(count: Rc<std::cell::Cell<usize>>) -> Busy {
+        count.set(count.get() + 1);
+        Busy(count)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 

@@ -351,3 +351,74 @@ fn oversized_request_heads_get_414_and_431() {
     );
     server.stop();
 }
+
+/// Reads until the server closes the connection; how long that took.
+fn closed_within(socket: &mut std::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    socket.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(started.elapsed())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn idle_and_slow_connections_are_dropped_busy_ones_kept() {
+    use std::io::Write;
+    let db = database("shape_idle");
+    db.client()
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let server = Server::start(
+        &db,
+        &[
+            ("ELECTRIC_TCP_READ_TIMEOUT", "1500"),
+            ("SHAPESHARD_SSE_KEEPALIVE_MS", "500"),
+            ("ELECTRIC_LONG_POLL_TIMEOUT", "3000"),
+        ],
+    );
+    let address = server.base_url().trim_start_matches("http://").to_string();
+
+    // A head that never ends (slowloris).
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let took = closed_within(&mut slow, Duration::from_secs(8)).expect("a slow head is dropped");
+    assert!(
+        took >= Duration::from_millis(1_000),
+        "dropped too early: {took:?}"
+    );
+
+    // An idle keep-alive after a complete request.
+    let mut idle = std::net::TcpStream::connect(&address).unwrap();
+    idle.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    closed_within(&mut idle, Duration::from_secs(8)).expect("an idle keep-alive is dropped");
+
+    // A long-poll longer than the read timeout is answered, not cut.
+    let first = server.get("/v1/shape?table=t&offset=-1");
+    let handle = first.header("electric-handle").unwrap().to_string();
+    let end = server
+        .get(&format!("/v1/shape?table=t&offset=0_0&handle={handle}"))
+        .header("electric-offset")
+        .unwrap()
+        .to_string();
+    let started = std::time::Instant::now();
+    let live = server.get(&format!(
+        "/v1/shape?table=t&offset={end}&handle={handle}&live=true"
+    ));
+    assert_eq!(live.status, 200, "{}", live.body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_500),
+        "the long-poll ran its course"
+    );
+    server.stop();
+}
