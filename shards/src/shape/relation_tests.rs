@@ -11,7 +11,7 @@ use crate::routes::RouteTable;
 use crate::shape::definition::definition_hash;
 use crate::shape::encode::PgSnapshot;
 use crate::shape::registry::{schema_fingerprint, Registry};
-use crate::shape::test_support::{id_equals_shape, id_relation};
+use crate::shape::test_support::{id_equals_loader, id_equals_shape, id_relation};
 use crate::storage::meta::{LogRecord, MetaBatch, MetaStore, ShapeRecord};
 
 const SHAPES: u64 = 100_000;
@@ -22,16 +22,7 @@ fn a_relation_message_builds_no_cold_shape() {
     let _ = std::fs::remove_dir_all(&dir);
     let meta = MetaStore::open(&dir.join("meta")).expect("meta");
     let mut registry = Registry::new(0, Arc::new(RouteTable::new()), 1 << 16, &dir.join("shapes"));
-    registry.set_loader(
-        meta,
-        Box::new(|persisted: &[u8]| {
-            let n = std::str::from_utf8(persisted)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .ok_or("bad creation record")?;
-            Ok(id_equals_shape(n))
-        }),
-    );
+    registry.set_loader(meta, id_equals_loader());
     let end = PgSnapshot {
         xmin: 10,
         xmax: 10,

@@ -12,8 +12,8 @@ use crate::lsn::Lsn;
 use crate::routes::RouteTable;
 use crate::shape::encode::PgSnapshot;
 use crate::shape::registry::Registry;
-use crate::shape::test_support::{id_equals_shape, id_relation};
-use crate::storage::meta::{CheckpointBatch, MetaStore};
+use crate::shape::test_support::{checkpoint, id_equals_loader, id_equals_shape, id_relation};
+use crate::storage::meta::MetaStore;
 
 /// The snapshot's WAL position; transactions below it committed before.
 const SNAPSHOT_LSN: u64 = 50_000;
@@ -31,42 +31,12 @@ fn tx(xid: u32, commit: u64, id: u64) -> Arc<Transaction> {
     })
 }
 
-fn loader() -> crate::shape::registry::SpecLoader {
-    Box::new(|persisted: &[u8]| {
-        let n = std::str::from_utf8(persisted)
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or("bad creation record")?;
-        Ok(id_equals_shape(n))
-    })
-}
-
 /// A registry on `dir` (LMDB opens once per process: `meta` is shared by
 /// the registries of one test, as by a shard's restarts).
 fn registry(dir: &std::path::Path, meta: MetaStore) -> Registry {
     let mut registry = Registry::new(0, Arc::new(RouteTable::new()), 1 << 16, &dir.join("shapes"));
-    registry.set_loader(meta, loader());
+    registry.set_loader(meta, id_equals_loader());
     registry
-}
-
-/// Everything to LMDB and the files, as a checkpoint does.
-fn checkpoint(registry: &mut Registry, meta: &MetaStore) {
-    meta.commit(&registry.take_meta_batch())
-        .expect("meta commit");
-    let mut logs = Vec::new();
-    for (shape, captured, record) in registry.capture_logs() {
-        for write in &captured.writes {
-            write.apply().expect("file write");
-        }
-        shape.written(&captured);
-        logs.push((shape.id, record));
-    }
-    meta.checkpoint(&CheckpointBatch {
-        logs,
-        stamps: registry.take_read_stamps(),
-        at: Default::default(),
-    })
-    .expect("checkpoint");
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {

@@ -95,3 +95,40 @@ pub fn id_equals_shape(n: u64) -> ShapeSpec {
     spec.persisted = n.to_string().into_bytes();
     spec
 }
+
+/// Rebuilds `id_equals_shape(n)` from its creation record (`n` as text),
+/// as the edge's loader rebuilds cold shapes.
+pub fn id_equals_loader() -> super::registry::SpecLoader {
+    Box::new(|persisted: &[u8]| {
+        let n = std::str::from_utf8(persisted)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or("bad creation record")?;
+        Ok(id_equals_shape(n))
+    })
+}
+
+/// What the group commit does at a tick and a checkpoint, inline: the
+/// meta batch to LMDB, every tail to its files (trimmed), the log states
+/// and read stamps to LMDB.
+pub fn checkpoint(
+    registry: &mut super::registry::Registry,
+    meta: &crate::storage::meta::MetaStore,
+) {
+    meta.commit(&registry.take_meta_batch())
+        .expect("meta commit");
+    let mut logs = Vec::new();
+    for (shape, captured, record) in registry.capture_logs() {
+        for write in &captured.writes {
+            write.apply().expect("file write");
+        }
+        shape.written(&captured);
+        logs.push((shape.id, record));
+    }
+    meta.checkpoint(&crate::storage::meta::CheckpointBatch {
+        logs,
+        stamps: registry.take_read_stamps(),
+        at: Default::default(),
+    })
+    .expect("checkpoint");
+}

@@ -11,7 +11,7 @@ use crate::shape::encode::PgSnapshot;
 use crate::shape::log::LogRead;
 use crate::shape::offset::LogOffset;
 use crate::shape::registry::{Registry, Shape};
-use crate::shape::test_support::{id_equals_shape, id_relation};
+use crate::shape::test_support::{checkpoint, id_equals_loader, id_equals_shape, id_relation};
 use crate::storage::meta::MetaStore;
 
 fn insert_tx(commit: u64, ids: &[u64]) -> Arc<Transaction> {
@@ -49,35 +49,13 @@ fn read_all(shape: &Shape) -> Vec<u8> {
     }
 }
 
-/// What the group commit does at a checkpoint, inline: the meta batch to
-/// LMDB, every tail to its files, trimmed.
-fn checkpoint(registry: &mut Registry, meta: &MetaStore) {
-    meta.commit(&registry.take_meta_batch())
-        .expect("meta commit");
-    for (shape, captured, _) in registry.capture_logs() {
-        for write in &captured.writes {
-            write.apply().expect("file write");
-        }
-        shape.written(&captured);
-    }
-}
-
 #[test]
 fn idle_shapes_unload_to_cold_and_come_back_with_the_same_log() {
     let dir = std::env::temp_dir().join(format!("shapeshard-unload-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let meta = MetaStore::open(&dir.join("meta")).expect("meta");
     let mut registry = Registry::new(0, Arc::new(RouteTable::new()), 256, &dir.join("shapes"));
-    registry.set_loader(
-        meta,
-        Box::new(|persisted: &[u8]| {
-            let n = std::str::from_utf8(persisted)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .ok_or("bad creation record")?;
-            Ok(id_equals_shape(n))
-        }),
-    );
+    registry.set_loader(meta, id_equals_loader());
     let mut handles = Vec::new();
     for n in 0..3 {
         let shape = registry.insert(id_equals_shape(n));
@@ -153,16 +131,7 @@ fn a_failing_metadata_read_never_deletes_a_cold_shape() {
     let _ = std::fs::remove_dir_all(&dir);
     let meta = MetaStore::open(&dir.join("meta")).expect("meta");
     let mut registry = Registry::new(0, Arc::new(RouteTable::new()), 256, &dir.join("shapes"));
-    registry.set_loader(
-        meta,
-        Box::new(|persisted: &[u8]| {
-            let n = std::str::from_utf8(persisted)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .ok_or("bad creation record")?;
-            Ok(id_equals_shape(n))
-        }),
-    );
+    registry.set_loader(meta, id_equals_loader());
     let shape = registry.insert(id_equals_shape(4));
     let snapshot = PgSnapshot {
         xmin: 50,
@@ -224,12 +193,7 @@ fn reads_write_no_metadata_record_and_their_stamps_reach_lmdb_at_checkpoints() {
         registry.take_meta_batch().is_empty(),
         "a read rewrote the shape's metadata record"
     );
-    meta.checkpoint(&crate::storage::meta::CheckpointBatch {
-        logs: Vec::new(),
-        stamps: registry.take_read_stamps(),
-        at: Default::default(),
-    })
-    .expect("checkpoint");
+    checkpoint(&mut registry, &meta);
     let loaded = meta.load().expect("load");
     assert_eq!(loaded.shapes.len(), 1);
     assert_eq!(loaded.shapes[0].last_read, 100, "the newest stamp is kept");
