@@ -132,25 +132,50 @@ pub struct SnapshotSql {
     pub where_at: Option<usize>,
 }
 
+impl SnapshotSql {
+    /// `SELECT <key and selected columns, in table order> FROM <table>`:
+    /// the head of every query that reads a shape's rows.
+    pub(super) fn select(schema: &TableSchema, selected: &[usize], key: &[usize]) -> SnapshotSql {
+        let mut columns: Vec<usize> = selected.iter().chain(key).copied().collect();
+        columns.sort_unstable();
+        columns.dedup();
+        let list: Vec<String> = columns
+            .iter()
+            .map(|&i| quote_ident(&schema.columns[i].name))
+            .collect();
+        SnapshotSql {
+            sql: format!(
+                "SELECT {} FROM {}.{}",
+                list.join(", "),
+                quote_ident(&schema.table.schema),
+                quote_ident(&schema.table.name)
+            ),
+            params: Vec::new(),
+            columns,
+            width: schema.columns.len(),
+            where_at: None,
+        }
+    }
+
+    /// A result row spread to table width (the encoders' row layout).
+    pub(super) fn table_row<'r>(&self, row: &'r crate::pg::conn::Row) -> Vec<Option<&'r str>> {
+        let mut values = vec![None; self.width];
+        for (n, &column) in self.columns.iter().enumerate() {
+            values[column] = row.get(n);
+        }
+        values
+    }
+}
+
 fn snapshot_query(
     schema: &TableSchema,
     selected: &[usize],
     key: &[usize],
     filter: Option<&filter::Filter>,
 ) -> SnapshotSql {
-    let mut columns: Vec<usize> = selected.iter().chain(key).copied().collect();
-    columns.sort_unstable();
-    columns.dedup();
-    let list: Vec<String> = columns
-        .iter()
-        .map(|&i| quote_ident(&schema.columns[i].name))
-        .collect();
-    let mut sql = format!(
-        "SELECT {} FROM {}.{}",
-        list.join(", "),
-        quote_ident(&schema.table.schema),
-        quote_ident(&schema.table.name)
-    );
+    let SnapshotSql {
+        mut sql, columns, ..
+    } = SnapshotSql::select(schema, selected, key);
     let mut params = Vec::new();
     let mut where_at = None;
     if let Some(filter) = filter {
@@ -215,10 +240,7 @@ async fn snapshot(
             if shape.is_gone() {
                 break;
             }
-            let mut values: Vec<Option<&str>> = vec![None; sql.width];
-            for (n, &column) in sql.columns.iter().enumerate() {
-                values[column] = row.get(n);
-            }
+            let values = sql.table_row(&row);
             shape.push_snapshot_row(&values, &mut scratch);
             // Over the shard's memory budget: wait for a flush or a
             // checkpoint to write rows out (Postgres holds the rest).
@@ -253,39 +275,7 @@ fn select_columns(
     let Some(columns) = columns else {
         return Ok((0..schema.columns.len()).collect());
     };
-    let missing_pk: Vec<&str> = {
-        let mut pk: Vec<(usize, &str)> = schema
-            .columns
-            .iter()
-            .filter_map(|c| c.pk_index.map(|k| (k, c.name.as_str())))
-            .filter(|(_, name)| !columns.iter().any(|c| c == name))
-            .collect();
-        pk.sort();
-        pk.into_iter().map(|(_, n)| n).collect()
-    };
-    if !missing_pk.is_empty() {
-        return Err(ShapeReply::invalid(&[(
-            "columns",
-            format!(
-                "The list of columns must include all primary key columns, missing: {}",
-                missing_pk.join(", ")
-            ),
-        )]));
-    }
-    let unknown: Vec<&str> = columns
-        .iter()
-        .filter(|c| schema.column_index(c).is_none())
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ShapeReply::invalid(&[(
-            "columns",
-            format!(
-                "The following columns are not found on the table: {}",
-                unknown.join(", ")
-            ),
-        )]));
-    }
+    check_column_list(schema, columns, "columns", "columns")?;
     let mut selected: Vec<usize> = columns
         .iter()
         .filter_map(|c| schema.column_index(c))
@@ -293,6 +283,49 @@ fn select_columns(
     selected.sort_unstable();
     selected.dedup();
     Ok(selected)
+}
+
+/// A list of column names (`columns`, `queryable_columns`) must include
+/// the primary key and name only columns of the table; the 400 names the
+/// request field `field` and calls the list `what`.
+pub(super) fn check_column_list(
+    schema: &TableSchema,
+    names: &[String],
+    field: &'static str,
+    what: &str,
+) -> Result<(), ShapeReply> {
+    let mut missing_pk: Vec<(usize, &str)> = schema
+        .columns
+        .iter()
+        .filter_map(|c| c.pk_index.map(|k| (k, c.name.as_str())))
+        .filter(|(_, name)| !names.iter().any(|c| c == name))
+        .collect();
+    missing_pk.sort();
+    if !missing_pk.is_empty() {
+        let missing: Vec<&str> = missing_pk.into_iter().map(|(_, n)| n).collect();
+        return Err(ShapeReply::invalid(&[(
+            field,
+            format!(
+                "The list of {what} must include all primary key columns, missing: {}",
+                missing.join(", ")
+            ),
+        )]));
+    }
+    let unknown: Vec<&str> = names
+        .iter()
+        .filter(|c| schema.column_index(c).is_none())
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ShapeReply::invalid(&[(
+            field,
+            format!(
+                "The following columns are not found on the table: {}",
+                unknown.join(", ")
+            ),
+        )]));
+    }
+    Ok(())
 }
 
 pub(super) fn unreachable_db(e: &PgError) -> ShapeReply {

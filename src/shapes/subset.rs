@@ -13,6 +13,7 @@ use shards::shape::where_clause::{WhereClause, WhereColumn};
 use shards::Lsn;
 
 use super::catalog::{self, TableInfo};
+use super::create::SnapshotSql;
 use super::filter;
 use super::service::ShapeService;
 use crate::http::shape::reply::ShapeReply;
@@ -86,14 +87,6 @@ impl ShapeService {
     }
 }
 
-struct SubsetQuery {
-    sql: String,
-    params: Vec<String>,
-    /// Table column index of each output column.
-    columns: Vec<usize>,
-    width: usize,
-}
-
 /// Validates the subset against the table (only `queryable_columns` when
 /// given) and builds the query.
 fn subset_query(
@@ -101,7 +94,7 @@ fn subset_query(
     info: &TableInfo,
     subset: &Subset,
     queryable: Option<&[String]>,
-) -> Result<SubsetQuery, ShapeReply> {
+) -> Result<SnapshotSql, ShapeReply> {
     let schema = &info.schema;
     if let Some(queryable) = queryable {
         check_queryable(schema, queryable)?;
@@ -135,25 +128,9 @@ fn subset_query(
         conditions.push(sql);
         params.extend(values);
     }
-    let mut columns: Vec<usize> = shape
-        .spec
-        .selected
-        .iter()
-        .chain(&shape.spec.key)
-        .copied()
-        .collect();
-    columns.sort_unstable();
-    columns.dedup();
-    let list: Vec<String> = columns
-        .iter()
-        .map(|&i| quote_ident(&schema.columns[i].name))
-        .collect();
-    let mut sql = format!(
-        "SELECT {} FROM {}.{}",
-        list.join(", "),
-        quote_ident(&schema.table.schema),
-        quote_ident(&schema.table.name)
-    );
+    let SnapshotSql {
+        mut sql, columns, ..
+    } = SnapshotSql::select(schema, &shape.spec.selected, &shape.spec.key);
     if !conditions.is_empty() {
         let wrapped: Vec<String> = conditions.iter().map(|c| format!("({c})")).collect();
         sql.push_str(" WHERE ");
@@ -191,11 +168,12 @@ fn subset_query(
     if let Some(offset) = subset.offset {
         sql.push_str(&format!(" OFFSET {offset}"));
     }
-    Ok(SubsetQuery {
+    Ok(SnapshotSql {
         sql,
         params,
         columns,
         width: schema.columns.len(),
+        where_at: None,
     })
 }
 
@@ -205,38 +183,7 @@ pub(super) fn check_queryable(
     schema: &shards::shape::schema::TableSchema,
     queryable: &[String],
 ) -> Result<(), ShapeReply> {
-    let unknown: Vec<&str> = queryable
-        .iter()
-        .filter(|c| schema.column_index(c).is_none())
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ShapeReply::invalid(&[(
-            "queryable_columns",
-            format!(
-                "The following columns are not found on the table: {}",
-                unknown.join(", ")
-            ),
-        )]));
-    }
-    let mut missing: Vec<(usize, &str)> = schema
-        .columns
-        .iter()
-        .filter_map(|c| c.pk_index.map(|k| (k, c.name.as_str())))
-        .filter(|(_, name)| !queryable.iter().any(|q| q == name))
-        .collect();
-    missing.sort();
-    if !missing.is_empty() {
-        let names: Vec<&str> = missing.into_iter().map(|(_, n)| n).collect();
-        return Err(ShapeReply::invalid(&[(
-            "queryable_columns",
-            format!(
-                "The list of queryable columns must include all primary key columns, missing: {}",
-                names.join(", ")
-            ),
-        )]));
-    }
-    Ok(())
+    super::create::check_column_list(schema, queryable, "queryable_columns", "queryable columns")
 }
 
 enum RunError {
@@ -255,7 +202,7 @@ impl From<PgError> for RunError {
 async fn run(
     conn: &mut crate::pg::conn::Connection,
     shape: &Shape,
-    query: &SubsetQuery,
+    query: &SnapshotSql,
 ) -> Result<Bytes, RunError> {
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
@@ -286,10 +233,7 @@ async fn run(
     let layout = shape.layout();
     let mut first = true;
     while let Some(row) = stream.next().await? {
-        let mut values: Vec<Option<&str>> = vec![None; query.width];
-        for (n, &column) in query.columns.iter().enumerate() {
-            values[column] = row.get(n);
-        }
+        let values = query.table_row(&row);
         if !first {
             body.push(b',');
         }
