@@ -111,30 +111,6 @@ impl ShardCore {
         }
     }
 
-    /// Over the memory budget (journal + tails waiting for durability or a
-    /// checkpoint), take nothing more from the feed until a flush or a
-    /// checkpoint frees some: the bounded feed then stops the ingest, and
-    /// the backlog waits in Postgres' slot, not in this process.
-    async fn wait_for_memory(&self) {
-        loop {
-            let (over, freed) = {
-                let registry = self.registry.borrow();
-                (registry.over_budget(), registry.freed())
-            };
-            if !over || self.signals.failed.get() {
-                return;
-            }
-            let freed = freed.listen();
-            self.signals
-                .budget_waits
-                .set(self.signals.budget_waits.get() + 1);
-            self.signals.pressure.set(true);
-            self.signals.wake.notify_all();
-            // Bounded: re-check even if no wake-up comes.
-            runtime::timeout(std::time::Duration::from_millis(100), freed).await;
-        }
-    }
-
     /// Consumes the feed until the ingest closes it (on shutdown, after its
     /// last event: the shard drains everything it was sent), then makes it
     /// all durable. An I/O error of the segment log stops the shard: nothing
@@ -143,7 +119,11 @@ impl ShardCore {
         let commit = self.commit.take().expect("run once");
         let committer = runtime::spawn_local(commit.run());
         loop {
-            self.wait_for_memory().await;
+            // Over the memory budget, take nothing more from the feed: the
+            // bounded feed then stops the ingest, and the backlog waits in
+            // Postgres' slot, not in this process.
+            crate::shape::registry::wait_for_memory(&self.registry, || self.signals.failed.get())
+                .await;
             let Some(event) = feed.recv().await else {
                 break;
             };

@@ -244,17 +244,7 @@ async fn snapshot(
             shape.push_snapshot_row(&values, &mut scratch);
             // Over the shard's memory budget: wait for a flush or a
             // checkpoint to write rows out (Postgres holds the rest).
-            loop {
-                let (over, freed) = {
-                    let registry = service.registry.borrow();
-                    (registry.over_budget(), registry.freed())
-                };
-                if !over || shape.is_gone() {
-                    break;
-                }
-                let freed = freed.listen();
-                runtime::timeout(std::time::Duration::from_millis(100), freed).await;
-            }
+            shards::shape::registry::wait_for_memory(&service.registry, || shape.is_gone()).await;
             runtime::yield_if_needed().await;
         }
     }

@@ -481,6 +481,26 @@ enum Applied {
 /// format: catalog columns, where-clause compiler).
 pub type SpecLoader = Box<dyn Fn(&[u8]) -> Result<ShapeSpec, String>>;
 
+/// While the shard is over its memory budget, waits for a flush or a
+/// checkpoint (asked to come early) to write some out; gives up when
+/// `stop()` says so. Used by the feed consumer and by snapshot writers, so
+/// the backlog stays in Postgres rather than in memory.
+pub async fn wait_for_memory(registry: &RefCell<Registry>, stop: impl Fn() -> bool) {
+    loop {
+        let freed = {
+            let mut registry = registry.borrow_mut();
+            if !registry.over_budget() || stop() {
+                return;
+            }
+            registry.memory_pressure = true;
+            registry.memory_waits += 1;
+            registry.freed.listen()
+        };
+        // Bounded: re-check even if no wake-up comes.
+        crate::runtime::timeout(std::time::Duration::from_millis(100), freed).await;
+    }
+}
+
 /// Reads of a creation record tried before giving up on the metadata.
 const META_READ_ATTEMPTS: u32 = 3;
 
@@ -538,6 +558,11 @@ pub struct Registry {
     memory_budget: usize,
     /// Pinged when memory is freed (a flush, a checkpoint's trim).
     freed: Rc<Notify>,
+    /// Someone waits on the budget: the next tick checkpoints (trimming
+    /// tails) without waiting for its interval.
+    memory_pressure: bool,
+    /// Waits on the budget so far (feed and snapshots).
+    memory_waits: u64,
     journal: Journal,
     /// Shapes by last read, oldest first (LRU eviction).
     by_read: BTreeSet<(u64, ShapeId)>,
@@ -590,6 +615,8 @@ impl Registry {
             memory: Rc::default(),
             memory_budget: usize::MAX,
             freed: Notify::new(),
+            memory_pressure: false,
+            memory_waits: 0,
             journal: Rc::default(),
             by_read: BTreeSet::new(),
             files_dir: files_dir.to_path_buf(),
@@ -779,6 +806,15 @@ impl Registry {
     /// Fires when a flush or a checkpoint freed memory.
     pub fn freed(&self) -> Rc<Notify> {
         self.freed.clone()
+    }
+
+    /// Whether someone waited on the budget since the last call.
+    pub fn take_memory_pressure(&mut self) -> bool {
+        std::mem::take(&mut self.memory_pressure)
+    }
+
+    pub fn memory_waits(&self) -> u64 {
+        self.memory_waits
     }
 
     /// Cold shapes built since start.

@@ -90,11 +90,6 @@ pub struct CommitSignals {
     /// once a tick has passed, so a busy feed cannot stretch the tick.
     pub last_commit: Cell<Option<std::time::Instant>>,
     pub wake: Rc<Notify>,
-    /// Set by the shard core when it waits on the memory budget: the next
-    /// tick checkpoints (trimming tails) without waiting for its interval.
-    pub pressure: Cell<bool>,
-    /// Times the feed or a snapshot waited on the memory budget.
-    pub budget_waits: Cell<u64>,
 }
 
 pub struct GroupCommit {
@@ -160,7 +155,7 @@ impl GroupCommit {
             let checkpoint_due = closing
                 || (!in_flight.get()
                     && (last_checkpoint.elapsed() >= self.config.checkpoint_interval
-                        || self.signals.pressure.replace(false)));
+                        || self.registry.borrow_mut().take_memory_pressure()));
             let (records, batch, checkpoint) = {
                 let mut registry = self.registry.borrow_mut();
                 let records = std::mem::take(&mut *journal.borrow_mut());
@@ -264,7 +259,7 @@ impl GroupCommit {
             std::sync::atomic::Ordering::Relaxed,
         );
         StorageGauges::set(&g.memory_budget_bytes, registry.memory_budget() as u64);
-        StorageGauges::set(&g.budget_waits, self.signals.budget_waits.get());
+        StorageGauges::set(&g.budget_waits, registry.memory_waits());
     }
 }
 
