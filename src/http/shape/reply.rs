@@ -29,6 +29,14 @@ impl ShapeReply {
         }
     }
 
+    /// The value of header `name`, if set.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> ShapeReply {
         self.headers.push((name, value.into()));
         self

@@ -296,15 +296,6 @@ fn split_messages(array: &[u8]) -> Vec<&[u8]> {
     messages
 }
 
-impl ShapeReply {
-    pub fn header_value(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
