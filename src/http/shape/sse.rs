@@ -25,7 +25,6 @@ use shards::shape::offset::LogOffset;
 
 use super::forward::Router;
 use super::live::{LiveHub, WatchUse};
-use super::reply::ShapeReply;
 use super::request::{ShapeRequest, StartOffset};
 use crate::http::response::Body;
 use crate::metrics::Metrics;
