@@ -508,7 +508,15 @@ fn changes_only_logs_and_schema_changes() {
     });
     assert!(client.rows.contains_key("\"public\".\"items\"/\"3\""));
 
-    // A column added under the shapes: they must be refetched.
+    // A shape naming its columns, followed to the end before the change.
+    let mut named = ShapeClient::new("table=items&columns=id,title");
+    crate::harness::wait_for("the named shape", Duration::from_secs(20), || {
+        named.poll(&server).unwrap();
+        (named.up_to_date && named.rows.len() == 3).then_some(())
+    });
+
+    // A column added under the shapes: those selecting every column must be
+    // refetched.
     db.client()
         .batch_execute(
             "ALTER TABLE items ADD COLUMN extra text; INSERT INTO items VALUES (4, 'four', 'x')",
@@ -533,4 +541,14 @@ fn changes_only_logs_and_schema_changes() {
             "{query}"
         );
     }
+    // The named shape uses none of what changed: it stays (no 409) and
+    // receives the new row without the new column.
+    crate::harness::wait_for("the row after ADD COLUMN", Duration::from_secs(20), || {
+        named.poll(&server).unwrap();
+        named.rows.contains_key("\"public\".\"items\"/\"4\"").then_some(())
+    });
+    let four = &named.rows["\"public\".\"items\"/\"4\""];
+    assert_eq!(four.get("title").and_then(|v| v.as_str()), Some("four"));
+    assert!(!four.contains_key("extra"), "{four:?}");
+    assert_eq!(named.rows.len(), 4);
 }

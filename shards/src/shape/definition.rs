@@ -93,6 +93,16 @@ impl ShapeDefinition {
     }
 }
 
+/// Whether the shape a canonical definition names selects every column
+/// (no `columns` list). User text (params, column names) sits before the
+/// fixed `|replica=` tail, and a column list is never empty when present,
+/// so only a select-all definition has `|columns=` right before the tail.
+pub fn canonical_selects_all(canonical: &str) -> bool {
+    canonical
+        .rfind("|replica=")
+        .is_some_and(|tail| canonical[..tail].ends_with("|columns="))
+}
+
 /// The hash of a normalised definition (`ShapeDefinition::canonical`).
 pub fn definition_hash(canonical: &str) -> u64 {
     stable_hash(canonical.as_bytes())

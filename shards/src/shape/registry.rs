@@ -19,11 +19,11 @@ use crate::storage::meta::{LogRecord, MetaBatch, MetaStore, ShapeRecord};
 use crate::storage::record::{self, Kind};
 
 use super::convert::Converter;
-use super::definition::{definition_hash, ShapeDefinition, ShapeHandle};
+use super::definition::{canonical_selects_all, definition_hash, ShapeDefinition, ShapeHandle};
 use super::encode::{self, Layout, OpenEntry, PgSnapshot, TxContext};
 use super::log::{Captured, LogRead, ShapeLog};
 use super::offset::LogOffset;
-use super::relation_index::{relation_fingerprint, table_fingerprint, RelationShapes};
+use super::relation_index::{table_fingerprint, RelationColumns, RelationShapes};
 use super::schema::TableSchema;
 
 pub use super::relation_index::schema_fingerprint;
@@ -413,7 +413,11 @@ impl Shape {
                         .as_ref()
                         .is_some_and(|r| Arc::ptr_eq(r, relation));
                     if !known {
-                        if table_fingerprint(&self.spec.schema) != relation_fingerprint(relation) {
+                        let holds = RelationColumns::of(relation).keeps(
+                            table_fingerprint(&self.spec.schema),
+                            self.spec.definition.columns.is_none(),
+                        );
+                        if !holds {
                             return Applied::Invalidated("its table's columns changed");
                         }
                         state.relation = Some(relation.clone());
@@ -1214,18 +1218,24 @@ impl Registry {
     pub fn apply_relation(&mut self, relation: &Arc<Relation>) {
         // pgoutput re-sends a table's Relation at every session start and
         // after cache invalidations: the same one again changes nothing.
-        let fingerprint = relation_fingerprint(relation);
-        if self.relations_seen.insert(relation.id, fingerprint) == Some(fingerprint) {
+        let columns = RelationColumns::of(relation);
+        if self.relations_seen.insert(relation.id, columns.fingerprint()) == Some(columns.fingerprint()) {
             return;
         }
-        // Compared by fingerprint: no shape is built for this (a table
-        // with 100k cold shapes would stall the shard building them).
+        // Decided from the stored fingerprint and definition: no shape is
+        // built for this (a table with 100k cold shapes would stall the
+        // shard building them).
         let stale: Vec<ShapeId> = self
             .shapes_on(relation.id)
             .into_iter()
             .filter(|id| match (self.shapes.get(id), self.cold.get(id)) {
-                (Some(shape), _) => table_fingerprint(&shape.spec.schema) != fingerprint,
-                (None, Some(cold)) => cold.fingerprint != fingerprint,
+                (Some(shape), _) => !columns.keeps(
+                    table_fingerprint(&shape.spec.schema),
+                    shape.spec.definition.columns.is_none(),
+                ),
+                (None, Some(cold)) => {
+                    !columns.keeps(cold.fingerprint, canonical_selects_all(&cold.canonical))
+                }
                 (None, None) => false,
             })
             .collect();

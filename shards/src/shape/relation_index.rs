@@ -13,33 +13,72 @@ use crate::shape::schema::TableSchema;
 /// oids, in order (what a shape was validated against). Kept with cold
 /// shapes, so a Relation message is checked without building them.
 pub fn schema_fingerprint<'a>(columns: impl Iterator<Item = (&'a str, u32)>) -> u64 {
+    prefix_fingerprints(columns).last().copied().unwrap_or(FNV_OFFSET)
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The fingerprint of each prefix of `columns` (first column, first two,
+/// …): FNV-1a is a running hash, so the fingerprint of a shape validated
+/// before columns were appended is one of these.
+fn prefix_fingerprints<'a>(columns: impl Iterator<Item = (&'a str, u32)>) -> Vec<u64> {
     // FNV-1a: stable across runs and builds (it is stored).
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash: u64 = FNV_OFFSET;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
             hash ^= u64::from(b);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
+        hash
     };
-    for (name, type_oid) in columns {
-        eat(name.as_bytes());
-        eat(&[0]);
-        eat(&type_oid.to_le_bytes());
-    }
-    hash
+    columns
+        .map(|(name, type_oid)| {
+            eat(name.as_bytes());
+            eat(&[0]);
+            eat(&type_oid.to_le_bytes())
+        })
+        .collect()
 }
 
 pub(crate) fn table_fingerprint(schema: &TableSchema) -> u64 {
     schema_fingerprint(schema.columns.iter().map(|c| (c.name.as_str(), c.type_oid)))
 }
 
-pub(crate) fn relation_fingerprint(relation: &Relation) -> u64 {
-    schema_fingerprint(
-        relation
-            .columns
-            .iter()
-            .map(|c| (c.name.as_str(), c.type_oid)),
-    )
+/// A table's columns as a Relation message describes them, for deciding
+/// which of its shapes still hold.
+pub(crate) struct RelationColumns {
+    prefixes: Vec<u64>,
+}
+
+impl RelationColumns {
+    pub(crate) fn of(relation: &Relation) -> Self {
+        Self {
+            prefixes: prefix_fingerprints(
+                relation
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.as_str(), c.type_oid)),
+            ),
+        }
+    }
+
+    /// The fingerprint of the whole table.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        self.prefixes.last().copied().unwrap_or(FNV_OFFSET)
+    }
+
+    /// Whether a shape validated against columns with `fingerprint` still
+    /// holds. A shape that selects every column holds only against the same
+    /// columns (as Electric: its rows would change shape). One that names
+    /// its columns also holds when columns were only appended (`ADD
+    /// COLUMN`): every column it uses keeps its name, type and position, so
+    /// its filter and row layout stay right and it never sees the new ones.
+    pub(crate) fn keeps(&self, fingerprint: u64, selects_all: bool) -> bool {
+        if selects_all {
+            return self.fingerprint() == fingerprint;
+        }
+        self.prefixes.contains(&fingerprint)
+    }
 }
 
 /// The shapes on one relation, indexed by their where clause's

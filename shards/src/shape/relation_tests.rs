@@ -11,7 +11,9 @@ use crate::routes::RouteTable;
 use crate::shape::definition::definition_hash;
 use crate::shape::encode::PgSnapshot;
 use crate::shape::registry::{schema_fingerprint, Registry};
-use crate::shape::test_support::{id_equals_loader, id_equals_shape, id_relation};
+use crate::shape::test_support::{
+    id_equals_loader, id_equals_shape, id_equals_shape_named, id_relation,
+};
 use crate::storage::meta::{LogRecord, MetaBatch, MetaStore, ShapeRecord};
 
 const SHAPES: u64 = 100_000;
@@ -33,7 +35,12 @@ fn a_relation_message_builds_no_cold_shape() {
     let fingerprint = schema_fingerprint([("id", 23u32)].into_iter());
     let records: Vec<ShapeRecord> = (0..SHAPES)
         .map(|n| {
-            let spec = id_equals_shape(n);
+            // Every tenth shape names its columns (`columns=id`).
+            let spec = if n % 10 == 0 {
+                id_equals_shape_named(n)
+            } else {
+                id_equals_shape(n)
+            };
             ShapeRecord {
                 id: n + 1,
                 schema_fingerprint: fingerprint,
@@ -92,8 +99,10 @@ fn a_relation_message_builds_no_cold_shape() {
     );
     assert_eq!(registry.built_count(), 1);
 
-    // ADD COLUMN: the table is no longer what the shapes were validated
-    // against; each is dropped (its clients re-sync) without being built.
+    // ADD COLUMN: shapes selecting every column would now have rows of
+    // another shape, so they go (their clients re-sync); the ones naming
+    // their columns keep every column they use where it was, so they stay.
+    // Neither kind is built to find out.
     let mut altered = (*id_relation(1, "items")).clone();
     altered.columns.push(Column {
         name: "title".into(),
@@ -101,9 +110,36 @@ fn a_relation_message_builds_no_cold_shape() {
         type_modifier: -1,
         is_key: false,
     });
-    registry.apply_relation(&Arc::new(altered));
-    assert_eq!(registry.len(), 0, "every shape on the altered table goes");
+    let altered = Arc::new(altered);
+    registry.apply_relation(&altered);
+    assert_eq!(
+        registry.len() as u64,
+        SHAPES / 10,
+        "exactly the select-all shapes go"
+    );
     assert_eq!(registry.rebuilt_count(), 1, "none was built to find out");
+    // A named-columns shape keeps receiving rows of the wider table.
+    registry.apply_transaction(&Arc::new(Transaction {
+        xid: 21,
+        commit_lsn: Lsn(2_000),
+        end_lsn: Lsn(2_001),
+        commit_time_micros: 0,
+        changes: vec![Change::Insert {
+            relation: altered.clone(),
+            new: vec![Datum::Text("20".into()), Datum::Text("t".into())],
+        }],
+    }));
+    assert_eq!(registry.rebuilt_count(), 2, "the shape of id = 20 was built");
+    assert_eq!(registry.len() as u64, SHAPES / 10, "and kept");
+    let handle = id_equals_shape_named(20).handle;
+    let shape = registry.by_handle(handle.as_str()).expect("kept");
+    assert!(shape.log_memory_bytes() > 0, "the insert reached the shape");
+
+    // Changing a column's type drops the rest.
+    let mut retyped = (*altered).clone();
+    retyped.columns[0].type_oid = 20;
+    registry.apply_relation(&Arc::new(retyped));
+    assert_eq!(registry.len(), 0, "a retyped key column drops every shape");
     // Another table's Relation is not this one's business.
     let _: &Relation = &id_relation(2, "other");
     drop(registry);

@@ -96,15 +96,32 @@ pub fn id_equals_shape(n: u64) -> ShapeSpec {
     spec
 }
 
-/// Rebuilds `id_equals_shape(n)` from its creation record (`n` as text),
-/// as the edge's loader rebuilds cold shapes.
+/// `id_equals_shape(n)` naming its one column (`columns=id`); its
+/// creation record is `n:id`.
+pub fn id_equals_shape_named(n: u64) -> ShapeSpec {
+    let mut spec = id_equals_shape(n);
+    spec.definition.columns = Some(vec!["id".into()]);
+    spec.canonical = spec.definition.canonical();
+    spec.handle = ShapeHandle::new(spec.definition.hash(), n);
+    spec.persisted = format!("{n}:id").into_bytes();
+    spec
+}
+
+/// Rebuilds `id_equals_shape(n)` / `id_equals_shape_named(n)` from its
+/// creation record, as the edge's loader rebuilds cold shapes.
 pub fn id_equals_loader() -> super::registry::SpecLoader {
     Box::new(|persisted: &[u8]| {
-        let n = std::str::from_utf8(persisted)
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or("bad creation record")?;
-        Ok(id_equals_shape(n))
+        let text = std::str::from_utf8(persisted).map_err(|_| "bad creation record")?;
+        let (n, named) = match text.strip_suffix(":id") {
+            Some(n) => (n, true),
+            None => (text, false),
+        };
+        let n = n.parse().map_err(|_| "bad creation record")?;
+        Ok(if named {
+            id_equals_shape_named(n)
+        } else {
+            id_equals_shape(n)
+        })
     })
 }
 
