@@ -142,6 +142,34 @@ pub struct Transaction {
 }
 
 impl Transaction {
+    /// Roughly the bytes this transaction keeps alive: its values plus a
+    /// fixed cost per datum and change (for memory budgets, not billing).
+    pub fn approx_bytes(&self) -> usize {
+        fn tuple(t: &Tuple) -> usize {
+            t.iter()
+                .map(|d| match d {
+                    Datum::Text(b) => b.len() + 32,
+                    _ => 32,
+                })
+                .sum()
+        }
+        let changes: usize = self
+            .changes
+            .iter()
+            .map(|c| {
+                64 + match c {
+                    Change::Insert { new, .. } => tuple(new),
+                    Change::Update { old, new, .. } => {
+                        tuple(new) + old.as_ref().map_or(0, |(_, t)| tuple(t))
+                    }
+                    Change::Delete { old, .. } => tuple(&old.1),
+                    Change::Truncate { relations, .. } => 8 * relations.len(),
+                }
+            })
+            .sum();
+        std::mem::size_of::<Transaction>() + changes
+    }
+
     /// Whether any change touches `relation`.
     pub fn touches(&self, relation: RelationId) -> bool {
         self.changes

@@ -77,11 +77,20 @@ pub const MAX_HELD_TRANSACTIONS: usize = 10_000;
 /// Whether a shape takes a transaction yet.
 enum Gate {
     /// The snapshot's visibility is not known yet: hold transactions.
-    Pending(Vec<Arc<Transaction>>),
+    Pending(Held),
     /// Drop transactions the snapshot already saw, until the first one
     /// that started after it.
     Filtering(PgSnapshot),
     Open,
+}
+
+/// Transactions held for a shape whose snapshot has not started, and
+/// their size: they count against the shard's memory budget like its log
+/// tail (a transaction held by several shapes counts once per shape).
+#[derive(Default)]
+struct Held {
+    txs: Vec<Arc<Transaction>>,
+    bytes: usize,
 }
 
 struct ShapeState {
@@ -129,7 +138,11 @@ impl Shape {
         if state.gone {
             return;
         }
-        let now = state.log.memory_bytes();
+        let held = match &state.gate {
+            Gate::Pending(held) => held.bytes,
+            _ => 0,
+        };
+        let now = state.log.memory_bytes() + held;
         let total = self.memory.get() + now - self.counted.get();
         self.memory.set(total);
         self.counted.set(now);
@@ -369,10 +382,12 @@ impl Shape {
         }
         match &mut state.gate {
             Gate::Pending(held) => {
-                if held.len() >= MAX_HELD_TRANSACTIONS {
+                if held.txs.len() >= MAX_HELD_TRANSACTIONS {
                     return Applied::Invalidated("its snapshot did not start in time");
                 }
-                held.push(tx.clone());
+                held.txs.push(tx.clone());
+                held.bytes += tx.approx_bytes();
+                self.recount(&state);
                 return Applied::Nothing;
             }
             Gate::Filtering(snapshot) => {
@@ -949,7 +964,7 @@ impl Registry {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         self.meta_dirty.borrow_mut().insert(id);
-        self.add(id, spec, Gate::Pending(Vec::new()), created_ms, 0)
+        self.add(id, spec, Gate::Pending(Held::default()), created_ms, 0)
     }
 
     /// Rebuilds a shape from its creation record during recovery: same id,
@@ -1123,7 +1138,10 @@ impl Registry {
         let held = {
             let mut state = shape.state.borrow_mut();
             match std::mem::replace(&mut state.gate, Gate::Filtering(snapshot)) {
-                Gate::Pending(held) => held,
+                Gate::Pending(held) => {
+                    shape.recount(&state);
+                    held.txs
+                }
                 other => {
                     state.gate = other;
                     return;

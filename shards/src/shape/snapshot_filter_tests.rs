@@ -166,3 +166,44 @@ fn a_re_sent_stream_still_drops_exactly_what_the_snapshot_holds() {
     drop((shape, registry));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Transactions held while a snapshot has not started count against the
+/// shard's memory budget, and stop counting once replayed or dropped.
+#[test]
+fn held_transactions_count_against_the_memory_budget() {
+    let dir = scratch("held-bytes");
+    let meta = MetaStore::open(&dir.join("meta")).expect("meta");
+    let mut registry = registry(&dir, meta);
+    let shape = registry.insert(id_equals_shape(1));
+    let before = registry.memory_bytes();
+    let big = "x".repeat(4_000);
+    for n in 0..100u64 {
+        registry.apply_transaction(&Arc::new(Transaction {
+            xid: 200 + n as u32,
+            commit_lsn: Lsn(1_000 + n),
+            end_lsn: Lsn(1_001 + n),
+            commit_time_micros: 0,
+            changes: vec![Change::Insert {
+                relation: id_relation(1, "items"),
+                new: vec![Datum::Text(big.clone().into())],
+            }],
+        }));
+    }
+    let holding = registry.memory_bytes() - before;
+    assert!(
+        holding >= 100 * 4_000,
+        "100 held transactions of 4 kB counted as {holding} bytes"
+    );
+    // The snapshot saw all of them: each is dropped, nothing stays counted.
+    registry.snapshot_taken(
+        shape.id,
+        PgSnapshot {
+            xmin: 1_000,
+            xmax: 1_000,
+            xip: vec![],
+            wal_lsn: Some(SNAPSHOT_LSN),
+        },
+    );
+    assert_eq!(registry.memory_bytes(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
