@@ -1,0 +1,534 @@
+//! A shard's shapes: lookup by handle and by definition, a per-relation
+//! index that finds the shapes a change may concern without asking every
+//! one, and the application of transactions to their logs.
+//!
+//! Owned by one shard and touched only on its executor (shapes are `Rc`);
+//! nothing here crosses shards.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::change::{Change, Relation, RelationId, Transaction};
+use crate::lsn::Lsn;
+use crate::notify::Notify;
+use crate::routes::RouteTable;
+use crate::storage::meta::MetaStore;
+use crate::storage::record::{self, Kind};
+
+use super::definition::{canonical_selects_all, definition_hash};
+use super::encode::PgSnapshot;
+use super::log::ShapeLog;
+use super::relation_index::{table_fingerprint, RelationColumns, RelationShapes};
+
+pub use super::relation_index::schema_fingerprint;
+
+mod capture;
+mod cold;
+mod memory;
+mod shape;
+
+use cold::Cold;
+pub use cold::{SWEEP_PER_CHECKPOINT, UNLOAD_PER_CHECKPOINT};
+pub use memory::wait_for_memory;
+use shape::{Applied, Gate, Held, MetaDirty, ShapeState};
+pub use shape::{Journal, RowFilter, Shape, ShapeId, ShapeSpec, SpecLoader, MAX_HELD_TRANSACTIONS};
+
+pub struct Registry {
+    shard: usize,
+    routes: Arc<RouteTable>,
+    chunk_bytes_max: usize,
+    next_id: ShapeId,
+    shapes: HashMap<ShapeId, Rc<Shape>>,
+    by_handle: HashMap<String, ShapeId>,
+    by_definition: HashMap<String, ShapeId>,
+    by_relation: HashMap<RelationId, RelationShapes>,
+    /// The newest WAL position this shard has processed.
+    last_seen: Lsn,
+    /// The fingerprint of each table's last Relation message.
+    relations_seen: HashMap<RelationId, u64>,
+    /// Cold shapes built since start (by a read, a change, a Relation).
+    rebuilt: u64,
+    /// Bytes of the shapes' memory tails (each shape keeps its part).
+    memory: Rc<Cell<usize>>,
+    /// Tails plus journal above this: the feed and snapshots wait.
+    memory_budget: usize,
+    /// Pinged when memory is freed (a flush, a checkpoint's trim).
+    freed: Rc<Notify>,
+    /// Someone waits on the budget: the next tick checkpoints (trimming
+    /// tails) without waiting for its interval.
+    memory_pressure: bool,
+    /// Waits on the budget so far (feed and snapshots).
+    memory_waits: u64,
+    journal: Journal,
+    /// Shapes by last read, oldest first (LRU eviction).
+    by_read: BTreeSet<(u64, ShapeId)>,
+    /// Where the shapes' serving files live.
+    files_dir: PathBuf,
+    /// Shapes whose metadata record changed since the last tick's commit
+    /// (shared with the shapes: a finished snapshot marks itself).
+    meta_dirty: MetaDirty,
+    /// `(id, definition hash)` of shapes removed since the last commit.
+    meta_removed: Vec<(ShapeId, u64)>,
+    /// Read stamps set since the last checkpoint (one per shape at most).
+    read_stamps: HashMap<ShapeId, u64>,
+    /// Serving files of removed shapes, deleted after the next checkpoint.
+    doomed_files: Vec<PathBuf>,
+    /// Boxed: the map churns as shapes are built and unloaded, and its
+    /// in-place rehash moves every entry.
+    cold: HashMap<ShapeId, Box<Cold>>,
+    loader: Option<(MetaStore, SpecLoader)>,
+    /// Checkpoints so far: the clock shapes' idleness is measured on.
+    epoch: u64,
+    /// Built shapes unloaded to cold since start.
+    unloaded: u64,
+    /// Built shapes the unload sweep has yet to look at in this round.
+    sweep: Vec<ShapeId>,
+}
+
+impl Registry {
+    /// `files_dir`: where the shapes' serving files go (created if needed).
+    pub fn new(
+        shard: usize,
+        routes: Arc<RouteTable>,
+        chunk_bytes_max: usize,
+        files_dir: &Path,
+    ) -> Registry {
+        if let Err(e) = std::fs::create_dir_all(files_dir) {
+            tracing::error!(shard, "cannot create {}: {e}", files_dir.display());
+        }
+        Registry {
+            shard,
+            routes,
+            chunk_bytes_max,
+            next_id: 1,
+            shapes: HashMap::new(),
+            by_handle: HashMap::new(),
+            by_definition: HashMap::new(),
+            by_relation: HashMap::new(),
+            last_seen: Lsn::ZERO,
+            relations_seen: HashMap::new(),
+            rebuilt: 0,
+            memory: Rc::default(),
+            memory_budget: usize::MAX,
+            freed: Notify::new(),
+            memory_pressure: false,
+            memory_waits: 0,
+            journal: Rc::default(),
+            by_read: BTreeSet::new(),
+            files_dir: files_dir.to_path_buf(),
+            meta_dirty: MetaDirty::default(),
+            meta_removed: Vec::new(),
+            read_stamps: HashMap::new(),
+            doomed_files: Vec::new(),
+            cold: HashMap::new(),
+            loader: None,
+            epoch: 0,
+            unloaded: 0,
+            sweep: Vec::new(),
+        }
+    }
+
+    /// Where cold shapes' creation records are read from, and how they
+    /// become specs.
+    pub fn set_loader(&mut self, meta: MetaStore, loader: SpecLoader) {
+        self.loader = Some((meta, loader));
+    }
+
+    /// Shapes whose snapshot never completed (recovery drops them).
+    pub fn unfinished_snapshots(&self) -> Vec<ShapeId> {
+        let mut ids: Vec<ShapeId> = self
+            .shapes
+            .values()
+            .filter(|s| !s.snapshot_done())
+            .map(|s| s.id)
+            .chain(
+                self.cold
+                    .iter()
+                    .filter(|(_, c)| c.log.snapshot_end.is_none())
+                    .map(|(&id, _)| id),
+            )
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Cold shapes built since start.
+    pub fn rebuilt_count(&self) -> u64 {
+        self.rebuilt
+    }
+
+    pub fn unloaded_count(&self) -> u64 {
+        self.unloaded
+    }
+
+    /// Built (in-memory) shapes.
+    pub fn built_count(&self) -> usize {
+        self.shapes.len()
+    }
+
+    pub fn files_dir(&self) -> &Path {
+        &self.files_dir
+    }
+
+    /// The records waiting for the shard's next group commit.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Live shapes, built and cold.
+    pub fn len(&self) -> usize {
+        self.shapes.len() + self.cold.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn by_handle(&mut self, handle: &str) -> Option<Rc<Shape>> {
+        let id = *self.by_handle.get(handle)?;
+        self.warm(id)
+    }
+
+    pub fn by_definition(&mut self, canonical: &str) -> Option<Rc<Shape>> {
+        let id = *self.by_definition.get(canonical)?;
+        self.warm(id)
+    }
+
+    /// Whether a live shape (built or cold) has this definition.
+    pub fn has_definition(&self, canonical: &str) -> bool {
+        self.by_definition.contains_key(canonical)
+    }
+
+    /// The newest WAL position processed (`global_last_seen_lsn`).
+    pub fn last_seen(&self) -> Lsn {
+        self.last_seen
+    }
+
+    /// Registers a shape whose snapshot is about to be taken: from now on
+    /// the ingest routes its table here and its transactions are held until
+    /// `snapshot_taken`.
+    pub fn insert(&mut self, spec: ShapeSpec) -> Rc<Shape> {
+        let id = self.next_id;
+        self.next_id += 1;
+        record::encode(
+            &mut self.journal.borrow_mut(),
+            self.last_seen.0,
+            id,
+            Kind::ShapeCreated,
+            &spec.persisted,
+        );
+        let created_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.meta_dirty.borrow_mut().insert(id);
+        self.add(id, spec, Gate::Pending(Held::default()), created_ms, 0)
+    }
+
+    /// Rebuilds a shape from its creation record during recovery: same id,
+    /// nothing journaled, taking transactions at once (its snapshot, if it
+    /// completed, is replayed from the log).
+    pub fn restore(&mut self, id: ShapeId, spec: ShapeSpec) -> Rc<Shape> {
+        self.next_id = self.next_id.max(id + 1);
+        // Not in the metadata store yet (its creation was in the log tail).
+        self.meta_dirty.borrow_mut().insert(id);
+        self.add(id, spec, Gate::Open, 0, 0)
+    }
+
+    fn add(
+        &mut self,
+        id: ShapeId,
+        spec: ShapeSpec,
+        gate: Gate,
+        created_ms: u64,
+        read_stamp: u64,
+    ) -> Rc<Shape> {
+        let relation = spec.schema.relation_id;
+        let pending = matches!(gate, Gate::Pending(_));
+        let index_key = spec.filter.as_ref().and_then(|f| f.index_key());
+        let shape = self.build(id, spec, gate, created_ms, read_stamp);
+        let replaced = self.by_definition.insert(shape.spec.canonical.clone(), id);
+        assert!(replaced.is_none(), "two live shapes for one definition");
+        self.by_handle.insert(shape.handle().to_string(), id);
+        let shapes = self.by_relation.entry(relation).or_default();
+        shapes.add(id, index_key);
+        if pending {
+            shapes.pending.push(id);
+        }
+        self.shapes.insert(id, shape.clone());
+        self.by_read.insert((read_stamp, id));
+        self.routes.subscribe(relation, self.shard);
+        shape
+    }
+
+    fn build(
+        &self,
+        id: ShapeId,
+        spec: ShapeSpec,
+        gate: Gate,
+        created_ms: u64,
+        read_stamp: u64,
+    ) -> Rc<Shape> {
+        let column_names = spec.schema.columns.iter().map(|c| c.name.clone()).collect();
+        Rc::new(Shape {
+            id,
+            read_stamp: Cell::new(read_stamp),
+            active: Cell::new(self.epoch),
+            created_ms,
+            journal: self.journal.clone(),
+            meta_dirty: self.meta_dirty.clone(),
+            column_names,
+            state: RefCell::new(ShapeState {
+                log: ShapeLog::new(&self.files_dir, id, self.chunk_bytes_max),
+                snapshot_end: None,
+                gate,
+                gone: false,
+                last_lsn: Lsn::ZERO,
+                relation: None,
+            }),
+            changed: Notify::new(),
+            memory: self.memory.clone(),
+            counted: Cell::new(0),
+            spec,
+        })
+    }
+
+    /// Removes a shape: its readers wake up to find it gone (409).
+    pub fn remove(&mut self, id: ShapeId, why: &str) {
+        if self.shapes.contains_key(&id) || self.cold.contains_key(&id) {
+            record::encode(
+                &mut self.journal.borrow_mut(),
+                self.last_seen.0,
+                id,
+                Kind::ShapeRemoved,
+                why.as_bytes(),
+            );
+        }
+        self.forget(id, why);
+    }
+
+    /// Recovery: a metadata record that cannot become a shape is deleted
+    /// at the next commit.
+    pub fn forget_record(&mut self, id: ShapeId, definition_hash: u64) {
+        self.next_id = self.next_id.max(id + 1);
+        self.meta_removed.push((id, definition_hash));
+    }
+
+    /// Removes a shape without journaling it (replaying a removal).
+    pub fn forget(&mut self, id: ShapeId, why: &str) {
+        if let Some(cold) = self.cold.remove(&id) {
+            self.forget_cold(id, &cold, why);
+            return;
+        }
+        let Some(shape) = self.shapes.remove(&id) else {
+            return;
+        };
+        tracing::info!(
+            shard = self.shard,
+            handle = shape.handle(),
+            "shape removed: {why}"
+        );
+        self.by_read.remove(&(shape.read_stamp.get(), id));
+        self.meta_dirty.borrow_mut().remove(&id);
+        self.read_stamps.remove(&id);
+        self.meta_removed
+            .push((id, definition_hash(&shape.spec.canonical)));
+        self.doomed_files.extend(shape.file_paths());
+        self.by_handle.remove(shape.handle());
+        if self.by_definition.get(&shape.spec.canonical) == Some(&id) {
+            self.by_definition.remove(&shape.spec.canonical);
+        }
+        let relation = shape.relation_id();
+        if let Some(shapes) = self.by_relation.get_mut(&relation) {
+            shapes.remove(id);
+            if shapes.count == 0 {
+                self.by_relation.remove(&relation);
+            }
+        }
+        self.routes.unsubscribe(relation, self.shard);
+        {
+            let mut state = shape.state.borrow_mut();
+            // Its tail leaves the shard's total now (readers may still hold
+            // the shape, but it takes nothing more).
+            self.memory.set(self.memory.get() - shape.counted.get());
+            shape.counted.set(0);
+            state.gone = true;
+            state.gate = Gate::Open;
+        }
+        shape.changed.notify_all();
+    }
+
+    /// The snapshot's visibility is known: replay what was held, dropping
+    /// what the snapshot already contains.
+    pub fn snapshot_taken(&mut self, id: ShapeId, snapshot: PgSnapshot) {
+        let Some(shape) = self.shapes.get(&id).cloned() else {
+            return;
+        };
+        if let Some(shapes) = self.by_relation.get_mut(&shape.relation_id()) {
+            shapes.pending.retain(|&s| s != id);
+        }
+        let held = {
+            let mut state = shape.state.borrow_mut();
+            match std::mem::replace(&mut state.gate, Gate::Filtering(snapshot)) {
+                Gate::Pending(held) => {
+                    shape.recount(&state);
+                    held.txs
+                }
+                other => {
+                    state.gate = other;
+                    return;
+                }
+            }
+        };
+        for tx in held {
+            self.apply_one(&shape, &tx, None);
+        }
+    }
+
+    fn apply_one(&mut self, shape: &Rc<Shape>, tx: &Arc<Transaction>, indices: Option<&[usize]>) {
+        match shape.apply(tx, indices) {
+            Applied::Nothing => {}
+            Applied::Grew => shape.changed.notify_all(),
+            Applied::Invalidated(why) => self.remove(shape.id, why),
+        }
+    }
+
+    /// Applies a committed transaction to every shape it concerns.
+    pub fn apply_transaction(&mut self, tx: &Arc<Transaction>) {
+        self.last_seen = self.last_seen.max(tx.end_lsn).max(tx.commit_lsn);
+        // Per shape, the indices of the changes that may concern it.
+        let mut per_shape: HashMap<ShapeId, Vec<usize>> = HashMap::new();
+        let mut candidates = Vec::new();
+        for (i, change) in tx.changes.iter().enumerate() {
+            candidates.clear();
+            match change {
+                Change::Truncate { relations, .. } => {
+                    for relation in relations {
+                        if self.by_relation.contains_key(&relation.id) {
+                            candidates.extend(self.shapes_on(relation.id));
+                        }
+                    }
+                }
+                Change::Insert { relation, new } => {
+                    if let Some(shapes) = self.by_relation.get(&relation.id) {
+                        shapes.candidates(new, None, &mut candidates);
+                    }
+                }
+                Change::Delete { relation, old } => {
+                    if let Some(shapes) = self.by_relation.get(&relation.id) {
+                        shapes.candidates(&old.1, None, &mut candidates);
+                    }
+                }
+                Change::Update { relation, old, new } => {
+                    if let Some(shapes) = self.by_relation.get(&relation.id) {
+                        let old_tuple = old.as_ref().map(|(_, t)| t);
+                        shapes.candidates(new, old_tuple, &mut candidates);
+                        if let Some(old) = old_tuple {
+                            shapes.candidates(old, None, &mut candidates);
+                        }
+                    }
+                }
+            }
+            candidates.sort_unstable();
+            candidates.dedup();
+            for &id in &candidates {
+                per_shape.entry(id).or_default().push(i);
+            }
+        }
+        // Schema changes are detected per shape on the relation, even for
+        // shapes whose index excluded every row of this transaction.
+        let mut ids: Vec<ShapeId> = per_shape.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(shape) = self.warm(id) {
+                let indices = &per_shape[&id];
+                self.apply_one(&shape, tx, Some(indices));
+            }
+        }
+        // Shapes still waiting for their snapshot hold every transaction on
+        // their table, whatever the index said.
+        let mut relations: Vec<RelationId> =
+            tx.changes.iter().flat_map(|c| c.relation_ids()).collect();
+        relations.sort_unstable();
+        relations.dedup();
+        let pending: Vec<Rc<Shape>> = relations
+            .iter()
+            .filter_map(|r| self.by_relation.get(r))
+            .flat_map(|shapes| shapes.pending.iter())
+            .filter(|id| !per_shape.contains_key(id))
+            .filter_map(|id| self.shapes.get(id).cloned())
+            .collect();
+        for shape in pending {
+            self.apply_one(&shape, tx, None);
+        }
+    }
+
+    /// A relation's new description: shapes on it whose columns no longer
+    /// match are invalidated now rather than at their next change.
+    pub fn apply_relation(&mut self, relation: &Arc<Relation>) {
+        // pgoutput re-sends a table's Relation at every session start and
+        // after cache invalidations: the same one again changes nothing.
+        let columns = RelationColumns::of(relation);
+        if self
+            .relations_seen
+            .insert(relation.id, columns.fingerprint())
+            == Some(columns.fingerprint())
+        {
+            return;
+        }
+        // Decided from the stored fingerprint and definition: no shape is
+        // built for this (a table with 100k cold shapes would stall the
+        // shard building them).
+        let stale: Vec<ShapeId> = self
+            .shapes_on(relation.id)
+            .into_iter()
+            .filter(|id| match (self.shapes.get(id), self.cold.get(id)) {
+                (Some(shape), _) => !columns.keeps(
+                    table_fingerprint(&shape.spec.schema),
+                    shape.spec.definition.columns.is_none(),
+                ),
+                (None, Some(cold)) => {
+                    !columns.keeps(cold.fingerprint, canonical_selects_all(&cold.canonical))
+                }
+                (None, None) => false,
+            })
+            .collect();
+        for id in stale {
+            self.remove(id, "its table's columns changed");
+        }
+    }
+
+    /// WAL progress with no transaction for this shard.
+    pub fn advance(&mut self, lsn: Lsn) {
+        self.last_seen = self.last_seen.max(lsn);
+    }
+
+    /// The shapes on `relation`, built or cold, from the per-relation
+    /// index (not a scan of every shape).
+    fn shapes_on(&self, relation: RelationId) -> Vec<ShapeId> {
+        let Some(on) = self.by_relation.get(&relation) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<ShapeId> = on.all().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Every shape (for DELETE by definition, metrics, shutdown).
+    pub fn shapes(&self) -> impl Iterator<Item = &Rc<Shape>> {
+        self.shapes.values()
+    }
+
+    /// The shape `id`, built first if it is cold.
+    pub fn get(&mut self, id: ShapeId) -> Option<Rc<Shape>> {
+        self.warm(id)
+    }
+
+    /// Whether `id` is a live shape (built or cold).
+    pub fn contains(&self, id: ShapeId) -> bool {
+        self.shapes.contains_key(&id) || self.cold.contains_key(&id)
+    }
+}

@@ -1,0 +1,486 @@
+//! A built shape: its spec, its state (log, snapshot gate, held
+//! transactions) and how a transaction is applied to it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::change::{Change, Relation, RelationId, Transaction};
+use crate::lsn::Lsn;
+use crate::notify::{Listener, Notify};
+use crate::storage::meta::{LogRecord, ShapeRecord};
+use crate::storage::record::{self, Kind};
+
+use crate::shape::convert::Converter;
+use crate::shape::definition::{definition_hash, ShapeDefinition, ShapeHandle};
+use crate::shape::encode::{self, Layout, OpenEntry, PgSnapshot, TxContext};
+use crate::shape::log::{Captured, LogRead, ShapeLog};
+use crate::shape::offset::LogOffset;
+use crate::shape::relation_index::{table_fingerprint, RelationColumns};
+use crate::shape::schema::TableSchema;
+
+use super::Cold;
+
+/// A shard-local shape number; never reused within a run.
+pub type ShapeId = u64;
+
+/// A shape's row predicate (its where clause), evaluated on text values.
+pub trait RowFilter {
+    /// `value(i)`: table column `i` as Postgres text, None for NULL.
+    fn matches<'v>(&self, value: &dyn Fn(usize) -> Option<&'v str>) -> bool;
+    /// `(column, values)` when a row can only match if that column's text is
+    /// one of `values`: lets the registry index the shape.
+    fn index_key(&self) -> Option<(usize, Vec<String>)>;
+}
+
+/// What a shape is, fixed at creation.
+pub struct ShapeSpec {
+    pub handle: ShapeHandle,
+    pub definition: ShapeDefinition,
+    /// `definition.canonical()`, kept for the by-definition map.
+    pub canonical: String,
+    pub schema: TableSchema,
+    /// Table column indices sent to clients, in output order.
+    pub selected: Vec<usize>,
+    /// Table column indices of the row key.
+    pub key: Vec<usize>,
+    pub filter: Option<Box<dyn RowFilter>>,
+    /// The `electric-schema` header value.
+    pub schema_header: String,
+    /// The creation record written to the segment log (opaque here: the
+    /// edge that builds shapes also reads it back on recovery).
+    pub persisted: Vec<u8>,
+}
+
+/// Transactions a shape holds while its snapshot's visibility is unknown
+/// (normally a few milliseconds' worth). Past it the snapshot is stuck and
+/// the shape is dropped: its clients re-sync rather than memory grow.
+pub const MAX_HELD_TRANSACTIONS: usize = 10_000;
+
+/// Whether a shape takes a transaction yet.
+pub(super) enum Gate {
+    /// The snapshot's visibility is not known yet: hold transactions.
+    Pending(Held),
+    /// Drop transactions the snapshot already saw, until the first one
+    /// that started after it.
+    Filtering(PgSnapshot),
+    Open,
+}
+
+/// Transactions held for a shape whose snapshot has not started, and
+/// their size: they count against the shard's memory budget like its log
+/// tail (a transaction held by several shapes counts once per shape).
+#[derive(Default)]
+pub(super) struct Held {
+    pub(super) txs: Vec<Arc<Transaction>>,
+    pub(super) bytes: usize,
+}
+
+pub(super) struct ShapeState {
+    pub(super) log: ShapeLog,
+    /// The `snapshot-end` message once the snapshot completed.
+    pub(super) snapshot_end: Option<Vec<u8>>,
+    pub(super) gate: Gate,
+    pub(super) gone: bool,
+    /// Commit LSN of the newest transaction applied: replays are skipped.
+    pub(super) last_lsn: Lsn,
+    /// The relation description last checked against `spec.schema`.
+    pub(super) relation: Option<Arc<Relation>>,
+}
+
+/// Records for the shard's segment log, framed, waiting for the next group
+/// commit. Shared by the registry and its shapes (one executor).
+pub type Journal = Rc<RefCell<Vec<u8>>>;
+
+/// Shapes whose metadata record must be rewritten at the next tick.
+pub(super) type MetaDirty = Rc<RefCell<HashSet<ShapeId>>>;
+
+pub struct Shape {
+    pub id: ShapeId,
+    pub spec: ShapeSpec,
+    pub(super) journal: Journal,
+    pub(super) meta_dirty: MetaDirty,
+    /// When it was last read, on the server-wide read clock (for LRU).
+    pub(super) read_stamp: Cell<u64>,
+    /// The registry's checkpoint epoch when it was last used (unloading).
+    pub(super) active: Cell<u64>,
+    /// Milliseconds since the Unix epoch.
+    pub(super) created_ms: u64,
+    pub(super) column_names: Vec<String>,
+    pub(super) state: RefCell<ShapeState>,
+    pub(super) changed: Rc<Notify>,
+    /// The shard's total of memory tails, and this shape's part of it.
+    pub(super) memory: Rc<Cell<usize>>,
+    pub(super) counted: Cell<usize>,
+}
+
+impl Shape {
+    /// Brings the shard's memory total up to date with this shape's tail
+    /// (after anything that appended or trimmed it).
+    pub(super) fn recount(&self, state: &ShapeState) {
+        if state.gone {
+            return;
+        }
+        let held = match &state.gate {
+            Gate::Pending(held) => held.bytes,
+            _ => 0,
+        };
+        let now = state.log.memory_bytes() + held;
+        let total = self.memory.get() + now - self.counted.get();
+        self.memory.set(total);
+        self.counted.set(now);
+    }
+
+    pub fn handle(&self) -> &str {
+        self.spec.handle.as_str()
+    }
+
+    pub fn relation_id(&self) -> RelationId {
+        self.spec.schema.relation_id
+    }
+
+    pub fn layout(&self) -> Layout<'_> {
+        Layout {
+            table: &self.spec.definition.table,
+            column_names: &self.column_names,
+            selected: &self.spec.selected,
+            key: &self.spec.key,
+            has_primary_key: self.spec.schema.has_primary_key(),
+        }
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.state.borrow().gone
+    }
+
+    /// One consistent view of `(after, chunk end]`; load it after.
+    pub fn read(&self, after: LogOffset) -> LogRead {
+        self.state.borrow().log.read(after)
+    }
+
+    pub fn read_stamp(&self) -> u64 {
+        self.read_stamp.get()
+    }
+
+    pub fn last_offset(&self) -> LogOffset {
+        self.state.borrow().log.last_offset()
+    }
+
+    pub fn snapshot_done(&self) -> bool {
+        self.state.borrow().log.snapshot_done()
+    }
+
+    /// Completes at the next change to this shape's log or its removal.
+    /// Take it before reading, so a change in between is not missed.
+    pub fn listen(&self) -> Listener {
+        self.changed.listen()
+    }
+
+    /// Appends a snapshot row (table-width values). Wakes readers when a
+    /// chunk fills, so the first chunk is served while the rest is read.
+    pub fn push_snapshot_row(&self, row: &[Option<&str>], scratch: &mut Vec<u8>) {
+        scratch.clear();
+        encode::snapshot_row(scratch, &self.layout(), row);
+        record::encode(
+            &mut self.journal.borrow_mut(),
+            0,
+            self.id,
+            Kind::SnapshotItem,
+            scratch,
+        );
+        let sealed = {
+            let mut state = self.state.borrow_mut();
+            let sealed = state.log.push_snapshot_item(scratch);
+            self.recount(&state);
+            sealed
+        };
+        if sealed {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Ends the snapshot with `snapshot-end`.
+    pub fn finish_snapshot(&self, snapshot: &PgSnapshot) {
+        let stored = snapshot.stored_end();
+        record::encode(
+            &mut self.journal.borrow_mut(),
+            0,
+            self.id,
+            Kind::SnapshotEnd,
+            &stored,
+        );
+        {
+            let mut state = self.state.borrow_mut();
+            state.log.finish_snapshot(PgSnapshot::served_end(&stored));
+            state.snapshot_end = Some(stored);
+            self.recount(&state);
+        }
+        self.meta_dirty.borrow_mut().insert(self.id);
+        self.changed.notify_all();
+    }
+
+    /// Recovery: a snapshot row as the log holds it.
+    pub fn restore_snapshot_item(&self, item: &[u8]) {
+        let mut state = self.state.borrow_mut();
+        state.log.push_snapshot_item(item);
+        self.recount(&state);
+    }
+
+    /// Recovery: the snapshot's end message. It also restores the
+    /// snapshot's visibility filter: after a crash Postgres re-sends from
+    /// the fence, which may predate the snapshot, and transactions the
+    /// snapshot already holds must be dropped again.
+    pub fn restore_snapshot_end(&self, stored: &[u8]) {
+        let mut state = self.state.borrow_mut();
+        state.log.finish_snapshot(PgSnapshot::served_end(stored));
+        self.restore_snapshot_filter(&mut state, stored);
+        self.recount(&state);
+    }
+
+    /// Recovery: the snapshot's end (as stored: `PgSnapshot::stored_end`),
+    /// and the visibility filter it carries. The filter's WAL position
+    /// makes re-arming it harmless: every transaction after the snapshot
+    /// passes it by commit LSN, however far xids have moved on.
+    fn restore_snapshot_filter(&self, state: &mut ShapeState, stored: &[u8]) {
+        state.snapshot_end = Some(stored.to_vec());
+        match PgSnapshot::from_stored_end(stored) {
+            Some(snapshot) => state.gate = Gate::Filtering(snapshot),
+            None => tracing::warn!(handle = self.handle(), "unreadable snapshot-end record"),
+        }
+    }
+
+    /// Recovery: a transaction entry, from the record that journaled it.
+    pub fn restore_entry(&self, commit_lsn: Lsn, offset: LogOffset, item: &[u8]) {
+        let mut state = self.state.borrow_mut();
+        state.log.push_entry(offset, item);
+        state.last_lsn = state.last_lsn.max(commit_lsn);
+        self.recount(&state);
+    }
+
+    /// Log bytes held in memory (not yet in the serving files).
+    pub fn log_memory_bytes(&self) -> usize {
+        self.state.borrow().log.memory_bytes()
+    }
+
+    /// The metadata record of this shape, as of now.
+    pub fn meta_record(&self) -> ShapeRecord {
+        ShapeRecord {
+            id: self.id,
+            schema_fingerprint: table_fingerprint(&self.spec.schema),
+            handle: self.handle().to_string(),
+            canonical: self.spec.canonical.clone(),
+            definition_hash: definition_hash(&self.spec.canonical),
+            relation_id: self.relation_id(),
+            index_key: self
+                .spec
+                .filter
+                .as_ref()
+                .and_then(|f| f.index_key())
+                .map(|(column, values)| (column as u64, values)),
+            persisted: self.spec.persisted.clone(),
+            snapshot_end: self.state.borrow().snapshot_end.clone(),
+            created_ms: self.created_ms,
+            last_read: self.read_stamp.get(),
+        }
+    }
+
+    /// Checkpoint: the writes that bring the serving files up to date,
+    /// with the log state they produce.
+    pub fn capture(&self) -> (Captured, LogRecord) {
+        let state = self.state.borrow();
+        let captured = state.log.capture();
+        let record = LogRecord {
+            snapshot: captured.records.0.clone(),
+            snapshot_end: state.snapshot_end.clone(),
+            main: captured.records.1.clone(),
+            last_lsn: state.last_lsn.0,
+        };
+        (captured, record)
+    }
+
+    /// Checkpoint: `captured` is in the files; trim the memory tail.
+    pub fn written(&self, captured: &Captured) {
+        let mut state = self.state.borrow_mut();
+        state.log.written(captured);
+        self.recount(&state);
+    }
+
+    /// Recovery: the checkpointed log state (the files are already cut to
+    /// it), before the segment log's tail is replayed on top.
+    pub fn restore_log(&self, record: &LogRecord) {
+        let mut state = self.state.borrow_mut();
+        state.log.restore(
+            &record.snapshot,
+            &record.main,
+            record.snapshot_end.is_some(),
+        );
+        state.last_lsn = Lsn(record.last_lsn);
+        if let Some(end) = &record.snapshot_end {
+            self.restore_snapshot_filter(&mut state, end);
+        }
+        self.recount(&state);
+    }
+
+    /// Unloading: what it must keep to be rebuilt, when it can go cold now
+    /// (snapshot done, nothing pending, every item in its files and its
+    /// log state checkpointed).
+    pub(super) fn to_cold(&self) -> Option<Box<Cold>> {
+        let state = self.state.borrow();
+        if state.gone
+            || state.snapshot_end.is_none()
+            || matches!(state.gate, Gate::Pending(_))
+            || state.log.has_tail()
+        {
+            return None;
+        }
+        let captured = state.log.capture();
+        Some(Box::new(Cold {
+            handle: self.handle().into(),
+            canonical: self.spec.canonical.as_str().into(),
+            relation: self.relation_id(),
+            fingerprint: table_fingerprint(&self.spec.schema),
+            read_stamp: self.read_stamp.get(),
+            created_ms: self.created_ms,
+            log: LogRecord {
+                snapshot: captured.records.0,
+                snapshot_end: state.snapshot_end.clone(),
+                main: captured.records.1,
+                last_lsn: state.last_lsn.0,
+            },
+        }))
+    }
+
+    /// The serving files of this shape.
+    pub fn file_paths(&self) -> Vec<PathBuf> {
+        let state = self.state.borrow();
+        state.log.paths().iter().map(|p| p.to_path_buf()).collect()
+    }
+
+    /// Applies `tx` (changes at `indices`, or all of it) to this shape.
+    /// Returns whether the log grew.
+    pub(super) fn apply(&self, tx: &Arc<Transaction>, indices: Option<&[usize]>) -> Applied {
+        let mut state = self.state.borrow_mut();
+        if state.gone || tx.commit_lsn <= state.last_lsn {
+            return Applied::Nothing;
+        }
+        match &mut state.gate {
+            Gate::Pending(held) => {
+                if held.txs.len() >= MAX_HELD_TRANSACTIONS {
+                    return Applied::Invalidated("its snapshot did not start in time");
+                }
+                held.txs.push(tx.clone());
+                held.bytes += tx.approx_bytes();
+                self.recount(&state);
+                return Applied::Nothing;
+            }
+            Gate::Filtering(snapshot) => {
+                if snapshot.holds(tx.xid, tx.commit_lsn.0) {
+                    return Applied::Nothing;
+                }
+                if snapshot.ends_filtering(tx.xid, tx.commit_lsn.0) {
+                    state.gate = Gate::Open;
+                }
+            }
+            Gate::Open => {}
+        }
+        let all: Vec<usize>;
+        let indices = match indices {
+            Some(i) => i,
+            None => {
+                all = (0..tx.changes.len()).collect();
+                &all
+            }
+        };
+        // Schema and truncate checks before any entry is written: a shape
+        // whose table changed under it must refetch, not get odd rows.
+        for &i in indices {
+            match &tx.changes[i] {
+                Change::Truncate { relations, .. } => {
+                    if relations.iter().any(|r| r.id == self.relation_id()) {
+                        return Applied::Invalidated("truncated");
+                    }
+                }
+                Change::Insert { relation, .. }
+                | Change::Update { relation, .. }
+                | Change::Delete { relation, .. } => {
+                    if relation.id != self.relation_id() {
+                        continue;
+                    }
+                    let known = state
+                        .relation
+                        .as_ref()
+                        .is_some_and(|r| Arc::ptr_eq(r, relation));
+                    if !known {
+                        let holds = RelationColumns::of(relation).keeps(
+                            table_fingerprint(&self.spec.schema),
+                            self.spec.definition.columns.is_none(),
+                        );
+                        if !holds {
+                            return Applied::Invalidated("its table's columns changed");
+                        }
+                        state.relation = Some(relation.clone());
+                    }
+                }
+            }
+        }
+        let filter = self
+            .spec
+            .filter
+            .as_deref()
+            .map(|f| move |row: &[Option<&str>]| f.matches(&|i| row.get(i).copied().flatten()));
+        let converter = Converter {
+            layout: self.layout(),
+            replica: self.spec.definition.replica,
+            filter: filter
+                .as_ref()
+                .map(|f| f as &dyn Fn(&[Option<&str>]) -> bool),
+        };
+        let context = TxContext {
+            xid: tx.xid,
+            commit_lsn: tx.commit_lsn.0,
+        };
+        let mut entries: Vec<OpenEntry> = Vec::new();
+        for &i in indices {
+            let change = &tx.changes[i];
+            let ours = change.relation_ids().any(|r| r == self.relation_id());
+            if ours {
+                converter.convert(context, i, change, &mut entries);
+            }
+        }
+        state.last_lsn = tx.commit_lsn;
+        if entries.is_empty() {
+            return Applied::Nothing;
+        }
+        let count = entries.len();
+        let mut journal = self.journal.borrow_mut();
+        let mut payload = Vec::new();
+        for (n, entry) in entries.into_iter().enumerate() {
+            let (offset, bytes) = entry.finish(n + 1 == count);
+            // Payload: the entry's offset (tx, op) then its JSON, so the log
+            // is rebuilt byte for byte from the segments.
+            record::entry_payload(&mut payload, offset.tx(), offset.op(), &bytes);
+            record::encode(
+                &mut journal,
+                tx.commit_lsn.0,
+                self.id,
+                Kind::Entry,
+                &payload,
+            );
+            state.log.push_entry(offset, &bytes);
+        }
+        self.recount(&state);
+        Applied::Grew
+    }
+}
+
+pub(super) enum Applied {
+    Nothing,
+    Grew,
+    Invalidated(&'static str),
+}
+
+/// Builds a shape's spec from its creation record (the edge owns the
+/// format: catalog columns, where-clause compiler).
+pub type SpecLoader = Box<dyn Fn(&[u8]) -> Result<ShapeSpec, String>>;
