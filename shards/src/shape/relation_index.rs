@@ -13,7 +13,10 @@ use crate::shape::schema::TableSchema;
 /// oids, in order (what a shape was validated against). Kept with cold
 /// shapes, so a Relation message is checked without building them.
 pub fn schema_fingerprint<'a>(columns: impl Iterator<Item = (&'a str, u32)>) -> u64 {
-    prefix_fingerprints(columns).last().copied().unwrap_or(FNV_OFFSET)
+    prefix_fingerprints(columns)
+        .last()
+        .copied()
+        .unwrap_or(FNV_OFFSET)
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

@@ -129,7 +129,11 @@ fn a_relation_message_builds_no_cold_shape() {
             new: vec![Datum::Text("20".into()), Datum::Text("t".into())],
         }],
     }));
-    assert_eq!(registry.rebuilt_count(), 2, "the shape of id = 20 was built");
+    assert_eq!(
+        registry.rebuilt_count(),
+        2,
+        "the shape of id = 20 was built"
+    );
     assert_eq!(registry.len() as u64, SHAPES / 10, "and kept");
     let handle = id_equals_shape_named(20).handle;
     let shape = registry.by_handle(handle.as_str()).expect("kept");
