@@ -71,6 +71,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
     let shard_count = config.shards;
     crate::shapes::rehome::finish_interrupted(&config.storage_dir)?;
     check_storage_format(&config.storage_dir.join("shards"))?;
+    let upgrade_identity = identity_upgrade(&config.storage_dir.join("shards"))?;
     check_shard_count(&config.storage_dir.join("shards"), shard_count)?;
     let descriptors = raise_descriptor_limit();
     let progress = DurableProgress::new(shard_count, Lsn::ZERO);
@@ -221,7 +222,12 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
                 .borrow_mut()
                 .set_loader(meta, crate::shapes::recover::spec_loader());
             let started = std::time::Instant::now();
-            match crate::shapes::recover::recover(&log_dir, &meta, &mut registry.borrow_mut()) {
+            match crate::shapes::recover::recover(
+                &log_dir,
+                &meta,
+                &mut registry.borrow_mut(),
+                upgrade_identity,
+            ) {
                 Ok(r) => tracing::info!(
                     shard = index,
                     shapes = r.shapes,
@@ -495,6 +501,44 @@ pub fn check_storage_format(dir: &std::path::Path) -> Result<(), String> {
         }
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
+}
+
+/// Marks a storage directory whose shapes are identified by
+/// `where_clause::identity` (the parser that also decides their meaning).
+pub const IDENTITY_FILE: &str = "identity";
+pub const IDENTITY_VERSION: &str = "2";
+
+/// Whether this start must upgrade shape identities: storage written before
+/// shapes were identified by our own parser keeps `where` shapes under
+/// another canonical form (and owner shard), so requests would no longer
+/// find them. Those shapes are dropped once at recovery (their clients get
+/// a 409 and re-sync); shapes without a `where` clause keep their identity.
+/// The marker is written now: a crash before the drops are committed
+/// leaves such shapes unreachable by definition, never wrong.
+fn identity_upgrade(dir: &std::path::Path) -> Result<bool, String> {
+    let path = dir.join(IDENTITY_FILE);
+    let needed = match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim() == IDENTITY_VERSION => return Ok(false),
+        Ok(text) => {
+            return Err(format!(
+                "{} is shape identity version {} but this build knows {IDENTITY_VERSION}: run the matching version",
+                path.display(),
+                text.trim()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => dir.join("count").exists(),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, format!("{IDENTITY_VERSION}\n")))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if needed {
+        tracing::warn!(
+            "upgrading shape identities in {}: shapes with a where clause are dropped once (their clients re-sync)",
+            dir.display()
+        );
+    }
+    Ok(needed)
 }
 
 /// Raises the soft descriptor limit to the hard one (the common soft

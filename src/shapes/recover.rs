@@ -46,6 +46,7 @@ pub fn recover(
     log_dir: &Path,
     meta: &MetaStore,
     registry: &mut Registry,
+    upgrade_identity: bool,
 ) -> std::io::Result<Recovery> {
     let mut recovery = Recovery::default();
     let mut loaded = meta.load()?;
@@ -70,9 +71,23 @@ pub fn recover(
         registry.remove(*id, "its snapshot was interrupted by the restart");
     }
     recovery.dropped = unfinished.len();
+    if upgrade_identity {
+        // Keyed under an older canonical form of their where clause.
+        let stale = registry.ids_where(|canonical| !canonical_without_where(canonical));
+        for id in &stale {
+            registry.remove(*id, "shape identities changed in this version");
+        }
+        recovery.dropped += stale.len();
+    }
     recovery.shapes = registry.len();
     recovery.orphans = delete_orphans(registry)?;
     Ok(recovery)
+}
+
+/// Whether a canonical definition has no where clause (the where text is
+/// escaped, so `|where=|` can only be an empty one).
+fn canonical_without_where(canonical: &str) -> bool {
+    canonical.contains("|where=|params=")
 }
 
 /// Replays segment records from `checkpoint` on.

@@ -133,6 +133,15 @@ pub fn rehome(storage: &Path, shards: usize) -> Result<Rehomed, String> {
         format!("{}\n", shards::shape::log::SERVING_FORMAT),
     )
     .map_err(|e| format!("cannot write {}: {e}", staging.join("format").display()))?;
+    // Shape identity moves as it was: a storage not yet upgraded is
+    // upgraded by the next start (`server::identity_upgrade`).
+    if dir.join(crate::server::IDENTITY_FILE).exists() {
+        std::fs::write(
+            staging.join(crate::server::IDENTITY_FILE),
+            format!("{}\n", crate::server::IDENTITY_VERSION),
+        )
+        .map_err(|e| io("cannot write the identity marker", e))?;
+    }
     std::fs::write(staging.join("count"), format!("{shards}\n"))
         .map_err(|e| io("cannot write the shard count", e))?;
     sync_filesystem(&staging).map_err(|e| io("cannot sync the new layout", e))?;

@@ -134,21 +134,6 @@ impl fmt::Display for ShapeHandle {
     }
 }
 
-/// The where clause re-printed from its parse tree, so whitespace and
-/// keyword case do not make two requests different shapes. None when it
-/// does not parse (the owner then reports the error).
-pub fn normalise_where(sql: &str) -> Option<String> {
-    use sqlparser::dialect::PostgreSqlDialect;
-    use sqlparser::parser::Parser;
-    let mut parser = Parser::new(&PostgreSqlDialect {}).try_with_sql(sql).ok()?;
-    let expr = parser.parse_expr().ok()?;
-    // Trailing tokens mean it is not one expression.
-    if parser.peek_token().token != sqlparser::tokenizer::Token::EOF {
-        return None;
-    }
-    Some(expr.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

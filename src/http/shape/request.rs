@@ -322,7 +322,7 @@ fn definition(query: &Query, table: &str, errors: &mut Errors) -> ShapeDefinitio
         .filter(|w| !w.trim().is_empty());
     let where_canonical = where_sql
         .as_deref()
-        .map(|w| shards::shape::definition::normalise_where(w).unwrap_or_else(|| w.to_string()));
+        .map(|w| shards::shape::where_clause::identity(w).unwrap_or_else(|| w.to_string()));
     ShapeDefinition {
         table,
         where_sql,

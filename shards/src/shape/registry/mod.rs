@@ -517,6 +517,25 @@ impl Registry {
         ids
     }
 
+    /// Ids of the shapes, built or cold, whose canonical definition
+    /// satisfies `pick` (recovery's one-off upgrades).
+    pub fn ids_where(&self, pick: impl Fn(&str) -> bool) -> Vec<ShapeId> {
+        let mut ids: Vec<ShapeId> = self
+            .shapes
+            .values()
+            .filter(|s| pick(&s.spec.canonical))
+            .map(|s| s.id)
+            .chain(
+                self.cold
+                    .iter()
+                    .filter(|(_, c)| pick(&c.canonical))
+                    .map(|(&id, _)| id),
+            )
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Every shape (for DELETE by definition, metrics, shutdown).
     pub fn shapes(&self) -> impl Iterator<Item = &Rc<Shape>> {
         self.shapes.values()

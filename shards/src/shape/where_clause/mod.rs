@@ -115,6 +115,7 @@ mod error;
 mod eval;
 mod expr;
 mod functions;
+mod identity;
 mod index;
 mod lexer;
 mod numeric;
@@ -130,6 +131,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 pub use error::{WhereError, WhereErrorField};
+pub use identity::identity;
 
 /// A column of the shape's table, as the where clause may reference it.
 #[derive(Clone, Debug, PartialEq, Eq)]

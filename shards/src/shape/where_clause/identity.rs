@@ -1,0 +1,255 @@
+//! A shape's identity from its `where` text, decided by the same parser
+//! that decides its meaning: the untyped tree (before the catalog is read,
+//! which happens on the owner shard this text chooses) written back with
+//! every compound parenthesised, identifiers quoted and keywords in one
+//! spelling. Spacing, keyword case and redundant parentheses do not make
+//! two shapes; texts Postgres reads differently never make one.
+
+use super::ast::{Node, NodeKind, TypeName};
+use super::parse;
+use super::render::quote_literal;
+use super::types::quote_identifier;
+
+/// The identity form of `sql`, or None when it does not parse (the owner
+/// then answers with the parse error).
+pub fn identity(sql: &str) -> Option<String> {
+    let parsed = parse::parse(sql).ok()?;
+    let mut out = String::with_capacity(sql.len() + 16);
+    write(&mut out, &parsed.root);
+    Some(out)
+}
+
+fn write_type(out: &mut String, t: &TypeName) {
+    out.push_str(&t.names.join("."));
+    if t.has_modifiers {
+        // Refused when typed; kept apart from the plain type all the same.
+        out.push_str("(…)");
+    }
+    if t.array {
+        out.push_str("[]");
+    }
+}
+
+fn write_list(out: &mut String, items: &[Node], separator: &str) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(separator);
+        }
+        write(out, item);
+    }
+}
+
+fn write(out: &mut String, node: &Node) {
+    match &node.kind {
+        NodeKind::Column(parts) => {
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(&quote_identifier(part));
+            }
+        }
+        NodeKind::Number(n) => out.push_str(n),
+        NodeKind::String(s) => out.push_str(&quote_literal(s)),
+        NodeKind::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        NodeKind::Null => out.push_str("NULL"),
+        NodeKind::Param(n) => {
+            out.push('$');
+            out.push_str(&n.to_string());
+        }
+        NodeKind::TypedString { type_name, value } => {
+            write_type(out, type_name);
+            out.push(' ');
+            out.push_str(&quote_literal(value));
+        }
+        NodeKind::Cast { arg, type_name } => {
+            out.push('(');
+            write(out, arg);
+            out.push_str(")::");
+            write_type(out, type_name);
+        }
+        NodeKind::Prefix { op, arg } => {
+            out.push('(');
+            out.push_str(op);
+            out.push(' ');
+            write(out, arg);
+            out.push(')');
+        }
+        NodeKind::Infix { op, left, right } => {
+            out.push('(');
+            write(out, left);
+            out.push(' ');
+            out.push_str(op);
+            out.push(' ');
+            write(out, right);
+            out.push(')');
+        }
+        NodeKind::Quantified {
+            op,
+            left,
+            right,
+            all,
+        } => {
+            out.push('(');
+            write(out, left);
+            out.push(' ');
+            out.push_str(op);
+            out.push_str(if *all { " ALL (" } else { " ANY (" });
+            write(out, right);
+            out.push_str("))");
+        }
+        NodeKind::And(items) => {
+            out.push('(');
+            write_list(out, items, " AND ");
+            out.push(')');
+        }
+        NodeKind::Or(items) => {
+            out.push('(');
+            write_list(out, items, " OR ");
+            out.push(')');
+        }
+        NodeKind::Not(arg) => {
+            out.push_str("(NOT ");
+            write(out, arg);
+            out.push(')');
+        }
+        NodeKind::IsNull { arg, negated } => {
+            out.push('(');
+            write(out, arg);
+            out.push_str(if *negated { " IS NOT NULL)" } else { " IS NULL)" });
+        }
+        NodeKind::BoolTest { arg, test } => {
+            out.push('(');
+            write(out, arg);
+            out.push(' ');
+            out.push_str(test.sql());
+            out.push(')');
+        }
+        NodeKind::Distinct {
+            left,
+            right,
+            negated,
+        } => {
+            out.push('(');
+            write(out, left);
+            out.push_str(if *negated {
+                " IS NOT DISTINCT FROM "
+            } else {
+                " IS DISTINCT FROM "
+            });
+            write(out, right);
+            out.push(')');
+        }
+        NodeKind::Between {
+            arg,
+            low,
+            high,
+            negated,
+            symmetric,
+        } => {
+            out.push('(');
+            write(out, arg);
+            out.push_str(if *negated { " NOT BETWEEN " } else { " BETWEEN " });
+            if *symmetric {
+                out.push_str("SYMMETRIC ");
+            }
+            write(out, low);
+            out.push_str(" AND ");
+            write(out, high);
+            out.push(')');
+        }
+        NodeKind::InList {
+            arg,
+            items,
+            negated,
+        } => {
+            out.push('(');
+            write(out, arg);
+            out.push_str(if *negated { " NOT IN (" } else { " IN (" });
+            write_list(out, items, ", ");
+            out.push_str("))");
+        }
+        NodeKind::Func {
+            name,
+            args,
+            aggregate,
+        } => {
+            let name: Vec<String> = name.iter().map(|n| quote_identifier(n)).collect();
+            out.push_str(&name.join("."));
+            out.push('(');
+            if *aggregate {
+                // Refused when typed; never equal to a plain call.
+                out.push_str("aggregate ");
+            }
+            write_list(out, args, ", ");
+            out.push(')');
+        }
+        NodeKind::Array(items) => {
+            out.push_str("ARRAY[");
+            write_list(out, items, ", ");
+            out.push(']');
+        }
+        NodeKind::Unsupported(what) => {
+            out.push_str("<unsupported ");
+            out.push_str(what);
+            out.push('>');
+        }
+        NodeKind::UnsupportedMessage(what) => {
+            out.push_str("<unsupported ");
+            out.push_str(what);
+            out.push('>');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identity;
+
+    #[test]
+    fn spelling_does_not_make_a_shape() {
+        for (a, b) in [
+            ("id = 1", "ID=1"),
+            ("id = 1", "  id   =   1  "),
+            ("id = 1", "(id = 1)"),
+            ("id = 1", "((id) = (1))"),
+            ("a AND b", "a and b"),
+            ("name ILIKE 'x%'", "name ilike 'x%'"),
+            ("x IN (1, 2)", "x in (1,2)"),
+            ("x IS NOT NULL", "x is not null"),
+            ("\"id\" = 1", "id = 1"),
+            ("x::int4 = 1", "x :: int4 = 1"),
+        ] {
+            assert_eq!(identity(a), identity(b), "{a} vs {b}");
+            assert!(identity(a).is_some(), "{a}");
+        }
+    }
+
+    #[test]
+    fn meaning_makes_a_shape() {
+        for (a, b) in [
+            ("a OR b AND c", "(a OR b) AND c"),
+            ("id = 1", "id = 2"),
+            ("name = 'x'", "name = 'X'"),
+            ("\"Id\" = 1", "id = 1"),
+            ("x = $1", "x = $2"),
+            ("x = 1", "x = '1'"),
+            ("x - 1 - 2 = 0", "x - (1 - 2) = 0"),
+            ("x IN (1, 2)", "x NOT IN (1, 2)"),
+            ("x BETWEEN 1 AND 2", "x BETWEEN SYMMETRIC 1 AND 2"),
+            ("name = 'a''b'", "name = 'a' 'b'"),
+            ("x = ANY(ARRAY[1])", "x = ALL(ARRAY[1])"),
+        ] {
+            let (x, y) = (identity(a), identity(b));
+            if x.is_some() || y.is_some() {
+                assert_ne!(x, y, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn text_that_does_not_parse_has_no_identity() {
+        assert_eq!(identity("id = "), None);
+        assert_eq!(identity("id = 1 garbage"), None);
+    }
+}
