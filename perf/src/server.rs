@@ -109,6 +109,7 @@ impl Server {
         let spawned_wall = std::time::SystemTime::now();
         let spawned = Instant::now();
         let mut child = command.spawn().expect("start the server");
+        CURRENT.store(child.id() as i32, std::sync::atomic::Ordering::Relaxed);
         let lines: Arc<Mutex<Vec<LogLine>>> = Arc::default();
         let reader = {
             let (stderr, lines, mut file) = (child.stderr.take().unwrap(), lines.clone(), file);
@@ -235,6 +236,12 @@ impl Server {
             std::thread::sleep(Duration::from_micros(200));
         };
         let took = signalled.elapsed();
+        let _ = CURRENT.compare_exchange(
+            self.pid(),
+            0,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
@@ -254,11 +261,25 @@ impl Server {
 impl Drop for Server {
     /// A bench that panics leaves no server behind.
     fn drop(&mut self) {
+        let _ = CURRENT.compare_exchange(
+            self.pid(),
+            0,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
     }
+}
+
+/// The server process most recently started and not yet stopped (0: none):
+/// what a flamegraph records.
+static CURRENT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+pub fn current_pid() -> i32 {
+    CURRENT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Signals one process this bench started (the server, a `perf`, or a

@@ -37,13 +37,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::psql::{create_bench_table, psql};
+use crate::report::{Machine, Spread};
+use crate::server::{server_binary, signal, Server, ServerConfig};
+use crate::shapes::{agent, create_shapes, get, read_url, shape_url, Creation};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use shapeshard::devpg::{free_port, DevPgOptions, DevPostgres};
-use shapeshard_perf::psql::{create_bench_table, psql};
-use shapeshard_perf::report::{Machine, Spread};
-use shapeshard_perf::server::{server_binary, signal, Server, ServerConfig};
-use shapeshard_perf::shapes::{agent, create_shapes, get, read_url, shape_url, Creation};
 
 const SLOT: &str = "electric_slot_default";
 const PUBLICATION: &str = "electric_publication_default";
@@ -53,7 +53,7 @@ const FLUSH_INTERVAL_MS: u64 = 5;
 
 #[derive(Parser, Debug)]
 #[command(about = "End-to-end write throughput into many `g = const` shapes")]
-struct Args {
+pub struct Args {
     /// Shape counts, increasing; shapes are added to one server.
     #[arg(
         long,
@@ -114,8 +114,7 @@ struct Ctx {
     next_id: i64,
 }
 
-fn main() {
-    let args = Args::parse();
+pub fn run(args: Args) -> String {
     assert!(
         !args.shapes.is_empty() && args.shapes.windows(2).all(|w| w[0] < w[1]),
         "E2E_SHAPES must be increasing"
@@ -216,8 +215,7 @@ fn main() {
         &points,
         &metrics,
     );
-    println!("{report}");
-    shapeshard_perf::report::write("e2e-write", &report);
+    report
 }
 
 // ---------------------------------------------------------------- server

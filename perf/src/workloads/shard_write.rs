@@ -13,9 +13,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::fixture::{bench_table, g_equals};
+use crate::report::Machine;
 use shapeshard::shapes::create::build_spec;
-use shapeshard_perf::fixture::{bench_table, g_equals};
-use shapeshard_perf::report::Machine;
 use shards::change::{Change, Column, Datum, Relation, ReplicaIdentity, Transaction};
 use shards::fence::DurableProgress;
 use shards::routes::RouteTable;
@@ -38,7 +38,7 @@ struct Run {
     bytes: u64,
 }
 
-fn run(shapes: usize, changes: usize) -> Run {
+fn run_one(shapes: usize, changes: usize) -> Run {
     runtime::spawn_thread("bench-shard", move || async move {
         let dir = std::env::temp_dir().join(format!(
             "shapeshard-write-bench-{}-{shapes}",
@@ -175,13 +175,12 @@ fn run(shapes: usize, changes: usize) -> Run {
     .expect("run")
 }
 
-fn main() {
-    let changes: usize = std::env::args()
-        .nth(1)
-        .map_or(500_000, |a| a.parse().expect("CHANGES must be a number"));
+/// `changes` per shape count (the binary's default was 500,000 into
+/// 1k, 10k and 100k shapes).
+pub fn run(changes: usize, counts: &[usize]) -> String {
     let mut rows = String::new();
-    for shapes in [1_000, 10_000, 100_000] {
-        let r = run(shapes, changes);
+    for &shapes in counts {
+        let r = run_one(shapes, changes);
         eprintln!(
             "{shapes} shapes: {:.0} changes/s",
             r.changes as f64 / r.seconds
@@ -200,6 +199,5 @@ fn main() {
         "# Shard write path: changes into `g = const` shapes, durable\n\n{}\n\nOne shard (one core): decoded insert transactions of {ROWS_PER_TRANSACTION} rows, each row in exactly one shape (found through the where-clause index), converted, encoded, journaled, and made durable by the group commit (5 ms / 256 KiB ticks, one fdatasync each, direct I/O), with checkpoints every second moving the shapes' log tails to their serving files (on their own thread, sharing the two cores). Timed until the shard's durable LSN reaches the last transaction.\n\n| shapes | changes | seconds | changes/s | fdatasyncs/s | MB/s written |\n|---|---|---|---|---|---|\n{rows}\nDecoding (not included here) runs at millions of rows/s on one core and the replication drain beside `pg_recvlogical` is in the `decode` reports; end to end through Postgres is `e2e-write-bench`.\n",
         Machine::describe()
     );
-    println!("{report}");
-    shapeshard_perf::report::write("shard-write", &report);
+    report
 }

@@ -31,25 +31,21 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::psql::create_bench_table;
+use crate::report::{Machine, Spread};
+use crate::server::{series, server_binary, stamped_after, LogLine, Server, ServerConfig, Stopped};
+use crate::shapes::{create_shapes, for_each, get, get_admitted, read_url, Creation, ShapeAt};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use serde_json::Value;
 use shapeshard::devpg::{free_port, DevPgOptions, DevPostgres};
-use shapeshard_perf::psql::create_bench_table;
-use shapeshard_perf::report::{Machine, Spread};
-use shapeshard_perf::server::{
-    series, server_binary, stamped_after, LogLine, Server, ServerConfig, Stopped,
-};
-use shapeshard_perf::shapes::{
-    create_shapes, for_each, get, get_admitted, read_url, Creation, ShapeAt,
-};
 
 /// The requirement being checked.
 const LIMIT: Duration = Duration::from_secs(1);
 
 #[derive(Parser, Debug)]
 #[command(about = "Clean shutdown and restart with many idle shapes")]
-struct Args {
+pub struct Args {
     /// Shape counts, increasing; shapes are added to one storage directory.
     #[arg(default_values_t = [10_000])]
     shapes: Vec<usize>,
@@ -121,8 +117,7 @@ struct Ctx {
     failures: Vec<String>,
 }
 
-fn main() {
-    let args = Args::parse();
+pub fn run(args: Args) -> String {
     assert!(
         !args.shapes.is_empty() && args.shapes.windows(2).all(|w| w[0] < w[1]),
         "shape counts must be increasing"
@@ -182,18 +177,16 @@ fn main() {
     drop(pg);
 
     let report = render(&ctx, &version, seed, &points);
-    println!("{report}");
-    shapeshard_perf::report::write("shutdown", &report);
     if ctx.failures.is_empty() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
-        panic!(
-            "{} correctness failures (server logs kept in {}):\n{}",
+        crate::report::failure(format!(
+            "shutdown: {} correctness failures (server logs kept in {})",
             ctx.failures.len(),
             ctx.logs.display(),
-            ctx.failures.join("\n")
-        );
+        ));
     }
+    report
 }
 
 // ---------------------------------------------------------------- one shape count
@@ -547,7 +540,7 @@ fn restart(ctx: &mut Ctx, n: usize, kind: Kind) -> (Server, Restart) {
 
 /// A read of an existing, unchanged shape at its end: 200, up to date, at
 /// the same handle and offset.
-fn check(reply: &shapeshard_perf::shapes::Reply, expected: &ShapeAt) -> Result<(), String> {
+fn check(reply: &crate::shapes::Reply, expected: &ShapeAt) -> Result<(), String> {
     if reply.status != 200 {
         return Err(format!("status {} ({})", reply.status, reply.body.trim()));
     }

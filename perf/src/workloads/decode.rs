@@ -5,29 +5,26 @@
 
 use std::time::{Duration, Instant};
 
+use crate::report::{Machine, Spread};
 use bytes::Bytes;
 use shapeshard::devpg::{DevPgOptions, DevPostgres};
 use shapeshard::pg::conn::Connection;
 use shapeshard::pg::connstr::ConnConfig;
 use shapeshard::pg::pgoutput::{DecodedEvent, Decoder};
 use shapeshard::pg::replication::{self, ReplicationMessage};
-use shapeshard_perf::report::{Machine, Spread};
 
 const ROWS_PER_TRANSACTION: usize = 100;
 const DECODE_RUNS: usize = 5;
 
-fn main() {
-    let rows: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().expect("ROWS must be a number"))
-        .unwrap_or(500_000);
+/// Rows written and decoded (the binary's default was 500,000).
+pub fn run(rows: usize) -> String {
     let dir = std::env::temp_dir().join(format!("shapeshard-decode-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut options = DevPgOptions::default();
     options.settings.push(("fsync".into(), "off".into()));
     let pg = DevPostgres::start(&dir, &options).expect("start Postgres");
     let url = pg.url("postgres");
-    let psql = |sql: &str| shapeshard_perf::psql::psql(&url, sql);
+    let psql = |sql: &str| crate::psql::psql(&url, sql);
     psql("CREATE TABLE bench (id int8 PRIMARY KEY, name text, amount numeric, at timestamptz, flag bool, doc jsonb)");
     psql("CREATE PUBLICATION bench_pub FOR TABLE bench");
     psql("SELECT pg_create_logical_replication_slot('bench_ours', 'pgoutput')");
@@ -106,8 +103,7 @@ fn main() {
         decode.median / rate(recvlogical_time),
         rate(drain_time) / rate(recvlogical_time),
     );
-    println!("{report}");
-    shapeshard_perf::report::write("decode", &report);
+    report
 }
 
 /// Drains `bench_ours` until `rows` inserts have been decoded.

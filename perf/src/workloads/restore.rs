@@ -16,10 +16,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::fixture::{bench_table, g_equals};
+use crate::report::Machine;
 use shapeshard::shapes::create::build_spec;
 use shapeshard::shapes::recover::{recover, spec_loader};
-use shapeshard_perf::fixture::{bench_table, g_equals};
-use shapeshard_perf::report::Machine;
 use shards::routes::RouteTable;
 use shards::shape::definition::{definition_hash, ShapeHandle};
 use shards::shape::encode::PgSnapshot;
@@ -82,10 +82,8 @@ fn chunk(start: u64, end: u64, first: (u64, u64), last: (u64, u64), sealed: bool
     }
 }
 
-fn main() {
-    let shapes: usize = std::env::args()
-        .nth(1)
-        .map_or(100_000, |a| a.parse().expect("SHAPES must be a number"));
+/// Restores `shapes` idle shapes (the binary's default was 100,000).
+pub fn run(shapes: usize) -> String {
     let dir = std::env::temp_dir().join(format!("shapeshard-restore-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let meta = MetaStore::open(&dir.join("meta")).expect("metadata");
@@ -158,7 +156,7 @@ fn main() {
     let memory_before = rss_anon();
     let heap_before = heap();
     let started = Instant::now();
-    let recovery = recover(&dir.join("log"), &meta, &mut registry).expect("recover");
+    let recovery = recover(&dir.join("log"), &meta, &mut registry, false).expect("recover");
     let seconds = started.elapsed().as_secs_f64();
     let memory = rss_anon().saturating_sub(memory_before);
     let heap_cold = (heap() - heap_before) as f64 / shapes as f64;
@@ -225,6 +223,5 @@ fn main() {
         "# Restore: idle shapes back from LMDB after a checkpoint\n\n{}\n\nOne shard (one core) restores every shape from its LMDB records (rkyv, copied to aligned buffers) and checkpointed log states: creation record decoded, where clause compiled, shape registered and indexed, log state restored. No serving file is opened (they are cut lazily at their next write) and no segment is replayed (the checkpoint is at the log's end, as after a clean stop; after a crash only the records past the checkpoint are replayed). A server restores its shards in parallel, one per core. Shapes come back *cold*: handle, definition key, index key, read time and checkpointed log state only; a shape is built (creation record read from LMDB, where clause compiled) the first time a request or a change needs it. RSS is the growth of anonymous RSS over the restore, per shape. Heap columns count live heap bytes per shape (a counting allocator): after the restore (cold), after every shape was used once (built: spec, compiled where clause, log index, wake-up list), and after the shard unloaded them as idle (the checkpoint's `unload_idle`, at most `UNLOAD_PER_CHECKPOINT` per checkpoint; the longest such pause of the shard's executor is reported). First use is the build of one cold shape (1000 sampled).\n\n| shapes | seconds | shapes/s | RSS B/shape restored | heap B/shape restored | heap B/shape built | heap B/shape unloaded | longest unload pause ms | first use p50 µs | first use p99 µs |\n|---|---|---|---|---|---|---|---|---|---|\n{rows}",
         Machine::describe()
     );
-    println!("{report}");
-    shapeshard_perf::report::write("restore", &report);
+    report
 }

@@ -1,29 +1,24 @@
 //! Shape creation latency: a lone `offset=-1` request for a new shape
 //! against a herd of concurrent requests for one new shape (all but one
-//! join the creation in flight). Runs the real server in-process against
-//! a throwaway Postgres; reports HDR percentiles.
+//! join the creation in flight). Runs the release server against a
+//! throwaway Postgres; reports HDR percentiles.
 //!
 //! `cargo run --release -p shapeshard-perf --bin herd-bench [HERD] [ROUNDS]`
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use crate::report::Machine;
+use crate::server::{Server, ServerConfig};
 use hdrhistogram::Histogram;
-use shapeshard::config::{self, Cli};
 use shapeshard::devpg::{free_port, DevPgOptions, DevPostgres};
-use shapeshard_perf::report::Machine;
 
 const ROWS: usize = 1_000;
 
-fn main() {
-    let mut args = std::env::args().skip(1);
-    let herd: usize = args
-        .next()
-        .map_or(1000, |a| a.parse().expect("HERD must be a number"));
-    let rounds: usize = args
-        .next()
-        .map_or(5, |a| a.parse().expect("ROUNDS must be a number"));
+/// `herd` concurrent requests per round (the binary's default was 1,000),
+/// `rounds` rounds (5).
+pub fn run(herd: usize, rounds: usize) -> String {
+    let (bin, _version) = crate::server::server_binary(None, None);
     let dir = std::env::temp_dir().join(format!("shapeshard-herd-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut options = DevPgOptions::default();
@@ -33,7 +28,7 @@ fn main() {
         .push(("max_connections".into(), "200".into()));
     let pg = DevPostgres::start(&dir.join("pg"), &options).expect("start Postgres");
     let url = pg.url("postgres");
-    let psql = |sql: &str| shapeshard_perf::psql::psql(&url, sql);
+    let psql = |sql: &str| crate::psql::psql(&url, sql);
     let tables = 2 * rounds;
     for t in 0..tables {
         psql(&format!(
@@ -42,34 +37,15 @@ fn main() {
     }
 
     let port = free_port().expect("a free port");
-    let cli = Cli::parse_from([
-        "shapeshard",
-        "--database-url",
-        &url,
-        "--insecure",
-        "--port",
-        &port.to_string(),
-        "--storage-dir",
-        dir.join("server").to_str().unwrap(),
-        "--log-level",
-        "error",
-        "--max-concurrent-requests",
-        r#"{"initial": 100000, "existing": 100000}"#,
-    ]);
-    let config = config::validate(&cli).expect("valid config");
-    let shards = config.shards;
-    std::thread::spawn(move || shapeshard::server::run(config));
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ureq::get(&format!("{base}/v1/health"))
-        .call()
-        .map(|r| r.status())
-        .ok()
-        != Some(200)
-    {
-        assert!(Instant::now() < deadline, "server never became active");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let config = ServerConfig::new(&bin, &url, port, &dir.join("server"))
+        .log_level("error")
+        .args([
+            "--max-concurrent-requests",
+            r#"{"initial": 100000, "existing": 100000}"#,
+        ]);
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let server = Server::start(&config, &dir.join("server.log"));
+    let base = server.base.clone();
 
     let mut lone = Histogram::<u64>::new(3).unwrap();
     let mut crowd = Histogram::<u64>::new(3).unwrap();
@@ -132,7 +108,26 @@ fn main() {
         row("herd (joins the creation)", &crowd),
         2 * rounds,
     );
-    println!("{report}");
-    shapeshard_perf::report::write("herd", &report);
+    crate::report::histogram("herd-lone", &lone);
+    crate::report::histogram("herd-crowd", &crowd);
+    crate::report::percentile_plot(
+        "herd",
+        "shape creation: herd vs lone request",
+        &[
+            ("herd (joins one creation)", &crowd),
+            ("lone creation (limit)", &lone),
+        ],
+    );
+    crate::report::headline(crate::report::Headline::latency(
+        "herd",
+        &format!("{herd} concurrent first requests, p99"),
+        crowd.value_at_quantile(0.99),
+        Some(("a lone creation p99", lone.value_at_quantile(0.99))),
+        "≤ 1.2× a lone creation",
+    ));
+    let mut server = server;
+    server.stop();
     drop(pg);
+    let _ = std::fs::remove_dir_all(&dir);
+    report
 }
