@@ -545,7 +545,10 @@ fn changes_only_logs_and_schema_changes() {
     // receives the new row without the new column.
     crate::harness::wait_for("the row after ADD COLUMN", Duration::from_secs(20), || {
         named.poll(&server).unwrap();
-        named.rows.contains_key("\"public\".\"items\"/\"4\"").then_some(())
+        named
+            .rows
+            .contains_key("\"public\".\"items\"/\"4\"")
+            .then_some(())
     });
     let four = &named.rows["\"public\".\"items\"/\"4\""];
     assert_eq!(four.get("title").and_then(|v| v.as_str()), Some("four"));
