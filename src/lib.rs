@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod pg;
+pub mod read_only;
 pub mod server;
 pub mod shapes;
 pub mod status;

@@ -37,8 +37,34 @@ pub fn run(config: Config) -> Result<(), String> {
     let shutdown = Shutdown::new();
     install_signal_handlers(&shutdown)?;
     // Held until the process exits: one writer per storage directory.
-    let Some(_lock) = lock_storage(&config.storage_dir, &shutdown)? else {
-        return Ok(());
+    // While another instance holds it (a rolling deploy), serve what it has
+    // checkpointed, read-only (an external database only: an embedded one
+    // belongs to the instance that started it).
+    let (_lock, read_only) = match try_lock_storage(&config.storage_dir)? {
+        Some(lock) => (lock, None),
+        None => {
+            let phase = match &config.database {
+                Database::External(conn) => {
+                    match crate::read_only::ReadOnlyPhase::start(&config, conn) {
+                        Ok(phase) => Some(phase),
+                        Err(e) => {
+                            tracing::warn!("not serving read-only while waiting: {e}");
+                            None
+                        }
+                    }
+                }
+                Database::Embedded => None,
+            };
+            match lock_storage(&config.storage_dir, &shutdown)? {
+                Some(lock) => (lock, phase),
+                None => {
+                    if let Some(phase) = phase {
+                        phase.stop();
+                    }
+                    return Ok(());
+                }
+            }
+        }
     };
 
     let mut embedded = None;
@@ -59,7 +85,7 @@ pub fn run(config: Config) -> Result<(), String> {
         }
     };
 
-    let result = run_with_database(&config, conn, shutdown);
+    let result = run_with_database(&config, conn, shutdown, read_only);
     if let Some(mut pg) = embedded {
         pg.stop();
         tracing::info!("embedded Postgres stopped");
@@ -67,7 +93,12 @@ pub fn run(config: Config) -> Result<(), String> {
     result
 }
 
-fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> Result<(), String> {
+fn run_with_database(
+    config: &Config,
+    conn: ConnConfig,
+    shutdown: Shutdown,
+    read_only: Option<crate::read_only::ReadOnlyPhase>,
+) -> Result<(), String> {
     let shard_count = config.shards;
     crate::shapes::rehome::finish_interrupted(&config.storage_dir)?;
     check_storage_format(&config.storage_dir.join("shards"))?;
@@ -333,6 +364,7 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
         ..IngestConfig::new(conn.clone(), &config.replication_stream_id)
     };
     let ingest_shutdown = shutdown.clone();
+    let serving_status = status.clone();
     let ingest = runtime::spawn_thread("ingest", move || async move {
         let mut feeds = Vec::with_capacity(senders.len());
         for sender in senders {
@@ -358,10 +390,25 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
     })
     .map_err(|e| format!("cannot start the ingest: {e}"))?;
     tracing::info!(shards = shard_count, %addr, "shapeshard listening");
+    // The read-only phase answers on the same port until this instance
+    // serves as the writer (or stops).
+    let handover = read_only.map(|phase| {
+        let status = serving_status;
+        let shutdown = shutdown.clone();
+        std::thread::spawn(move || {
+            while status.get() != crate::status::Status::Active && !shutdown.is_triggered() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            phase.stop();
+        })
+    });
 
     let ingest_result = ingest.join();
     // The ingest only ends on shutdown; make sure the shards see it too.
     shutdown.trigger();
+    if let Some(handover) = handover {
+        let _ = handover.join();
+    }
     let shards_result = shards.join();
     match ingest_result {
         Ok(Ok(())) => {}
@@ -371,6 +418,37 @@ fn run_with_database(config: &Config, conn: ConnConfig, shutdown: Shutdown) -> R
     shards_result
 }
 
+/// The storage directory's exclusive lock if it is free now.
+fn try_lock_storage(dir: &std::path::Path) -> Result<Option<std::fs::File>, String> {
+    let file = open_lock_file(dir)?;
+    Ok(flock_now(&file, &dir.join("lock"))?.then_some(file))
+}
+
+fn open_lock_file(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    let path = dir.join("lock");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+/// One non-blocking attempt at the lock: false while another holds it.
+fn flock_now(file: &std::fs::File, path: &std::path::Path) -> Result<bool, String> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(format!("cannot lock {}: {err}", path.display()));
+    }
+    Ok(false)
+}
+
 /// Takes the storage directory's exclusive lock, waiting (and saying so)
 /// while another instance holds it — a rolling deploy's new instance takes
 /// over when the old one exits. None if asked to stop while waiting.
@@ -378,27 +456,15 @@ fn lock_storage(
     dir: &std::path::Path,
     shutdown: &Shutdown,
 ) -> Result<Option<std::fs::File>, String> {
-    use std::os::fd::AsRawFd;
     let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let file = open_lock_file(dir)?;
     let mut said = false;
     loop {
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
+        if flock_now(&file, &path)? {
             if said {
                 tracing::info!("storage directory lock acquired; taking over");
             }
             return Ok(Some(file));
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(format!("cannot lock {}: {err}", path.display()));
         }
         if !said {
             tracing::warn!(

@@ -34,6 +34,10 @@ pub struct ShapeConfig {
     pub publication: String,
     /// Postgres connections per shard for catalog reads and snapshots.
     pub pool_size: usize,
+    /// Another instance holds the storage (a rolling deploy): serve the
+    /// shapes it checkpointed, create none (503, retry), and take any
+    /// offset past what is known as caught up.
+    pub read_only: bool,
 }
 
 impl ShapeConfig {
@@ -46,6 +50,7 @@ impl ShapeConfig {
             allow_delete: false,
             publication,
             pool_size: 4,
+            read_only: false,
         }
     }
 }
@@ -123,6 +128,7 @@ impl ShapeService {
             (Some(handle), _) if handle != shape.handle() => {
                 ShapeReply::must_refetch(Some(shape.handle()))
             }
+            (_, Some(_)) if self.config.read_only => read_only_refusal(),
             (_, Some(subset)) => self.subset(&request, subset, &shape).await,
             _ => self.read(&request, &shape).await,
         };
@@ -156,6 +162,9 @@ impl ShapeService {
         let canonical = definition.canonical();
         if let Some(shape) = self.registry.borrow_mut().by_definition(&canonical) {
             return Ok((shape, false));
+        }
+        if self.config.read_only {
+            return Err(read_only_refusal());
         }
         let existing = self.creating.borrow().get(&canonical).cloned();
         let creation = match existing {
@@ -196,6 +205,9 @@ impl ShapeService {
     fn delete(&self, request: ShapeRequest) -> ShapeReply {
         if !self.config.allow_delete {
             return ShapeReply::message(405, "DELETE not allowed");
+        }
+        if self.config.read_only {
+            return read_only_refusal();
         }
         let shape = {
             let mut registry = self.registry.borrow_mut();
@@ -261,7 +273,10 @@ impl ShapeService {
                 LogRead::OutOfBounds
                     if !offset.is_snapshot_region()
                         && shape.snapshot_done()
-                        && offset.tx() <= self.registry.borrow().last_seen().0 =>
+                        && (offset.tx() <= self.registry.borrow().last_seen().0
+                            // Read-only: the client read further from the
+                            // instance that writes; nothing here is newer.
+                            || self.config.read_only) =>
                 {
                     (Bytes::new(), offset)
                 }
@@ -327,7 +342,7 @@ impl ShapeService {
                     },
                 );
                 if left.is_zero() || !woken.await {
-                    let global = self.registry.borrow().last_seen().0;
+                    let global = self.registry.borrow().last_seen().0.max(offset.tx());
                     let body = format!("[{}]", encode::up_to_date(global));
                     return self.ok(
                         request,
@@ -446,6 +461,15 @@ impl ShapeService {
         }
         reply
     }
+}
+
+/// What a read-only instance answers for anything that needs the writer:
+/// the client retries, and reaches the writer once the deploy is done.
+fn read_only_refusal() -> ShapeReply {
+    ShapeReply::unavailable(
+        "This instance is read-only while another one holds the storage; retry shortly",
+        1,
+    )
 }
 
 /// The `global_last_seen_lsn` of an SSE batch's `up-to-date`. Electric's

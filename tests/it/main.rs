@@ -17,6 +17,7 @@ mod reconnect;
 mod replay;
 mod rig;
 mod rng;
+mod rolling_deploy;
 mod scale_out;
 mod server;
 mod serving_checksum;

@@ -107,14 +107,11 @@ fn shapes_spread_over_two_instances_and_survive_losing_one() {
     }
     // Routed by definition: each shape on one instance, both in use (the
     // gauges follow within a tick).
-    let (on_first, on_second) = crate::harness::wait_for(
-        "every shape counted",
-        Duration::from_secs(10),
-        || {
+    let (on_first, on_second) =
+        crate::harness::wait_for("every shape counted", Duration::from_secs(10), || {
             let counts = (shapes_on(&first), shapes_on(&second));
             (counts.0 + counts.1 == SHAPES as u64).then_some(counts)
-        },
-    );
+        });
     assert!(
         on_first >= 10 && on_second >= 10,
         "shapes spread: {on_first} and {on_second}"

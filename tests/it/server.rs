@@ -115,6 +115,18 @@ impl Server {
         self.wait_active();
     }
 
+    /// SIGTERM without waiting for the exit.
+    pub fn signal_stop(&self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGTERM and wait; `restart` starts it again.
     pub fn stop_process(&mut self) {
         self.terminate();

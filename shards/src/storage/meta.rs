@@ -203,16 +203,33 @@ where
 }
 
 impl MetaStore {
-    /// Opens (creating) the environment in `dir`.
+    /// Opens (creating) the environment in `dir`. Opening a directory
+    /// this process already opened returns that store: LMDB environments
+    /// must be opened once per process (a rolling deploy's read-only phase
+    /// and the shard that takes over share one).
     pub fn open(dir: &Path) -> std::io::Result<MetaStore> {
+        static OPENED: std::sync::Mutex<Vec<(std::path::PathBuf, MetaStore)>> =
+            std::sync::Mutex::new(Vec::new());
         std::fs::create_dir_all(dir)?;
+        let path = dir.canonicalize()?;
+        let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, store)) = opened.iter().find(|(p, _)| *p == path) {
+            return Ok(*store);
+        }
+        let store = MetaStore::open_new(&path)?;
+        opened.push((path, store));
+        Ok(store)
+    }
+
+    fn open_new(dir: &Path) -> std::io::Result<MetaStore> {
         let mut options = EnvOpenOptions::new();
         // Address space only: the file grows as records are written.
         options.map_size(64 << 30).max_dbs(4);
-        // SAFETY: the storage directory is locked (flock) by this process and
-        // each shard opens its own environment once, so no other handle to
-        // this file exists in this process or another; NO_META_SYNC is
-        // paired with `force_sync` at checkpoints (see the module comment).
+        // SAFETY: `open` opens each environment once per process (LMDB's
+        // rule; other processes may hold it too: LMDB locks across them, and
+        // only the holder of the storage lock writes more than an empty
+        // transaction); NO_META_SYNC is paired with `force_sync` at
+        // checkpoints (see the module comment).
         let env = unsafe {
             options.flags(EnvFlags::NO_META_SYNC);
             options.open(dir)

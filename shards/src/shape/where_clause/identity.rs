@@ -116,7 +116,11 @@ fn write(out: &mut String, node: &Node) {
         NodeKind::IsNull { arg, negated } => {
             out.push('(');
             write(out, arg);
-            out.push_str(if *negated { " IS NOT NULL)" } else { " IS NULL)" });
+            out.push_str(if *negated {
+                " IS NOT NULL)"
+            } else {
+                " IS NULL)"
+            });
         }
         NodeKind::BoolTest { arg, test } => {
             out.push('(');
@@ -149,7 +153,11 @@ fn write(out: &mut String, node: &Node) {
         } => {
             out.push('(');
             write(out, arg);
-            out.push_str(if *negated { " NOT BETWEEN " } else { " BETWEEN " });
+            out.push_str(if *negated {
+                " NOT BETWEEN "
+            } else {
+                " BETWEEN "
+            });
             if *symmetric {
                 out.push_str("SYMMETRIC ");
             }

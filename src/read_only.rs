@@ -1,0 +1,192 @@
+//! A rolling deploy's new instance, while the old one still holds the
+//! storage lock: it serves the shapes the old one has checkpointed, read
+//! only, so clients routed to it keep syncing instead of finding nothing.
+//!
+//! Each shard restores its shapes cold from LMDB (as a restart does, minus
+//! the segment log, which belongs to the writer) and answers from the
+//! serving files up to the checkpointed lengths, bytes the writer never
+//! changes again. Nothing is written: no shape is created (503 with
+//! `retry-after`), no segment, checkpoint or metadata. Live requests wait out
+//! the long-poll and answer up-to-date; an offset past what the checkpoint
+//! holds (a client that read further from the writer) is caught up. Health
+//! says `waiting` (202).
+//!
+//! When the lock comes, the normal start runs beside this phase (its
+//! listeners share the port: SO_REUSEPORT) and the phase stops once the
+//! normal shards are active, so the port never goes unanswered.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use shards::runtime::{self, Shutdown};
+use shards::shape::registry::Registry;
+use shards::storage::meta::MetaStore;
+
+use crate::config::Config;
+use crate::http::shape::forward::Router;
+use crate::pg::connstr::ConnConfig;
+use crate::shapes::pool::Pool;
+use crate::shapes::service::{ShapeConfig, ShapeService};
+use crate::status::{ServiceStatus, Status};
+
+/// The running read-only phase: stopped once the writer this instance
+/// becomes is serving.
+pub struct ReadOnlyPhase {
+    stop: Shutdown,
+    shards: runtime::ShardsHandle,
+}
+
+impl ReadOnlyPhase {
+    /// Starts serving `config`'s storage read-only on its port.
+    pub fn start(config: &Config, conn: &ConnConfig) -> Result<ReadOnlyPhase, String> {
+        let shard_count = config.shards;
+        let storage = config.storage_dir.join("shards");
+        let on_disk = std::fs::read_to_string(storage.join("count"))
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok());
+        if on_disk != Some(shard_count) {
+            return Err(format!(
+                "{} holds {} shards, not {shard_count}: nothing to serve read-only",
+                storage.display(),
+                on_disk.map_or_else(|| "no".to_string(), |n| n.to_string())
+            ));
+        }
+        crate::server::check_storage_format(&storage)?;
+        let addr = SocketAddr::new(config.listen_address, config.port);
+        let stop = Shutdown::new();
+        let status = Arc::new(ServiceStatus::default());
+        status.set(Status::Waiting);
+        let metrics = Arc::new(crate::metrics::Metrics::new(shard_count));
+        let eviction = Arc::new(crate::shapes::evict::Eviction::new(0, shard_count));
+        let admission = crate::http::shape::admission::Admission::new(
+            config.max_concurrent_initial,
+            config.max_concurrent_existing,
+        );
+        let mut shape_config = ShapeConfig::new(config.publication_name());
+        shape_config.long_poll = config.long_poll_timeout;
+        shape_config.chunk_bytes = config.chunk_bytes_threshold;
+        shape_config.cache_max_age = config.cache_max_age;
+        shape_config.cache_stale_age = config.cache_stale_age;
+        shape_config.pool_size = 1;
+        shape_config.read_only = true;
+        let secret = if config.insecure {
+            None
+        } else {
+            config.secret.clone()
+        };
+        let mesh = shards::runtime::mesh::Mesh::new(
+            shard_count,
+            crate::http::shape::forward::MESH_CAPACITY,
+        );
+        let mut gens = Vec::with_capacity(shard_count);
+        for index in 0..shard_count {
+            let shard_dir = storage.join(index.to_string());
+            let stop = stop.clone();
+            let mesh = mesh.clone();
+            let status = status.clone();
+            let metrics = metrics.clone();
+            let eviction = eviction.clone();
+            let admission = admission.clone();
+            let shape_config = shape_config.clone();
+            let secret = secret.clone();
+            let conn = conn.clone();
+            let sse = crate::http::shape::sse::SseSettings {
+                timeout: config.sse_timeout,
+                keepalive: config.sse_keepalive,
+            };
+            let read_timeout = config.tcp_read_timeout;
+            gens.push(move || async move {
+                if let Err(e) = runtime::dma::open_marker_first(&shard_dir).await {
+                    tracing::warn!(shard = index, "read-only phase: storage unusable: {e}");
+                    return;
+                }
+                let links = match mesh.join().await {
+                    Ok(links) => links,
+                    Err(e) => {
+                        tracing::warn!(shard = index, "read-only phase: {e}");
+                        return;
+                    }
+                };
+                let registry = match restore(index, &shard_dir, shape_config.chunk_bytes) {
+                    Ok(registry) => registry,
+                    Err(e) => {
+                        tracing::warn!(shard = index, "read-only phase: {e}");
+                        return;
+                    }
+                };
+                let registry = Rc::new(RefCell::new(registry));
+                let service = ShapeService::new(
+                    index,
+                    registry,
+                    Pool::new(conn, 1),
+                    shape_config,
+                    metrics.clone(),
+                    eviction,
+                    stop.clone(),
+                );
+                let router = Router::new(links, service);
+                let served = crate::http::serve(
+                    addr,
+                    crate::http::HttpContext {
+                        shard: index,
+                        status,
+                        secret,
+                        shapes: Some(router),
+                        in_flight: Default::default(),
+                        admission,
+                        metrics,
+                        sse,
+                        shutdown: stop.clone(),
+                        read_timeout,
+                    },
+                    stop,
+                )
+                .await;
+                if let Err(e) = served {
+                    tracing::warn!(shard = index, "read-only phase: HTTP listener failed: {e}");
+                }
+            });
+        }
+        let shards = runtime::spawn_shards(config.placement, gens)
+            .map_err(|e| format!("cannot start the read-only phase: {e}"))?;
+        tracing::info!(%addr, "serving checkpointed shapes read-only until the storage lock is free");
+        Ok(ReadOnlyPhase { stop, shards })
+    }
+
+    /// Stops serving (open requests end as on a stop) and waits for it.
+    pub fn stop(self) {
+        self.stop.trigger();
+        if let Err(e) = self.shards.join() {
+            tracing::warn!("read-only phase ended badly: {e}");
+        }
+        tracing::info!("read-only phase over");
+    }
+}
+
+/// A shard's shapes as its last checkpoint left them, cold.
+fn restore(
+    index: usize,
+    shard_dir: &std::path::Path,
+    chunk_bytes: usize,
+) -> Result<Registry, String> {
+    let meta = MetaStore::open(&shard_dir.join("meta"))
+        .map_err(|e| format!("cannot open {}: {e}", shard_dir.join("meta").display()))?;
+    let mut loaded = meta
+        .load()
+        .map_err(|e| format!("cannot read {}: {e}", shard_dir.join("meta").display()))?;
+    // Routing within this phase only: the writer's routes are its own.
+    let routes = Arc::new(shards::routes::RouteTable::new());
+    let mut registry = Registry::new(index, routes, chunk_bytes, &shard_dir.join("shapes"));
+    registry.set_loader(meta, crate::shapes::recover::spec_loader());
+    for record in &loaded.shapes {
+        // A snapshot still being written is not the writer's to share yet.
+        if record.snapshot_end.is_none() {
+            continue;
+        }
+        let log = loaded.logs.remove(&record.id).unwrap_or_default();
+        registry.restore_cold(record, log);
+    }
+    Ok(registry)
+}
