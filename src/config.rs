@@ -88,9 +88,19 @@ pub struct Options {
     #[arg(long, env = "ELECTRIC_PORT", default_value_t = 3000)]
     pub port: u16,
 
-    /// Address to listen on.
-    #[arg(long, env = "SHAPESHARD_LISTEN_ADDRESS", default_value = "0.0.0.0")]
-    pub listen_address: IpAddr,
+    /// Address to listen on (default 0.0.0.0, or :: with
+    /// ELECTRIC_LISTEN_ON_IPV6).
+    #[arg(long, env = "SHAPESHARD_LISTEN_ADDRESS")]
+    pub listen_address: Option<IpAddr>,
+
+    /// Listen on IPv6 (`::`, which takes IPv4 too where the system allows
+    /// dual-stack sockets) unless SHAPESHARD_LISTEN_ADDRESS says otherwise.
+    #[arg(long, env = "ELECTRIC_LISTEN_ON_IPV6", value_parser = BoolishValueParser::new(), default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub listen_on_ipv6: bool,
+
+    /// Try Postgres hosts' IPv6 addresses first (IPv4 stays the fallback).
+    #[arg(long, env = "ELECTRIC_DATABASE_USE_IPV6", value_parser = BoolishValueParser::new(), default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub database_use_ipv6: bool,
 
     /// Where shard logs, metadata and the embedded Postgres live.
     #[arg(long, env = "ELECTRIC_STORAGE_DIR", default_value = "./persistent")]
@@ -347,6 +357,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
                 conn.sslrootcert = o.database_ca_certificate_file.clone();
             }
             apply_keepalive(&mut conn, o)?;
+            conn.prefer_ipv6 = o.database_use_ipv6;
             if let Some(root) = &conn.sslrootcert {
                 if !root.is_file() {
                     return Err(format!(
@@ -373,6 +384,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
                 conn.sslrootcert = o.database_ca_certificate_file.clone();
             }
             apply_keepalive(&mut conn, o)?;
+            conn.prefer_ipv6 = o.database_use_ipv6;
             Some(conn)
         }
         _ => None,
@@ -457,7 +469,11 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         database,
         pooled_database,
         port: o.port,
-        listen_address: o.listen_address,
+        listen_address: o.listen_address.unwrap_or(if o.listen_on_ipv6 {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        }),
         storage_dir: o.storage_dir.clone(),
         secret,
         insecure,

@@ -1140,7 +1140,7 @@ async fn open(cfg: &ConnConfig) -> Result<Transport, PgError> {
         }
         Host::Tcp(host) => {
             let mut last_error = None;
-            for addr in resolve(host, cfg.port).await? {
+            for addr in by_family(resolve(host, cfg.port).await?, cfg.prefer_ipv6) {
                 match open_tcp(addr, host, cfg).await {
                     Ok(transport) => return Ok(transport),
                     // Like libpq, try the next address (::1 then 127.0.0.1).
@@ -1256,6 +1256,12 @@ fn set_keepalive(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
     Ok(())
 }
 
+/// `addrs` with the preferred family first, each family in resolver order.
+fn by_family(mut addrs: Vec<SocketAddr>, prefer_ipv6: bool) -> Vec<SocketAddr> {
+    addrs.sort_by_key(|a| a.is_ipv6() != prefer_ipv6);
+    addrs
+}
+
 async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, PgError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
@@ -1283,6 +1289,20 @@ fn connect_error(endpoint: &str, e: io::Error) -> PgError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn addresses_are_tried_preferred_family_first() {
+        let v4a: std::net::SocketAddr = "10.0.0.1:5432".parse().unwrap();
+        let v4b: std::net::SocketAddr = "10.0.0.2:5432".parse().unwrap();
+        let v6a: std::net::SocketAddr = "[fd00::1]:5432".parse().unwrap();
+        let v6b: std::net::SocketAddr = "[fd00::2]:5432".parse().unwrap();
+        let resolved = vec![v6a, v4a, v6b, v4b];
+        assert_eq!(
+            super::by_family(resolved.clone(), false),
+            vec![v4a, v4b, v6a, v6b]
+        );
+        assert_eq!(super::by_family(resolved, true), vec![v6a, v6b, v4a, v4b]);
+    }
+
     use super::*;
 
     fn frame(tag: u8, body: &[u8]) -> Vec<u8> {

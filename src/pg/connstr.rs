@@ -36,6 +36,10 @@ pub struct ConnConfig {
     /// the first, seconds between them, how many unanswered before the
     /// connection is dropped. None: the OS defaults.
     pub keepalive: Keepalive,
+    /// Try a host name's IPv6 addresses before its IPv4 ones
+    /// (`ELECTRIC_DATABASE_USE_IPV6`); IPv4 first otherwise. Either way the
+    /// other family is the fallback.
+    pub prefer_ipv6: bool,
     /// Extra startup parameters, e.g. `("options", "-c statement_timeout=0")`.
     pub options: Vec<(String, String)>,
 }
@@ -389,6 +393,7 @@ impl Parts {
                 .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_string()),
             connect_timeout,
             keepalive,
+            prefer_ipv6: false,
             options: self
                 .options
                 .filter(|o| !o.is_empty())

@@ -144,3 +144,16 @@ fn postgres_sockets_keep_alive_with_the_configured_probes() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("ELECTRIC_DATABASE_TCP_KEEPALIVE_IDLE must be above 0"));
 }
+
+#[test]
+fn listens_on_ipv6_and_ipv4_when_asked() {
+    let db = database("listen_ipv6");
+    // Started and found active over 127.0.0.1: `::` takes IPv4 too.
+    let server = crate::server::Server::start(&db, &[("ELECTRIC_LISTEN_ON_IPV6", "true")]);
+    let over_v6 = ureq::get(&format!("http://[::1]:{}/v1/health", server.port))
+        .timeout(std::time::Duration::from_secs(5))
+        .call()
+        .expect("the server answers on ::1");
+    assert_eq!(over_v6.status(), 200);
+    assert_eq!(server.get("/v1/health").status, 200);
+}
