@@ -64,6 +64,12 @@ pub struct Options {
     #[arg(long, env = "ELECTRIC_POOLED_DATABASE_URL", hide_env_values = true)]
     pub pooled_database_url: Option<String>,
 
+    /// Electric closes an idle replication connection after this long
+    /// (scale to zero); shapeshard keeps the stream connected, so only 0
+    /// (Electric's default, disabled) is accepted.
+    #[arg(long, env = "ELECTRIC_REPLICATION_IDLE_TIMEOUT", default_value = "0")]
+    pub replication_idle_timeout: String,
+
     /// Seconds a Postgres connection may be idle before TCP keepalive
     /// probes start (unless the URL sets `keepalives_idle`); OS default.
     #[arg(long, env = "ELECTRIC_DATABASE_TCP_KEEPALIVE_IDLE")]
@@ -396,6 +402,12 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         return Err("ELECTRIC_SECRET is not set: set it (or --secret) to the secret clients must send, or set ELECTRIC_INSECURE=true to serve without one".into());
     }
     validate_stream_id(&o.replication_stream_id)?;
+    if !matches!(o.replication_idle_timeout.trim(), "" | "0" | "0s" | "0ms") {
+        return Err(format!(
+            "ELECTRIC_REPLICATION_IDLE_TIMEOUT={} is not supported: shapeshard keeps the replication stream connected (WAL is confirmed as it becomes durable); unset it or set 0",
+            o.replication_idle_timeout
+        ));
+    }
     let shards = o
         .shards
         .unwrap_or_else(shards::runtime::executor::default_shard_count);
@@ -625,5 +637,28 @@ mod tests {
         );
         let err = parse(&["--database-url", "mysql://x", "--insecure"]).unwrap_err();
         assert!(err.contains("DATABASE_URL"), "{err}");
+        let err = parse(&["--replication-idle-timeout", "30s"]).unwrap_err();
+        assert!(err.contains("ELECTRIC_REPLICATION_IDLE_TIMEOUT"), "{err}");
+        assert!(parse(&["--replication-idle-timeout", "0"]).is_ok());
+    }
+
+    #[test]
+    fn ipv6_options() {
+        let config = parse(&["--listen-on-ipv6"]).unwrap();
+        assert_eq!(config.listen_address.to_string(), "::");
+        let config = parse(&["--listen-on-ipv6", "--listen-address", "127.0.0.1"]).unwrap();
+        assert_eq!(config.listen_address.to_string(), "127.0.0.1");
+        assert_eq!(parse(&[]).unwrap().listen_address.to_string(), "0.0.0.0");
+        let config = parse(&[
+            "--database-url",
+            "postgres://u@h/db",
+            "--insecure",
+            "--database-use-ipv6",
+        ])
+        .unwrap();
+        let Database::External(conn) = config.database else {
+            panic!("external")
+        };
+        assert!(conn.prefer_ipv6);
     }
 }
