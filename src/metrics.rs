@@ -27,6 +27,10 @@ pub struct Metrics {
     pub subset_snapshots: AtomicU64,
     /// Shapes dropped because a serving-file frame failed its checksum.
     pub serving_files_corrupt: AtomicU64,
+    /// Live answers built from the log, and live answers that reused one
+    /// built for another request waiting at the same offset.
+    pub live_bodies_built: AtomicU64,
+    pub live_bodies_shared: AtomicU64,
     /// Shapes some shard's SSE streams follow: one owner task each,
     /// however many streams.
     pub shapes_watched: AtomicU64,
@@ -100,6 +104,18 @@ impl Metrics {
             "gauge",
             "Shapes followed by SSE streams (one owner task each, whatever the number of streams).",
             &self.shapes_watched,
+        );
+        line(
+            "shapeshard_live_bodies_built_total",
+            "counter",
+            "Live answers read and encoded from a shape's log.",
+            &self.live_bodies_built,
+        );
+        line(
+            "shapeshard_live_bodies_shared_total",
+            "counter",
+            "Live answers that reused the body built for another request at the same offset (fan-out encodes once).",
+            &self.live_bodies_shared,
         );
         line(
             "shapeshard_serving_files_corrupt_total",

@@ -69,6 +69,10 @@ pub struct ShapeService {
     pub(super) last_handle_micros: Cell<u64>,
     /// Suffix of etags for responses that must not revalidate.
     etag_counter: Cell<u64>,
+    /// Per shape, the last live body built: every long-poll waiting at the
+    /// same offset when the log grows gets the same bytes, read and
+    /// encoded once (fan-out to a thousand clients is one encode).
+    fanout: RefCell<HashMap<u64, FanoutBody>>,
     pub metrics: Arc<Metrics>,
     pub eviction: Arc<Eviction>,
     shutdown: runtime::Shutdown,
@@ -95,6 +99,7 @@ impl ShapeService {
             creating: RefCell::new(HashMap::new()),
             last_handle_micros: Cell::new(0),
             etag_counter: Cell::new(0),
+            fanout: RefCell::new(HashMap::new()),
         })
     }
 
@@ -280,35 +285,47 @@ impl ShapeService {
                 {
                     (Bytes::new(), offset)
                 }
+                LogRead::Items(view) if request.live => {
+                    let key = FanoutKey {
+                        from: offset,
+                        end: view.end,
+                        up_to_date: view.end >= last.max(offset) && offset != LogOffset::BeforeAll,
+                        sse: request.sse,
+                    };
+                    if let Some(body) = self.fanout_body(shape.id, &key) {
+                        Metrics::inc(&self.metrics.live_bodies_shared);
+                        return self.ok(
+                            request,
+                            shape,
+                            body,
+                            key.end,
+                            Outcome::Data,
+                            key.up_to_date,
+                        );
+                    }
+                    match self.load(shape, view).await {
+                        Ok(items) if items.is_empty() => (items, key.end),
+                        Ok(items) => {
+                            let body = live_body(&items, &key);
+                            Metrics::inc(&self.metrics.live_bodies_built);
+                            self.keep_fanout_body(shape.id, key.clone(), body.clone());
+                            return self.ok(
+                                request,
+                                shape,
+                                body,
+                                key.end,
+                                Outcome::Data,
+                                key.up_to_date,
+                            );
+                        }
+                        Err(reply) => return reply,
+                    }
+                }
                 LogRead::Items(view) => {
-                    // The view was taken above with no await in between; the
-                    // file bytes it names never change, so this read cannot
-                    // come back empty or partial whatever a checkpoint does.
                     let end = view.end;
-                    match view.load().await {
+                    match self.load(shape, view).await {
                         Ok(items) => (items, end),
-                        Err(_) if shape.is_gone() => return ShapeReply::must_refetch(None),
-                        // A frame failing its checksum: never serve a wrong
-                        // byte. The shape goes; its clients re-sync.
-                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                            tracing::error!(
-                                shard = self.shard,
-                                handle = shape.handle(),
-                                "corrupt serving file, dropping the shape (its clients re-sync): {e}"
-                            );
-                            Metrics::inc(&self.metrics.serving_files_corrupt);
-                            self.registry
-                                .borrow_mut()
-                                .remove(shape.id, "its serving file is corrupt");
-                            return ShapeReply::must_refetch(None);
-                        }
-                        Err(e) => {
-                            tracing::error!(
-                                handle = shape.handle(),
-                                "cannot read the shape's log: {e}"
-                            );
-                            return ShapeReply::message(500, "Unable to read the shape log");
-                        }
+                        Err(reply) => return reply,
                     }
                 }
                 LogRead::NotYet => {
@@ -382,6 +399,54 @@ impl ShapeService {
                 up_to_date,
             );
         }
+    }
+
+    /// A read view's bytes. The view was taken with no await since; the
+    /// file bytes it names never change, so the read cannot come back empty
+    /// or partial whatever a checkpoint does.
+    async fn load(
+        &self,
+        shape: &Rc<Shape>,
+        view: shards::shape::log::ReadView,
+    ) -> Result<Bytes, ShapeReply> {
+        match view.load().await {
+            Ok(items) => Ok(items),
+            Err(_) if shape.is_gone() => Err(ShapeReply::must_refetch(None)),
+            // A frame failing its checksum: never serve a wrong byte. The
+            // shape goes; its clients re-sync.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::error!(
+                    shard = self.shard,
+                    handle = shape.handle(),
+                    "corrupt serving file, dropping the shape (its clients re-sync): {e}"
+                );
+                Metrics::inc(&self.metrics.serving_files_corrupt);
+                self.registry
+                    .borrow_mut()
+                    .remove(shape.id, "its serving file is corrupt");
+                Err(ShapeReply::must_refetch(None))
+            }
+            Err(e) => {
+                tracing::error!(handle = shape.handle(), "cannot read the shape's log: {e}");
+                Err(ShapeReply::message(500, "Unable to read the shape log"))
+            }
+        }
+    }
+
+    fn fanout_body(&self, shape: u64, key: &FanoutKey) -> Option<Bytes> {
+        let fanout = self.fanout.borrow();
+        let kept = fanout.get(&shape)?;
+        (kept.key == *key).then(|| kept.body.clone())
+    }
+
+    fn keep_fanout_body(&self, shape: u64, key: FanoutKey, body: Bytes) {
+        let mut fanout = self.fanout.borrow_mut();
+        // Bounded: entries of shapes gone idle or removed are dropped
+        // wholesale now and then (a miss only costs one encode).
+        if fanout.len() >= MAX_FANOUT_BODIES && !fanout.contains_key(&shape) {
+            fanout.clear();
+        }
+        fanout.insert(shape, FanoutBody { key, body });
     }
 
     fn global_lsn(&self, end: LogOffset) -> u64 {
@@ -484,6 +549,42 @@ fn sse_resume_lsn(end: LogOffset) -> u64 {
     } else {
         end.tx() + 1
     }
+}
+
+/// Shapes whose last live body is kept per shard (bytes: one log read each).
+const MAX_FANOUT_BODIES: usize = 4096;
+
+/// What a live body depends on besides the log's bytes.
+#[derive(Clone, PartialEq, Eq)]
+struct FanoutKey {
+    from: LogOffset,
+    end: LogOffset,
+    up_to_date: bool,
+    sse: bool,
+}
+
+struct FanoutBody {
+    key: FanoutKey,
+    body: Bytes,
+}
+
+/// A live answer's body: the items, then `up-to-date` when they reach the
+/// log's end.
+fn live_body(items: &[u8], key: &FanoutKey) -> Bytes {
+    let mut body = BytesMut::with_capacity(items.len() + 96);
+    body.put_u8(b'[');
+    body.extend_from_slice(items);
+    if key.up_to_date {
+        body.put_u8(b',');
+        let global = if key.sse {
+            sse_resume_lsn(key.end)
+        } else {
+            key.end.tx()
+        };
+        body.extend_from_slice(encode::up_to_date(global).as_bytes());
+    }
+    body.put_u8(b']');
+    body.freeze()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

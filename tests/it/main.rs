@@ -8,6 +8,7 @@ mod decode;
 mod dev_mode;
 mod harness;
 mod identity_upgrade;
+mod live_fanout;
 mod memory_budget;
 mod nginx;
 mod oracle;
