@@ -173,6 +173,11 @@ pub struct Options {
     #[arg(long, env = "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", default_value_t = 10 * 1024 * 1024)]
     pub chunk_bytes_threshold: usize,
 
+    /// Bytes per shard of sealed-chunk response bodies kept in memory and
+    /// shared by every request for them (0 disables the cache).
+    #[arg(long, env = "SHAPESHARD_CHUNK_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub chunk_cache_bytes: usize,
+
     /// Allow `DELETE /v1/shape` (as Electric, for integration tests).
     #[arg(long, env = "ELECTRIC_ENABLE_INTEGRATION_TESTING", value_parser = BoolishValueParser::new(), default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub enable_integration_testing: bool,
@@ -291,6 +296,7 @@ pub struct Config {
     pub sse_keepalive: std::time::Duration,
     pub tcp_read_timeout: std::time::Duration,
     pub chunk_bytes_threshold: usize,
+    pub chunk_cache_bytes: usize,
     pub enable_integration_testing: bool,
     pub cache_max_age: u32,
     pub cache_stale_age: u32,
@@ -503,6 +509,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         sse_keepalive: std::time::Duration::from_millis(o.sse_keepalive_ms),
         tcp_read_timeout: std::time::Duration::from_millis(o.tcp_read_timeout),
         chunk_bytes_threshold: o.chunk_bytes_threshold,
+        chunk_cache_bytes: o.chunk_cache_bytes,
         enable_integration_testing: o.enable_integration_testing,
         cache_max_age: o.cache_max_age,
         cache_stale_age: o.cache_stale_age,

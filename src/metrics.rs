@@ -31,6 +31,11 @@ pub struct Metrics {
     /// built for another request waiting at the same offset.
     pub live_bodies_built: AtomicU64,
     pub live_bodies_shared: AtomicU64,
+    /// Sealed-chunk bodies served from the chunk cache, built for it, and
+    /// the bytes it holds (all shards).
+    pub chunk_cache_hits: AtomicU64,
+    pub chunk_cache_misses: AtomicU64,
+    pub chunk_cache_bytes: AtomicU64,
     /// Shapes some shard's SSE streams follow: one owner task each,
     /// however many streams.
     pub shapes_watched: AtomicU64,
@@ -116,6 +121,24 @@ impl Metrics {
             "counter",
             "Live answers that reused the body built for another request at the same offset (fan-out encodes once).",
             &self.live_bodies_shared,
+        );
+        line(
+            "shapeshard_chunk_cache_hits_total",
+            "counter",
+            "Sealed-chunk responses served from the chunk cache.",
+            &self.chunk_cache_hits,
+        );
+        line(
+            "shapeshard_chunk_cache_misses_total",
+            "counter",
+            "Sealed-chunk responses built (read, checked, joined) for the chunk cache.",
+            &self.chunk_cache_misses,
+        );
+        line(
+            "shapeshard_chunk_cache_bytes",
+            "gauge",
+            "Bytes of response bodies in the chunk caches (SHAPESHARD_CHUNK_CACHE_BYTES per shard).",
+            &self.chunk_cache_bytes,
         );
         line(
             "shapeshard_serving_files_corrupt_total",

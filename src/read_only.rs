@@ -67,6 +67,7 @@ impl ReadOnlyPhase {
         let mut shape_config = ShapeConfig::new(config.publication_name());
         shape_config.long_poll = config.long_poll_timeout;
         shape_config.chunk_bytes = config.chunk_bytes_threshold;
+        shape_config.chunk_cache_bytes = config.chunk_cache_bytes;
         shape_config.cache_max_age = config.cache_max_age;
         shape_config.cache_stale_age = config.cache_stale_age;
         shape_config.pool_size = 1;

@@ -120,6 +120,7 @@ fn run_with_database(
     let mut shape_config = ShapeConfig::new(config.publication_name());
     shape_config.long_poll = config.long_poll_timeout;
     shape_config.chunk_bytes = config.chunk_bytes_threshold;
+    shape_config.chunk_cache_bytes = config.chunk_cache_bytes;
     shape_config.cache_max_age = config.cache_max_age;
     shape_config.cache_stale_age = config.cache_stale_age;
     shape_config.allow_delete = config.enable_integration_testing;

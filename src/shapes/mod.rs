@@ -2,6 +2,7 @@
 //! per-shard connection pool, and the owner-side request handling.
 
 pub mod catalog;
+pub mod chunk_cache;
 pub mod create;
 pub mod evict;
 pub mod filter;

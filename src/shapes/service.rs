@@ -38,6 +38,8 @@ pub struct ShapeConfig {
     /// shapes it checkpointed, create none (503, retry), and take any
     /// offset past what is known as caught up.
     pub read_only: bool,
+    /// Bytes of immutable response bodies kept per shard (`ChunkCache`).
+    pub chunk_cache_bytes: usize,
 }
 
 impl ShapeConfig {
@@ -51,6 +53,7 @@ impl ShapeConfig {
             publication,
             pool_size: 4,
             read_only: false,
+            chunk_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -73,6 +76,8 @@ pub struct ShapeService {
     /// same offset when the log grows gets the same bytes, read and
     /// encoded once (fan-out to a thousand clients is one encode).
     fanout: RefCell<HashMap<u64, FanoutBody>>,
+    /// Bodies of sealed chunks, built once for every request asking them.
+    chunks: RefCell<super::chunk_cache::ChunkCache>,
     pub metrics: Arc<Metrics>,
     pub eviction: Arc<Eviction>,
     shutdown: runtime::Shutdown,
@@ -95,11 +100,12 @@ impl ShapeService {
             shard,
             registry,
             pool,
-            config,
             creating: RefCell::new(HashMap::new()),
             last_handle_micros: Cell::new(0),
             etag_counter: Cell::new(0),
             fanout: RefCell::new(HashMap::new()),
+            chunks: RefCell::new(super::chunk_cache::ChunkCache::new(config.chunk_cache_bytes)),
+            config,
         })
     }
 
@@ -321,6 +327,18 @@ impl ShapeService {
                         Err(reply) => return reply,
                     }
                 }
+                LogRead::Items(view)
+                    if view.sealed
+                        && !(view.end >= last.max(offset) && offset != LogOffset::BeforeAll) =>
+                {
+                    let end = view.end;
+                    match self.sealed_body(shape, offset, view).await {
+                        Ok(body) => {
+                            return self.ok(request, shape, body, end, Outcome::Data, false)
+                        }
+                        Err(reply) => return reply,
+                    }
+                }
                 LogRead::Items(view) => {
                     let end = view.end;
                     match self.load(shape, view).await {
@@ -431,6 +449,36 @@ impl ShapeService {
                 Err(ShapeReply::message(500, "Unable to read the shape log"))
             }
         }
+    }
+
+    /// The body of a sealed chunk's items after `offset` (not the log's
+    /// end, so no `up-to-date`): from the chunk cache, or built and kept.
+    async fn sealed_body(
+        &self,
+        shape: &Rc<Shape>,
+        offset: LogOffset,
+        view: shards::shape::log::ReadView,
+    ) -> Result<Bytes, ShapeReply> {
+        let key = (shape.id, offset, view.end);
+        let cached = self.chunks.borrow_mut().get(&key);
+        if let Some(body) = cached {
+            Metrics::inc(&self.metrics.chunk_cache_hits);
+            return Ok(body);
+        }
+        Metrics::inc(&self.metrics.chunk_cache_misses);
+        let items = self.load(shape, view).await?;
+        let mut body = BytesMut::with_capacity(items.len() + 2);
+        body.put_u8(b'[');
+        body.extend_from_slice(&items);
+        body.put_u8(b']');
+        let body = body.freeze();
+        let mut chunks = self.chunks.borrow_mut();
+        let before = chunks.bytes();
+        chunks.put(key, body.clone());
+        let after = chunks.bytes();
+        self.metrics.chunk_cache_bytes.fetch_add(after as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.chunk_cache_bytes.fetch_sub(before as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(body)
     }
 
     fn fanout_body(&self, shape: u64, key: &FanoutKey) -> Option<Bytes> {

@@ -2,6 +2,7 @@
 //! for the whole run, each test in its own database.
 
 mod auth;
+mod chunk_cache;
 mod client_compat;
 mod conn_options;
 mod decode;

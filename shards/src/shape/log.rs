@@ -243,6 +243,7 @@ impl Region {
             .collect();
         ReadView {
             end,
+            sealed: chunk.sealed,
             after,
             disk,
             mem,
@@ -350,6 +351,9 @@ pub struct DiskRange {
 pub struct ReadView {
     /// The offset the response ends at.
     pub end: LogOffset,
+    /// The view is one sealed chunk's items after `after`: its bytes never
+    /// change (wherever they live now), so they may be cached.
+    pub sealed: bool,
     /// Items at or before it are skipped; None: the whole chunk.
     after: Option<LogOffset>,
     pub disk: Option<DiskRange>,
@@ -524,6 +528,7 @@ impl ShapeLog {
         if index == chunks.len() {
             return LogRead::Items(ReadView {
                 end: last,
+                sealed: false,
                 after: None,
                 disk: None,
                 mem: Vec::new(),
