@@ -36,6 +36,9 @@ pub struct Metrics {
     pub chunk_cache_hits: AtomicU64,
     pub chunk_cache_misses: AtomicU64,
     pub chunk_cache_bytes: AtomicU64,
+    /// Sealed-chunk replies a shard answered itself, kept from an earlier
+    /// answer of the shape's owner.
+    pub replies_reused: AtomicU64,
     /// Shapes some shard's SSE streams follow: one owner task each,
     /// however many streams.
     pub shapes_watched: AtomicU64,
@@ -133,6 +136,12 @@ impl Metrics {
             "counter",
             "Sealed-chunk responses built (read, checked, joined) for the chunk cache.",
             &self.chunk_cache_misses,
+        );
+        line(
+            "shapeshard_replies_reused_total",
+            "counter",
+            "Sealed-chunk replies answered by the shard holding the connection, without asking the shape's owner.",
+            &self.replies_reused,
         );
         line(
             "shapeshard_chunk_cache_bytes",

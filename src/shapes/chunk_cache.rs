@@ -10,6 +10,7 @@
 //! never served for another shape; they age out.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 
 use bytes::Bytes;
 use shards::shape::offset::LogOffset;
@@ -17,17 +18,28 @@ use shards::shape::offset::LogOffset;
 /// `(shape id, after, end)`.
 pub type ChunkKey = (u64, LogOffset, LogOffset);
 
-pub struct ChunkCache {
+/// Bytes a cached value holds (what the budget counts).
+pub trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for Bytes {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+pub struct ChunkCache<K = ChunkKey, V = Bytes> {
     budget: usize,
     bytes: usize,
     clock: u64,
-    entries: HashMap<ChunkKey, (Bytes, u64)>,
+    entries: HashMap<K, (V, u64)>,
     /// Entries by last use, oldest first.
-    order: BTreeMap<u64, ChunkKey>,
+    order: BTreeMap<u64, K>,
 }
 
-impl ChunkCache {
-    pub fn new(budget: usize) -> ChunkCache {
+impl<K: Hash + Eq + Clone, V: Weigh + Clone> ChunkCache<K, V> {
+    pub fn new(budget: usize) -> ChunkCache<K, V> {
         ChunkCache {
             budget,
             bytes: 0,
@@ -37,32 +49,33 @@ impl ChunkCache {
         }
     }
 
-    pub fn get(&mut self, key: &ChunkKey) -> Option<Bytes> {
+    pub fn get(&mut self, key: &K) -> Option<V> {
         self.clock += 1;
         let (body, used) = self.entries.get_mut(key)?;
         self.order.remove(used);
         *used = self.clock;
-        self.order.insert(self.clock, *key);
+        self.order.insert(self.clock, key.clone());
         Some(body.clone())
     }
 
     /// Keeps `body` unless it alone is over a quarter of the budget (one
     /// huge chunk must not flush everything else).
-    pub fn put(&mut self, key: ChunkKey, body: Bytes) {
-        if body.len() > self.budget / 4 || self.entries.contains_key(&key) {
+    pub fn put(&mut self, key: K, body: V) {
+        let weight = body.weight();
+        if weight > self.budget / 4 || self.entries.contains_key(&key) {
             return;
         }
-        while self.bytes + body.len() > self.budget {
+        while self.bytes + weight > self.budget {
             let Some((_, oldest)) = self.order.pop_first() else {
                 break;
             };
             if let Some((gone, _)) = self.entries.remove(&oldest) {
-                self.bytes -= gone.len();
+                self.bytes -= gone.weight();
             }
         }
         self.clock += 1;
-        self.bytes += body.len();
-        self.order.insert(self.clock, key);
+        self.bytes += weight;
+        self.order.insert(self.clock, key.clone());
         self.entries.insert(key, (body, self.clock));
         debug_assert!(self.bytes <= self.budget, "the cache stays in its budget");
     }
@@ -90,7 +103,7 @@ mod tests {
 
     #[test]
     fn keeps_within_its_budget_least_recently_used_out_first() {
-        let mut cache = ChunkCache::new(400);
+        let mut cache: ChunkCache = ChunkCache::new(400);
         for n in 0..4 {
             cache.put(key(n), Bytes::from(vec![b'x'; 100]));
         }

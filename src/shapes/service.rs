@@ -104,7 +104,9 @@ impl ShapeService {
             last_handle_micros: Cell::new(0),
             etag_counter: Cell::new(0),
             fanout: RefCell::new(HashMap::new()),
-            chunks: RefCell::new(super::chunk_cache::ChunkCache::new(config.chunk_cache_bytes)),
+            chunks: RefCell::new(super::chunk_cache::ChunkCache::new(
+                config.chunk_cache_bytes,
+            )),
             config,
         })
     }
@@ -145,6 +147,10 @@ impl ShapeService {
         };
         reply.created = created;
         reply
+    }
+
+    pub fn config(&self) -> &ShapeConfig {
+        &self.config
     }
 
     /// The live shape with this handle, if this shard has one.
@@ -334,7 +340,10 @@ impl ShapeService {
                     let end = view.end;
                     match self.sealed_body(shape, offset, view).await {
                         Ok(body) => {
-                            return self.ok(request, shape, body, end, Outcome::Data, false)
+                            let mut reply =
+                                self.ok(request, shape, body, end, Outcome::Data, false);
+                            reply.immutable = reply.status == 200;
+                            return reply;
                         }
                         Err(reply) => return reply,
                     }
@@ -476,8 +485,12 @@ impl ShapeService {
         let before = chunks.bytes();
         chunks.put(key, body.clone());
         let after = chunks.bytes();
-        self.metrics.chunk_cache_bytes.fetch_add(after as u64, std::sync::atomic::Ordering::Relaxed);
-        self.metrics.chunk_cache_bytes.fetch_sub(before as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .chunk_cache_bytes
+            .fetch_add(after as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .chunk_cache_bytes
+            .fetch_sub(before as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(body)
     }
 

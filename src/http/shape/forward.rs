@@ -1,6 +1,9 @@
 //! Requests travel to the shape's owner shard over the mesh and the reply
-//! comes back the same way; the owner does all the work, the receiving
-//! shard only holds the connection.
+//! comes back the same way; the owner does the work, the receiving shard
+//! holds the connection. A sealed chunk's reply never changes while its
+//! shape lives, so the receiving shard keeps it (bounded, LRU) and answers
+//! the same request again itself: a hot shape's catch-up reads spread over
+//! every core instead of queueing on its owner.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -11,6 +14,7 @@ use shards::runtime::{self, mesh::MeshLinks};
 
 use super::reply::ShapeReply;
 use super::request::ShapeRequest;
+use crate::shapes::chunk_cache::ChunkCache;
 use crate::shapes::service::ShapeService;
 
 /// Messages per mesh link before a sender waits.
@@ -61,18 +65,21 @@ pub struct Router {
     live: super::live::LiveHub,
     /// Keep-alive and timeout deadlines of this shard's streams.
     deadlines: Rc<shards::notify::Deadlines>,
+    /// Sealed-chunk replies from other shards' shapes, by request.
+    replies: RefCell<ChunkCache<String, ShapeReply>>,
 }
 
 impl Router {
     pub fn new(links: MeshLinks<Envelope>, service: Rc<ShapeService>) -> Rc<Router> {
         let router = Rc::new(Router {
             links,
-            service,
             next_id: Cell::new(0),
             waiting: RefCell::new(HashMap::new()),
             initial: RefCell::new(HashMap::new()),
             live: super::live::LiveHub::default(),
             deadlines: shards::notify::Deadlines::new(),
+            replies: RefCell::new(ChunkCache::new(service.config().chunk_cache_bytes)),
+            service,
         });
         runtime::spawn_detached(
             router
@@ -117,6 +124,18 @@ impl Router {
     pub async fn dispatch(&self, owner: usize, request: ShapeRequest) -> ShapeReply {
         if owner == self.me() {
             return self.service.serve(request).await;
+        }
+        if let Some(key) = reusable_key(&request) {
+            let kept = self.replies.borrow_mut().get(&key);
+            if let Some(reply) = kept {
+                crate::metrics::Metrics::inc(&self.service.metrics.replies_reused);
+                return reply;
+            }
+            let reply = self.forward(owner, request).await;
+            if reply.immutable {
+                self.replies.borrow_mut().put(key, reply.clone());
+            }
+            return reply;
         }
         let Some(key) = coalescing_key(&request) else {
             return self.forward(owner, request).await;
@@ -210,6 +229,25 @@ impl Router {
             }
         }
     }
+}
+
+/// Non-live reads of a known shape (handle given) that a sealed chunk may
+/// answer: the same request always gets the same reply while the shape
+/// lives. (Without a handle the shape a definition names may change; with
+/// `if-none-match` the answer may be a 304.)
+fn reusable_key(request: &ShapeRequest) -> Option<String> {
+    use super::request::RequestKind;
+    let reusable = request.kind == RequestKind::Get
+        && !request.live
+        && request.subset.is_none()
+        && request.if_none_match.is_none();
+    let handle = request.handle.as_deref().filter(|_| reusable)?;
+    let definition = request.definition.as_ref()?;
+    Some(format!(
+        "{}|handle={handle}|offset={:?}",
+        definition.canonical(),
+        request.offset
+    ))
 }
 
 /// Initial requests (offset -1, no handle, not live) for the same

@@ -14,10 +14,24 @@ pub struct ShapeReply {
     pub body: Bytes,
     /// This request created the shape (internal: drives LRU eviction).
     pub created: bool,
+    /// A sealed chunk's answer (internal): the same request gets the same
+    /// reply as long as the shape lives, so any shard may keep and reuse it.
+    pub immutable: bool,
 }
 
 /// Errors ≥ 400 other than 409 must never be cached.
 const NO_STORE: &str = "no-store";
+
+impl crate::shapes::chunk_cache::Weigh for ShapeReply {
+    fn weight(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+    }
+}
 
 impl ShapeReply {
     pub fn new(status: u16, body: impl Into<Bytes>) -> ShapeReply {
@@ -26,6 +40,7 @@ impl ShapeReply {
             headers: Vec::new(),
             body: body.into(),
             created: false,
+            immutable: false,
         }
     }
 
