@@ -71,6 +71,13 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         };
+        let cap = AtomicU64::new(crate::http::MAX_CONNECTIONS_PER_SHARD as u64);
+        line(
+            "shapeshard_http_connections_max",
+            "gauge",
+            "HTTP connections a shard holds at most; past it, new ones wait in the listen backlog.",
+            &cap,
+        );
         line(
             "shapeshard_shape_creations_started_total",
             "counter",
@@ -198,7 +205,7 @@ impl Metrics {
     /// Per-shard storage series (label `shard`), and the fence.
     fn render_storage(&self, out: &mut String) {
         type Field = fn(&StorageGauges) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 13] = [
+        let series: [(&str, &str, &str, Field); 14] = [
             (
                 "shapeshard_durable_lsn",
                 "gauge",
@@ -264,6 +271,12 @@ impl Metrics {
                 "gauge",
                 "The highest shapeshard_shard_memory_bytes seen.",
                 |g| &g.memory_peak_bytes,
+            ),
+            (
+                "shapeshard_http_connections",
+                "gauge",
+                "HTTP connections the shard holds open (at most shapeshard_http_connections_max).",
+                |g| &g.http_connections,
             ),
             (
                 "shapeshard_shard_memory_budget_bytes",

@@ -106,7 +106,9 @@ impl ShardCore {
             }
         }
         self.signals.seen.set(self.last_seen);
-        if self.registry.borrow().journal().borrow().len() >= self.max_pending {
+        if self.signals.idle.get()
+            || self.registry.borrow().journal().borrow().len() >= self.max_pending
+        {
             self.signals.wake.notify_all();
         }
     }

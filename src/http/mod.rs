@@ -62,10 +62,22 @@ pub async fn serve(
     let listener = net::bind_shared(addr)?;
     let context = Rc::new(context);
     let open = Rc::new(std::cell::Cell::new(0usize));
+    // Pinged when a connection closes: at the cap, accepting waits for it
+    // (new connections wait in the kernel's backlog meanwhile).
+    let closed = shards::notify::Notify::new();
+    let gauge = context
+        .metrics
+        .storage
+        .get(context.shard)
+        .cloned()
+        .unwrap_or_default();
     let accept_loop = async {
         loop {
             if open.get() >= MAX_CONNECTIONS_PER_SHARD {
-                runtime::sleep(Duration::from_millis(1)).await;
+                let freed = closed.listen();
+                if open.get() >= MAX_CONNECTIONS_PER_SHARD {
+                    freed.await;
+                }
                 continue;
             }
             let stream = match net::accept(&listener).await {
@@ -77,12 +89,21 @@ pub async fn serve(
                 }
             };
             open.set(open.get() + 1);
+            gauge
+                .http_connections
+                .store(open.get() as u64, std::sync::atomic::Ordering::Relaxed);
             let context = context.clone();
             let open = open.clone();
             let shutdown = shutdown.clone();
+            let closed = closed.clone();
+            let gauge = gauge.clone();
             runtime::spawn_detached(async move {
                 serve_connection(stream, context, shutdown).await;
                 open.set(open.get() - 1);
+                gauge
+                    .http_connections
+                    .store(open.get() as u64, std::sync::atomic::Ordering::Relaxed);
+                closed.notify_all();
             });
         }
     };

@@ -9,6 +9,7 @@ mod decode;
 mod dev_mode;
 mod harness;
 mod identity_upgrade;
+mod idle_load;
 mod live_fanout;
 mod memory_budget;
 mod nginx;

@@ -115,6 +115,11 @@ impl Server {
         self.wait_active();
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM without waiting for the exit.
     pub fn signal_stop(&self) {
         unsafe {

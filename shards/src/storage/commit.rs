@@ -90,6 +90,9 @@ pub struct CommitSignals {
     /// once a tick has passed, so a busy feed cannot stretch the tick.
     pub last_commit: Cell<Option<std::time::Instant>>,
     pub wake: Rc<Notify>,
+    /// The committer found nothing to do for a while and ticks slower: the
+    /// feed wakes it on its next event (others' records wait a slow tick).
+    pub idle: Cell<bool>,
 }
 
 pub struct GroupCommit {
@@ -126,6 +129,7 @@ impl GroupCommit {
         let files: Rc<Cell<Option<ServingFiles>>> =
             Rc::new(Cell::new(Some(ServingFiles::new(self.config.open_files))));
         let failure: Rc<RefCell<Option<std::io::Error>>> = Rc::default();
+        let mut idle_ticks: u32 = 0;
         loop {
             let wake = self.signals.wake.listen();
             let closing = self.signals.closing.get();
@@ -143,7 +147,12 @@ impl GroupCommit {
                 }
             }
             if !closing && journal.borrow().len() < self.config.max_pending {
-                runtime::timeout(self.config.interval, wake).await;
+                // Idle ticks back off (up to 8 intervals): an idle server
+                // should not wake 200 times a second per shard for nothing.
+                let tick = self.config.interval * (1 << idle_ticks.min(3));
+                self.signals.idle.set(idle_ticks > 0);
+                runtime::timeout(tick, wake).await;
+                self.signals.idle.set(false);
             }
             // Everything applied up to `seen` is in the journal, the
             // metadata batch and the shapes' tails now: take them together
@@ -156,6 +165,12 @@ impl GroupCommit {
                 || (!in_flight.get()
                     && (last_checkpoint.elapsed() >= self.config.checkpoint_interval
                         || self.registry.borrow_mut().take_memory_pressure()));
+            let idle = seen <= durable && journal.borrow().is_empty() && !checkpoint_due;
+            idle_ticks = if idle {
+                idle_ticks.saturating_add(1)
+            } else {
+                0
+            };
             let (records, batch, checkpoint) = {
                 let mut registry = self.registry.borrow_mut();
                 let records = std::mem::take(&mut *journal.borrow_mut());

@@ -29,6 +29,8 @@ pub struct StorageGauges {
     pub memory_peak_bytes: AtomicU64,
     /// Times the feed or a snapshot waited for memory to be freed.
     pub budget_waits: AtomicU64,
+    /// HTTP connections the shard holds open now (set by its listener).
+    pub http_connections: AtomicU64,
 }
 
 impl StorageGauges {
