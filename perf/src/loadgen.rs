@@ -588,6 +588,51 @@ pub async fn sync(
     Err("never up to date".into())
 }
 
+/// Creates a shape per query (`offset=-1`, checked: 200 and the Electric
+/// headers) over `concurrency` connections; the creation latencies and the
+/// seconds it took. Prints progress every 5 s.
+pub async fn create_shapes(addr: SocketAddr, queries: Vec<String>, concurrency: usize) -> (Timings, f64) {
+    let queries = std::sync::Arc::new(queries);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (queries, next) = (queries.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut t = Timings::default();
+            let mut conn = Conn::connect(addr).await.expect("connect");
+            let mut last_print = std::time::Instant::now();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(query) = queries.get(i) else { return t };
+                let asked = std::time::Instant::now();
+                let result = match conn.get(&format!("{query}&offset=-1")).await {
+                    Ok(r) => check_shape(&r, Expect::shape()).map(|_| ()),
+                    Err(e) => {
+                        if let Ok(c) = Conn::connect(addr).await {
+                            conn = c;
+                        }
+                        Err(e.to_string())
+                    }
+                };
+                match result {
+                    Ok(()) => t.ok(asked.elapsed()),
+                    Err(e) => t.error(format!("creating {query}: {e}")),
+                }
+                if i % 1000 == 0 && last_print.elapsed() > Duration::from_secs(5) {
+                    last_print = std::time::Instant::now();
+                    eprintln!("  created {i}/{}", queries.len());
+                }
+            }
+        }));
+    }
+    let mut all = Timings::default();
+    for task in tasks {
+        all.add(&task.await.expect("creator"));
+    }
+    (all, started.elapsed().as_secs_f64())
+}
+
 /// One live request (long-poll) from `at`, checked, `at` moved on;
 /// retried while it ends up to date with no change (a timeout).
 pub async fn live(conn: &mut Conn, query: &str, at: &mut At) -> Result<ShapeReply, String> {
