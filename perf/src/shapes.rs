@@ -20,6 +20,24 @@ pub fn read_url(base: &str, k: usize, at: &ShapeAt) -> String {
     )
 }
 
+/// Creates the bench table's shape `where_sql` (or finds it), from the start.
+pub fn where_url(base: &str, where_sql: &str) -> String {
+    format!(
+        "{base}/v1/shape?table=bench&offset=-1&where={}",
+        crate::bench::encode(where_sql)
+    )
+}
+
+/// Reads the bench table's shape `where_sql` from `at`.
+pub fn where_read_url(base: &str, where_sql: &str, at: &ShapeAt) -> String {
+    format!(
+        "{base}/v1/shape?table=bench&where={}&offset={}&handle={}",
+        crate::bench::encode(where_sql),
+        at.offset,
+        at.handle
+    )
+}
+
 /// A shape's handle and the offset a reply ended at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShapeAt {
@@ -148,17 +166,28 @@ pub struct Creation {
 /// Creates the shapes `g = k` for `k` in `range`, `concurrency` requests in
 /// flight, printing progress every 5 s. Every creation must answer 200.
 pub fn create_shapes(base: &str, range: std::ops::Range<usize>, concurrency: usize) -> Creation {
+    create_shapes_where(base, range, concurrency, &|k| format!("g = {k}"))
+}
+
+/// [`create_shapes`] with shapes `where_sql(k)` on the bench table.
+pub fn create_shapes_where(
+    base: &str,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    where_sql: &(dyn Fn(usize) -> String + Sync),
+) -> Creation {
     let total = range.len();
     eprintln!(
-        "creating shapes g = {}..{} ({total}, {concurrency} at a time)",
-        range.start, range.end
+        "creating shapes {} .. {} ({total}, {concurrency} at a time)",
+        where_sql(range.start),
+        where_sql(range.end.saturating_sub(1))
     );
     let started = Instant::now();
     let replies = for_each("created", range, concurrency, |agent, k| {
         let t = Instant::now();
-        let reply = get_admitted(agent, &shape_url(base, k));
+        let reply = get_admitted(agent, &where_url(base, &where_sql(k)));
         let micros = t.elapsed().as_micros() as u64;
-        assert_eq!(reply.status, 200, "creating shape g = {k}: {}", reply.body);
+        assert_eq!(reply.status, 200, "creating shape {}: {}", where_sql(k), reply.body);
         (micros, reply.at.expect("electric-handle and -offset"))
     });
     let seconds = started.elapsed().as_secs_f64();

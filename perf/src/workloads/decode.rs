@@ -86,6 +86,14 @@ pub fn run(rows: usize) -> String {
 
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     let decode = Spread::of(decode_times.iter().map(|&d| rate(d)).collect());
+    crate::report::headline(crate::report::Headline::rate(
+        "decode",
+        "pgoutput decode, one core (rows/s)",
+        decode.median,
+        "rows/s",
+        Some(("pg_recvlogical drain", rate(recvlogical_time))),
+        "decode is never the bottleneck",
+    ));
     let report = format!(
         "# pgoutput decode throughput\n\n{}\n\nrows: {rows} ({ROWS_PER_TRANSACTION} per transaction), {} bytes of pgoutput\n\n\
          | measure | rows/s |\n|---|---|\n\

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use crate::psql::{create_bench_table, psql};
 use crate::report::{Machine, Spread};
 use crate::server::{server_binary, signal, Server, ServerConfig};
-use crate::shapes::{agent, create_shapes, get, read_url, shape_url, Creation};
+use crate::shapes::{agent, create_shapes_where, get, where_read_url, where_url, Creation};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use shapeshard::devpg::{free_port, DevPgOptions, DevPostgres};
@@ -62,6 +62,10 @@ pub struct Args {
         default_value = "1000,10000"
     )]
     shapes: Vec<usize>,
+    /// Shapes `note ILIKE '%<k>%'` (each evaluated per change) instead of
+    /// `g = k` (found through the index); rows' `note` is `<g> change i`.
+    #[arg(long, env = "E2E_ILIKE")]
+    ilike: bool,
     /// Changes (inserted rows) per drain run.
     #[arg(long, env = "E2E_CHANGES", default_value_t = 200_000)]
     changes: usize,
@@ -167,10 +171,12 @@ pub fn run(args: Args) -> String {
     let mut points = Vec::new();
     let mut created = 0;
     for shapes in ctx.args.shapes.clone() {
-        let creation = create_shapes(
+        let ilike = ctx.args.ilike;
+        let creation = create_shapes_where(
             &ctx.server.base,
             created..shapes,
             ctx.args.create_concurrency,
+            &|k| where_of(ilike, k),
         );
         created = shapes;
         let rss_kib = ctx.server.rss_kib();
@@ -192,7 +198,7 @@ pub fn run(args: Args) -> String {
                 drain(&mut ctx, shapes)
             })
             .collect();
-        let check = check_shape(&ctx.url, &ctx.server.base, shapes - 1);
+        let check = check_shape(&ctx.url, &ctx.server.base, shapes - 1, ctx.args.ilike);
         points.push(Point {
             shapes,
             creation,
@@ -215,7 +221,53 @@ pub fn run(args: Args) -> String {
         &points,
         &metrics,
     );
+    emit(&ctx.args, &points);
     report
+}
+
+/// `.hgrm` files, plots and headlines.
+fn emit(args: &Args, points: &[Point]) {
+    let (workload, kind, target) = if args.ilike {
+        ("ilike-write", "ILIKE", "≤ 0.5 ms per change at 2,000 (≥ 2,000 changes/s; Electric ~14 ms)")
+    } else {
+        ("write-throughput", "`g = k`", "≥ 100k changes/s; ≥ 0.8× pg_recvlogical")
+    };
+    let changes = args.changes as f64;
+    let mut ours = Vec::new();
+    let mut limit = Vec::new();
+    for p in points {
+        let server = Spread::of(p.drains.iter().map(|r| changes / r.server_seconds).collect()).median;
+        let recv = Spread::of(p.drains.iter().map(|r| changes / r.recvlogical_seconds).collect()).median;
+        ours.push((p.shapes as f64, server));
+        limit.push((p.shapes as f64, recv));
+        crate::report::histogram(&format!("creation-{}", p.shapes), &p.creation.latency);
+        if let Some(l) = &p.live {
+            crate::report::histogram(&format!("live-durable-{}", p.shapes), &l.durable);
+            crate::report::histogram(&format!("live-commit-{}", p.shapes), &l.commit);
+            crate::report::percentile_plot(
+                &format!("live-{}", p.shapes),
+                &format!("{kind}, {} shapes: COMMIT returned → durable in the server", p.shapes),
+                &[("ours: commit → durable", &l.durable), ("Postgres INSERT+COMMIT", &l.commit)],
+            );
+        }
+        if p.shapes == points.last().unwrap().shapes {
+            crate::report::headline(crate::report::Headline::rate(
+                workload,
+                &format!("{} {kind} shapes, changes/s until durable", p.shapes),
+                server,
+                "changes/s",
+                Some(("pg_recvlogical", recv)),
+                target,
+            ));
+        }
+    }
+    crate::report::xy_plot(
+        "throughput-vs-shapes",
+        &format!("{kind} shapes: changes/s until durable"),
+        "shapes",
+        "changes/s",
+        &[("ours (durable)".to_string(), ours), ("pg_recvlogical (limit)".to_string(), limit)],
+    );
 }
 
 // ---------------------------------------------------------------- server
@@ -253,12 +305,28 @@ fn settle(ctx: &Ctx) -> f64 {
 /// Reads shape `g = k` from the start to up-to-date and counts its rows
 /// against Postgres': the server applied the changes, not only confirmed
 /// them.
-fn check_shape(url: &str, base: &str, k: usize) -> (usize, usize) {
+/// The where clause of shape `k`.
+fn where_of(ilike: bool, k: usize) -> String {
+    if ilike {
+        format!("note ILIKE '%<{k}>%'")
+    } else {
+        format!("g = {k}")
+    }
+}
+
+/// The `note` of inserted row `i` (SQL): `<g> change i`, so the ILIKE
+/// shape `<k>` holds exactly the rows with `g = k`.
+fn note_sql(shapes: usize) -> String {
+    format!("'<' || (i % {shapes}) || '> change ' || i")
+}
+
+fn check_shape(url: &str, base: &str, k: usize, ilike: bool) -> (usize, usize) {
     let expected: usize = psql(url, &format!("SELECT count(*) FROM bench WHERE g = {k}"))
         .parse()
         .unwrap();
     let agent = agent();
-    let mut request = shape_url(base, k);
+    let where_sql = where_of(ilike, k);
+    let mut request = where_url(base, &where_sql);
     let mut rows = 0;
     loop {
         let reply = get(&agent, &request).expect("shape read");
@@ -267,7 +335,7 @@ fn check_shape(url: &str, base: &str, k: usize) -> (usize, usize) {
         if reply.up_to_date {
             return (rows, expected);
         }
-        request = read_url(base, k, &reply.at.expect("electric-handle and -offset"));
+        request = where_read_url(base, &where_sql, &reply.at.expect("electric-handle and -offset"));
     }
 }
 
@@ -568,7 +636,8 @@ fn live(ctx: &mut Ctx, shapes: usize) -> Live {
         let asked = Instant::now();
         let mut txn = writer.transaction().expect("BEGIN");
         txn.batch_execute(&format!(
-            "INSERT INTO bench SELECT i, i % {shapes}, 'change ' || i FROM generate_series({first}, {}) i",
+            "INSERT INTO bench SELECT i, i % {shapes}, {} FROM generate_series({first}, {}) i",
+            note_sql(shapes),
             ctx.next_id - 1
         ))
         .expect("INSERT");
@@ -640,12 +709,13 @@ fn drain(ctx: &mut Ctx, shapes: usize) -> Drain {
     client
         .batch_execute(&format!(
             "DO $$ BEGIN FOR b IN 0..{} LOOP
-               INSERT INTO bench SELECT i, i % {shapes}, 'change ' || i
+               INSERT INTO bench SELECT i, i % {shapes}, {note}
                  FROM generate_series({first} + b * {rpt}, LEAST({first} + (b + 1) * {rpt}, {end}) - 1) i;
                COMMIT;
              END LOOP; END $$",
             (changes + rpt - 1) / rpt - 1,
             end = first + changes,
+            note = note_sql(shapes),
         ))
         .expect("write the WAL");
     let write_seconds = written.elapsed().as_secs_f64();
@@ -746,12 +816,15 @@ fn render(
     metrics: &str,
 ) -> String {
     let mut out = format!(
-        "# End to end: write throughput into `g = const` shapes, durable\n\n{}\n\n\
+        "# End to end: write throughput into {} shapes, durable\n\n{}\n\n\
          Server: {version}, {shards} shards, group commit every {FLUSH_INTERVAL_MS} ms, standby status every {} ms. \
          Postgres 15 on the same cores as the load generator (fsync off, autovacuum off). \
-         Table `bench (id int8 primary key, g int4, note text)`, shapes `g = 0` … `g = S-1`, inserts with `g = id % S`.\n\n",
+         Table `bench (id int8 primary key, g int4, note text)`, shapes {}, inserts with `g = id % S`{}.\n\n",
+        if args.ilike { "`note ILIKE '%<k>%'`" } else { "`g = const`" },
         Machine::describe(),
         args.status_interval_ms,
+        if args.ilike { "`note ILIKE '%<0>%'` … `note ILIKE '%<S-1>%'` (no index: every shape's clause is evaluated for each change)" } else { "`g = 0` … `g = S-1`" },
+        if args.ilike { " and `note = '<g> change <id>'`" } else { "" },
     );
     out.push_str(&format!(
         "## Drain: {} inserts per run, {} per transaction\n\n\

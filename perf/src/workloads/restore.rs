@@ -211,6 +211,26 @@ pub fn run(shapes: usize) -> String {
     eprintln!(
         "heap per shape: {heap_cold:.0} B restored, {heap_built:.0} B built, {heap_unloaded:.0} B unloaded ({unload_ms:.1} ms)"
     );
+    crate::report::headline(crate::report::Headline {
+        workload: "restore".into(),
+        measure: format!("heap per restored (cold) idle shape, {shapes} shapes"),
+        ours: heap_cold,
+        unit: "bytes".into(),
+        limit: None,
+        target: "≤ 2 KB (Electric ~600 KB)".into(),
+        lower_is_better: true,
+        errors: 0,
+    });
+    crate::report::headline(crate::report::Headline {
+        workload: "restore".into(),
+        measure: format!("one shard restoring {shapes} shapes"),
+        ours: seconds * 1000.0,
+        unit: "ms".into(),
+        limit: None,
+        target: "≤ 1 s at 100k".into(),
+        lower_is_better: true,
+        errors: 0,
+    });
     rows.push_str(&format!(
         "| {shapes} | {seconds:.3} | {:.0} | {per_shape:.0} | {heap_cold:.0} | {heap_built:.0} | {heap_unloaded:.0} | {unload_ms:.1} | {:.1} | {:.1} |\n",
         shapes as f64 / seconds,
