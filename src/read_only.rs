@@ -141,6 +141,7 @@ impl ReadOnlyPhase {
                         sse,
                         shutdown: stop.clone(),
                         read_timeout,
+                        close_after_response: true,
                     },
                     stop,
                 )
@@ -181,13 +182,22 @@ fn restore(
     let routes = Arc::new(shards::routes::RouteTable::new());
     let mut registry = Registry::new(index, routes, chunk_bytes, &shard_dir.join("shapes"));
     registry.set_loader(meta, crate::shapes::recover::spec_loader());
+    let mut skipped = 0;
     for record in &loaded.shapes {
-        // A snapshot still being written is not the writer's to share yet.
-        if record.snapshot_end.is_none() {
+        // Only shapes whose snapshot the last checkpoint holds whole: the
+        // rest of it is in the writer's segment log, not readable here.
+        let log = loaded.logs.remove(&record.id).unwrap_or_default();
+        if record.snapshot_end.is_none() || log.snapshot_end.is_none() {
+            skipped += 1;
             continue;
         }
-        let log = loaded.logs.remove(&record.id).unwrap_or_default();
         registry.restore_cold(record, log);
     }
+    tracing::warn!(
+        shard = index,
+        serving = registry.len(),
+        skipped,
+        "read-only phase: serving the shapes of the writer's last checkpoint (skipped: snapshot not checkpointed yet)"
+    );
     Ok(registry)
 }

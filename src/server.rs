@@ -325,6 +325,7 @@ fn run_with_database(
                     sse: sse_settings,
                     shutdown: shutdown.clone(),
                     read_timeout,
+                    close_after_response: false,
                 },
                 shutdown.clone(),
             );
@@ -365,13 +366,19 @@ fn run_with_database(
         ..IngestConfig::new(conn.clone(), &config.replication_stream_id)
     };
     let ingest_shutdown = shutdown.clone();
-    let serving_status = status.clone();
+    let serving_recovered = recovered.clone();
+    // Replication (and so health `active`) starts only once the read-only
+    // phase, if any, has ended.
+    let handed_over = Arc::new(std::sync::atomic::AtomicBool::new(read_only.is_none()));
+    let ingest_handed_over = handed_over.clone();
     let ingest = runtime::spawn_thread("ingest", move || async move {
         let mut feeds = Vec::with_capacity(senders.len());
         for sender in senders {
             feeds.push(sender.connect().await);
         }
-        while recovered.load(std::sync::atomic::Ordering::SeqCst) < shard_count {
+        while recovered.load(std::sync::atomic::Ordering::SeqCst) < shard_count
+            || !ingest_handed_over.load(std::sync::atomic::Ordering::SeqCst)
+        {
             if ingest_shutdown.is_triggered() {
                 return;
             }
@@ -391,16 +398,23 @@ fn run_with_database(
     })
     .map_err(|e| format!("cannot start the ingest: {e}"))?;
     tracing::info!(shards = shard_count, %addr, "shapeshard listening");
-    // The read-only phase answers on the same port until this instance
-    // serves as the writer (or stops).
+    // The read-only phase answers on the same port until this instance's
+    // shards have recovered and listen there too (or it stops); then it
+    // ends, before health says active, so clients that waited for active
+    // never reach it.
     let handover = read_only.map(|phase| {
-        let status = serving_status;
+        let recovered = serving_recovered;
         let shutdown = shutdown.clone();
         std::thread::spawn(move || {
-            while status.get() != crate::status::Status::Active && !shutdown.is_triggered() {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+            while recovered.load(std::sync::atomic::Ordering::SeqCst) < shard_count
+                && !shutdown.is_triggered()
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
+            // Each shard binds right after it counts itself recovered.
+            std::thread::sleep(std::time::Duration::from_millis(50));
             phase.stop();
+            handed_over.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     });
 

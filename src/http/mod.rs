@@ -51,6 +51,9 @@ pub struct HttpContext {
     /// A connection idle this long (no request handled, no byte moving)
     /// is dropped.
     pub read_timeout: Duration,
+    /// Close each connection after its response (a rolling deploy's
+    /// read-only phase: no idle keep-alive may be caught by its end).
+    pub close_after_response: bool,
 }
 
 /// Accepts and serves connections on this shard until `shutdown`.
@@ -238,6 +241,12 @@ async fn route(request: Request<Incoming>, context: &HttpContext) -> Response<Bo
     );
     if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", value);
+    }
+    if context.close_after_response {
+        headers.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
     }
     // Electric echoes the caller's origin (credentials work then); a cache
     // must keep the answers for different origins apart.

@@ -355,6 +355,8 @@ impl ShapeService {
                         Err(reply) => return reply,
                     }
                 }
+                // Read-only, nothing here writes the rest of a snapshot.
+                LogRead::NotYet if self.config.read_only => return read_only_refusal(),
                 LogRead::NotYet => {
                     // The snapshot is still being read; its chunk is coming.
                     changed.await;

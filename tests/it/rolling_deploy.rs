@@ -54,8 +54,12 @@ fn a_waiting_successor_serves_read_only_and_takes_over_without_a_gap() {
             .unwrap();
     }
     let handles: Vec<String> = clients.iter().map(|c| c.handle.clone().unwrap()).collect();
-    // Let a checkpoint take the update into the serving files.
-    std::thread::sleep(Duration::from_millis(500));
+    // Let checkpoints take the snapshots and the update into the serving
+    // files and LMDB (the read-only phase serves what they hold).
+    let checkpoints = old.metric("shapeshard_checkpoints_total");
+    crate::harness::wait_for("two checkpoints", Duration::from_secs(20), || {
+        (old.metric("shapeshard_checkpoints_total") >= checkpoints + 4).then_some(())
+    });
 
     // The successor waits for the lock, serving read-only meanwhile.
     let mut new = old.spawn_successor();
@@ -73,7 +77,9 @@ fn a_waiting_successor_serves_read_only_and_takes_over_without_a_gap() {
     // old instance checkpointed.
     for (client, filter) in clients.iter().zip(filters) {
         let mut fresh = ShapeClient::new(&client.definition);
-        fresh.sync(&new).unwrap();
+        fresh
+            .sync(&new)
+            .unwrap_or_else(|e| panic!("{e}\nsuccessor's log: {}", new.log_tail()));
         assert_eq!(fresh.handle, client.handle);
         assert_eq!(fresh.view(COLUMNS), want(&mut pg, filter), "{filter}");
     }

@@ -196,10 +196,12 @@ fn a_rolling_deploy_waits_for_the_lock_then_takes_over_every_shape() {
                 .then_some(())
         },
     );
-    assert!(
-        new.try_get("/v1/health").is_err(),
-        "not serving while the old one runs"
-    );
+    // Serving read-only meanwhile (tests/it/rolling_deploy.rs): health
+    // says it waits.
+    let health = crate::harness::wait_for("the read-only phase", Duration::from_secs(20), || {
+        new.try_get("/v1/health").ok()
+    });
+    assert_eq!(health.status, 202, "{}", health.body);
     // The old instance keeps serving meanwhile.
     db.client()
         .batch_execute("INSERT INTO items VALUES (2, 'b')")
