@@ -122,7 +122,8 @@ impl Recorder {
         }
         let mut options = inferno::flamegraph::Options::default();
         options.title = title.to_string();
-        options.count_name = "samples".into();
+        // cpu-clock samples are weighted by their period: nanoseconds.
+        options.count_name = "ns".into();
         let file = std::fs::File::create(svg).map_err(|e| format!("{}: {e}", svg.display()))?;
         inferno::flamegraph::from_lines(&mut options, text.lines(), std::io::BufWriter::new(file))
             .map_err(|e| format!("flamegraph: {e}"))?;
@@ -178,9 +179,9 @@ impl Summary {
     pub fn markdown(&self, svg_link: &str) -> String {
         let pct = |n: u64| 100.0 * n as f64 / self.samples.max(1) as f64;
         let mut out = format!(
-            "\n**Flamegraph** of the server ([{svg_link}]({svg_link}); `perf record -e cpu-clock -F {FREQUENCY} -g`, {} samples over the whole workload, setup included). \
-             Busiest threads: {}. Top frames by self time:\n\n| frame | samples | share |\n|---|---|---|\n",
-            self.samples,
+            "\n**Flamegraph** of the server ([{svg_link}]({svg_link}); `perf record -e cpu-clock -F {FREQUENCY} -g`, {:.1} s of server CPU sampled over the whole workload, setup included). \
+             Busiest threads: {}. Top frames by self time:\n\n| frame | CPU ms | share |\n|---|---|---|\n",
+            self.samples as f64 / 1e9,
             self.threads
                 .iter()
                 .map(|(t, n)| format!("`{t}` {:.0} %", pct(*n)))
@@ -190,8 +191,9 @@ impl Summary {
         for (frame, n) in &self.leaves {
             let short: String = frame.chars().take(110).collect();
             out.push_str(&format!(
-                "| `{}` | {n} | {:.1} % |\n",
+                "| `{}` | {:.0} | {:.1} % |\n",
                 short.replace('|', "\\|"),
+                *n as f64 / 1e6,
                 pct(*n)
             ));
         }
@@ -212,6 +214,6 @@ mod tests {
         assert_eq!(s.leaves[1], ("decode".to_string(), 35));
         assert_eq!(s.threads[0], ("shard-0".to_string(), 40));
         let md = s.markdown("x.svg");
-        assert!(md.contains("| `encode` | 50 | 52.6 % |"), "{md}");
+        assert!(md.contains("| `encode` | 0 | 52.6 % |"), "{md}");
     }
 }

@@ -40,9 +40,10 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Record the server with `perf record -e cpu-clock -g` and render
-        /// flamegraphs/<workload>-<commit>.svg.
-        #[arg(long)]
-        flamegraph: bool,
+        /// flamegraphs/<workload>-<commit>.svg: for every workload run, or
+        /// (`--flamegraph=a,b`) for those only.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "all")]
+        flamegraph: Option<String>,
     },
     /// List the workloads.
     List,
@@ -104,8 +105,8 @@ const WORKLOADS: &[Workload] = &[
         about: "8. WAL into up to 2,000 `note ILIKE '%…%'` shapes until durable, beside pg_recvlogical",
         run: |size| {
             e2e_write::run(parse(size.pick(
-                &["--ilike", "--shapes", "500,2000", "--changes", "20000", "--runs", "1", "--live-txns", "100"],
-                &["--ilike", "--shapes", "500,1000,2000", "--changes", "100000", "--runs", "3", "--live-txns", "500"],
+                &["--ilike", "--shapes", "500,2000", "--changes", "20000", "--runs", "1", "--live-txns", "50", "--live-rate", "10"],
+                &["--ilike", "--shapes", "500,1000,2000", "--changes", "50000", "--runs", "3", "--live-txns", "200", "--live-rate", "10"],
             )))
         },
     },
@@ -177,7 +178,7 @@ fn sh(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: bool) -> i32 {
+fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: Option<String>) -> i32 {
     let size = if quick { Size::Quick } else { Size::Full };
     let selected: Vec<&Workload> = if which == "all" {
         WORKLOADS.iter().collect()
@@ -223,7 +224,15 @@ fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: bool) -> i32 
     std::fs::create_dir_all(&dir).expect("the report directory");
     // Every workload needs the release server: say so before starting.
     let _ = server::server_binary(None, None);
-    let flame = if flamegraph {
+    // Which workloads get a flamegraph.
+    let flamed = |name: &str| {
+        flamegraph.as_deref().is_some_and(|f| {
+            f == "all"
+                || f.split(',')
+                    .any(|n| n == name || (n == "e2e-write" && name == "write-throughput"))
+        })
+    };
+    let flame = if flamegraph.is_some() {
         match flame::available() {
             Ok(()) => true,
             Err(e) => {
@@ -239,7 +248,11 @@ fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: bool) -> i32 
         command: format!(
             "cargo run -p perf --release -- run {which}{}{}",
             if quick { " --quick" } else { "" },
-            if flamegraph { " --flamegraph" } else { "" }
+            match flamegraph.as_deref() {
+                None => String::new(),
+                Some("all") => " --flamegraph".into(),
+                Some(list) => format!(" --flamegraph={list}"),
+            }
         ),
         machine: report::Machine::describe(),
         disk: report::disk(),
@@ -256,13 +269,14 @@ fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: bool) -> i32 
     for w in selected {
         eprintln!("=== {} ({mode}): {}", w.name, w.about);
         report::begin(&dir, w.name);
-        if flamegraph && !flame {
+        if flamed(w.name) && !flame {
             report::note(
                 "flamegraph skipped: `perf` not found (install the Debian package `linux-perf`)"
                     .into(),
             );
         }
-        let recorder = flame.then(|| flame::Recorder::start(&dir.join(w.name).join("perf-data")));
+        let recorder = (flame && flamed(w.name))
+            .then(|| flame::Recorder::start(&dir.join(w.name).join("perf-data")));
         let t = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (w.run)(size)));
         let markdown = match result {
