@@ -5,6 +5,7 @@
 pub mod check;
 pub mod config;
 pub mod devpg;
+pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod logging;

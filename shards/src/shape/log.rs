@@ -364,38 +364,18 @@ impl ReadView {
     /// Comma-joined items: those in `disk_bytes` (the bytes of `disk`)
     /// after `after`, then the memory ones.
     pub fn assemble(&self, disk_bytes: &[u8]) -> std::io::Result<Bytes> {
-        let mut out = BytesMut::new();
-        let mut rest = disk_bytes;
-        while !rest.is_empty() {
-            let corrupt = || {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "serving file {:?}: a frame fails its checksum or length",
-                        self.disk.as_ref().map(|d| &d.path)
-                    ),
-                )
-            };
-            let header = rest.get(..FRAME_HEADER as usize).ok_or_else(corrupt)?;
-            let tx = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
-            let op = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-            let len = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
-            let json = rest
-                .get(FRAME_HEADER as usize..FRAME_HEADER as usize + len)
-                .ok_or_else(corrupt)?;
-            if frame_crc(&header[..20], json) != crc {
-                return Err(corrupt());
-            }
-            rest = &rest[FRAME_HEADER as usize + len..];
-            if self.after.is_some_and(|a| LogOffset::At { tx, op } <= a) {
-                continue;
-            }
-            if !out.is_empty() {
-                out.extend_from_slice(b",");
-            }
-            out.extend_from_slice(json);
+        let joined = join_frames(disk_bytes, self.after).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("serving file {:?}: {e}", self.disk.as_ref().map(|d| &d.path)),
+            )
+        })?;
+        if self.mem.is_empty() {
+            return Ok(joined);
         }
+        let mem_bytes: usize = self.mem.iter().map(|j| j.len() + 1).sum();
+        let mut out = BytesMut::with_capacity(joined.len() + mem_bytes);
+        out.extend_from_slice(&joined);
         for json in &self.mem {
             if !out.is_empty() {
                 out.extend_from_slice(b",");
@@ -427,6 +407,42 @@ impl ReadView {
         };
         self.assemble(&bytes)
     }
+}
+
+/// The JSON of every frame in `bytes` whose offset is after `after`,
+/// comma-joined. Every frame's length and checksum are checked: damage is
+/// `InvalidData`, never a wrong byte served.
+pub fn join_frames(bytes: &[u8], after: Option<LogOffset>) -> std::io::Result<Bytes> {
+    let mut out = BytesMut::with_capacity(bytes.len());
+    let mut rest = bytes;
+    let corrupt = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a frame fails its checksum or length",
+        )
+    };
+    while !rest.is_empty() {
+        let header = rest.get(..FRAME_HEADER as usize).ok_or_else(corrupt)?;
+        let tx = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
+        let op = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
+        let json = rest
+            .get(FRAME_HEADER as usize..FRAME_HEADER as usize + len)
+            .ok_or_else(corrupt)?;
+        if frame_crc(&header[..20], json) != crc {
+            return Err(corrupt());
+        }
+        rest = &rest[FRAME_HEADER as usize + len..];
+        if after.is_some_and(|a| LogOffset::At { tx, op } <= a) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(json);
+    }
+    Ok(out.freeze())
 }
 
 /// What a read found.

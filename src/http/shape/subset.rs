@@ -332,7 +332,13 @@ fn tokenize(text: &str) -> Result<Vec<Token<'_>>, String> {
                 identifier: Some(name),
                 quoted: true,
             });
-        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+        } else if c.is_ascii_alphabetic()
+            || c == b'_'
+            // A non-ASCII letter starts an identifier; any other character
+            // is a token of its own (it must be consumed: fuzzing found a
+            // `�` here looping forever, a remote denial of service).
+            || (c >= 0x80 && text[i..].chars().next().is_some_and(char::is_alphabetic))
+        {
             while i < bytes.len() {
                 let ch = text[i..].chars().next().expect("in bounds");
                 if ch.is_alphanumeric() || ch == '_' || ch == '$' {
@@ -390,6 +396,18 @@ mod tests {
 
     fn error(raw: RawSubset) -> String {
         String::from_utf8(raw.validate().unwrap_err().body.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn order_by_with_a_non_letter_outside_ascii_is_an_error_not_a_hang() {
+        for text in ["id des\u{FFFD}", "\u{FFFD}", "id, \u{2028}", "é asc"] {
+            let result = parse_order_by(text);
+            if text == "é asc" {
+                assert!(result.is_ok(), "{text:?}: {result:?}");
+            } else {
+                assert!(result.is_err(), "{text:?}");
+            }
+        }
     }
 
     #[test]
