@@ -19,4 +19,8 @@ pub enum FeedEvent {
     /// Every transaction before this WAL position that concerns this shard
     /// has been sent; a shard with nothing pending is durable up to here.
     Progress(Lsn),
+    /// The replication slot was gone and had to be created again: changes
+    /// between the old slot's position and the new one's are lost, so every
+    /// shape is dropped (its clients get a 409 and re-sync), as Electric does.
+    SlotLost,
 }

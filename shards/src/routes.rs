@@ -44,6 +44,14 @@ impl RouteTable {
         }
     }
 
+    /// Whether no shard owns any shape.
+    pub fn is_empty(&self) -> bool {
+        self.by_relation
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     pub fn mask_for_relation(&self, relation: RelationId) -> ShardMask {
         let map = self.by_relation.read().unwrap_or_else(|e| e.into_inner());
         map.get(&relation).map_or(0, mask_of)

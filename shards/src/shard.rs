@@ -104,6 +104,18 @@ impl ShardCore {
             FeedEvent::Relation(relation) => {
                 self.registry.borrow_mut().apply_relation(&relation);
             }
+            FeedEvent::SlotLost => {
+                let mut registry = self.registry.borrow_mut();
+                let all = registry.ids_where(|_| true);
+                tracing::warn!(
+                    shard = self.index,
+                    shapes = all.len(),
+                    "the replication slot was recreated: changes may be missing, dropping every shape (clients re-sync)"
+                );
+                for id in all {
+                    registry.remove(id, "the replication slot was lost and recreated");
+                }
+            }
         }
         self.signals.seen.set(self.last_seen);
         if self.signals.idle.get()

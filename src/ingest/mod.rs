@@ -162,6 +162,14 @@ impl Ingest {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if slot.created {
             tracing::info!(slot = %self.config.slot_name, at = %slot.confirmed_flush, "created replication slot");
+            // Shapes exist, so a slot existed: it was dropped from under us
+            // (or lost with a failover). What happened in between is gone
+            // from the stream; the shapes cannot be trusted any more.
+            if !self.routes.is_empty() {
+                tracing::error!(slot = %self.config.slot_name, "the replication slot was gone; every shape is dropped and its clients re-sync");
+                self.send_to(all_shards(self.feeds.len()), FeedEvent::SlotLost)
+                    .await;
+            }
         }
         // What Postgres confirmed was durable everywhere when it was confirmed.
         for shard in 0..self.progress.shards() {

@@ -15,6 +15,7 @@ mod memory_budget;
 mod nginx;
 mod oracle;
 mod pg_tls;
+mod postgres_away;
 mod proxy_cache;
 mod reconnect;
 mod replay;

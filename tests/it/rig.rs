@@ -182,7 +182,7 @@ async fn record(
                 received.lock().unwrap()[index].push(t);
             }
             Some(Some(FeedEvent::Progress(lsn))) => pending = pending.max(lsn),
-            Some(Some(FeedEvent::Relation(_))) => {}
+            Some(Some(FeedEvent::Relation(_) | FeedEvent::SlotLost)) => {}
             None => {}
         }
         if !hold.load(Ordering::SeqCst) {
