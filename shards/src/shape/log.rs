@@ -367,7 +367,10 @@ impl ReadView {
         let joined = join_frames(disk_bytes, self.after).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
-                format!("serving file {:?}: {e}", self.disk.as_ref().map(|d| &d.path)),
+                format!(
+                    "serving file {:?}: {e}",
+                    self.disk.as_ref().map(|d| &d.path)
+                ),
             )
         })?;
         if self.mem.is_empty() {
