@@ -37,6 +37,9 @@ fn err(message: impl Into<String>) -> DevPgError {
 pub struct DevPgOptions {
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
+    /// The port to listen on; a free one when None (a restart that must
+    /// keep its clients' URL passes the previous one).
+    pub port: Option<u16>,
 }
 
 impl Default for DevPgOptions {
@@ -47,6 +50,7 @@ impl Default for DevPgOptions {
                 ("max_replication_slots".into(), "32".into()),
                 ("max_connections".into(), "200".into()),
             ],
+            port: None,
         }
     }
 }
@@ -111,7 +115,10 @@ impl DevPostgres {
         }
         remove_stale_pid_file(&data_dir);
 
-        let port = free_port()?;
+        let port = match options.port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let log_path = dir.join("postgres.log");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -213,11 +220,21 @@ impl DevPostgres {
 
     /// Fast shutdown; waits for the postmaster to exit.
     pub fn stop(&mut self) {
+        self.stop_with(libc::SIGINT);
+    }
+
+    /// Immediate shutdown (SIGQUIT: no checkpoint, crash recovery at the
+    /// next start); waits for the postmaster to exit.
+    pub fn stop_immediately(&mut self) {
+        self.stop_with(libc::SIGQUIT);
+    }
+
+    fn stop_with(&mut self, signal: libc::c_int) {
         let Some(mut child) = self.child.take() else {
             return;
         };
         let pid = child.id() as libc::pid_t;
-        unsafe { libc::kill(pid, libc::SIGINT) };
+        unsafe { libc::kill(pid, signal) };
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             match child.try_wait() {

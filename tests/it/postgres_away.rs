@@ -162,3 +162,95 @@ fn a_dropped_slot_is_recreated_and_every_client_resyncs() {
     let resyncs = follow(&mut clients[2], &server, &want(&mut pg, 2));
     assert_eq!(resyncs, 0);
 }
+
+/// Postgres stopped fast, then immediately (crash recovery at its next
+/// start), on the same port, while writes go on and a large shape's
+/// snapshot is being read: the server reconnects, the interrupted snapshot
+/// fails its creating request (the client retries), and every client ends
+/// equal to Postgres with its shape kept.
+#[test]
+fn postgres_restarted_fast_and_immediately_loses_nothing() {
+    use shapeshard::devpg::{DevPgOptions, DevPostgres};
+    let dir = std::env::temp_dir().join(format!("shapeshard-pg-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut options = DevPgOptions::default();
+    options.settings.push(("fsync".into(), "off".into()));
+    let mut postgres = DevPostgres::start(&dir, &options).expect("a Postgres of its own");
+    options.port = Some(postgres.port());
+    let db = crate::harness::TestDb {
+        name: "restarts".into(),
+        url: postgres.url("postgres"),
+    };
+    let mut pg = db.client();
+    pg.batch_execute(
+        "CREATE TABLE items (id serial PRIMARY KEY, g int NOT NULL, v int NOT NULL);
+         INSERT INTO items (g, v) SELECT g % 4, 0 FROM generate_series(1, 40) g;
+         CREATE TABLE big (id int PRIMARY KEY, pad text);
+         INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 100000) g;",
+    )
+    .unwrap();
+    drop(pg);
+    let server = Server::start(
+        &db,
+        &[
+            ("ELECTRIC_LONG_POLL_TIMEOUT", "500"),
+            // Chunks a test client can read whole.
+            ("ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", "2000000"),
+        ],
+    );
+    let mut clients = clients();
+    {
+        let mut pg = db.client();
+        for (g, client) in clients.iter_mut().enumerate() {
+            assert_eq!(follow(client, &server, &want(&mut pg, g as i32)), 0);
+        }
+    }
+    for immediate in [false, true] {
+        // A large snapshot starts; Postgres goes away under it and under
+        // the replication stream.
+        let big = {
+            let url = server.url("/v1/shape?table=big&offset=-1");
+            std::thread::spawn(move || ureq::get(&url).call().map(|r| r.status()))
+        };
+        std::thread::sleep(Duration::from_millis(150));
+        {
+            let mut pg = db.client();
+            pg.batch_execute(
+                "INSERT INTO items (g, v) SELECT g % 4, 1 FROM generate_series(1, 8) g",
+            )
+            .unwrap();
+        }
+        if immediate {
+            postgres.stop_immediately();
+        } else {
+            postgres.stop();
+        }
+        postgres = DevPostgres::start(&dir, &options).expect("Postgres again");
+        // The snapshot either finished before or failed: a 5xx, or a 409
+        // when the interrupted shape was dropped under the waiting request
+        // (both are retried by the client).
+        match big.join().unwrap() {
+            Ok(status) => assert_eq!(status, 200),
+            Err(ureq::Error::Status(status, _)) => {
+                assert!(status >= 500 || status == 409, "{status}")
+            }
+            Err(e) => panic!("snapshot request: {e}"),
+        }
+        let mut pg = db.client();
+        pg.batch_execute("UPDATE items SET v = v + 10 WHERE g = 1")
+            .unwrap();
+        for (g, client) in clients.iter_mut().enumerate() {
+            let resyncs = follow(client, &server, &want(&mut pg, g as i32));
+            assert_eq!(resyncs, 0, "{} (immediate: {immediate})", client.definition);
+        }
+        // The large shape can be created once Postgres is back.
+        let mut big = ShapeClient::new("table=big");
+        crate::harness::wait_for("the large shape", Duration::from_secs(60), || {
+            big.sync(&server).ok()
+        });
+        assert_eq!(big.rows.len(), 100_000);
+    }
+    drop(server);
+    postgres.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
