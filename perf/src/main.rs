@@ -243,6 +243,10 @@ fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: Option<String
     } else {
         false
     };
+    // What the run is of, taken once at its start (HEAD may move while
+    // it runs).
+    let version = server::workspace_version(&workspace);
+    let started = started_at();
     let info = |seconds: f64| report::RunInfo {
         title: format!("shapeshard perf report: {which} ({mode})"),
         command: format!(
@@ -256,11 +260,8 @@ fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: Option<String
         ),
         machine: report::Machine::describe(),
         disk: report::disk(),
-        commit: format!(
-            "{}; load generator, Postgres 15 and the server share the cores",
-            server::workspace_version(&workspace)
-        ),
-        started: started_at(),
+        commit: format!("{version}; load generator, Postgres 15 and the server share the cores"),
+        started: started.clone(),
         seconds,
         mode: mode.into(),
     };

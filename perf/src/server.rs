@@ -339,8 +339,15 @@ pub fn workspace_version(workspace: &Path) -> String {
     };
     let head = git(&["rev-parse", "--short", "HEAD"]);
     let dirty = git(&["status", "--porcelain", "--", "src", "shards"]);
+    let built = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC", "-r"])
+        .arg(workspace.join("target/release/shapeshard"))
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     format!(
-        "`target/release/shapeshard` at {head}{}",
+        "`target/release/shapeshard` (built {built}) with HEAD at {head}{}",
         if dirty.is_empty() {
             ""
         } else {

@@ -94,6 +94,7 @@ pub fn run(args: Args) -> String {
         // Parked long-polls on the first count's shapes (one each, on
         // different shapes), held open through the window.
         let mut held: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        let returned = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for &polls in &args.polls {
             let more = polls.saturating_sub(held.len());
             eprintln!("[{n} shapes] parking {polls} long-polls");
@@ -102,7 +103,7 @@ pub fn run(args: Args) -> String {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
                 let start = held.len();
                 for i in start..start + more {
-                    let (q, tx, addr) = (query(i % n), tx.clone(), bench.addr);
+                    let (q, tx, addr, returned) = (query(i % n), tx.clone(), bench.addr, returned.clone());
                     tasks.push(tokio::spawn(async move {
                         let mut conn = match Conn::connect(addr).await {
                             Ok(c) => c,
@@ -122,6 +123,8 @@ pub fn run(args: Args) -> String {
                         // Parked until the window is over (the long-poll
                         // timeout is 40 s); what comes back is not timed.
                         let _ = conn.get(&at.next(&q, true)).await;
+                        // Not parked after all: counted in the report.
+                        returned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         std::future::pending::<()>().await;
                     }));
                 }
@@ -142,7 +145,12 @@ pub fn run(args: Args) -> String {
             });
             errors.add(&failed);
             held.extend(tasks);
-            points.push(measure(&bench, &args, format!("{n} idle shapes, {polls} parked long-polls"), base_rss, 0));
+            let mut point = measure(&bench, &args, format!("{n} idle shapes, {polls} parked long-polls"), base_rss, 0);
+            let early = returned.load(std::sync::atomic::Ordering::Relaxed);
+            if early > 0 {
+                point.state.push_str(&format!(" ({early} of them answered before the window ended)"));
+            }
+            points.push(point);
         }
         for t in held.drain(..) {
             t.abort();

@@ -74,6 +74,8 @@ struct Level {
     creation: Timings,
     creation_seconds: f64,
     rss_mib: f64,
+    /// Seconds waited for the server to be quiet before the writes.
+    settled: f64,
     latency: Timings,
     commit: Histogram<u64>,
     /// Receipts read before COMMIT had returned to the writer (recorded
@@ -174,7 +176,14 @@ pub fn run(args: Args) -> String {
         let (creation, creation_seconds) = rt.block_on(create_shapes(bench.addr, queries, args.create_concurrency));
         created[slot] = shapes;
         let rss_mib = bench.server.rss_kib() as f64 / 1024.0;
-        eprintln!("[{} {shapes}] {} writes", kind.label(), args.writes);
+        // The creations' background work (checkpoints, snapshots, unloads)
+        // done before the writes: the server back under 15 % of a core.
+        let quiet = Instant::now();
+        while quiet.elapsed() < Duration::from_secs(90)
+            && bench.server_cores(Duration::from_millis(500)) > 0.15
+        {}
+        let settled = quiet.elapsed().as_secs_f64();
+        eprintln!("[{} {shapes}] settled in {settled:.1} s; {} writes", kind.label(), args.writes);
         let (latency, commit, before_commit) = rt.block_on(measure(bench.addr, &bench.url, kind, shapes, args.writes, &mut next_id));
         levels.push(Level {
             kind,
@@ -182,6 +191,7 @@ pub fn run(args: Args) -> String {
             creation,
             creation_seconds,
             rss_mib,
+            settled,
             latency,
             commit,
             before_commit,
@@ -197,12 +207,13 @@ fn render(args: &Args, flags: &str, levels: &[Level]) -> String {
         "# 3. Write → client latency with many shapes, beside the commit latency\n\n\
          Server: {flags}. Postgres with fsync on. Tables `eq_t` and `lk_t` `(id int8 primary key, g int4, note text)`. \
          Shapes `g = k` on `eq_t` (found through the where-clause index) and `note ILIKE '%<k>%'` on `lk_t` \
-         (evaluated for each change); shapes are added to one server in the order of the rows. {TARGETS} of the shapes \
+         (evaluated for each change); shapes are added to one server in the order of the rows; after each creation the run waits (up to 90 s) \
+         until the server uses under 15 % of a core over 0.5 s (*quiet after*). {TARGETS} of the shapes \
          (spread over them) have a client each, caught up; {} writes go round them: the client's long-poll is sent, 15 ms later one \
          `INSERT` (autocommit) of a row in that shape only; latency from `COMMIT` returning to the client having read the live response \
          (checked: 200, Electric headers, JSON, exactly 1 insert). Limit: the same `INSERT`'s round trip (the commit, fsync on).\n\n\
-         | shapes | kind | {QUANTILE_HEADER} | ours p99 ÷ commit p99 | commit p50 ms | commit p99 ms | errors | read before COMMIT returned | server RSS MiB | created/s (creation p99 ms) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | shapes | kind | {QUANTILE_HEADER} | ours p99 ÷ commit p99 | commit p50 ms | commit p99 ms | errors | read before COMMIT returned | server RSS MiB | created/s (creation p99 ms) | quiet after (s) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         args.writes
     );
     let ms = |us: u64| number(us as f64 / 1000.0);
@@ -211,7 +222,7 @@ fn render(args: &Args, flags: &str, levels: &[Level]) -> String {
     for l in levels {
         let h = &l.latency.latency;
         out.push_str(&format!(
-            "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {:.0} | {:.0} ({}) |\n",
+            "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {:.0} | {:.0} ({}) | {:.1} |\n",
             l.shapes,
             l.kind.label(),
             report::quantile_cells(h),
@@ -223,6 +234,7 @@ fn render(args: &Args, flags: &str, levels: &[Level]) -> String {
             l.rss_mib,
             l.creation.latency.len() as f64 / l.creation_seconds.max(1e-9),
             ms(l.creation.latency.value_at_quantile(0.99)),
+            l.settled,
         ));
         let name = match l.kind {
             Kind::Equals => "equals",
