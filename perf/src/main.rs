@@ -137,12 +137,17 @@ const WORKLOADS: &[Workload] = &[
     },
     Workload {
         name: "shard-write",
-        about: "one shard's durable write path into 1k/10k/100k shapes, no Postgres (was shard-write-bench)",
+        about: "one shard's durable write path into 1k/10k/100k shapes, no Postgres (was shard-write-bench; knobs SHARD_WRITE_SHAPES=a,b SHARD_WRITE_CHANGES=n)",
         run: |size| {
-            shard_write::run(
-                size.pick(100_000, 500_000),
-                size.pick(&[1_000, 10_000][..], &[1_000, 10_000, 100_000][..]),
-            )
+            let counts: Vec<usize> = std::env::var("SHARD_WRITE_SHAPES")
+                .ok()
+                .map(|v| v.split(',').map(|c| c.trim().parse().expect("SHARD_WRITE_SHAPES")).collect())
+                .unwrap_or_else(|| size.pick(vec![1_000, 10_000], vec![1_000, 10_000, 100_000]));
+            let changes = std::env::var("SHARD_WRITE_CHANGES")
+                .ok()
+                .map(|v| v.parse().expect("SHARD_WRITE_CHANGES"))
+                .unwrap_or(size.pick(100_000, 500_000));
+            shard_write::run(changes, &counts)
         },
     },
     Workload {
