@@ -591,7 +591,11 @@ pub async fn sync(
 /// Creates a shape per query (`offset=-1`, checked: 200 and the Electric
 /// headers) over `concurrency` connections; the creation latencies and the
 /// seconds it took. Prints progress every 5 s.
-pub async fn create_shapes(addr: SocketAddr, queries: Vec<String>, concurrency: usize) -> (Timings, f64) {
+pub async fn create_shapes(
+    addr: SocketAddr,
+    queries: Vec<String>,
+    concurrency: usize,
+) -> (Timings, f64) {
     let queries = std::sync::Arc::new(queries);
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = std::time::Instant::now();
@@ -604,7 +608,9 @@ pub async fn create_shapes(addr: SocketAddr, queries: Vec<String>, concurrency: 
             let mut last_print = std::time::Instant::now();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(query) = queries.get(i) else { return t };
+                let Some(query) = queries.get(i) else {
+                    return t;
+                };
                 let asked = std::time::Instant::now();
                 let result = match conn.get(&format!("{query}&offset=-1")).await {
                     Ok(r) => check_shape(&r, Expect::shape()).map(|_| ()),

@@ -187,7 +187,13 @@ pub fn create_shapes_where(
         let t = Instant::now();
         let reply = get_admitted(agent, &where_url(base, &where_sql(k)));
         let micros = t.elapsed().as_micros() as u64;
-        assert_eq!(reply.status, 200, "creating shape {}: {}", where_sql(k), reply.body);
+        assert_eq!(
+            reply.status,
+            200,
+            "creating shape {}: {}",
+            where_sql(k),
+            reply.body
+        );
         (micros, reply.at.expect("electric-handle and -offset"))
     });
     let seconds = started.elapsed().as_secs_f64();

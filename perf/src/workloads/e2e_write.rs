@@ -228,16 +228,36 @@ pub fn run(args: Args) -> String {
 /// `.hgrm` files, plots and headlines.
 fn emit(args: &Args, points: &[Point]) {
     let (workload, kind, target) = if args.ilike {
-        ("ilike-write", "ILIKE", "≤ 0.5 ms per change at 2,000 (≥ 2,000 changes/s; Electric ~14 ms)")
+        (
+            "ilike-write",
+            "ILIKE",
+            "≤ 0.5 ms per change at 2,000 (≥ 2,000 changes/s; Electric ~14 ms)",
+        )
     } else {
-        ("write-throughput", "`g = k`", "≥ 100k changes/s; ≥ 0.8× pg_recvlogical")
+        (
+            "write-throughput",
+            "`g = k`",
+            "≥ 100k changes/s; ≥ 0.8× pg_recvlogical",
+        )
     };
     let changes = args.changes as f64;
     let mut ours = Vec::new();
     let mut limit = Vec::new();
     for p in points {
-        let server = Spread::of(p.drains.iter().map(|r| changes / r.server_seconds).collect()).median;
-        let recv = Spread::of(p.drains.iter().map(|r| changes / r.recvlogical_seconds).collect()).median;
+        let server = Spread::of(
+            p.drains
+                .iter()
+                .map(|r| changes / r.server_seconds)
+                .collect(),
+        )
+        .median;
+        let recv = Spread::of(
+            p.drains
+                .iter()
+                .map(|r| changes / r.recvlogical_seconds)
+                .collect(),
+        )
+        .median;
         ours.push((p.shapes as f64, server));
         limit.push((p.shapes as f64, recv));
         crate::report::histogram(&format!("creation-{}", p.shapes), &p.creation.latency);
@@ -246,8 +266,14 @@ fn emit(args: &Args, points: &[Point]) {
             crate::report::histogram(&format!("live-commit-{}", p.shapes), &l.commit);
             crate::report::percentile_plot(
                 &format!("live-{}", p.shapes),
-                &format!("{kind}, {} shapes: COMMIT returned → durable in the server", p.shapes),
-                &[("ours: commit → durable", &l.durable), ("Postgres INSERT+COMMIT", &l.commit)],
+                &format!(
+                    "{kind}, {} shapes: COMMIT returned → durable in the server",
+                    p.shapes
+                ),
+                &[
+                    ("ours: commit → durable", &l.durable),
+                    ("Postgres INSERT+COMMIT", &l.commit),
+                ],
             );
         }
         if p.shapes == points.last().unwrap().shapes {
@@ -266,7 +292,10 @@ fn emit(args: &Args, points: &[Point]) {
         &format!("{kind} shapes: changes/s until durable"),
         "shapes",
         "changes/s",
-        &[("ours (durable)".to_string(), ours), ("pg_recvlogical (limit)".to_string(), limit)],
+        &[
+            ("ours (durable)".to_string(), ours),
+            ("pg_recvlogical (limit)".to_string(), limit),
+        ],
     );
 }
 
@@ -335,7 +364,11 @@ fn check_shape(url: &str, base: &str, k: usize, ilike: bool) -> (usize, usize) {
         if reply.up_to_date {
             return (rows, expected);
         }
-        request = where_read_url(base, &where_sql, &reply.at.expect("electric-handle and -offset"));
+        request = where_read_url(
+            base,
+            &where_sql,
+            &reply.at.expect("electric-handle and -offset"),
+        );
     }
 }
 

@@ -142,7 +142,8 @@ async fn measure(
     let ready = Arc::new(tokio::sync::Barrier::new(total + 1));
     for query in queries {
         for _ in 0..clients_per_shape {
-            let (query, armed, tx, ready) = (query.clone(), armed.clone(), tx.clone(), ready.clone());
+            let (query, armed, tx, ready) =
+                (query.clone(), armed.clone(), tx.clone(), ready.clone());
             tasks.push(tokio::spawn(async move {
                 let mut conn = Conn::connect(addr).await.expect("connect");
                 let (mut at, _, _) = sync(&mut conn, &query, false).await.expect("initial sync");
@@ -153,7 +154,10 @@ async fn measure(
                             armed.fetch_add(1, Ordering::SeqCst);
                             let result = match live(&mut conn, &query, &mut at).await {
                                 Ok(reply) if reply.inserts == 1 => Ok(Instant::now()),
-                                Ok(reply) => Err(format!("{} inserts in a live reply (expected 1)", reply.inserts)),
+                                Ok(reply) => Err(format!(
+                                    "{} inserts in a live reply (expected 1)",
+                                    reply.inserts
+                                )),
                                 Err(e) => Err(e),
                             };
                             let failed = result.is_err();
@@ -193,7 +197,8 @@ async fn measure(
                             }
                             let now = Instant::now();
                             for event in take_sse_events(&mut buf) {
-                                let parsed: Result<serde_json::Value, _> = serde_json::from_str(&event);
+                                let parsed: Result<serde_json::Value, _> =
+                                    serde_json::from_str(&event);
                                 match parsed {
                                     Ok(v) if v["headers"]["operation"] == "insert" => {
                                         let _ = tx.send((seen, Ok(now)));
@@ -201,7 +206,10 @@ async fn measure(
                                     }
                                     Ok(_) => {}
                                     Err(e) => {
-                                        let _ = tx.send((seen, Err(format!("SSE event is not JSON: {e}"))));
+                                        let _ = tx.send((
+                                            seen,
+                                            Err(format!("SSE event is not JSON: {e}")),
+                                        ));
                                         return;
                                     }
                                 }
@@ -217,7 +225,11 @@ async fn measure(
     // The blocking client has a runtime of its own: made and dropped off
     // this one.
     let url = url.to_string();
-    let mut pg = Some(tokio::task::spawn_blocking(move || client(&url)).await.expect("connect"));
+    let mut pg = Some(
+        tokio::task::spawn_blocking(move || client(&url))
+            .await
+            .expect("connect"),
+    );
     let mut m = Measured {
         each: Timings::default(),
         last: Histogram::new(3).unwrap(),
@@ -275,13 +287,17 @@ async fn measure(
                 Ok(Some(other)) => early.push(other),
                 Ok(None) | Err(_) => {
                     for _ in got..total {
-                        m.each.error(format!("no receipt within 10 s of the commit (round {round})"));
+                        m.each.error(format!(
+                            "no receipt within 10 s of the commit (round {round})"
+                        ));
                     }
                     break;
                 }
             }
         }
-        m.last.record((last - committed).as_micros().max(1) as u64).unwrap();
+        m.last
+            .record((last - committed).as_micros().max(1) as u64)
+            .unwrap();
     }
     for t in tasks {
         t.abort();
@@ -347,7 +363,9 @@ async fn loopback_broadcast(total: usize, rounds: usize) -> Measured {
             m.each.ok(t.saturating_duration_since(at));
             last = last.max(t);
         }
-        m.last.record((last - at).as_micros().max(1) as u64).unwrap();
+        m.last
+            .record((last - at).as_micros().max(1) as u64)
+            .unwrap();
     }
     drop(trigger_tx);
     for t in tasks {
@@ -390,7 +408,10 @@ fn loopback_round_trip(n: usize) -> Histogram<u64> {
 pub fn run(args: Args) -> String {
     let max_shapes = args.levels.iter().map(|l| l.0).max().unwrap_or(1);
     let bench = Bench::start(args.workload, &[], &[], |url| {
-        psql(url, "CREATE TABLE fan (id int8 PRIMARY KEY, g int4 NOT NULL, note text)");
+        psql(
+            url,
+            "CREATE TABLE fan (id int8 PRIMARY KEY, g int4 NOT NULL, note text)",
+        );
     });
     let rtt = loopback_round_trip(2000);
     let rt = runtime(1);
@@ -402,8 +423,20 @@ pub fn run(args: Args) -> String {
             .collect();
         let total = shapes * per_shape;
         for &mode in &args.modes {
-            eprintln!("[{shapes} shapes × {per_shape} clients, {}] {} writes", mode.label(), args.rounds);
-            let m = rt.block_on(measure(bench.addr, &bench.url, &queries, per_shape, mode, args.rounds, &mut next_id));
+            eprintln!(
+                "[{shapes} shapes × {per_shape} clients, {}] {} writes",
+                mode.label(),
+                args.rounds
+            );
+            let m = rt.block_on(measure(
+                bench.addr,
+                &bench.url,
+                &queries,
+                per_shape,
+                mode,
+                args.rounds,
+                &mut next_id,
+            ));
             results.push((shapes, total, Some(mode), m));
         }
         eprintln!("[{total} connections] loopback broadcast");
@@ -412,12 +445,18 @@ pub fn run(args: Args) -> String {
     }
     let flags = bench.flags.clone();
     // Every row the shapes hold, checked against Postgres at the end.
-    let rows: usize = psql(&bench.url, "SELECT count(*) FROM fan").parse().unwrap();
+    let rows: usize = psql(&bench.url, "SELECT count(*) FROM fan")
+        .parse()
+        .unwrap();
     let synced = rt.block_on(async {
         let mut conn = Conn::connect(bench.addr).await.expect("connect");
-        sync(&mut conn, &shape_query("fan", where_of(max_shapes, 0).as_deref()), false)
-            .await
-            .map(|s| s.1)
+        sync(
+            &mut conn,
+            &shape_query("fan", where_of(max_shapes, 0).as_deref()),
+            false,
+        )
+        .await
+        .map(|s| s.1)
     });
     if synced.as_ref().ok() != Some(&rows) {
         report::failure(format!(
@@ -466,7 +505,11 @@ fn render(args: &Args, flags: &str, rtt: &Histogram<u64>, results: &[Result4]) -
             ms(m.last.value_at_quantile(0.5)),
             ms(m.last.value_at_quantile(0.99)),
             ms(m.last.max()),
-            if mode.is_some() { ms(m.commit.value_at_quantile(0.5)) } else { "–".into() },
+            if mode.is_some() {
+                ms(m.commit.value_at_quantile(0.5))
+            } else {
+                "–".into()
+            },
             m.each.errors,
         ));
     }
@@ -491,8 +534,15 @@ fn render(args: &Args, flags: &str, rtt: &Histogram<u64>, results: &[Result4]) -
         let limit = at.iter().find(|r| r.2.is_none()).map(|r| &r.3);
         let mut curves = Vec::new();
         for r in &at {
-            let name = r.2.map_or("loopback", |m| if m == Mode::Sse { "sse" } else { "long-poll" });
-            let h = if args.last_counts { &r.3.last } else { &r.3.each.latency };
+            let name = r.2.map_or(
+                "loopback",
+                |m| if m == Mode::Sse { "sse" } else { "long-poll" },
+            );
+            let h = if args.last_counts {
+                &r.3.last
+            } else {
+                &r.3.each.latency
+            };
             report::histogram(&format!("{name}-{total}"), h);
             if args.last_counts {
                 report::histogram(&format!("{name}-{total}-each"), &r.3.each.latency);
@@ -505,7 +555,9 @@ fn render(args: &Args, flags: &str, rtt: &Histogram<u64>, results: &[Result4]) -
                 },
                 h,
             ));
-            let label = r.2.map_or("loopback broadcast (limit)".to_string(), |m| format!("ours, {}", m.label()));
+            let label = r.2.map_or("loopback broadcast (limit)".to_string(), |m| {
+                format!("ours, {}", m.label())
+            });
             let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
             match by_mode.iter_mut().find(|(l, _)| *l == label) {
                 Some((_, v)) => v.push((total as f64, p99)),
@@ -518,7 +570,11 @@ fn render(args: &Args, flags: &str, rtt: &Histogram<u64>, results: &[Result4]) -
                 "{}: {total} {}, write → {}",
                 args.workload,
                 if at[0].0 > 1 { "shapes" } else { "clients" },
-                if args.last_counts { "last shape" } else { "each client" }
+                if args.last_counts {
+                    "last shape"
+                } else {
+                    "each client"
+                }
             ),
             &curves,
         );
@@ -526,9 +582,17 @@ fn render(args: &Args, flags: &str, rtt: &Histogram<u64>, results: &[Result4]) -
             for r in at.iter().filter(|r| r.2.is_some()) {
                 let mode = r.2.unwrap();
                 let (ours, lim, what) = if args.last_counts {
-                    (&r.3.last, limit.map(|l| &l.last), "write → last shape received, p99")
+                    (
+                        &r.3.last,
+                        limit.map(|l| &l.last),
+                        "write → last shape received, p99",
+                    )
                 } else {
-                    (&r.3.each.latency, limit.map(|l| &l.each.latency), "write → each client, p99")
+                    (
+                        &r.3.each.latency,
+                        limit.map(|l| &l.each.latency),
+                        "write → each client, p99",
+                    )
                 };
                 report::headline(
                     Headline::latency(
@@ -547,7 +611,11 @@ fn render(args: &Args, flags: &str, rtt: &Histogram<u64>, results: &[Result4]) -
         report::xy_plot(
             "latency-vs-clients",
             &format!("{}: p99 vs clients", args.workload),
-            if results[0].0 > 1 { "shapes (a client each)" } else { "clients" },
+            if results[0].0 > 1 {
+                "shapes (a client each)"
+            } else {
+                "clients"
+            },
             "p99 write → client (ms)",
             &by_mode,
         );

@@ -59,12 +59,16 @@ fn measure(bench: &Bench, args: &Args, state: String, base_rss: f64, shapes: usi
     let cores = bench.server_cores(args.window);
     let own_cores = (own_ticks() - before) as f64 / tick / args.window.as_secs_f64();
     let rss_mib = bench.server.rss_kib() as f64 / 1024.0;
-    eprintln!("  {state}: server {:.1} % of a core, RSS {rss_mib:.0} MiB", cores * 100.0);
+    eprintln!(
+        "  {state}: server {:.1} % of a core, RSS {rss_mib:.0} MiB",
+        cores * 100.0
+    );
     Point {
         state,
         cores,
         rss_mib,
-        per_shape_bytes: (shapes > 0).then(|| (rss_mib - base_rss) * 1024.0 * 1024.0 / shapes as f64),
+        per_shape_bytes: (shapes > 0)
+            .then(|| (rss_mib - base_rss) * 1024.0 * 1024.0 / shapes as f64),
         own_cores,
     }
 }
@@ -84,10 +88,20 @@ pub fn run(args: Args) -> String {
     let first = args.shapes.first().copied().unwrap_or(0);
     for &n in &args.shapes {
         eprintln!("[{n} shapes] creating {}", n - created);
-        let (t, _) = rt.block_on(create_shapes(bench.addr, (created..n).map(query).collect(), 32));
+        let (t, _) = rt.block_on(create_shapes(
+            bench.addr,
+            (created..n).map(query).collect(),
+            32,
+        ));
         errors.add(&t);
         created = n;
-        points.push(measure(&bench, &args, format!("{n} idle shapes, no clients"), base_rss, n));
+        points.push(measure(
+            &bench,
+            &args,
+            format!("{n} idle shapes, no clients"),
+            base_rss,
+            n,
+        ));
         if n != first {
             continue;
         }
@@ -103,7 +117,8 @@ pub fn run(args: Args) -> String {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
                 let start = held.len();
                 for i in start..start + more {
-                    let (q, tx, addr, returned) = (query(i % n), tx.clone(), bench.addr, returned.clone());
+                    let (q, tx, addr, returned) =
+                        (query(i % n), tx.clone(), bench.addr, returned.clone());
                     tasks.push(tokio::spawn(async move {
                         let mut conn = match Conn::connect(addr).await {
                             Ok(c) => c,
@@ -145,10 +160,18 @@ pub fn run(args: Args) -> String {
             });
             errors.add(&failed);
             held.extend(tasks);
-            let mut point = measure(&bench, &args, format!("{n} idle shapes, {polls} parked long-polls"), base_rss, 0);
+            let mut point = measure(
+                &bench,
+                &args,
+                format!("{n} idle shapes, {polls} parked long-polls"),
+                base_rss,
+                0,
+            );
             let early = returned.load(std::sync::atomic::Ordering::Relaxed);
             if early > 0 {
-                point.state.push_str(&format!(" ({early} of them answered before the window ended)"));
+                point.state.push_str(&format!(
+                    " ({early} of them answered before the window ended)"
+                ));
             }
             points.push(point);
         }
@@ -196,16 +219,27 @@ fn render(args: &Args, flags: &str, points: &[Point]) -> String {
             errors: 0,
         };
         if p.state.starts_with("no shapes") {
-            report::headline(headline("idle server, no shapes, CPU".into(), "≈ 0 (4–5 % when the issue was filed)"));
+            report::headline(headline(
+                "idle server, no shapes, CPU".into(),
+                "≈ 0 (4–5 % when the issue was filed)",
+            ));
         } else if p.state.contains("1000 parked") {
-            report::headline(headline(format!("{}, CPU", p.state), "≈ 0 (37–42 % when the issue was filed)"));
-        } else if p.state.contains("10000 parked") || (p.per_shape_bytes.is_some() && p.state.starts_with("100000")) {
+            report::headline(headline(
+                format!("{}, CPU", p.state),
+                "≈ 0 (37–42 % when the issue was filed)",
+            ));
+        } else if p.state.contains("10000 parked")
+            || (p.per_shape_bytes.is_some() && p.state.starts_with("100000"))
+        {
             report::headline(headline(format!("{}, CPU", p.state), "≈ 0"));
         }
         if let Some(b) = p.per_shape_bytes {
             report::headline(Headline {
                 workload: WORKLOAD.into(),
-                measure: format!("RSS per idle shape at {}", p.state.split(' ').next().unwrap_or("")),
+                measure: format!(
+                    "RSS per idle shape at {}",
+                    p.state.split(' ').next().unwrap_or("")
+                ),
                 ours: b,
                 unit: "bytes".into(),
                 limit: None,

@@ -40,8 +40,12 @@ struct Run {
 
 pub fn run(args: Args) -> String {
     let rows = args.sizes.iter().copied().max().unwrap_or(0);
-    let bench = Bench::start(WORKLOAD, &[("fsync", "off"), ("autovacuum", "off")], &[], |url| {
-        psql(
+    let bench = Bench::start(
+        WORKLOAD,
+        &[("fsync", "off"), ("autovacuum", "off")],
+        &[],
+        |url| {
+            psql(
             url,
             &format!(
                 "CREATE TABLE large (id int8 PRIMARY KEY, g int4 NOT NULL, name text, amount numeric, at timestamptz);
@@ -49,8 +53,9 @@ pub fn run(args: Args) -> String {
                    FROM generate_series(1, {rows}) i"
             ),
         );
-        psql(url, "VACUUM ANALYZE large");
-    });
+            psql(url, "VACUUM ANALYZE large");
+        },
+    );
     let rt = runtime(1);
     let mut points = Vec::new();
     let mut errors = Vec::new();
@@ -59,28 +64,43 @@ pub fn run(args: Args) -> String {
         for r in 0..args.runs {
             let where_sql = format!("id <= {n} AND id > -{}", r + 1);
             let query = shape_query("large", Some(&where_sql));
-            eprintln!("[{n} rows] run {}/{}: a new shape, then again", r + 1, args.runs);
+            eprintln!(
+                "[{n} rows] run {}/{}: a new shape, then again",
+                r + 1,
+                args.runs
+            );
             let (cold, warm, bytes, requests) = rt.block_on(async {
                 let mut conn = Conn::connect(bench.addr).await.expect("connect");
                 let t = Instant::now();
-                let (_, inserts, _) = sync(&mut conn, &query, false).await.unwrap_or_else(|e| panic!("cold sync: {e}"));
+                let (_, inserts, _) = sync(&mut conn, &query, false)
+                    .await
+                    .unwrap_or_else(|e| panic!("cold sync: {e}"));
                 let cold = t.elapsed().as_secs_f64();
                 if inserts != n {
                     errors.push(format!("cold sync of {n} rows had {inserts}"));
                 }
                 let t = Instant::now();
-                let (_, inserts, bodies) = sync(&mut conn, &query, true).await.unwrap_or_else(|e| panic!("warm sync: {e}"));
+                let (_, inserts, bodies) = sync(&mut conn, &query, true)
+                    .await
+                    .unwrap_or_else(|e| panic!("warm sync: {e}"));
                 let warm = t.elapsed().as_secs_f64();
                 if inserts != n {
                     errors.push(format!("warm sync of {n} rows had {inserts}"));
                 }
-                (cold, warm, bodies.iter().map(|b| b.len()).sum::<usize>(), bodies.len())
+                (
+                    cold,
+                    warm,
+                    bodies.iter().map(|b| b.len()).sum::<usize>(),
+                    bodies.len(),
+                )
             });
             let rss_mib = bench.server.rss_kib() as f64 / 1024.0;
             let mut pg = client(&bench.url);
             let t = Instant::now();
             let mut reader = pg
-                .copy_out(&format!("COPY (SELECT id, g, name, amount, at FROM large WHERE {where_sql}) TO STDOUT"))
+                .copy_out(&format!(
+                    "COPY (SELECT id, g, name, amount, at FROM large WHERE {where_sql}) TO STDOUT"
+                ))
                 .expect("COPY");
             let mut sink = vec![0u8; 1 << 20];
             let mut copy_bytes = 0;
@@ -172,7 +192,10 @@ fn render(args: &Args, flags: &str, points: &[(usize, Vec<Run>)]) -> String {
         "one large shape: rows/s, cold sync vs COPY",
         "rows in the shape",
         "rows/s",
-        &[("ours, cold sync".to_string(), ours_series), ("COPY TO STDOUT (limit)".to_string(), copy_series)],
+        &[
+            ("ours, cold sync".to_string(), ours_series),
+            ("COPY TO STDOUT (limit)".to_string(), copy_series),
+        ],
     );
     out
 }

@@ -181,7 +181,9 @@ pub fn run(args: Args) -> String {
         let mut restored = Histogram::<u64>::new(3).unwrap();
         let mut stops = Histogram::<u64>::new(3).unwrap();
         for r in &p.restarts {
-            restored.record(r.serving.as_micros().max(1) as u64).unwrap();
+            restored
+                .record(r.serving.as_micros().max(1) as u64)
+                .unwrap();
         }
         for s in &p.stops {
             stops.record(s.took.as_micros().max(1) as u64).unwrap();

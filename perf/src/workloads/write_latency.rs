@@ -59,8 +59,17 @@ impl Args {
     pub fn sized(size: Size) -> Args {
         Args {
             levels: size.pick(
-                vec![(Kind::Equals, 1_000), (Kind::Equals, 10_000), (Kind::Ilike, 1_000)],
-                vec![(Kind::Equals, 10_000), (Kind::Equals, 100_000), (Kind::Ilike, 1_000), (Kind::Ilike, 10_000)],
+                vec![
+                    (Kind::Equals, 1_000),
+                    (Kind::Equals, 10_000),
+                    (Kind::Ilike, 1_000),
+                ],
+                vec![
+                    (Kind::Equals, 10_000),
+                    (Kind::Equals, 100_000),
+                    (Kind::Ilike, 1_000),
+                    (Kind::Ilike, 10_000),
+                ],
             ),
             writes: size.pick(100, 500),
             create_concurrency: 32,
@@ -83,9 +92,18 @@ struct Level {
     before_commit: usize,
 }
 
-async fn measure(addr: SocketAddr, url: &str, kind: Kind, shapes: usize, writes: usize, next_id: &mut i64) -> (Timings, Histogram<u64>, usize) {
+async fn measure(
+    addr: SocketAddr,
+    url: &str,
+    kind: Kind,
+    shapes: usize,
+    writes: usize,
+    next_id: &mut i64,
+) -> (Timings, Histogram<u64>, usize) {
     // Targets spread over the shapes, each with a caught-up client.
-    let targets: Vec<usize> = (0..TARGETS).map(|i| i * shapes / TARGETS + shapes / (2 * TARGETS)).collect();
+    let targets: Vec<usize> = (0..TARGETS)
+        .map(|i| i * shapes / TARGETS + shapes / (2 * TARGETS))
+        .collect();
     let mut clients: Vec<Option<(String, Conn, At)>> = Vec::new();
     for &k in &targets {
         let query = shape_query(kind.table(), Some(&kind.where_sql(k)));
@@ -94,7 +112,11 @@ async fn measure(addr: SocketAddr, url: &str, kind: Kind, shapes: usize, writes:
         clients.push(Some((query, conn, at)));
     }
     let url = url.to_string();
-    let mut pg = Some(tokio::task::spawn_blocking(move || client(&url)).await.unwrap());
+    let mut pg = Some(
+        tokio::task::spawn_blocking(move || client(&url))
+            .await
+            .unwrap(),
+    );
     let mut latency = Timings::default();
     let mut commit = Histogram::<u64>::new(3).unwrap();
     let mut before = 0;
@@ -116,8 +138,14 @@ async fn measure(addr: SocketAddr, url: &str, kind: Kind, shapes: usize, writes:
                 let mut pg = pg;
                 let asked = Instant::now();
                 match kind {
-                    Kind::Equals => pg.execute("INSERT INTO eq_t VALUES ($1, $2, 'change')", &[&id, &(k as i32)]),
-                    Kind::Ilike => pg.execute("INSERT INTO lk_t VALUES ($1, $2, $3)", &[&id, &(k as i32), &format!("a <{k}> change")]),
+                    Kind::Equals => pg.execute(
+                        "INSERT INTO eq_t VALUES ($1, $2, 'change')",
+                        &[&id, &(k as i32)],
+                    ),
+                    Kind::Ilike => pg.execute(
+                        "INSERT INTO lk_t VALUES ($1, $2, $3)",
+                        &[&id, &(k as i32), &format!("a <{k}> change")],
+                    ),
                 }
                 .expect("INSERT");
                 let committed = Instant::now();
@@ -137,7 +165,10 @@ async fn measure(addr: SocketAddr, url: &str, kind: Kind, shapes: usize, writes:
                         }
                         latency.ok(got.saturating_duration_since(committed));
                     }
-                    Ok(reply) => latency.error(format!("{} inserts in the live reply (expected 1)", reply.inserts)),
+                    Ok(reply) => latency.error(format!(
+                        "{} inserts in the live reply (expected 1)",
+                        reply.inserts
+                    )),
                     Err(e) => latency.error(e),
                 }
                 clients[j] = Some((query, conn, at));
@@ -171,9 +202,16 @@ pub fn run(args: Args) -> String {
     let mut created = [0usize; 2];
     for &(kind, shapes) in &args.levels {
         let slot = (kind == Kind::Ilike) as usize;
-        let queries: Vec<String> = (created[slot]..shapes).map(|k| shape_query(kind.table(), Some(&kind.where_sql(k)))).collect();
-        eprintln!("[{} {shapes}] creating {} shapes", kind.label(), queries.len());
-        let (creation, creation_seconds) = rt.block_on(create_shapes(bench.addr, queries, args.create_concurrency));
+        let queries: Vec<String> = (created[slot]..shapes)
+            .map(|k| shape_query(kind.table(), Some(&kind.where_sql(k))))
+            .collect();
+        eprintln!(
+            "[{} {shapes}] creating {} shapes",
+            kind.label(),
+            queries.len()
+        );
+        let (creation, creation_seconds) =
+            rt.block_on(create_shapes(bench.addr, queries, args.create_concurrency));
         created[slot] = shapes;
         let rss_mib = bench.server.rss_kib() as f64 / 1024.0;
         // The creations' background work (checkpoints, snapshots, unloads)
@@ -183,8 +221,19 @@ pub fn run(args: Args) -> String {
             && bench.server_cores(Duration::from_millis(500)) > 0.15
         {}
         let settled = quiet.elapsed().as_secs_f64();
-        eprintln!("[{} {shapes}] settled in {settled:.1} s; {} writes", kind.label(), args.writes);
-        let (latency, commit, before_commit) = rt.block_on(measure(bench.addr, &bench.url, kind, shapes, args.writes, &mut next_id));
+        eprintln!(
+            "[{} {shapes}] settled in {settled:.1} s; {} writes",
+            kind.label(),
+            args.writes
+        );
+        let (latency, commit, before_commit) = rt.block_on(measure(
+            bench.addr,
+            &bench.url,
+            kind,
+            shapes,
+            args.writes,
+            &mut next_id,
+        ));
         levels.push(Level {
             kind,
             shapes,
@@ -245,19 +294,31 @@ fn render(args: &Args, flags: &str, levels: &[Level]) -> String {
         report::percentile_plot(
             &format!("latency-{name}-{}", l.shapes),
             &format!("write → client, {} {name} shapes", l.shapes),
-            &[("ours: COMMIT returned → client has it", h), ("Postgres INSERT+COMMIT (limit)", &l.commit)],
+            &[
+                ("ours: COMMIT returned → client has it", h),
+                ("Postgres INSERT+COMMIT (limit)", &l.commit),
+            ],
         );
         let point = (l.shapes as f64, h.value_at_quantile(0.99) as f64 / 1000.0);
         match l.kind {
             Kind::Equals => eq_series.push(point),
             Kind::Ilike => lk_series.push(point),
         }
-        let last_of_kind = levels.iter().filter(|o| o.kind == l.kind).map(|o| o.shapes).max() == Some(l.shapes);
+        let last_of_kind = levels
+            .iter()
+            .filter(|o| o.kind == l.kind)
+            .map(|o| o.shapes)
+            .max()
+            == Some(l.shapes);
         if last_of_kind {
             report::headline(
                 Headline::latency(
                     WORKLOAD,
-                    &format!("{} {} shapes, COMMIT → client p99", l.shapes, l.kind.label()),
+                    &format!(
+                        "{} {} shapes, COMMIT → client p99",
+                        l.shapes,
+                        l.kind.label()
+                    ),
                     h.value_at_quantile(0.99),
                     Some(("Postgres commit p99", l.commit.value_at_quantile(0.99))),
                     match l.kind {
@@ -285,6 +346,12 @@ fn render(args: &Args, flags: &str, levels: &[Level]) -> String {
     if !lk_series.is_empty() {
         series.push(("ILIKE p99".to_string(), lk_series));
     }
-    report::xy_plot("latency-vs-shapes", "write → client p99 vs shape count", "shapes", "p99 (ms)", &series);
+    report::xy_plot(
+        "latency-vs-shapes",
+        "write → client p99 vs shape count",
+        "shapes",
+        "p99 (ms)",
+        &series,
+    );
     out
 }
