@@ -64,14 +64,12 @@ impl ReadOnlyPhase {
             config.max_concurrent_initial,
             config.max_concurrent_existing,
         );
-        let mut shape_config = ShapeConfig::new(config.publication_name());
-        shape_config.long_poll = config.long_poll_timeout;
-        shape_config.chunk_bytes = config.chunk_bytes_threshold;
-        shape_config.chunk_cache_bytes = config.chunk_cache_bytes;
-        shape_config.cache_max_age = config.cache_max_age;
-        shape_config.cache_stale_age = config.cache_stale_age;
-        shape_config.pool_size = 1;
-        shape_config.read_only = true;
+        let shape_config = ShapeConfig {
+            pool_size: 1,
+            allow_delete: false,
+            read_only: true,
+            ..ShapeConfig::from_config(config)
+        };
         let secret = if config.insecure {
             None
         } else {

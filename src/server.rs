@@ -117,14 +117,7 @@ fn run_with_database(
 
     let mesh =
         shards::runtime::mesh::Mesh::new(shard_count, crate::http::shape::forward::MESH_CAPACITY);
-    let mut shape_config = ShapeConfig::new(config.publication_name());
-    shape_config.long_poll = config.long_poll_timeout;
-    shape_config.chunk_bytes = config.chunk_bytes_threshold;
-    shape_config.chunk_cache_bytes = config.chunk_cache_bytes;
-    shape_config.cache_max_age = config.cache_max_age;
-    shape_config.cache_stale_age = config.cache_stale_age;
-    shape_config.allow_delete = config.enable_integration_testing;
-    shape_config.pool_size = config.snapshot_pool_size;
+    let shape_config = ShapeConfig::from_config(config);
     let secret = if config.insecure {
         None
     } else {

@@ -43,6 +43,21 @@ pub struct ShapeConfig {
 }
 
 impl ShapeConfig {
+    /// The settings the server's configuration gives (the writer's; the
+    /// read-only phase adjusts its copy).
+    pub fn from_config(config: &crate::config::Config) -> ShapeConfig {
+        ShapeConfig {
+            long_poll: config.long_poll_timeout,
+            chunk_bytes: config.chunk_bytes_threshold,
+            chunk_cache_bytes: config.chunk_cache_bytes,
+            cache_max_age: config.cache_max_age,
+            cache_stale_age: config.cache_stale_age,
+            allow_delete: config.enable_integration_testing,
+            pool_size: config.snapshot_pool_size,
+            ..ShapeConfig::new(config.publication_name())
+        }
+    }
+
     pub fn new(publication: String) -> ShapeConfig {
         ShapeConfig {
             long_poll: Duration::from_secs(20),
@@ -262,15 +277,8 @@ impl ShapeService {
             StartOffset::Now => {
                 let last = shape.last_offset();
                 let global = self.global_lsn(last);
-                let body = format!("[{}]", encode::up_to_date(global));
-                return self.ok(
-                    request,
-                    shape,
-                    Bytes::from(body),
-                    last,
-                    Outcome::NoData,
-                    true,
-                );
+                let body = json_body(&[], Some(global));
+                return self.ok(request, shape, body, last, Outcome::NoData, true);
             }
             StartOffset::At(offset) => offset,
         };
@@ -389,44 +397,20 @@ impl ShapeService {
                 );
                 if left.is_zero() || !woken.await {
                     let global = self.registry.borrow().last_seen().0.max(offset.tx());
-                    let body = format!("[{}]", encode::up_to_date(global));
-                    return self.ok(
-                        request,
-                        shape,
-                        Bytes::from(body),
-                        offset,
-                        Outcome::TimedOut,
-                        true,
-                    );
+                    let body = json_body(&[], Some(global));
+                    return self.ok(request, shape, body, offset, Outcome::TimedOut, true);
                 }
                 continue;
             }
             // Electric: up to date once the chunk reaches the log's
             // end, never for the first (long-cached) response.
             let up_to_date = end >= last.max(offset) && offset != LogOffset::BeforeAll;
-            let mut body = BytesMut::with_capacity(items.len() + 96);
-            body.put_u8(b'[');
-            body.extend_from_slice(&items);
-            if up_to_date {
-                if !items.is_empty() {
-                    body.put_u8(b',');
-                }
-                let global = match (request.live, request.sse) {
-                    (true, true) => sse_resume_lsn(end),
-                    (true, false) => end.tx(),
-                    (false, _) => self.global_lsn(end),
-                };
-                body.extend_from_slice(encode::up_to_date(global).as_bytes());
-            }
-            body.put_u8(b']');
-            return self.ok(
-                request,
-                shape,
-                body.freeze(),
-                end,
-                Outcome::Data,
-                up_to_date,
-            );
+            let global = match request.live {
+                true => live_global(end, request.sse),
+                false => self.global_lsn(end),
+            };
+            let body = json_body(&items, up_to_date.then_some(global));
+            return self.ok(request, shape, body, end, Outcome::Data, up_to_date);
         }
     }
 
@@ -477,12 +461,7 @@ impl ShapeService {
             return Ok(body);
         }
         Metrics::inc(&self.metrics.chunk_cache_misses);
-        let items = self.load(shape, view).await?;
-        let mut body = BytesMut::with_capacity(items.len() + 2);
-        body.put_u8(b'[');
-        body.extend_from_slice(&items);
-        body.put_u8(b']');
-        let body = body.freeze();
+        let body = json_body(&self.load(shape, view).await?, None);
         let mut chunks = self.chunks.borrow_mut();
         let before = chunks.bytes();
         chunks.put(key, body.clone());
@@ -634,16 +613,28 @@ struct FanoutBody {
 /// A live answer's body: the items, then `up-to-date` when they reach the
 /// log's end.
 fn live_body(items: &[u8], key: &FanoutKey) -> Bytes {
+    json_body(items, key.up_to_date.then(|| live_global(key.end, key.sse)))
+}
+
+/// The `global_last_seen_lsn` of a live answer ending at `end`.
+fn live_global(end: LogOffset, sse: bool) -> u64 {
+    if sse {
+        sse_resume_lsn(end)
+    } else {
+        end.tx()
+    }
+}
+
+/// A response body: `[items]`, closed by an `up-to-date` carrying
+/// `global_last_seen_lsn` when one is given.
+fn json_body(items: &[u8], up_to_date: Option<u64>) -> Bytes {
     let mut body = BytesMut::with_capacity(items.len() + 96);
     body.put_u8(b'[');
     body.extend_from_slice(items);
-    if key.up_to_date {
-        body.put_u8(b',');
-        let global = if key.sse {
-            sse_resume_lsn(key.end)
-        } else {
-            key.end.tx()
-        };
+    if let Some(global) = up_to_date {
+        if !items.is_empty() {
+            body.put_u8(b',');
+        }
         body.extend_from_slice(encode::up_to_date(global).as_bytes());
     }
     body.put_u8(b']');
