@@ -30,25 +30,7 @@ fn clients() -> Vec<ShapeClient> {
 
 /// Follows `client` to `want`; a 409 starts it over. Returns the re-syncs.
 fn follow(client: &mut ShapeClient, server: &Server, want: &[String]) -> usize {
-    let mut resyncs = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if client.up_to_date && client.view(COLUMNS) == want {
-            return resyncs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: {} rows, want {}",
-            client.definition,
-            client.rows.len(),
-            want.len()
-        );
-        if let Err(e) = client.poll(server) {
-            assert!(e.contains("→ 409"), "{}: {e}", client.definition);
-            resyncs += 1;
-            *client = ShapeClient::new(&client.definition);
-        }
-    }
+    client.follow_resyncing(server, COLUMNS, want, |_| false)
 }
 
 fn slot_of(db: &crate::harness::TestDb) -> String {

@@ -18,40 +18,12 @@ fn shapes_on(server: &Server) -> u64 {
     server.metric("shapeshard_shapes_built") + server.metric("shapeshard_shapes_cold")
 }
 
-/// Follows `client` until it equals `want`; a 409 (its instance went away
-/// and another answers for the definition) starts it over. Returns the
-/// number of re-syncs.
+/// Follows `client` to `want` through nginx; a lost instance's connection
+/// errors are retried. Returns the re-syncs.
 fn follow(client: &mut ShapeClient, nginx: &dyn Endpoint, want: &[String]) -> usize {
-    let mut resyncs = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if client.up_to_date && client.view(COLUMNS) == want {
-            return resyncs;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}: never converged; got {} rows, want {}",
-            client.definition,
-            client.rows.len(),
-            want.len()
-        );
-        if let Err(e) = client.poll(nginx) {
-            assert!(
-                e.contains("409") || e.contains("502") || e.contains("Connection"),
-                "{}: {e}",
-                client.definition
-            );
-            if e.contains("409") {
-                // With a cache-buster, as Electric's client: the cached
-                // initial answer still names the lost instance's shape.
-                resyncs += 1;
-                let base = client.definition.split("&cache-buster=").next().unwrap();
-                *client = ShapeClient::new(&format!("{base}&cache-buster={resyncs}"));
-            } else {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+    client.follow_resyncing(nginx, COLUMNS, want, |e| {
+        e.contains("502") || e.contains("Connection")
+    })
 }
 
 #[test]

@@ -340,6 +340,44 @@ impl ShapeClient {
         }
     }
 
+    /// Polls until up to date with `view(columns) == want` (60 s at most).
+    /// A 409 starts the client over with a cache-buster, as Electric's
+    /// client does (a cache may still hold the lost shape's first answer);
+    /// errors `transient` accepts are retried; any other error panics.
+    /// Returns the number of re-syncs.
+    pub fn follow_resyncing(
+        &mut self,
+        server: &dyn Endpoint,
+        columns: &[&str],
+        want: &[String],
+        transient: impl Fn(&str) -> bool,
+    ) -> usize {
+        let mut resyncs = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if self.up_to_date && self.view(columns) == want {
+                return resyncs;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: never converged; got {} rows, want {}",
+                self.definition,
+                self.rows.len(),
+                want.len()
+            );
+            match self.poll(server) {
+                Ok(()) => {}
+                Err(e) if e.contains("→ 409") => {
+                    resyncs += 1;
+                    let base = self.definition.split("&cache-buster=").next().unwrap();
+                    *self = ShapeClient::new(&format!("{base}&cache-buster={resyncs}"));
+                }
+                Err(e) if transient(&e) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Err(e) => panic!("{}: {e}", self.definition),
+            }
+        }
+    }
+
     /// Rows as `column → text` maps, for comparing with a query.
     pub fn values(&self, column: &str) -> Vec<String> {
         let mut out: Vec<String> = self
