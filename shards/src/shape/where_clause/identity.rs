@@ -197,16 +197,9 @@ fn write(out: &mut String, node: &Node) {
             write_list(out, items, ", ");
             out.push(']');
         }
-        NodeKind::Unsupported(what) => {
-            out.push_str("<unsupported ");
-            out.push_str(what);
-            out.push('>');
-        }
-        NodeKind::UnsupportedMessage(what) => {
-            out.push_str("<unsupported ");
-            out.push_str(what);
-            out.push('>');
-        }
+        // Refused when typed; never equal to anything that types.
+        NodeKind::Unsupported(what) => out.push_str(&format!("<unsupported {what}>")),
+        NodeKind::UnsupportedMessage(what) => out.push_str(&format!("<unsupported {what}>")),
     }
 }
 
