@@ -219,6 +219,11 @@ impl Server {
             .unwrap_or_default()
     }
 
+    /// `POST /metrics/reset`: empties the server's latency histograms.
+    pub fn reset_latency(&self) {
+        let _ = ureq::post(&format!("{}/metrics/reset", self.base)).call();
+    }
+
     /// SIGTERM, then waits for the exit (killing it after `timeout`).
     pub fn stop_within(&mut self, timeout: Duration) -> Stopped {
         let signalled = Instant::now();

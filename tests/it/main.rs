@@ -10,6 +10,7 @@ mod dev_mode;
 mod harness;
 mod identity_upgrade;
 mod idle_load;
+mod latency_metrics;
 mod live_fanout;
 mod memory_budget;
 mod nginx;

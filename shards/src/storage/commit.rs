@@ -194,7 +194,11 @@ impl GroupCommit {
             if !self.config.fault_flush_delay.is_zero() {
                 runtime::sleep(self.config.fault_flush_delay).await;
             }
+            let flush_started = std::time::Instant::now();
             self.writer.flush().await?;
+            if !records.is_empty() {
+                self.gauges.latency.commit.record(flush_started.elapsed());
+            }
             // The journal went to the segment log: its bytes are free.
             self.registry.borrow().freed().notify_all();
             if seen > durable {
@@ -228,8 +232,9 @@ impl GroupCommit {
                     files: files.clone(),
                     open_files: self.config.open_files,
                 };
+                let gauges = self.gauges.clone();
                 if closing {
-                    job.run().await?;
+                    job.run_timed(&gauges).await?;
                     return Ok(());
                 }
                 in_flight.set(true);
@@ -237,7 +242,7 @@ impl GroupCommit {
                 let failure = failure.clone();
                 let signals = self.signals.clone();
                 runtime::spawn_detached(async move {
-                    if let Err(e) = job.run().await {
+                    if let Err(e) = job.run_timed(&gauges).await {
                         *failure.borrow_mut() = Some(e);
                         signals.failed.set(true);
                         signals.wake.notify_all();
@@ -297,6 +302,13 @@ struct Checkpoint {
 }
 
 impl Checkpoint {
+    async fn run_timed(self, gauges: &StorageGauges) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        let result = self.run().await;
+        gauges.latency.checkpoint.record(started.elapsed());
+        result
+    }
+
     async fn run(mut self) -> std::io::Result<()> {
         let writes: Vec<_> = self
             .captures
