@@ -353,9 +353,10 @@ pub fn server_latency_table(label: &str, metrics: &str) -> Option<String> {
             continue;
         };
         let labels = labels.trim_end_matches('}');
-        let Some(family) = name.strip_suffix("_duration_seconds_count").or_else(|| {
-            name.strip_suffix("_duration_seconds")
-        }) else {
+        let Some(family) = name
+            .strip_suffix("_duration_seconds_count")
+            .or_else(|| name.strip_suffix("_duration_seconds"))
+        else {
             continue;
         };
         let family = family.trim_start_matches("shapeshard_").to_string();
@@ -371,7 +372,10 @@ pub fn server_latency_table(label: &str, metrics: &str) -> Option<String> {
         };
         match quantile.first() {
             Some(q) => {
-                let q = q.trim_start_matches("quantile=").trim_matches('"').to_string();
+                let q = q
+                    .trim_start_matches("quantile=")
+                    .trim_matches('"')
+                    .to_string();
                 rows[index].3.push((q, value.parse().unwrap_or(f64::NAN)));
             }
             None if name.ends_with("_count") => rows[index].2 = value.parse().unwrap_or(0),
@@ -609,10 +613,19 @@ mod tests {
         let table = server_latency_table("phase", page).unwrap();
         let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
         assert_eq!(rows.len(), 3, "{table}");
-        assert!(rows[1].starts_with("| request | shard=0,kind=live | 42 | 2.00 | – | 12.5 |"), "{table}");
-        assert!(rows[2].starts_with("| commit | shard=1 | 7 | 0.900 |"), "{table}");
+        assert!(
+            rows[1].starts_with("| request | shard=0,kind=live | 42 | 2.00 | – | 12.5 |"),
+            "{table}"
+        );
+        assert!(
+            rows[2].starts_with("| commit | shard=1 | 7 | 0.900 |"),
+            "{table}"
+        );
         assert!(!table.contains("shard=1,kind=live"), "{table}");
-        assert_eq!(server_latency_table("x", "shapeshard_fdatasyncs_total 3\n"), None);
+        assert_eq!(
+            server_latency_table("x", "shapeshard_fdatasyncs_total 3\n"),
+            None
+        );
     }
 
     #[test]

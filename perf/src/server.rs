@@ -369,6 +369,23 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// `cargo build --release --bin shapeshard` in `workspace`, with the cargo
+/// that runs the harness.
+pub fn build_release(workspace: &Path) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building the release server (cargo build --release --bin shapeshard)");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--bin", "shapeshard"])
+        .current_dir(workspace)
+        .status()
+        .map_err(|e| format!("could not run {}: {e}", cargo.to_string_lossy()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("building the release server failed ({status})"))
+    }
+}
+
 /// The server binary to run (`explicit`, or target/release/shapeshard here,
 /// which must exist) and what it was built from, for a report.
 pub fn server_binary(explicit: Option<PathBuf>, version: Option<String>) -> (PathBuf, String) {
