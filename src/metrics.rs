@@ -382,7 +382,11 @@ fn summary<F: Fn(&ShardLatencies) -> LatencySnapshot>(
             let sep = if labels.is_empty() { "" } else { "," };
             let sum = s.sum_us as f64 / 1e6;
             let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"{sep}{labels}}} {sum}");
-            let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"{sep}{labels}}} {}", s.count);
+            let _ = writeln!(
+                out,
+                "{name}_count{{shard=\"{shard}\"{sep}{labels}}} {}",
+                s.count
+            );
         }
     }
 }

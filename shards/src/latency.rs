@@ -72,7 +72,16 @@ impl Latency {
             max_us: if h.is_empty() { 0 } else { h.max() },
             quantiles: QUANTILES
                 .iter()
-                .map(|&q| (q, if h.is_empty() { 0 } else { h.value_at_quantile(q) }))
+                .map(|&q| {
+                    (
+                        q,
+                        if h.is_empty() {
+                            0
+                        } else {
+                            h.value_at_quantile(q)
+                        },
+                    )
+                })
                 .collect(),
         }
     }
@@ -172,7 +181,11 @@ mod tests {
         assert!((499_000..=501_000).contains(&p50), "p50 {p50}");
         let p999 = s.quantiles[3].1;
         assert!((998_000..=1_000_500).contains(&p999), "p99.9 {p999}");
-        assert!((999_000..=1_000_500).contains(&s.max_us), "max {}", s.max_us);
+        assert!(
+            (999_000..=1_000_500).contains(&s.max_us),
+            "max {}",
+            s.max_us
+        );
     }
 
     #[test]
@@ -184,7 +197,9 @@ mod tests {
         assert_eq!(s.count, 2);
         assert!(s.max_us >= HIGHEST_US - HIGHEST_US / 1000, "{}", s.max_us);
         let shard = ShardLatencies::default();
-        shard.request(RequestKind::Live).record(Duration::from_millis(5));
+        shard
+            .request(RequestKind::Live)
+            .record(Duration::from_millis(5));
         shard.commit.record(Duration::from_millis(1));
         assert_eq!(shard.request(RequestKind::Live).snapshot().count, 1);
         assert_eq!(shard.request(RequestKind::Initial).snapshot().count, 0);

@@ -58,7 +58,11 @@ fn requests_applies_ticks_and_checkpoints_are_timed_per_shard() {
     );
     let waiter = {
         let base = server.base_url();
-        std::thread::spawn(move || ureq::get(&format!("{base}{live_url}")).call().map(|r| r.status()))
+        std::thread::spawn(move || {
+            ureq::get(&format!("{base}{live_url}"))
+                .call()
+                .map(|r| r.status())
+        })
     };
     std::thread::sleep(Duration::from_millis(200));
     pg.batch_execute("INSERT INTO items VALUES (51, 'late')")
@@ -97,7 +101,10 @@ fn requests_applies_ticks_and_checkpoints_are_timed_per_shard() {
             .copied()
         };
         if let (Some(p50), Some(p99), Some(p999)) = (q("0.5"), q("0.99"), q("0.999")) {
-            assert!(p50 <= p99 && p99 <= p999, "shard {shard}: {p50} {p99} {p999}");
+            assert!(
+                p50 <= p99 && p99 <= p999,
+                "shard {shard}: {p50} {p99} {p999}"
+            );
         }
     }
 

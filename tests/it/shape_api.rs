@@ -470,7 +470,9 @@ fn the_secret_guards_every_shape_route() {
     assert_eq!(server.get("/v1/health").status, 200);
     assert_eq!(server.request("POST", "/metrics/reset").status, 401);
     assert_eq!(
-        server.request("POST", "/metrics/reset?secret=s3cret").status,
+        server
+            .request("POST", "/metrics/reset?secret=s3cret")
+            .status,
         200
     );
 }
