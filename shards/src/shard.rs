@@ -41,6 +41,7 @@ impl ShardCore {
         meta: MetaStore,
         config: CommitConfig,
         gauges: Arc<StorageGauges>,
+        shutdown: runtime::Shutdown,
     ) -> ShardCore {
         let last_seen = progress.durable(index);
         let signals = Rc::new(CommitSignals::default());
@@ -61,6 +62,7 @@ impl ShardCore {
                 progress,
                 signals: signals.clone(),
                 gauges: gauges.clone(),
+                shutdown,
             }),
             gauges,
             signals,
@@ -127,8 +129,9 @@ impl ShardCore {
 
     /// Consumes the feed until the ingest closes it (on shutdown, after its
     /// last event: the shard drains everything it was sent), then makes it
-    /// all durable. An I/O error of the segment log stops the shard: nothing
-    /// undurable is ever published.
+    /// all durable. A failing disk does not stop it: the committer retries
+    /// and publishes nothing undurable, the budget makes the feed wait.
+    /// Only a stop during such an outage ends it with the error.
     pub async fn run(&mut self, feed: ConnectedReceiver<FeedEvent>) -> std::io::Result<()> {
         let commit = self.commit.take().expect("run once");
         let committer = runtime::spawn_local(commit.run());
