@@ -7,6 +7,7 @@ mod client_compat;
 mod conn_options;
 mod decode;
 mod dev_mode;
+mod disk_full;
 mod harness;
 mod identity_upgrade;
 mod idle_load;
