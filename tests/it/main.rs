@@ -20,6 +20,7 @@ mod postgres_away;
 mod proxy_cache;
 mod reconnect;
 mod replay;
+mod restart_waits;
 mod rig;
 mod rng;
 mod rolling_deploy;
