@@ -32,13 +32,21 @@ pub struct ShardCore {
     gauges: Arc<StorageGauges>,
 }
 
+/// A shard's opened durable storage: its segment log (recovered) and its
+/// LMDB metadata.
+pub struct ShardStorage {
+    pub writer: SegmentWriter,
+    pub meta: MetaStore,
+}
+
 impl ShardCore {
+    /// `shutdown`: a stop requested during a storage outage ends the
+    /// committer's retries (and so the shard).
     pub fn new(
         index: usize,
         progress: Arc<DurableProgress>,
         registry: Rc<RefCell<Registry>>,
-        writer: SegmentWriter,
-        meta: MetaStore,
+        storage: ShardStorage,
         config: CommitConfig,
         gauges: Arc<StorageGauges>,
         shutdown: runtime::Shutdown,
@@ -47,6 +55,7 @@ impl ShardCore {
         let signals = Rc::new(CommitSignals::default());
         signals.seen.set(last_seen);
         let meta_stats = Rc::new(MetaStats::default());
+        let ShardStorage { writer, meta } = storage;
         ShardCore {
             index,
             last_seen,
