@@ -373,5 +373,30 @@ fn eio_on_fdatasync_stops_confirming_and_resumes_when_the_disk_works() {
     pg.batch_execute("UPDATE items SET v = -v WHERE g = 1")
         .unwrap();
     converge(&mut clients, &server, &mut pg);
+
+    // SIGTERM during an outage: no clean stop is possible, so the server
+    // gives up, saying why, and exits by itself in bounded time (the shard
+    // waiting on its budget and the ingest waiting on a full feed let go).
+    std::fs::write(&trigger, b"").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = burst(&db, stop.clone());
+    wait_failing(&server, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let stopping = std::time::Instant::now();
+    server.signal_stop();
+    wait_for("the server to exit", Duration::from_secs(20), || {
+        (!server.is_running()).then_some(())
+    });
+    eprintln!("stopped during the outage in {:?}", stopping.elapsed());
+    assert!(
+        server.log().contains("storage still failing at shutdown"),
+        "{}",
+        server.log_tail()
+    );
+    std::fs::remove_file(&trigger).unwrap();
+    server.restart();
+    converge(&mut clients, &server, &mut pg);
     let _ = std::fs::remove_dir_all(&faults);
 }
