@@ -476,6 +476,47 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The next segment cannot be made (here its path is taken by a
+    /// directory; on a full disk, its preallocation fails): the flush that
+    /// needs it fails with nothing changed, its records still counted in
+    /// the next segment, and once the roll-over works they land there.
+    #[test]
+    fn a_failed_roll_over_is_retried_with_nothing_lost() {
+        let dir = scratch("roll");
+        let d = dir.clone();
+        let (position, after) = run(move || async move {
+            open_marker_first(&d.join("marker")).await.unwrap();
+            let (mut writer, _) = SegmentWriter::open(&d, 64 * 1024).await.unwrap();
+            writer.append(1, 1, Kind::Entry, &[b'x'; 70 * 1024]);
+            writer.flush().await.unwrap();
+            assert_eq!(writer.segment_index(), 0, "rolled by the next flush");
+            let blocker = segment_path(&d, 1);
+            std::fs::create_dir(&blocker).unwrap();
+            writer.append(2, 1, Kind::Entry, b"waits for the next segment");
+            let position = writer.position();
+            assert_eq!(
+                (position.segment, position.offset as usize),
+                (1, writer.pending())
+            );
+            assert!(writer.flush().await.is_err());
+            assert_eq!(writer.segment_index(), 0);
+            assert_eq!(writer.position(), position, "nothing moved");
+            std::fs::remove_dir(&blocker).unwrap();
+            assert!(writer.flush().await.unwrap());
+            (position, writer.position())
+        });
+        assert_eq!(after.segment, 1);
+        assert_eq!(after.offset, position.offset + record::HEADER_BYTES as u64);
+        assert_eq!(
+            records(&dir),
+            vec![
+                (1, 1, vec![b'x'; 70 * 1024]),
+                (2, 1, b"waits for the next segment".to_vec())
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn records_after_the_last_commit_marker_are_an_unfinished_flush() {
         let dir = scratch("unfinished");
