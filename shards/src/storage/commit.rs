@@ -734,6 +734,143 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    async fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+            runtime::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A checkpoint fails (here the shape's serving file cannot be opened;
+    /// on a full disk, its write fails): the segment log still works, so
+    /// durability is still published, the tail stays in memory and nothing
+    /// is recorded in LMDB; the retry redoes it whole once it can.
+    #[test]
+    fn a_failed_checkpoint_is_redone_and_confirming_goes_on() {
+        let dir =
+            std::env::temp_dir().join(format!("shapeshard-commit-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = dir.clone();
+        let (failing_seen, published_while_failing, checkpoints, logs, in_memory) =
+            spawn_thread("commit-ckpt-test", move || async move {
+                open_marker_first(&d).await.unwrap();
+                let (mut writer, _) = SegmentWriter::open(&d.join("log"), 1 << 20).await.unwrap();
+                let progress = DurableProgress::new(1, Lsn::ZERO);
+                let mut registry =
+                    Registry::new(0, Arc::new(RouteTable::new()), 1 << 20, &d.join("shapes"));
+                let shape = registry.insert(id_equals_shape(7));
+                registry.snapshot_taken(
+                    shape.id,
+                    PgSnapshot {
+                        xmin: 10,
+                        xmax: 10,
+                        xip: vec![],
+                        wal_lsn: None,
+                    },
+                );
+                let created = std::mem::take(&mut *registry.journal().borrow_mut());
+                writer.append_framed(&created);
+                writer.flush().await.unwrap();
+                let meta = MetaStore::open(&d.join("meta")).unwrap();
+                meta.commit(&registry.take_meta_batch()).unwrap();
+                // Its serving files' paths are taken: every write fails.
+                let blocked = shape.file_paths();
+                for path in &blocked {
+                    std::fs::create_dir_all(path).unwrap();
+                }
+                let signals = Rc::new(CommitSignals::default());
+                let gauges: Arc<StorageGauges> = Arc::default();
+                let meta_stats: Rc<MetaStats> = Rc::default();
+                let registry = Rc::new(RefCell::new(registry));
+                let commit = GroupCommit {
+                    index: 0,
+                    config: CommitConfig {
+                        checkpoint_interval: Duration::from_millis(20),
+                        open_files: 16,
+                        ..CommitConfig::default()
+                    },
+                    registry: registry.clone(),
+                    meta,
+                    meta_stats: meta_stats.clone(),
+                    writer,
+                    progress: progress.clone(),
+                    signals: signals.clone(),
+                    gauges: gauges.clone(),
+                    shutdown: runtime::Shutdown::default(),
+                };
+                let committer = runtime::spawn_local(commit.run());
+                let relation = id_relation(1, "items");
+                let apply = |n: u64| {
+                    let tx = Arc::new(Transaction {
+                        xid: 20 + n as crate::change::Xid,
+                        commit_lsn: Lsn(1000 * n),
+                        end_lsn: Lsn(1000 * n + 1),
+                        commit_time_micros: 0,
+                        changes: vec![Change::Insert {
+                            relation: relation.clone(),
+                            new: vec![Datum::Text("7".into())],
+                        }],
+                    });
+                    registry.borrow_mut().apply_transaction(&tx);
+                    signals.seen.set(tx.end_lsn);
+                    tx.end_lsn
+                };
+                let first = apply(1);
+                wait_until("the checkpoint to fail", || {
+                    StorageGauges::get(&gauges.storage_failing) == 1
+                })
+                .await;
+                let failing_seen = meta_stats.checkpoints.get() == 0;
+                // The segment log works: a change made during the
+                // checkpoint outage is still confirmed.
+                let second = apply(2);
+                wait_until("durability to be published", || {
+                    progress.durable(0) >= second
+                })
+                .await;
+                let published_while_failing = StorageGauges::get(&gauges.storage_failing) == 1
+                    && progress.durable(0) >= first;
+                for path in &blocked {
+                    std::fs::remove_dir(path).unwrap();
+                }
+                wait_until("the checkpoint to be redone", || {
+                    StorageGauges::get(&gauges.storage_failing) == 0
+                        && meta_stats.checkpoints.get() > 0
+                })
+                .await;
+                let in_memory = registry.borrow().memory_bytes();
+                signals.closing.set(true);
+                signals.wake.notify_all();
+                committer.join().await.unwrap();
+                let logs = meta.load().unwrap().logs.len();
+                (
+                    failing_seen,
+                    published_while_failing,
+                    meta_stats.checkpoints.get(),
+                    logs,
+                    in_memory,
+                )
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        assert!(failing_seen, "no checkpoint counted while failing");
+        assert!(published_while_failing);
+        assert!(checkpoints >= 1);
+        assert_eq!(logs, 1, "the shape's log state is in LMDB");
+        assert_eq!(in_memory, 0, "the redone checkpoint trimmed the tail");
+        let file = std::fs::read_dir(dir.join("shapes"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum::<u64>();
+        assert!(file > 0, "the serving file holds the changes");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Also: the 10,000 creations' metadata is one LMDB commit, and the
     /// closing checkpoint moves every log tail to the serving files.
     #[test]
