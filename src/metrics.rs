@@ -5,6 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use shards::latency::{LatencySnapshot, RequestKind, ShardLatencies};
 use shards::storage::gauges::StorageGauges;
 
 use crate::http::shape::admission::Kind;
@@ -209,7 +210,53 @@ impl Metrics {
             &self.shapes_evicted,
         );
         self.render_storage(&mut out);
+        self.render_latency(&mut out);
         out
+    }
+
+    /// Empties every shard's latency histograms (`POST /metrics/reset`):
+    /// the perf harness reads the server's own view of one workload.
+    pub fn reset_latency(&self) {
+        for shard in &self.storage {
+            shard.latency.reset();
+        }
+    }
+
+    /// Per-shard latency histograms as Prometheus summaries (seconds; the
+    /// quantiles over everything since start or the last reset).
+    fn render_latency(&self, out: &mut String) {
+        let requests = RequestKind::ALL.map(|kind| {
+            let label = format!("kind=\"{}\",", kind.label());
+            (label, move |l: &ShardLatencies| l.request(kind).snapshot())
+        });
+        summary(
+            out,
+            "shapeshard_request_duration_seconds",
+            "Shape requests from parsed to response ready, on the shard holding the connection, by kind (live includes the long-poll's wait).",
+            &self.storage,
+            &requests,
+        );
+        type Pick = fn(&ShardLatencies) -> LatencySnapshot;
+        let single: [(&str, &str, Pick); 3] = [
+            (
+                "shapeshard_apply_duration_seconds",
+                "One replication transaction applied to the shard's shapes.",
+                |l| l.apply.snapshot(),
+            ),
+            (
+                "shapeshard_commit_duration_seconds",
+                "One group-commit tick's segment write and fdatasync.",
+                |l| l.commit.snapshot(),
+            ),
+            (
+                "shapeshard_checkpoint_duration_seconds",
+                "One checkpoint: log tails into serving files, syncfs, LMDB.",
+                |l| l.checkpoint.snapshot(),
+            ),
+        ];
+        for (name, help, pick) in single {
+            summary(out, name, help, &self.storage, &[(String::new(), pick)]);
+        }
     }
 
     /// Per-shard storage series (label `shard`), and the fence.
@@ -330,5 +377,34 @@ impl Metrics {
             out,
             "# HELP shapeshard_fence_lsn WAL position durable on every shard (what Postgres is confirmed).\n# TYPE shapeshard_fence_lsn gauge\nshapeshard_fence_lsn {fence}"
         );
+    }
+}
+
+/// One summary family: for each shard and each labelled series, its
+/// quantiles, sum and count.
+fn summary<F: Fn(&ShardLatencies) -> LatencySnapshot>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    shards: &[Arc<StorageGauges>],
+    series: &[(String, F)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} summary");
+    for (shard, gauges) in shards.iter().enumerate() {
+        for (labels, pick) in series {
+            let s = pick(&gauges.latency);
+            for (q, us) in &s.quantiles {
+                let seconds = *us as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{shard}\",{labels}quantile=\"{q}\"}} {seconds}"
+                );
+            }
+            let labels = labels.trim_end_matches(',');
+            let sep = if labels.is_empty() { "" } else { "," };
+            let sum = s.sum_us as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"{sep}{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"{sep}{labels}}} {}", s.count);
+        }
     }
 }

@@ -102,6 +102,8 @@ impl Bench {
             .args(SERVER_FLAGS.iter().copied())
             .args(extra.iter().cloned());
         let server = Server::start(&config, &dir.join("server.log"));
+        // Start-up and set-up are not the workload.
+        server.reset_latency();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         Bench {
             dir,
@@ -114,8 +116,18 @@ impl Bench {
         }
     }
 
-    /// Stops the server and Postgres, removes the directory.
+    /// The server's own latency histograms since the last reset (or its
+    /// start) into the report under `label`, then empties them: what the
+    /// server saw of one phase of a workload.
+    pub fn server_latency(&self, label: &str) {
+        crate::report::server_latency(label, &self.server.metrics());
+        self.server.reset_latency();
+    }
+
+    /// Stops the server and Postgres, removes the directory; the server's
+    /// latency since the last `server_latency` goes to the report first.
     pub fn stop(mut self) {
+        self.server_latency("rest of the run");
         self.server.stop();
         drop(self.pg.take());
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -1,7 +1,6 @@
 //! `perf`: the shapeshard perf harness, one command.
 //!
 //! ```sh
-//! cargo build --release --bin shapeshard
 //! cargo run -p perf --release -- run all --quick
 //! cargo run -p perf --release -- run fanout --flamegraph --out /tmp/fanout
 //! cargo run -p perf --release -- list
@@ -227,7 +226,12 @@ fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: Option<String
         workspace.join(format!("perf/reports/{stamp}-{commit}-{mode}-{what}"))
     });
     std::fs::create_dir_all(&dir).expect("the report directory");
-    // Every workload needs the release server: say so before starting.
+    // Every workload runs the release server of this checkout: build it
+    // (a no-op when it is current), so one command works on a fresh clone.
+    if let Err(e) = server::build_release(&workspace) {
+        eprintln!("{e}");
+        return 2;
+    }
     let _ = server::server_binary(None, None);
     // Which workloads get a flamegraph.
     let flamed = |name: &str| {

@@ -267,6 +267,8 @@ pub struct Section {
     pub images: Vec<String>,
     pub failures: Vec<String>,
     pub notes: Vec<String>,
+    /// The server's own latency tables (`server_latency`).
+    pub server: Vec<String>,
     pub seconds: f64,
 }
 
@@ -328,6 +330,82 @@ pub fn failure(text: String) {
 pub fn note(text: String) {
     eprintln!("note: {text}");
     with_sink(|s| s.section.notes.push(text));
+}
+
+/// The server's latency summaries from a `/metrics` page, as a markdown
+/// table for the current workload (series with no samples left out).
+pub fn server_latency(label: &str, metrics: &str) {
+    if let Some(table) = server_latency_table(label, metrics) {
+        with_sink(|s| s.section.server.push(table));
+    }
+}
+
+/// One row per summary series (`name`, shard, kind): count and quantiles
+/// in ms. None when the page has no samples at all.
+pub fn server_latency_table(label: &str, metrics: &str) -> Option<String> {
+    // (family, labels without quantile) → count, quantile → seconds.
+    let mut rows: Vec<(String, String, u64, Vec<(String, f64)>)> = Vec::new();
+    for line in metrics.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((name, labels)) = series.split_once('{') else {
+            continue;
+        };
+        let labels = labels.trim_end_matches('}');
+        let Some(family) = name
+            .strip_suffix("_duration_seconds_count")
+            .or_else(|| name.strip_suffix("_duration_seconds"))
+        else {
+            continue;
+        };
+        let family = family.trim_start_matches("shapeshard_").to_string();
+        let (rest, quantile): (Vec<&str>, Vec<&str>) =
+            labels.split(',').partition(|l| !l.starts_with("quantile="));
+        let key = rest.join(",");
+        let index = match rows.iter().position(|r| r.0 == family && r.1 == key) {
+            Some(i) => i,
+            None => {
+                rows.push((family.clone(), key.clone(), 0, Vec::new()));
+                rows.len() - 1
+            }
+        };
+        match quantile.first() {
+            Some(q) => {
+                let q = q
+                    .trim_start_matches("quantile=")
+                    .trim_matches('"')
+                    .to_string();
+                rows[index].3.push((q, value.parse().unwrap_or(f64::NAN)));
+            }
+            None if name.ends_with("_count") => rows[index].2 = value.parse().unwrap_or(0),
+            None => {}
+        }
+    }
+    rows.retain(|r| r.2 > 0);
+    if rows.is_empty() {
+        return None;
+    }
+    let mut out = format!(
+        "Server-side latency ({label}; the server's own per-shard histograms, `/metrics`):\n\n| what | series | count | p50 ms | p90 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|---|---|\n"
+    );
+    for (family, key, count, quantiles) in rows {
+        let cell = |q: &str| {
+            quantiles
+                .iter()
+                .find(|(k, _)| k == q)
+                .map_or("–".into(), |(_, v)| number(v * 1000.0))
+        };
+        out.push_str(&format!(
+            "| {family} | {} | {count} | {} | {} | {} | {} |\n",
+            key.replace('"', ""),
+            cell("0.5"),
+            cell("0.9"),
+            cell("0.99"),
+            cell("0.999"),
+        ));
+    }
+    Some(out)
 }
 
 /// Writes `<name>.hgrm` (HdrHistogram percentile distribution, µs
@@ -495,6 +573,10 @@ pub fn render_run(info: &RunInfo, sections: &[Section]) -> String {
         for n in &s.notes {
             out.push_str(&format!("\n> note: {n}\n"));
         }
+        for table in &s.server {
+            out.push('\n');
+            out.push_str(table);
+        }
         for image in &s.images {
             out.push_str(&format!("\n![{image}]({image})\n"));
         }
@@ -515,6 +597,36 @@ pub fn render_run(info: &RunInfo, sections: &[Section]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_latency_tables_keep_series_with_samples() {
+        let page = "# TYPE shapeshard_request_duration_seconds summary\n\
+            shapeshard_request_duration_seconds{shard=\"0\",kind=\"live\",quantile=\"0.5\"} 0.002\n\
+            shapeshard_request_duration_seconds{shard=\"0\",kind=\"live\",quantile=\"0.99\"} 0.0125\n\
+            shapeshard_request_duration_seconds_sum{shard=\"0\",kind=\"live\"} 0.5\n\
+            shapeshard_request_duration_seconds_count{shard=\"0\",kind=\"live\"} 42\n\
+            shapeshard_request_duration_seconds{shard=\"1\",kind=\"live\",quantile=\"0.5\"} 0\n\
+            shapeshard_request_duration_seconds_count{shard=\"1\",kind=\"live\"} 0\n\
+            shapeshard_commit_duration_seconds{shard=\"1\",quantile=\"0.5\"} 0.0009\n\
+            shapeshard_commit_duration_seconds_count{shard=\"1\"} 7\n\
+            shapeshard_fdatasyncs_total{shard=\"0\"} 9\n";
+        let table = server_latency_table("phase", page).unwrap();
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(rows.len(), 3, "{table}");
+        assert!(
+            rows[1].starts_with("| request | shard=0,kind=live | 42 | 2.00 | – | 12.5 |"),
+            "{table}"
+        );
+        assert!(
+            rows[2].starts_with("| commit | shard=1 | 7 | 0.900 |"),
+            "{table}"
+        );
+        assert!(!table.contains("shard=1,kind=live"), "{table}");
+        assert_eq!(
+            server_latency_table("x", "shapeshard_fdatasyncs_total 3\n"),
+            None
+        );
+    }
 
     #[test]
     fn hgrm_is_hdrhistogram_percentile_text() {

@@ -219,6 +219,11 @@ impl Server {
             .unwrap_or_default()
     }
 
+    /// `POST /metrics/reset`: empties the server's latency histograms.
+    pub fn reset_latency(&self) {
+        let _ = ureq::post(&format!("{}/metrics/reset", self.base)).call();
+    }
+
     /// SIGTERM, then waits for the exit (killing it after `timeout`).
     pub fn stop_within(&mut self, timeout: Duration) -> Stopped {
         let signalled = Instant::now();
@@ -362,6 +367,23 @@ pub fn workspace() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// `cargo build --release --bin shapeshard` in `workspace`, with the cargo
+/// that runs the harness.
+pub fn build_release(workspace: &Path) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building the release server (cargo build --release --bin shapeshard)");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--bin", "shapeshard"])
+        .current_dir(workspace)
+        .status()
+        .map_err(|e| format!("could not run {}: {e}", cargo.to_string_lossy()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("building the release server failed ({status})"))
+    }
 }
 
 /// The server binary to run (`explicit`, or target/release/shapeshard here,

@@ -4,6 +4,7 @@
 pub mod change;
 pub mod feed;
 pub mod fence;
+pub mod latency;
 pub mod lsn;
 pub mod notify;
 pub mod owner;

@@ -104,7 +104,9 @@ impl ShardCore {
                     transaction.end_lsn,
                     self.last_seen
                 );
+                let started = std::time::Instant::now();
                 self.registry.borrow_mut().apply_transaction(&transaction);
+                self.gauges.latency.apply.record(started.elapsed());
                 self.last_seen = transaction.end_lsn;
                 self.transactions_seen += 1;
             }

@@ -292,8 +292,24 @@ async fn route_request(request: Request<Incoming>, context: &HttpContext) -> Res
         }
         (_, "/v1/shape") => shape::handle(request, context).await,
         (&Method::GET, "/metrics") => response::text(context.metrics.render()),
+        (&Method::POST, "/metrics/reset") => reset_latency(&request, context),
         _ => response::not_found(),
     }
+}
+
+/// Empties the latency histograms (the perf harness, between workloads);
+/// with a secret configured, only for a caller that has it.
+fn reset_latency(request: &Request<Incoming>, context: &HttpContext) -> Response<Body> {
+    if let Some(secret) = &context.secret {
+        let query = shape::request::Query::parse(request.uri().query());
+        let given = query.get("secret").or_else(|| query.get("api_secret"));
+        if !shape::secret_matches(given, secret) {
+            return shape::reply::ShapeReply::message(401, "Unauthorized - Invalid API secret")
+                .into_response();
+        }
+    }
+    context.metrics.reset_latency();
+    response::text(String::from("reset\n"))
 }
 
 /// `/v1//shape/`, `/v1/%73hape` → `/v1/shape`: routes (and so the secret

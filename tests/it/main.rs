@@ -11,6 +11,7 @@ mod disk_full;
 mod harness;
 mod identity_upgrade;
 mod idle_load;
+mod latency_metrics;
 mod live_fanout;
 mod memory_budget;
 mod nginx;

@@ -466,8 +466,13 @@ fn the_secret_guards_every_shape_route() {
         (disabled.status, disabled.body.as_str()),
         (405, r#"{"message":"DELETE not allowed"}"#)
     );
-    // Health needs no secret.
+    // Health needs no secret; emptying the latency histograms does.
     assert_eq!(server.get("/v1/health").status, 200);
+    assert_eq!(server.request("POST", "/metrics/reset").status, 401);
+    assert_eq!(
+        server.request("POST", "/metrics/reset?secret=s3cret").status,
+        200
+    );
 }
 
 #[test]

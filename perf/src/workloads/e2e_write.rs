@@ -180,12 +180,19 @@ pub fn run(args: Args) -> String {
         );
         created = shapes;
         let rss_kib = ctx.server.rss_kib();
+        ctx.server.reset_latency();
         let live = (ctx.args.live_txns > 0).then(|| {
             eprintln!(
                 "[{shapes} shapes] live: {} transactions of {} at {}/s",
                 ctx.args.live_txns, ctx.args.rows_per_txn, ctx.args.live_rate
             );
-            live(&mut ctx, shapes)
+            let live = live(&mut ctx, shapes);
+            crate::report::server_latency(
+                &format!("{shapes} shapes, live transactions"),
+                &ctx.server.metrics(),
+            );
+            ctx.server.reset_latency();
+            live
         });
         let drains = (0..ctx.args.runs)
             .map(|run| {
@@ -198,6 +205,7 @@ pub fn run(args: Args) -> String {
                 drain(&mut ctx, shapes)
             })
             .collect();
+        crate::report::server_latency(&format!("{shapes} shapes, drains"), &ctx.server.metrics());
         let check = check_shape(&ctx.url, &ctx.server.base, shapes - 1, ctx.args.ilike);
         points.push(Point {
             shapes,

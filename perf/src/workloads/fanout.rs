@@ -437,6 +437,10 @@ pub fn run(args: Args) -> String {
                 args.rounds,
                 &mut next_id,
             ));
+            bench.server_latency(&format!(
+                "{shapes} shapes × {per_shape} clients, {}",
+                mode.label()
+            ));
             results.push((shapes, total, Some(mode), m));
         }
         eprintln!("[{total} connections] loopback broadcast");

@@ -172,8 +172,10 @@ pub fn run(args: Args) -> String {
         let plan = Plan::Shape(query.clone());
         eprintln!("[{n} clients] creation crowd on {table}");
         let crowd = drive(bench.addr, &plan, n, true, 0.0, args.threads);
+        bench.server_latency(&format!("{n} clients, creation crowd"));
         eprintln!("[{n} clients] repeated syncs for {} s", args.seconds);
         let ours = drive(bench.addr, &plan, n, false, args.seconds, args.threads);
+        bench.server_latency(&format!("{n} clients, repeated syncs"));
         // The bytes nginx serves: one sync's responses, as the server sent them.
         let bodies = runtime(1).block_on(async {
             let mut conn = Conn::connect(bench.addr).await.expect("connect");

@@ -94,6 +94,7 @@ pub fn run(args: Args) -> String {
                     bodies.len(),
                 )
             });
+            bench.server_latency(&format!("{n} rows, run {}: new shape then again", r + 1));
             let rss_mib = bench.server.rss_kib() as f64 / 1024.0;
             let mut pg = client(&bench.url);
             let t = Instant::now();

@@ -153,7 +153,23 @@ fn run_one(shapes: usize, changes: usize) -> Run {
                 runtime::yield_if_needed().await;
             }
         }
+        // A committer that failed or stopped ticking must end the run with
+        // its reason, not look like a slow disk.
+        let mut progress_seen = (progress.durable(0), Instant::now());
         while progress.durable(0) < last {
+            if signals.failed.get() {
+                let error = committer.join().await.err();
+                panic!("the group commit failed: {error:?}");
+            }
+            let durable = progress.durable(0);
+            if durable != progress_seen.0 {
+                progress_seen = (durable, Instant::now());
+            }
+            assert!(
+                progress_seen.1.elapsed() < Duration::from_secs(60),
+                "no durable progress for 60 s: durable {durable}, last {last}, {} journal records pending",
+                registry.borrow().journal().borrow().len()
+            );
             runtime::sleep(Duration::from_micros(200)).await;
         }
         let seconds = started.elapsed().as_secs_f64();

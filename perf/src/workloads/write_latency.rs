@@ -226,6 +226,8 @@ pub fn run(args: Args) -> String {
             kind.label(),
             args.writes
         );
+        // Creation and settling are not this level's writes.
+        bench.server.reset_latency();
         let (latency, commit, before_commit) = rt.block_on(measure(
             bench.addr,
             &bench.url,
@@ -234,6 +236,7 @@ pub fn run(args: Args) -> String {
             args.writes,
             &mut next_id,
         ));
+        bench.server_latency(&format!("{} {shapes}: the writes", kind.label()));
         levels.push(Level {
             kind,
             shapes,

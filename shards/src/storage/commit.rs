@@ -241,6 +241,7 @@ impl GroupCommit {
                 (records, batch, checkpoint)
             };
             self.writer.append_framed(&records);
+            let wrote = !records.is_empty();
             drop(records);
             let position = self.writer.position();
             if !self.config.fault_flush_delay.is_zero() {
@@ -251,6 +252,7 @@ impl GroupCommit {
             if !batch.is_empty() {
                 pending_meta.push(batch);
             }
+            let flush_started = Instant::now();
             if let Err(e) = self.writer.flush().await {
                 if closing {
                     return Err(e);
@@ -268,6 +270,9 @@ impl GroupCommit {
                 self.failed(&mut outage, Part::SegmentLog, &e, durable);
                 self.publish_gauges(durable);
                 continue;
+            }
+            if wrote {
+                self.gauges.latency.commit.record(flush_started.elapsed());
             }
             self.registry.borrow_mut().set_unflushed(0);
             self.succeeded(&mut outage, Part::SegmentLog);
@@ -331,15 +336,16 @@ impl GroupCommit {
                     files: files.clone(),
                     open_files: self.config.open_files,
                 };
+                let gauges = self.gauges.clone();
                 if closing {
-                    return job.run().await.map_err(|failed| failed.error);
+                    return job.run_timed(&gauges).await.map_err(|failed| failed.error);
                 }
                 in_flight.set(true);
                 let in_flight = in_flight.clone();
                 let finished = finished.clone();
                 let signals = self.signals.clone();
                 runtime::spawn_detached(async move {
-                    *finished.borrow_mut() = Some(job.run().await);
+                    *finished.borrow_mut() = Some(job.run_timed(&gauges).await);
                     in_flight.set(false);
                     signals.wake.notify_all();
                 });
@@ -535,6 +541,13 @@ struct Checkpoint {
 }
 
 impl Checkpoint {
+    async fn run_timed(self, gauges: &StorageGauges) -> Result<(), CheckpointFailed> {
+        let started = Instant::now();
+        let result = self.run().await;
+        gauges.latency.checkpoint.record(started.elapsed());
+        result
+    }
+
     /// On an error nothing it covers is trimmed or deleted (the segment log
     /// stays the copy) and what it took comes back, so a later checkpoint
     /// redoes it: captures start at the files' checkpointed lengths, and

@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::latency::ShardLatencies;
+
 #[derive(Debug, Default)]
 pub struct StorageGauges {
     /// The WAL position this shard has made durable (published to the
@@ -36,6 +38,9 @@ pub struct StorageGauges {
     pub storage_errors: AtomicU64,
     /// HTTP connections the shard holds open now (set by its listener).
     pub http_connections: AtomicU64,
+    /// The shard's latency histograms (requests, applies, ticks,
+    /// checkpoints).
+    pub latency: ShardLatencies,
 }
 
 impl StorageGauges {

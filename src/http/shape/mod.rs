@@ -15,6 +15,7 @@ use super::response::Body;
 use super::HttpContext;
 use reply::ShapeReply;
 use request::{Query, RequestKind};
+use shards::shape::offset::LogOffset;
 
 /// Shape requests one shard accepts at once (live ones included); past it
 /// the client is told to retry, as Electric's admission control does.
@@ -116,6 +117,8 @@ async fn handle_admitted(
     }
     let _guard = (admitted, permit);
     let parsed_kind = parsed.kind;
+    let latency_kind = latency_kind(&parsed);
+    let started = std::time::Instant::now();
     let mut reply = router.dispatch(owner, parsed).await;
     if reply.created {
         evict_if_over(router).await;
@@ -125,11 +128,34 @@ async fn handle_admitted(
         reply.headers.retain(|(n, _)| *n != "cache-control");
         reply = reply.header("cache-control", "no-cache");
     }
+    if let (Some(kind), Some(shard)) = (latency_kind, context.metrics.storage.get(context.shard)) {
+        shard.latency.request(kind).record(started.elapsed());
+    }
     let mut response = reply.into_response();
     if head {
         *response.body_mut() = Body::Empty;
     }
     response
+}
+
+/// Which latency histogram a shape read goes to (deletes and evictions
+/// are not timed).
+fn latency_kind(parsed: &request::ShapeRequest) -> Option<shards::latency::RequestKind> {
+    use shards::latency::RequestKind as Timed;
+    Some(match parsed.kind {
+        RequestKind::Get if parsed.subset.is_some() => Timed::Subset,
+        RequestKind::Get
+            if matches!(
+                parsed.offset,
+                request::StartOffset::At(LogOffset::BeforeAll) | request::StartOffset::Now
+            ) =>
+        {
+            Timed::Initial
+        }
+        RequestKind::Get if parsed.live => Timed::Live,
+        RequestKind::Get => Timed::CatchUp,
+        _ => return None,
+    })
 }
 
 /// After a creation: while over `ELECTRIC_MAX_SHAPES`, the shard holding the
@@ -181,7 +207,7 @@ async fn read_body(body: Incoming) -> Result<bytes::Bytes, ShapeReply> {
 
 /// Compares in time independent of where the strings differ, so response
 /// timing does not reveal the secret byte by byte (its length may show).
-fn secret_matches(given: Option<&str>, secret: &str) -> bool {
+pub(crate) fn secret_matches(given: Option<&str>, secret: &str) -> bool {
     use subtle::ConstantTimeEq;
     given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(secret.as_bytes())))
 }
