@@ -54,18 +54,27 @@ impl DmaLog {
             "direct I/O needs aligned writes (pos {pos}, {} bytes)",
             bytes.len()
         );
-        let mut buffer = self.file.alloc_dma_buffer(bytes.len());
-        buffer.as_bytes_mut().copy_from_slice(bytes);
-        let written = self
-            .file
-            .write_at(buffer, pos)
-            .await
-            .map_err(std::io::Error::from)?;
-        if written != bytes.len() {
-            return Err(std::io::Error::other(format!(
-                "short direct write: {written} of {} bytes",
-                bytes.len()
-            )));
+        // A write that runs out of space part way returns what it wrote
+        // (past a segment's preallocation, say); writing the rest gets the
+        // error itself (ENOSPC) for the caller and the operator.
+        let mut done = 0;
+        while done < bytes.len() {
+            let rest = &bytes[done..];
+            let mut buffer = self.file.alloc_dma_buffer(rest.len());
+            buffer.as_bytes_mut().copy_from_slice(rest);
+            let written = self
+                .file
+                .write_at(buffer, pos + done as u64)
+                .await
+                .map_err(std::io::Error::from)?;
+            if written == 0 || !written.is_multiple_of(BLOCK) {
+                return Err(std::io::Error::other(format!(
+                    "short direct write: {} of {} bytes at {pos}",
+                    done + written,
+                    bytes.len()
+                )));
+            }
+            done += written;
         }
         Ok(())
     }
