@@ -243,6 +243,12 @@ pub struct Options {
     )]
     pub fault_flush_delay_ms: u64,
 
+    /// Fault injection for tests: while this file exists, every fdatasync
+    /// of a segment log reports EIO (a failing disk). Never set in
+    /// production.
+    #[arg(long, env = "SHAPESHARD_FAULT_SYNC_EIO_FILE", hide = true)]
+    pub fault_sync_eio_file: Option<std::path::PathBuf>,
+
     /// JSON `{"initial": N, "existing": M}`: concurrent requests admitted
     /// for new shapes and for existing ones; beyond, 503 + retry-after.
     #[arg(
@@ -310,6 +316,7 @@ pub struct Config {
     pub unload_idle_ms: u64,
     pub shard_memory_bytes: usize,
     pub fault_flush_delay_ms: u64,
+    pub fault_sync_eio_file: Option<std::path::PathBuf>,
     pub max_shapes: usize,
 }
 
@@ -523,6 +530,7 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         unload_idle_ms: o.unload_idle_ms,
         shard_memory_bytes: o.shard_memory_bytes,
         fault_flush_delay_ms: o.fault_flush_delay_ms,
+        fault_sync_eio_file: o.fault_sync_eio_file.clone(),
         max_shapes: o.max_shapes,
     })
 }

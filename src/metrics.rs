@@ -66,6 +66,16 @@ impl Metrics {
         });
     }
 
+    /// Shards whose storage is failing now (`/v1/health`).
+    pub fn storage_failing(&self) -> Vec<usize> {
+        self.storage
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| StorageGauges::get(&g.storage_failing) != 0)
+            .map(|(shard, _)| shard)
+            .collect()
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut line = |name: &str, kind: &str, help: &str, value: &AtomicU64| {
@@ -252,7 +262,19 @@ impl Metrics {
     /// Per-shard storage series (label `shard`), and the fence.
     fn render_storage(&self, out: &mut String) {
         type Field = fn(&StorageGauges) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 14] = [
+        let series: [(&str, &str, &str, Field); 16] = [
+            (
+                "shapeshard_storage_failing",
+                "gauge",
+                "1 while the shard's storage (segment log, LMDB, checkpoint) fails and is retried: nothing new is confirmed to Postgres meanwhile.",
+                |g| &g.storage_failing,
+            ),
+            (
+                "shapeshard_storage_errors_total",
+                "counter",
+                "Failed storage attempts (ENOSPC, EIO, ...) of the shard, each retry counted.",
+                |g| &g.storage_errors,
+            ),
             (
                 "shapeshard_durable_lsn",
                 "gauge",

@@ -145,6 +145,13 @@ fn run_with_database(
         },
     };
     let segment_bytes = config.segment_bytes;
+    if let Some(trigger) = &config.fault_sync_eio_file {
+        tracing::warn!(
+            "fault injection (tests only): segment log fdatasyncs fail with EIO while {} exists",
+            trigger.display()
+        );
+        runtime::dma::fault::fail_syncs_while(trigger.clone());
+    }
     // Shards that have restored their shapes (and so subscribed their
     // relations): the ingest may not route a transaction before all have,
     // or one meant for a restored shape would go nowhere while the fence
@@ -300,10 +307,10 @@ fn run_with_database(
                 index,
                 progress,
                 registry,
-                writer,
-                meta,
+                shards::shard::ShardStorage { writer, meta },
                 commit_config,
                 gauges,
+                shutdown.clone(),
             );
             let http = crate::http::serve(
                 addr,

@@ -32,20 +32,30 @@ pub struct ShardCore {
     gauges: Arc<StorageGauges>,
 }
 
+/// A shard's opened durable storage: its segment log (recovered) and its
+/// LMDB metadata.
+pub struct ShardStorage {
+    pub writer: SegmentWriter,
+    pub meta: MetaStore,
+}
+
 impl ShardCore {
+    /// `shutdown`: a stop requested during a storage outage ends the
+    /// committer's retries (and so the shard).
     pub fn new(
         index: usize,
         progress: Arc<DurableProgress>,
         registry: Rc<RefCell<Registry>>,
-        writer: SegmentWriter,
-        meta: MetaStore,
+        storage: ShardStorage,
         config: CommitConfig,
         gauges: Arc<StorageGauges>,
+        shutdown: runtime::Shutdown,
     ) -> ShardCore {
         let last_seen = progress.durable(index);
         let signals = Rc::new(CommitSignals::default());
         signals.seen.set(last_seen);
         let meta_stats = Rc::new(MetaStats::default());
+        let ShardStorage { writer, meta } = storage;
         ShardCore {
             index,
             last_seen,
@@ -61,6 +71,7 @@ impl ShardCore {
                 progress,
                 signals: signals.clone(),
                 gauges: gauges.clone(),
+                shutdown,
             }),
             gauges,
             signals,
@@ -129,8 +140,9 @@ impl ShardCore {
 
     /// Consumes the feed until the ingest closes it (on shutdown, after its
     /// last event: the shard drains everything it was sent), then makes it
-    /// all durable. An I/O error of the segment log stops the shard: nothing
-    /// undurable is ever published.
+    /// all durable. A failing disk does not stop it: the committer retries
+    /// and publishes nothing undurable, the budget makes the feed wait.
+    /// Only a stop during such an outage ends it with the error.
     pub async fn run(&mut self, feed: ConnectedReceiver<FeedEvent>) -> std::io::Result<()> {
         let commit = self.commit.take().expect("run once");
         let committer = runtime::spawn_local(commit.run());

@@ -287,7 +287,9 @@ async fn route_request(request: Request<Incoming>, context: &HttpContext) -> Res
     let path = normalise_path(request.uri().path());
     match (request.method(), path.as_str()) {
         (&Method::GET | &Method::HEAD, "/") => response::with_cors(Response::new(Body::Empty)),
-        (&Method::GET | &Method::HEAD, "/v1/health") => health::respond(&context.status),
+        (&Method::GET | &Method::HEAD, "/v1/health") => {
+            health::respond(&context.status, &context.metrics)
+        }
         (_, "/v1/shape") => shape::handle(request, context).await,
         (&Method::GET, "/metrics") => response::text(context.metrics.render()),
         (&Method::POST, "/metrics/reset") => reset_latency(&request, context),

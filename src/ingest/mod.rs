@@ -29,6 +29,9 @@ use crate::status::{ServiceStatus, Status};
 /// SQLSTATE object_in_use: the slot is active for another process.
 const OBJECT_IN_USE: &str = "55006";
 
+/// At most one stale slot holder terminated per this interval.
+const SLOT_TAKEOVER_INTERVAL: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     pub conn: ConnConfig,
@@ -119,6 +122,7 @@ impl Ingest {
     /// Dropping the feeds at the end tells every shard the stream is over.
     pub async fn run(mut self) {
         let mut backoff = self.config.backoff_initial;
+        let mut last_takeover: Option<Instant> = None;
         while !self.shutdown.is_triggered() {
             let started = Instant::now();
             match self.session().await {
@@ -126,10 +130,15 @@ impl Ingest {
                 Err(e) => {
                     if e.code() == Some(OBJECT_IN_USE) {
                         self.status.set(Status::Waiting);
-                        tracing::info!(
-                            "waiting for replication slot {} to be released: {e}",
-                            self.config.slot_name
-                        );
+                        if self.take_over_slot(&mut last_takeover).await {
+                            // Its walsender is going: try again soon.
+                            backoff = self.config.backoff_initial;
+                        } else {
+                            tracing::info!(
+                                "waiting for replication slot {} to be released: {e}",
+                                self.config.slot_name
+                            );
+                        }
                     } else {
                         self.status.set(Status::Starting);
                         tracing::warn!(
@@ -146,6 +155,46 @@ impl Ingest {
             backoff = (backoff * 2).min(self.config.backoff_max);
         }
         self.status.set(Status::Starting);
+    }
+
+    /// Our slot is busy. The ingest runs only while this process holds the
+    /// storage directory's lock, so the holder is no live instance of ours
+    /// (a rolling deploy's predecessor has let go of the lock, so it is
+    /// stopping): it is the walsender of an earlier process that died
+    /// (SIGKILL, a crash) and that Postgres has not noticed yet, which can
+    /// take `wal_sender_timeout`. Terminate it (only a walsender, only on
+    /// our slot), at most once per `SLOT_TAKEOVER_INTERVAL`, so a
+    /// misconfigured twin using the same stream id cannot make two
+    /// servers fight over the slot in a tight loop. Returns whether one
+    /// was terminated.
+    async fn take_over_slot(&self, last: &mut Option<Instant>) -> bool {
+        if last.is_some_and(|at| at.elapsed() < SLOT_TAKEOVER_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        let slot = &self.config.slot_name;
+        let terminated = async {
+            let mut admin = Connection::connect(&self.config.conn).await?;
+            let pid = slot::terminate_stale_holder(&mut admin, slot).await;
+            admin.close().await;
+            pid
+        }
+        .await;
+        match terminated {
+            Ok(Some(pid)) => {
+                tracing::warn!(
+                    %slot,
+                    pid,
+                    "replication slot was held by a stale walsender (of an earlier process of this server: this one holds the storage lock); terminated it. If another server uses the same ELECTRIC_REPLICATION_STREAM_ID, give each its own"
+                );
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(%slot, "cannot terminate the stale holder of the replication slot: {e}");
+                false
+            }
+        }
     }
 
     async fn session(&mut self) -> Result<SessionEnd, PgError> {

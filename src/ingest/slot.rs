@@ -91,3 +91,28 @@ async fn confirmed_flush(conn: &mut Connection, slot: &str) -> Result<Option<Lsn
             .map_err(|e| PgError::Protocol(e.to_string())),
     }
 }
+
+/// Terminates the walsender that holds `slot`, if the slot is active and
+/// its holder is a walsender; returns its pid. Only for a caller that knows
+/// the holder is stale: a process of this server that is gone (SIGKILL, a
+/// crash) leaves its walsender holding the slot until Postgres notices the
+/// dead connection, which can take up to `wal_sender_timeout` (60 s by
+/// default). The server calls it holding its storage directory's lock, so
+/// no live instance of its own shares the slot (instances that scale out
+/// each have their own stream id, so their own slot).
+pub async fn terminate_stale_holder(
+    conn: &mut Connection,
+    slot: &str,
+) -> Result<Option<i32>, PgError> {
+    let rows = conn
+        .query_rows(&format!(
+            "SELECT a.pid, pg_terminate_backend(a.pid) \
+             FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid \
+             WHERE s.slot_name = {} AND s.active AND a.backend_type = 'walsender'",
+            quote_literal(slot)
+        ))
+        .await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.try_get::<i32>(0).ok().flatten()))
+}

@@ -301,7 +301,15 @@ impl ShapeService {
                         && (offset.tx() <= self.registry.borrow().last_seen().0
                             // Read-only: the client read further from the
                             // instance that writes; nothing here is newer.
-                            || self.config.read_only) =>
+                            || self.config.read_only
+                            // Past what this shard has processed: after a
+                            // crash a live client may hold changes it was
+                            // served before they were durable (a storage
+                            // outage makes that window long). Postgres
+                            // sends them again and they come back with the
+                            // same offsets; until then the client waits
+                            // like any live request.
+                            || request.live) =>
                 {
                     (Bytes::new(), offset)
                 }

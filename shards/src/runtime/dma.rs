@@ -54,25 +54,35 @@ impl DmaLog {
             "direct I/O needs aligned writes (pos {pos}, {} bytes)",
             bytes.len()
         );
-        let mut buffer = self.file.alloc_dma_buffer(bytes.len());
-        buffer.as_bytes_mut().copy_from_slice(bytes);
-        let written = self
-            .file
-            .write_at(buffer, pos)
-            .await
-            .map_err(std::io::Error::from)?;
-        if written != bytes.len() {
-            return Err(std::io::Error::other(format!(
-                "short direct write: {written} of {} bytes",
-                bytes.len()
-            )));
+        // A write that runs out of space part way returns what it wrote
+        // (past a segment's preallocation, say); writing the rest gets the
+        // error itself (ENOSPC) for the caller and the operator.
+        let mut done = 0;
+        while done < bytes.len() {
+            let rest = &bytes[done..];
+            let mut buffer = self.file.alloc_dma_buffer(rest.len());
+            buffer.as_bytes_mut().copy_from_slice(rest);
+            let written = self
+                .file
+                .write_at(buffer, pos + done as u64)
+                .await
+                .map_err(std::io::Error::from)?;
+            if written == 0 || !written.is_multiple_of(BLOCK) {
+                return Err(std::io::Error::other(format!(
+                    "short direct write: {} of {} bytes at {pos}",
+                    done + written,
+                    bytes.len()
+                )));
+            }
+            done += written;
         }
         Ok(())
     }
 
     /// fdatasync: everything written so far survives a crash.
     pub async fn sync(&self) -> std::io::Result<()> {
-        self.file.fdatasync().await.map_err(std::io::Error::from)
+        self.file.fdatasync().await.map_err(std::io::Error::from)?;
+        fault::sync_result()
     }
 
     /// Reads `len` bytes at `pos` (fewer at the end of the file).
@@ -104,6 +114,45 @@ impl DmaLog {
 
     pub async fn close(self) -> std::io::Result<()> {
         self.file.close().await.map_err(std::io::Error::from)
+    }
+}
+
+/// Fault injection for tests only (`SHAPESHARD_FAULT_SYNC_EIO_FILE`, a
+/// hidden setting): while the trigger file exists, every `DmaLog::sync`
+/// reports EIO after really syncing, as a failing disk does (the data may
+/// or may not be on it; the caller cannot tell). Off unless armed: then a
+/// sync costs one `stat` more.
+pub mod fault {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    static SYNC_EIO_WHILE: OnceLock<PathBuf> = OnceLock::new();
+
+    /// Arms the seam for the process: syncs fail while `trigger` exists.
+    pub fn fail_syncs_while(trigger: PathBuf) {
+        let _ = SYNC_EIO_WHILE.set(trigger);
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        static FAIL_NEXT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Unit tests: the next `n` syncs on this thread (its executor) fail.
+    #[cfg(test)]
+    pub fn fail_next_syncs(n: u32) {
+        FAIL_NEXT.with(|f| f.set(n));
+    }
+
+    pub(super) fn sync_result() -> std::io::Result<()> {
+        #[cfg(test)]
+        if FAIL_NEXT.with(|f| f.replace(f.get().saturating_sub(1))) > 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        match SYNC_EIO_WHILE.get() {
+            Some(trigger) if trigger.exists() => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+            _ => Ok(()),
+        }
     }
 }
 

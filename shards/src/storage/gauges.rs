@@ -31,6 +31,11 @@ pub struct StorageGauges {
     pub memory_peak_bytes: AtomicU64,
     /// Times the feed or a snapshot waited for memory to be freed.
     pub budget_waits: AtomicU64,
+    /// 1 while a storage step (segment log, LMDB, checkpoint) is failing
+    /// and being retried: nothing new is confirmed to Postgres meanwhile.
+    pub storage_failing: AtomicU64,
+    /// Failed storage steps (each failed attempt counts).
+    pub storage_errors: AtomicU64,
     /// HTTP connections the shard holds open now (set by its listener).
     pub http_connections: AtomicU64,
     /// The shard's latency histograms (requests, applies, ticks,

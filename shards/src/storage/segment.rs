@@ -27,6 +27,8 @@ use super::record::{self, Scanner, Stop};
 pub struct SegmentStats {
     pub fdatasyncs: Cell<u64>,
     pub flushes: Cell<u64>,
+    /// Flushes that failed (their records stay pending for the retry).
+    pub failed_flushes: Cell<u64>,
     pub bytes_written: Cell<u64>,
 }
 
@@ -146,11 +148,20 @@ impl SegmentWriter {
     }
 
     /// Where the next record goes: everything before it is appended (and
-    /// durable after a flush).
+    /// durable after a flush). While a roll-over is due, pending records
+    /// go to the next segment (the flush rolls first), so that is where
+    /// they are counted.
     pub fn position(&self) -> Checkpoint {
-        Checkpoint {
-            segment: self.index,
-            offset: self.tail_at + self.tail.len() as u64,
+        if self.roll_due() {
+            Checkpoint {
+                segment: self.index + 1,
+                offset: self.pending() as u64,
+            }
+        } else {
+            Checkpoint {
+                segment: self.index,
+                offset: self.tail_at + self.tail.len() as u64,
+            }
         }
     }
 
@@ -163,13 +174,34 @@ impl SegmentWriter {
         self.tail.len() - self.tail_durable
     }
 
+    /// The durable part of the current segment reached its size: the next
+    /// flush starts a new one first.
+    fn roll_due(&self) -> bool {
+        self.tail_at + self.tail_durable as u64 >= self.segment_bytes
+    }
+
     /// Writes what is pending, ended by a commit marker, in one aligned
     /// write and makes it durable with one fdatasync. Returns whether there
     /// was anything to write.
+    ///
+    /// On an error (ENOSPC, EIO) nothing is lost and the call can simply be
+    /// repeated: the pending records stay buffered (the failed flush's
+    /// marker is taken back), and the retry rewrites the same blocks from
+    /// the same block-aligned offset with the same bytes, plus whatever was
+    /// appended since, ended by one marker. Whatever the failed attempt
+    /// left on disk is a prefix of that (or is cut by recovery as an
+    /// unfinished flush), and nothing of it was published. A roll-over is
+    /// done first, by the flush that needs it, so running out of space for
+    /// the next segment's preallocation fails a flush too, and is retried
+    /// the same way.
     pub async fn flush(&mut self) -> std::io::Result<bool> {
+        if self.roll_due() {
+            self.roll().await?;
+        }
         if self.pending() == 0 {
             return Ok(false);
         }
+        let unmarked = self.tail.len();
         record::encode(&mut self.tail, 0, 0, record::Kind::Commit, &[]);
         let len = self.tail.len();
         let mut block = std::mem::take(&mut self.tail);
@@ -179,9 +211,16 @@ impl SegmentWriter {
             self.file.sync().await
         }
         .await;
+        if let Err(e) = result {
+            block.truncate(unmarked);
+            self.tail = block;
+            self.stats
+                .failed_flushes
+                .set(self.stats.failed_flushes.get() + 1);
+            return Err(e);
+        }
         block.truncate(len);
         self.tail = block;
-        result?;
         self.stats.fdatasyncs.set(self.stats.fdatasyncs.get() + 1);
         self.stats.flushes.set(self.stats.flushes.get() + 1);
         self.stats
@@ -191,21 +230,28 @@ impl SegmentWriter {
         self.tail.drain(..whole);
         self.tail_at += whole as u64;
         self.tail_durable = self.tail.len();
-        if self.tail_at + self.tail.len() as u64 >= self.segment_bytes {
-            self.roll().await?;
-        }
         Ok(true)
     }
 
-    /// Starts the next segment; the current one is complete and durable.
+    /// Starts the next segment; everything in the current one is durable.
+    /// Records pending (not yet written) move to the new segment. On an
+    /// error nothing changes (a half-made next segment is removed, giving
+    /// back what its preallocation got), so it can be retried.
     async fn roll(&mut self) -> std::io::Result<()> {
-        self.index += 1;
-        let file = DmaLog::open(&segment_path(&self.dir, self.index)).await?;
-        file.preallocate(self.segment_bytes).await?;
+        let index = self.index + 1;
+        let path = segment_path(&self.dir, index);
+        let file = DmaLog::open(&path).await?;
+        if let Err(e) = file.preallocate(self.segment_bytes).await {
+            let _ = file.close().await;
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         let old = std::mem::replace(&mut self.file, file);
-        old.close().await?;
+        // It was fdatasynced: a close error cannot lose anything.
+        let _ = old.close().await;
+        self.index = index;
         // The partial block belonged to the old segment, which is durable.
-        self.tail.clear();
+        self.tail.drain(..self.tail_durable);
         self.tail_durable = 0;
         self.tail_at = 0;
         Ok(())
@@ -379,6 +425,98 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// fdatasync fails twice (EIO), records keep coming; the retry writes
+    /// the same blocks again: every record ends up on disk exactly once,
+    /// in order, and a reopen finds no torn or unfinished flush.
+    #[test]
+    fn a_failed_flush_is_retried_with_nothing_lost_or_doubled() {
+        let dir = scratch("retry");
+        let d = dir.clone();
+        let (failures, position) = run(move || async move {
+            open_marker_first(&d.join("marker")).await.unwrap();
+            let (mut writer, _) = SegmentWriter::open(&d, 1 << 20).await.unwrap();
+            writer.append(1, 1, Kind::Entry, b"durable before");
+            writer.flush().await.unwrap();
+            writer.append(2, 1, Kind::Entry, &[b'a'; 5000]);
+            crate::runtime::dma::fault::fail_next_syncs(2);
+            let before = writer.pending();
+            assert!(writer.flush().await.is_err());
+            assert_eq!(writer.pending(), before, "the failed flush's records wait");
+            writer.append(3, 1, Kind::Entry, b"during the outage");
+            assert!(writer.flush().await.is_err());
+            writer.append(4, 1, Kind::Entry, b"after");
+            let position = writer.position();
+            assert!(writer.flush().await.unwrap());
+            assert_eq!(writer.pending(), 0);
+            (writer.stats.failed_flushes.get(), position)
+        });
+        assert_eq!(failures, 2);
+        let want = vec![
+            (1, 1, b"durable before".to_vec()),
+            (2, 1, vec![b'a'; 5000]),
+            (3, 1, b"during the outage".to_vec()),
+            (4, 1, b"after".to_vec()),
+        ];
+        assert_eq!(records(&dir), want);
+        let bytes = std::fs::read(segment_path(&dir, 0)).unwrap();
+        let markers = Scanner::new(&bytes)
+            .filter(|r| r.kind == Kind::Commit)
+            .count();
+        assert_eq!(markers, 2, "one marker per successful flush");
+        let d = dir.clone();
+        let (valid, torn) = run(move || async move {
+            open_marker_first(&d.join("marker")).await.unwrap();
+            let (_, recovered) = SegmentWriter::open(&d, 1 << 20).await.unwrap();
+            (recovered.valid_len, recovered.torn)
+        });
+        assert_eq!(torn, None);
+        assert_eq!(position.segment, 0);
+        assert_eq!(valid, position.offset + record::HEADER_BYTES as u64);
+        assert_eq!(records(&dir), want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The next segment cannot be made (here its path is taken by a
+    /// directory; on a full disk, its preallocation fails): the flush that
+    /// needs it fails with nothing changed, its records still counted in
+    /// the next segment, and once the roll-over works they land there.
+    #[test]
+    fn a_failed_roll_over_is_retried_with_nothing_lost() {
+        let dir = scratch("roll");
+        let d = dir.clone();
+        let (position, after) = run(move || async move {
+            open_marker_first(&d.join("marker")).await.unwrap();
+            let (mut writer, _) = SegmentWriter::open(&d, 64 * 1024).await.unwrap();
+            writer.append(1, 1, Kind::Entry, &[b'x'; 70 * 1024]);
+            writer.flush().await.unwrap();
+            assert_eq!(writer.segment_index(), 0, "rolled by the next flush");
+            let blocker = segment_path(&d, 1);
+            std::fs::create_dir(&blocker).unwrap();
+            writer.append(2, 1, Kind::Entry, b"waits for the next segment");
+            let position = writer.position();
+            assert_eq!(
+                (position.segment, position.offset as usize),
+                (1, writer.pending())
+            );
+            assert!(writer.flush().await.is_err());
+            assert_eq!(writer.segment_index(), 0);
+            assert_eq!(writer.position(), position, "nothing moved");
+            std::fs::remove_dir(&blocker).unwrap();
+            assert!(writer.flush().await.unwrap());
+            (position, writer.position())
+        });
+        assert_eq!(after.segment, 1);
+        assert_eq!(after.offset, position.offset + record::HEADER_BYTES as u64);
+        assert_eq!(
+            records(&dir),
+            vec![
+                (1, 1, vec![b'x'; 70 * 1024]),
+                (2, 1, b"waits for the next segment".to_vec())
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn records_after_the_last_commit_marker_are_an_unfinished_flush() {
         let dir = scratch("unfinished");
@@ -438,7 +576,10 @@ mod retention_tests {
             }
             let before = segment_indices(&d.join("log")).unwrap();
             let at = writer.position();
-            // A checkpoint at the current position frees every older one.
+            // As the group commit does: the position is taken, then a flush
+            // (which starts the next segment first if one is due) makes it
+            // durable, then a checkpoint there frees every older segment.
+            writer.flush().await.unwrap();
             delete_segments_before(&d.join("log"), at.segment).unwrap();
             let after = segment_indices(&d.join("log")).unwrap();
             let deleted = before.len() - after.len();

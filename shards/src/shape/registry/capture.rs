@@ -65,6 +65,18 @@ impl Registry {
         stamps
     }
 
+    /// A checkpoint that failed gives back what it took: the files of
+    /// removed shapes are deleted by a later one, and its read stamps are
+    /// kept unless the shape was read again since (or is gone).
+    pub fn requeue_checkpoint(&mut self, doomed: Vec<PathBuf>, stamps: Vec<(u64, u64)>) {
+        self.doomed_files.extend(doomed);
+        for (id, stamp) in stamps {
+            if self.shapes.contains_key(&id) || self.cold.contains_key(&id) {
+                self.read_stamps.entry(id).or_insert(stamp);
+            }
+        }
+    }
+
     /// The read stamp of the least recently read shape, if any.
     pub fn oldest_read(&self) -> Option<(u64, ShapeId)> {
         self.by_read.first().copied()

@@ -42,7 +42,13 @@ impl Registry {
     /// Bytes held in memory waiting for durability or a checkpoint: the
     /// journal not yet flushed, and the shapes' tails not yet in files.
     pub fn memory_bytes(&self) -> usize {
-        self.memory.get() + self.journal.borrow().len()
+        self.memory.get() + self.journal.borrow().len() + self.unflushed
+    }
+
+    /// Journal bytes the segment writer still holds after a failed flush
+    /// (0 once a flush succeeds); see `unflushed`.
+    pub fn set_unflushed(&mut self, bytes: usize) {
+        self.unflushed = bytes;
     }
 
     /// Over the budget: take nothing more (feed, snapshot rows) until

@@ -55,6 +55,10 @@ pub struct Registry {
     memory: Rc<Cell<usize>>,
     /// Tails plus journal above this: the feed and snapshots wait.
     memory_budget: usize,
+    /// Journal bytes the segment writer holds after a failed flush (taken
+    /// from the journal, not yet durable): still counted against the
+    /// budget, so a storage outage backs the feed up instead of growing.
+    unflushed: usize,
     /// Pinged when memory is freed (a flush, a checkpoint's trim).
     freed: Rc<Notify>,
     /// Someone waits on the budget: the next tick checkpoints (trimming
@@ -113,6 +117,7 @@ impl Registry {
             rebuilt: 0,
             memory: Rc::default(),
             memory_budget: usize::MAX,
+            unflushed: 0,
             freed: Notify::new(),
             memory_pressure: false,
             memory_waits: 0,
