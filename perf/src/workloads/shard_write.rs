@@ -86,6 +86,7 @@ fn run_one(shapes: usize, changes: usize) -> Run {
                 progress: progress.clone(),
                 signals: signals.clone(),
                 gauges: Default::default(),
+                shutdown: runtime::Shutdown::default(),
             }
             .run(),
         );
