@@ -251,7 +251,9 @@ async fn snapshot(
     conn.execute("COMMIT").await?;
     conn.set_reusable(true);
     if !shape.is_gone() {
-        shape.finish_snapshot(&snapshot);
+        if shape.finish_snapshot(&snapshot) {
+            service.registry.borrow_mut().request_checkpoint();
+        }
     }
     Ok(())
 }

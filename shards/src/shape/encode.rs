@@ -25,22 +25,35 @@ pub struct Layout<'a> {
 pub fn row_key(layout: &Layout, row: &Row) -> String {
     let mut key = String::with_capacity(32);
     key.push('"');
-    key.push_str(&layout.table.schema.replace('/', "//").replace('.', ".."));
+    push_doubling(&mut key, layout.table.schema.as_str(), &['/', '.']);
     key.push_str("\".\"");
-    key.push_str(&layout.table.name.replace('/', "//").replace('.', ".."));
+    push_doubling(&mut key, layout.table.name.as_str(), &['/', '.']);
     key.push('"');
     for &i in layout.key {
         key.push('/');
         match row[i] {
             Some(v) => {
                 key.push('"');
-                key.push_str(&v.replace('/', "//"));
+                push_doubling(&mut key, v, &['/']);
                 key.push('"');
             }
             None => key.push('_'),
         }
     }
     key
+}
+
+/// Appends `s` with each of `special` written twice (Electric's key
+/// escaping), without a copy per replaced character (this runs per row).
+fn push_doubling(key: &mut String, s: &str, special: &[char]) {
+    let mut rest = s;
+    while let Some(at) = rest.find(special) {
+        let c = rest[at..].chars().next().expect("found a char");
+        key.push_str(&rest[..at + c.len_utf8()]);
+        key.push(c);
+        rest = &rest[at + c.len_utf8()..];
+    }
+    key.push_str(rest);
 }
 
 /// `{"a":"1","b":null}` of the chosen columns.

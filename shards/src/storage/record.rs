@@ -35,6 +35,11 @@ pub enum Kind {
     /// transaction's entries must never be kept in part, or its re-send
     /// would be skipped as already held).
     Commit = 6,
+    /// A shape's `snapshot-end`, after its number of snapshot rows (u64
+    /// LE): rows past the first `SNAPSHOT_JOURNAL_BYTES` are not journaled
+    /// (the checkpoint writes them), so recovery keeps the snapshot only if
+    /// it holds them all.
+    SnapshotEndCounted = 7,
 }
 
 impl Kind {
@@ -46,6 +51,7 @@ impl Kind {
             4 => Kind::ShapeCreated,
             5 => Kind::ShapeRemoved,
             6 => Kind::Commit,
+            7 => Kind::SnapshotEndCounted,
             _ => return None,
         })
     }

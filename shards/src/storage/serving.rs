@@ -148,11 +148,7 @@ mod tests {
     use super::*;
 
     fn write(path: &Path, pos: u64, bytes: &[u8]) -> FileWrite {
-        FileWrite {
-            path: path.to_path_buf(),
-            pos,
-            bytes: bytes.to_vec(),
-        }
+        FileWrite::raw(path, pos, bytes)
     }
 
     #[test]

@@ -62,7 +62,15 @@ impl Registry {
         self.freed.clone()
     }
 
-    /// Whether someone waited on the budget since the last call.
+    /// Asks for a checkpoint at the next tick: a finished snapshot is
+    /// durable only once one has written it (`Shape::push_snapshot_row`),
+    /// so a crash right after it loses as little as possible.
+    pub fn request_checkpoint(&mut self) {
+        self.memory_pressure = true;
+    }
+
+    /// Whether someone waited on the budget (or asked for a checkpoint)
+    /// since the last call.
     pub fn take_memory_pressure(&mut self) -> bool {
         std::mem::take(&mut self.memory_pressure)
     }

@@ -296,6 +296,7 @@ impl Registry {
             changed: Notify::new(),
             memory: self.memory.clone(),
             counted: Cell::new(0),
+            snapshot_journaled: Cell::new(0),
             spec,
         })
     }
