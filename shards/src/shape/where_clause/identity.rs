@@ -5,7 +5,7 @@
 //! spelling. Spacing, keyword case and redundant parentheses do not make
 //! two shapes; texts Postgres reads differently never make one.
 
-use super::ast::{Node, NodeKind, TypeName};
+use super::ast::{Node, NodeKind, SubSelect, Sublink, SublinkKind, TypeName};
 use super::parse;
 use super::render::quote_literal;
 use super::types::quote_identifier;
@@ -17,6 +17,13 @@ pub fn identity(sql: &str) -> Option<String> {
     let mut out = String::with_capacity(sql.len() + 16);
     write(&mut out, &parsed.root);
     Some(out)
+}
+
+/// The identity form of one node (a subquery's inner where).
+pub(crate) fn node_identity(node: &Node) -> String {
+    let mut out = String::new();
+    write(&mut out, node);
+    out
 }
 
 fn write_type(out: &mut String, t: &TypeName) {
@@ -197,9 +204,61 @@ fn write(out: &mut String, node: &Node) {
             write_list(out, items, ", ");
             out.push(']');
         }
+        NodeKind::Row(items) => {
+            out.push_str("ROW(");
+            write_list(out, items, ", ");
+            out.push(')');
+        }
+        NodeKind::Sublink(sublink) => write_sublink(out, sublink),
         // Refused when typed; never equal to anything that types.
         NodeKind::Unsupported(what) => out.push_str(&format!("<unsupported {what}>")),
         NodeKind::UnsupportedMessage(what) => out.push_str(&format!("<unsupported {what}>")),
+    }
+}
+
+/// `(lhs IN (SELECT "c" FROM "schema"."t" WHERE ..))`: the schema written
+/// out (`public` when absent), the columns in their written order (the
+/// pairing with a row's columns follows it), the inner where in identity
+/// form. Parameters stay `$n`: their values are part of the definition.
+fn write_sublink(out: &mut String, sublink: &Sublink) {
+    out.push('(');
+    if sublink.kind == SublinkKind::Other {
+        // Refused when typed; kept apart from `IN` all the same.
+        out.push_str("<unsupported SubLink> ");
+    }
+    if let Some(lhs) = &sublink.lhs {
+        write(out, lhs);
+        out.push(' ');
+    }
+    out.push_str("IN (");
+    match &sublink.select {
+        Ok(select) => write_select(out, select),
+        Err(refused) => {
+            out.push_str("<refused ");
+            out.push_str(&refused.message);
+            out.push('>');
+        }
+    }
+    out.push_str("))");
+}
+
+fn write_select(out: &mut String, select: &SubSelect) {
+    out.push_str("SELECT ");
+    for (i, column) in select.columns.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&quote_identifier(column));
+    }
+    out.push_str(" FROM ");
+    out.push_str(&quote_identifier(
+        select.schema.as_deref().unwrap_or("public"),
+    ));
+    out.push('.');
+    out.push_str(&quote_identifier(&select.table));
+    if let Some(filter) = &select.filter {
+        out.push_str(" WHERE ");
+        write(out, filter);
     }
 }
 
@@ -220,6 +279,18 @@ mod tests {
             ("x IS NOT NULL", "x is not null"),
             ("\"id\" = 1", "id = 1"),
             ("x::int4 = 1", "x :: int4 = 1"),
+            (
+                "p IN (SELECT id FROM projects)",
+                "p in ( select ID from public.projects )",
+            ),
+            (
+                "p NOT IN (SELECT id FROM t WHERE o = $1)",
+                "NOT (p IN ((SELECT id FROM \"public\".t AS x WHERE (o = $1))))",
+            ),
+            (
+                "(a, b) IN (SELECT x, y FROM t)",
+                "ROW(a, b) IN (SELECT x AS q, y FROM ONLY t)",
+            ),
         ] {
             assert_eq!(identity(a), identity(b), "{a} vs {b}");
             assert!(identity(a).is_some(), "{a}");
@@ -240,6 +311,27 @@ mod tests {
             ("x BETWEEN 1 AND 2", "x BETWEEN SYMMETRIC 1 AND 2"),
             ("name = 'a''b'", "name = 'a' 'b'"),
             ("x = ANY(ARRAY[1])", "x = ALL(ARRAY[1])"),
+            ("p IN (SELECT id FROM t)", "p IN (SELECT id FROM s.t)"),
+            ("p IN (SELECT id FROM t)", "p IN (SELECT id FROM \"T\")"),
+            ("p IN (SELECT id FROM t)", "p IN (SELECT x FROM t)"),
+            (
+                "p IN (SELECT id FROM t)",
+                "p IN (SELECT id FROM t WHERE true)",
+            ),
+            ("p IN (SELECT id FROM t)", "p NOT IN (SELECT id FROM t)"),
+            ("p IN (SELECT id FROM t)", "p = ANY (SELECT id FROM t)"),
+            (
+                "(a, b) IN (SELECT x, y FROM t)",
+                "(a, b) IN (SELECT y, x FROM t)",
+            ),
+            (
+                "p IN (SELECT id FROM t WHERE o = $1)",
+                "p IN (SELECT id FROM t WHERE o = $2)",
+            ),
+            (
+                "p IN (SELECT id FROM t WHERE o IN (SELECT id FROM u))",
+                "p IN (SELECT id FROM t WHERE o IN (SELECT id FROM v))",
+            ),
         ] {
             let (x, y) = (identity(a), identity(b));
             if x.is_some() || y.is_some() {

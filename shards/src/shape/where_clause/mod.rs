@@ -38,11 +38,32 @@
 //!   and arrays of these. Enums, `json`, `jsonb`, `bytea` and other types
 //!   support only `IS [NOT] NULL` and casts to text (enums, json, jsonb).
 //!
+//! # Subqueries
+//!
+//! `lhs IN (SELECT c[, c2] FROM [schema.]t [WHERE ..])` (and `NOT IN`),
+//! anywhere under `AND`/`OR`/`NOT`, nested to any depth, `lhs` a column or
+//! a row of columns whose types equal the selected columns' exactly. The
+//! caller reads the inner tables from the catalog
+//! ([`WhereClause::subquery_tables`]) and passes their columns
+//! ([`WhereClause::parse_with_tables`]); the inner where is typed against
+//! its own table, and `$n` means the request's `params[n]` at every level
+//! (one type per parameter across levels: it is one bound value).
+//! Evaluation asks a [`SubqueryView`] the caller keeps (the dependency's
+//! current values) and follows SQL's NULL rules; SQL keeps the subquery
+//! or, for a move-in query, replaces it by given values. Refused as
+//! Electric does, in its order (every statement taken apart, then every
+//! dependency built, then the outer clause typed): other subqueries
+//! (`EXISTS`, `= ANY (SELECT ..)`, scalar, `ARRAY(SELECT ..)`), a left side
+//! that is not columns, mismatched types, inner targets that are not plain
+//! columns, anything but one table, any other clause. One deviation: a row
+//! pairs with the selected columns in the order written, as Postgres
+//! does (Electric sorts the inner columns by name).
+//!
 //! # Not supported
 //!
-//! Subqueries (`Subqueries are not supported`), aggregates and window
-//! functions, non-deterministic functions and `CURRENT_*`, `CASE`, row
-//! constructors, subscripts, `COLLATE`, `AT TIME ZONE`/`timezone()` (no
+//! Aggregates and window functions, non-deterministic functions and
+//! `CURRENT_*`, `CASE`, row constructors (but on the left of `IN (SELECT
+//! ..)`), subscripts, `COLLATE`, `AT TIME ZONE`/`timezone()` (no
 //! zone database), `SIMILAR TO`, `LIKE .. ESCAPE`, regular expressions,
 //! JSON/geometric/range/network operators, type modifiers in casts
 //! (`varchar(3)`, `numeric(10,2)`) and bare `char` (which means `char(1)`),
@@ -99,8 +120,14 @@
 //! `unsupported type x`, `aggregation is not supported in this context`,
 //! `argument of IS TRUE must be bool, not T`, `argument of ANY must be an
 //! array`, `X is not supported in this context`, `WHERE clause must
-//! return a boolean`, `Subqueries are not supported`, `unescaped ";"
-//! causing statement split`, `malformed query ending with SQL clauses`,
+//! return a boolean`, `only \`value IN (SELECT ...)\` sublinks are
+//! supported right now`, `currently, left side of \`IN (SELECT ...)\` can
+//! only be a column reference or a list of column references`, `left side
+//! of \`IN (SELECT ...)\` has type A but subquery returns B[]`, `Expected a
+//! plain column reference` (at the position in Electric's wrapped
+//! statement), `Expected a single table reference`, `SELECT statement must
+//! not contain any clauses`, under `table` and `columns` a subquery's
+//! missing table or columns, `unescaped ";" causing statement split`, `malformed query ending with SQL clauses`,
 //! and under `params`: `Parameters must be numbered sequentially, starting
 //! from 1`. Syntax errors read like Postgres' (`syntax error at or near
 //! "x"`, `syntax error at end of input`, `unterminated quoted string at
@@ -121,17 +148,31 @@ mod lexer;
 mod numeric;
 mod parse;
 mod render;
+mod subquery;
 mod typecheck;
 mod types;
 mod value;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_subquery;
 
 use std::collections::BTreeMap;
 
 pub use error::{WhereError, WhereErrorField};
 pub use identity::identity;
+pub use subquery::{Dependency, Membership, SubqueryView};
+
+use crate::shape::definition::TableName;
+
+/// The columns of a table a subquery reads, None when there is no such
+/// table: the catalog, read by the caller before the clause is typed.
+pub type TableLookup<'a> = dyn Fn(&TableName) -> Option<Vec<WhereColumn>> + 'a;
+
+/// Values of the clause's subqueries by index ([`WhereClause::dependencies`]
+/// order); None (or past the end) where the caller has none.
+pub type Views<'a> = [Option<&'a SubqueryView>];
 
 /// A column of the shape's table, as the where clause may reference it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,6 +196,13 @@ pub struct WhereClause {
     /// Parameter values normalised to their types' text form, `$1` first.
     param_values: Vec<String>,
     index_key: Option<(usize, Vec<String>)>,
+    /// The subqueries `expr` evaluates against views.
+    subqueries: Vec<subquery::Subquery>,
+    /// With subqueries: the placeholder-typed tree and its subqueries, to
+    /// render the clause again with some subqueries replaced by values.
+    placeholders: Option<Box<(expr::Expr, Vec<subquery::Subquery>)>>,
+    columns: Vec<WhereColumn>,
+    earlier_params: usize,
 }
 
 impl WhereClause {
@@ -168,6 +216,35 @@ impl WhereClause {
         WhereClause::parse_after(sql, columns, params, 0)
     }
 
+    /// As [`WhereClause::parse`], for a clause whose subqueries read
+    /// tables: `tables` gives their columns (see
+    /// [`WhereClause::subquery_tables`] for which to load).
+    pub fn parse_with_tables(
+        sql: &str,
+        columns: &[WhereColumn],
+        params: &BTreeMap<usize, String>,
+        tables: &TableLookup<'_>,
+    ) -> Result<WhereClause, WhereError> {
+        WhereClause::parse_inner(sql, columns, params, 0, tables)
+    }
+
+    /// Whether `sql` parses with a subquery in it (of any kind, valid or
+    /// not): for the callers that refuse them outright (subsets).
+    pub fn has_subquery(sql: &str) -> bool {
+        parse::parse(sql).is_ok_and(|p| p.has_subquery)
+    }
+
+    /// Every table the clause's subqueries read, at every level, first
+    /// seen first; empty when it does not parse (typing reports that).
+    pub fn subquery_tables(sql: &str) -> Vec<TableName> {
+        let Ok(parsed) = parse::parse(sql) else {
+            return Vec::new();
+        };
+        let mut tables = Vec::new();
+        typecheck::subquery_tables(&parsed.root, &mut tables);
+        tables
+    }
+
     /// As [`WhereClause::parse`], with the SQL's placeholders numbered
     /// after `earlier_params` (`$1` is written `$<earlier_params + 1>`), so
     /// the clause can follow another one's in a single query.
@@ -177,10 +254,18 @@ impl WhereClause {
         params: &BTreeMap<usize, String>,
         earlier_params: usize,
     ) -> Result<WhereClause, WhereError> {
+        // Without a catalog every subquery's table is unknown.
+        WhereClause::parse_inner(sql, columns, params, earlier_params, &|_| None)
+    }
+
+    fn parse_inner(
+        sql: &str,
+        columns: &[WhereColumn],
+        params: &BTreeMap<usize, String>,
+        earlier_params: usize,
+        tables: &TableLookup<'_>,
+    ) -> Result<WhereClause, WhereError> {
         let parsed = parse::parse(sql)?;
-        if parsed.has_subquery {
-            return Err(WhereError::plain("Subqueries are not supported"));
-        }
         if params.keys().copied().ne(1..=params.len()) {
             return Err(WhereError::params(
                 "Parameters must be numbered sequentially, starting from 1",
@@ -189,9 +274,10 @@ impl WhereClause {
         // Parameters are values like any literal for validation, evaluation,
         // the index and identity (so `id = $1` with 1 is `id = 1`); a second
         // pass keeps them as placeholders for the snapshot query's SQL.
-        let checked = typecheck::Checker::new(columns, params, true).check_clause(&parsed.root)?;
+        let checked =
+            typecheck::Checker::new(columns, params, true, tables).check_clause(&parsed.root)?;
         let with_placeholders =
-            typecheck::Checker::new(columns, params, false).check_clause(&parsed.root)?;
+            typecheck::Checker::new(columns, params, false, tables).check_clause(&parsed.root)?;
         let mut param_values = Vec::with_capacity(checked.param_types.len());
         for (n, ty) in &checked.param_types {
             // Bind the value as we read it, so Postgres and our evaluation
@@ -202,15 +288,23 @@ impl WhereClause {
                 .unwrap_or_else(|| text.to_string());
             param_values.push(normalised);
         }
-        let canonical = render::render(&checked.expr, columns, render::Params::Inline);
-        let sql = render::render(
+        let canonical = render::render(
+            &checked.expr,
+            columns,
+            &checked.subqueries,
+            render::Params::Inline,
+        );
+        let (sql, _) = render::render_with_values(
             &with_placeholders.expr,
             columns,
-            render::Params::Placeholders {
-                after: earlier_params,
-            },
+            &with_placeholders.subqueries,
+            earlier_params,
+            param_values.len(),
+            &[],
         );
         let index_key = index::index_key(&checked.expr);
+        let placeholders = (!with_placeholders.subqueries.is_empty())
+            .then(|| Box::new((with_placeholders.expr, with_placeholders.subqueries)));
         Ok(WhereClause {
             expr: checked.expr,
             referenced: checked.referenced,
@@ -218,6 +312,15 @@ impl WhereClause {
             sql,
             param_values,
             index_key,
+            subqueries: checked.subqueries,
+            // Kept only to render subqueries replaced by values.
+            columns: if placeholders.is_some() {
+                columns.to_vec()
+            } else {
+                Vec::new()
+            },
+            placeholders,
+            earlier_params,
         })
     }
 
@@ -228,10 +331,57 @@ impl WhereClause {
     /// (`'r` lets the row lend its text; an elided lifetime in a `dyn Fn`
     /// return type does not compile.)
     pub fn matches<'r>(&self, value: &dyn Fn(usize) -> Option<&'r str>) -> bool {
+        self.matches_with(value, &[])
+    }
+
+    /// As [`WhereClause::matches`], with each subquery's current values
+    /// (`lhs IN (SELECT ..)` is membership in its view, NULLs as SQL has
+    /// them). A subquery without a view makes the row not match.
+    pub fn matches_with<'r, 'v>(
+        &self,
+        value: &dyn Fn(usize) -> Option<&'r str>,
+        views: &Views<'v>,
+    ) -> bool {
         matches!(
-            eval::evaluate(&self.expr, &eval::Row::new(value)),
+            eval::evaluate(&self.expr, &eval::Row::with_views(value, views)),
             Ok(value::Value::Bool(true))
         )
+    }
+
+    /// The subqueries at the top of the clause, in the order
+    /// `Expr::Sublink` and the views number them.
+    pub fn dependencies(&self) -> Vec<Dependency> {
+        self.subqueries.iter().map(|s| s.dependency()).collect()
+    }
+
+    /// An empty view for subquery `index`, typed as its selected columns.
+    pub fn new_view(&self, index: usize) -> Option<SubqueryView> {
+        self.subqueries
+            .get(index)
+            .map(|s| SubqueryView::new(s.types.clone()))
+    }
+
+    /// As [`WhereClause::to_sql`], with the subqueries `values` gives
+    /// replaced by those values, bound as arrays after the clause's own
+    /// parameters (`lhs = ANY($k::type[])`; a row reads its columns'
+    /// arrays through `unnest`): a move-in query's form, which runs against
+    /// the views the shape holds rather than the tables' current rows.
+    pub fn to_sql_with_values<'v>(&self, values: &Views<'v>) -> (String, Vec<String>) {
+        let Some(placeholders) = &self.placeholders else {
+            return self.to_sql();
+        };
+        let (expr, subqueries) = placeholders.as_ref();
+        let (sql, extra) = render::render_with_values(
+            expr,
+            &self.columns,
+            subqueries,
+            self.earlier_params,
+            self.param_values.len(),
+            values,
+        );
+        let mut params = self.param_values.clone();
+        params.extend(extra);
+        (sql, params)
     }
 
     /// Indices of the columns the clause references, ascending.
