@@ -12,7 +12,7 @@ use bytes::Bytes;
 use shards::shape::definition::{ShapeHandle, TableName};
 use shards::shape::encode::{self, Layout};
 use shards::shape::offset::LogOffset;
-use shards::shape::where_clause::{identity, WhereClause, WhereColumn};
+use shards::shape::where_clause::{identity, TagSalt, WhereClause, WhereColumn};
 
 use crate::http::shape::request::{self, Query, RequestKind};
 
@@ -106,6 +106,19 @@ pub fn where_clause(data: &[u8]) {
         let views: Vec<_> = views.iter().map(Some).collect();
         let _ = clause.matches_with(&value, &views);
         let _ = clause.to_sql_with_values(&views);
+        let salt = TagSalt {
+            stack_id: "single_stack",
+            handle: "1-2",
+        };
+        let tags = clause.tags(&value, &salt);
+        let active = clause.active_conditions(&value, &views);
+        if let Some(dnf) = clause.dnf() {
+            assert_eq!(tags.len(), dnf.disjuncts().len());
+            assert_eq!(active.len(), dnf.position_count());
+            for index in 0..clause.dependencies().len() {
+                let _ = clause.move_patterns(index, &[value(0), value(1)], &salt);
+            }
+        }
     }
 }
 

@@ -55,7 +55,9 @@
 //! dependency built, then the outer clause typed): other subqueries
 //! (`EXISTS`, `= ANY (SELECT ..)`, scalar, `ARRAY(SELECT ..)`), a left side
 //! that is not columns, mismatched types, inner targets that are not plain
-//! columns, anything but one table, any other clause. One deviation: a row
+//! columns, anything but one table, any other clause. A clause with
+//! subqueries also has Electric's DNF layout ([`DnfPlan`]): the `tags`,
+//! `active_conditions` and move patterns its rows carry. One deviation: a row
 //! pairs with the selected columns in the order written, as Postgres
 //! does (Electric sorts the inner columns by name).
 //!
@@ -138,6 +140,7 @@
 mod array;
 mod ast;
 mod datetime;
+mod dnf;
 mod error;
 mod eval;
 mod expr;
@@ -160,6 +163,7 @@ mod tests_subquery;
 
 use std::collections::BTreeMap;
 
+pub use dnf::{namespaced, namespaced_row, value_hash, DnfPlan, TagSalt};
 pub use error::{WhereError, WhereErrorField};
 pub use identity::identity;
 pub use subquery::{Dependency, Membership, SubqueryView};
@@ -201,6 +205,10 @@ pub struct WhereClause {
     /// With subqueries: the placeholder-typed tree and its subqueries, to
     /// render the clause again with some subqueries replaced by values.
     placeholders: Option<Box<(expr::Expr, Vec<subquery::Subquery>)>>,
+    /// With subqueries: the layout of tags and active conditions, over the
+    /// placeholder-typed tree (whose leaves render with bound parameters
+    /// and evaluate to the same values).
+    dnf: Option<DnfPlan>,
     columns: Vec<WhereColumn>,
     earlier_params: usize,
 }
@@ -305,6 +313,10 @@ impl WhereClause {
         let index_key = index::index_key(&checked.expr);
         let placeholders = (!with_placeholders.subqueries.is_empty())
             .then(|| Box::new((with_placeholders.expr, with_placeholders.subqueries)));
+        let dnf = match &placeholders {
+            Some(placeholders) => Some(DnfPlan::new(&placeholders.0)?),
+            None => None,
+        };
         Ok(WhereClause {
             expr: checked.expr,
             referenced: checked.referenced,
@@ -320,6 +332,7 @@ impl WhereClause {
                 Vec::new()
             },
             placeholders,
+            dnf,
             earlier_params,
         })
     }
@@ -352,6 +365,57 @@ impl WhereClause {
     /// `Expr::Sublink` and the views number them.
     pub fn dependencies(&self) -> Vec<Dependency> {
         self.subqueries.iter().map(|s| s.dependency()).collect()
+    }
+
+    /// The DNF layout of a clause with subqueries (None without).
+    pub fn dnf(&self) -> Option<&DnfPlan> {
+        self.dnf.as_ref()
+    }
+
+    /// A row's `tags` (empty without subqueries); see [`DnfPlan::tags`].
+    pub fn tags<'r>(
+        &self,
+        value: &dyn Fn(usize) -> Option<&'r str>,
+        salt: &TagSalt,
+    ) -> Vec<String> {
+        self.dnf
+            .as_ref()
+            .map(|dnf| dnf.tags(&self.columns, value, salt))
+            .unwrap_or_default()
+    }
+
+    /// A row's `active_conditions` under the views (empty without
+    /// subqueries); see [`DnfPlan::active_conditions`].
+    pub fn active_conditions<'r>(
+        &self,
+        value: &dyn Fn(usize) -> Option<&'r str>,
+        views: &Views<'_>,
+    ) -> Vec<bool> {
+        self.dnf
+            .as_ref()
+            .map(|dnf| dnf.active_conditions(value, views))
+            .unwrap_or_default()
+    }
+
+    /// A move's patterns for one value of subquery `index` (the value's
+    /// text per selected column): `(position, hash)` for every position
+    /// testing that subquery, ascending.
+    pub fn move_patterns(
+        &self,
+        index: usize,
+        value: &[Option<&str>],
+        salt: &TagSalt,
+    ) -> Vec<(usize, String)> {
+        let Some(dnf) = &self.dnf else {
+            return Vec::new();
+        };
+        dnf.positions_of(index)
+            .into_iter()
+            .filter_map(|p| {
+                dnf.value_hash(p, &self.columns, value, salt)
+                    .map(|hash| (p, hash))
+            })
+            .collect()
     }
 
     /// An empty view for subquery `index`, typed as its selected columns.

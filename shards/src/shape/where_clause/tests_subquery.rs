@@ -384,3 +384,131 @@ fn where_clause_subquery_array_values_bind_one_by_one() {
     assert_eq!(bound, ["{a,b}"]);
     assert!(clause.matches_with(&|_| Some("{a,b}"), &[Some(&view)]));
 }
+
+const SALT: super::TagSalt = super::TagSalt {
+    stack_id: "single_stack",
+    handle: "3833821-1754000000000000",
+};
+const H7: &str = "5bde1cb78690a878b8069a2edc4a6f18";
+const H_NULL: &str = "411c3bd9bd4412980cbd09d87b040b79";
+
+#[test]
+fn where_clause_subquery_value_hashes_are_electrics() {
+    // md5(stack id ‖ outer handle ‖ namespaced value), checked with md5sum.
+    assert_eq!(
+        super::value_hash(SALT.stack_id, SALT.handle, &super::namespaced(Some("7"))),
+        H7
+    );
+    assert_eq!(
+        super::value_hash(SALT.stack_id, SALT.handle, &super::namespaced(None)),
+        H_NULL
+    );
+    assert_eq!(
+        super::value_hash(
+            SALT.stack_id,
+            SALT.handle,
+            &super::namespaced_row(&[("org_id", Some("1")), ("team_id", Some("2"))])
+        ),
+        "892e0db3c8d8bb801b7ed696b72a91fa"
+    );
+}
+
+fn tags(clause: &WhereClause, row: &[(usize, &str)]) -> Vec<String> {
+    let lookup = |i: usize| row.iter().find(|(c, _)| *c == i).map(|(_, v)| *v);
+    clause.tags(&lookup, &SALT)
+}
+
+const SQ: &str = "project_id IN (SELECT project_id FROM members)";
+
+#[test]
+fn where_clause_subquery_dnf_lays_out_tags_as_electric() {
+    let p7: &[(usize, &str)] = &[(ID, "1"), (PROJECT, "7"), (OWNER, "a")];
+    // One subquery: one disjunct, one slot.
+    let clause = parse(SQ, &[]);
+    let dnf = clause.dnf().expect("a plan");
+    assert_eq!(dnf.position_count(), 1);
+    assert_eq!(dnf.disjuncts(), &[vec![0]]);
+    assert_eq!(dnf.subquery_at(0), Some(0));
+    assert_eq!(tags(&clause, p7), [H7]);
+    assert_eq!(tags(&clause, &[(ID, "1")]), [H_NULL]);
+    // A plain condition beside it is `1`.
+    let clause = parse(&format!("{SQ} AND owner = 'a'"), &[]);
+    assert_eq!(tags(&clause, p7), [format!("{H7}/1")]);
+    // OR: a disjunct each, empty slots for the other's positions.
+    let clause = parse(&format!("owner = $1 OR {SQ}"), &["a"]);
+    assert_eq!(
+        clause.dnf().expect("a plan").disjuncts(),
+        &[vec![0], vec![1]]
+    );
+    assert_eq!(tags(&clause, p7), ["1/".to_string(), format!("/{H7}")]);
+    // NOT pushed to the leaves: NOT (A AND B) is NOT A OR NOT B.
+    let clause = parse(&format!("NOT ({SQ} AND owner = 'a')"), &[]);
+    let dnf = clause.dnf().expect("a plan");
+    assert_eq!(dnf.disjuncts(), &[vec![0], vec![1]]);
+    assert!(dnf.is_negated(0) && dnf.is_negated(1));
+    assert_eq!(dnf.subquery_at(0), Some(0));
+    assert_eq!(dnf.subquery_at(1), None);
+    // An IN list is an OR of equalities, so AND distributes over it: the
+    // same subquery leaf gets a position in each disjunct.
+    let clause = parse(&format!("owner IN ('a', 'b') AND {SQ}"), &[]);
+    let dnf = clause.dnf().expect("a plan");
+    assert_eq!(dnf.disjuncts(), &[vec![0, 1], vec![2, 3]]);
+    assert_eq!(dnf.positions_of(0), [1, 3]);
+    assert_eq!(
+        tags(&clause, p7),
+        [format!("1/{H7}//"), format!("//1/{H7}")]
+    );
+    assert_eq!(
+        clause.move_patterns(0, &[Some("7")], &SALT),
+        [(1, H7.to_string()), (3, H7.to_string())]
+    );
+    // A row hashes its outer column names with its values.
+    let clause = parse("(id, project_id) IN (SELECT id, org FROM projects)", &[]);
+    assert_eq!(
+        tags(&clause, &[(ID, "1"), (PROJECT, "2")]),
+        [super::value_hash(
+            SALT.stack_id,
+            SALT.handle,
+            "id:v:1project_id:v:2"
+        )]
+    );
+    // Without subqueries there is no plan and no tags.
+    let plain = parse("owner = 'a'", &[]);
+    assert!(plain.dnf().is_none());
+    assert!(tags(&plain, p7).is_empty());
+}
+
+#[test]
+fn where_clause_subquery_active_conditions_count_null_as_false() {
+    let clause = parse(&format!("owner = 'a' OR NOT ({SQ})"), &[]);
+    let mut view = clause.new_view(0).expect("a view");
+    view.add(&[Some("7")]);
+    let active = |row: &[(usize, &str)]| {
+        let lookup = |i: usize| row.iter().find(|(c, _)| *c == i).map(|(_, v)| *v);
+        clause.active_conditions(&lookup, &[Some(&view)])
+    };
+    let dnf = clause.dnf().expect("a plan");
+    assert_eq!(active(&[(PROJECT, "7"), (OWNER, "a")]), [true, false]);
+    assert_eq!(active(&[(PROJECT, "8"), (OWNER, "b")]), [false, true]);
+    assert!(dnf.included(&[false, true]));
+    assert!(!dnf.included(&[false, false]));
+    // NULLs: `owner = 'a'` is NULL → false; the negated subquery leaf is
+    // NULL → NOT COALESCE(NULL, false) → true, as Electric reports it,
+    // though the row is not in the shape by SQL's rules.
+    let null_row: &[(usize, &str)] = &[(ID, "1")];
+    assert_eq!(active(null_row), [false, true]);
+    let lookup = |i: usize| null_row.iter().find(|(c, _)| *c == i).map(|(_, v)| *v);
+    assert!(!clause.matches_with(&lookup, &[Some(&view)]));
+}
+
+#[test]
+fn where_clause_subquery_dnf_is_bounded() {
+    // 2^9 disjuncts of 10 positions: far past the bound, refused early.
+    let arms: Vec<String> = (0..9).map(|i| format!("(id = {i} OR big = {i})")).collect();
+    let sql = format!("{SQ} AND {}", arms.join(" AND "));
+    let e = error(&sql, &[]);
+    assert!(e.message.contains("too complex"), "{}", e.message);
+    // The same clause without subqueries needs no plan.
+    let plain = WhereClause::parse(&arms.join(" AND "), &tasks(), &BTreeMap::new());
+    assert!(plain.is_ok());
+}
