@@ -5,6 +5,8 @@
 //! spelling. Spacing, keyword case and redundant parentheses do not make
 //! two shapes; texts Postgres reads differently never make one.
 
+use std::collections::BTreeMap;
+
 use super::ast::{Node, NodeKind, SubSelect, Sublink, SublinkKind, TypeName};
 use super::parse;
 use super::render::quote_literal;
@@ -15,16 +17,21 @@ use super::types::quote_identifier;
 pub fn identity(sql: &str) -> Option<String> {
     let parsed = parse::parse(sql).ok()?;
     let mut out = String::with_capacity(sql.len() + 16);
-    write(&mut out, &parsed.root);
+    write(&mut out, &parsed.root, &BTreeMap::new());
     Some(out)
 }
 
-/// The identity form of one node (a subquery's inner where).
-pub(crate) fn node_identity(node: &Node) -> String {
+/// The identity form of one node (a subquery's inner where), each `$n`
+/// in `renumber` written as its new number (a dependency shape numbers
+/// the parameters it uses from 1).
+pub(crate) fn node_identity(node: &Node, renumber: &Renumber) -> String {
     let mut out = String::new();
-    write(&mut out, node);
+    write(&mut out, node, renumber);
     out
 }
+
+/// Parameter numbers to write differently: old → new.
+pub(crate) type Renumber = BTreeMap<usize, usize>;
 
 fn write_type(out: &mut String, t: &TypeName) {
     out.push_str(&t.names.join("."));
@@ -37,16 +44,16 @@ fn write_type(out: &mut String, t: &TypeName) {
     }
 }
 
-fn write_list(out: &mut String, items: &[Node], separator: &str) {
+fn write_list(out: &mut String, items: &[Node], separator: &str, renumber: &Renumber) {
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push_str(separator);
         }
-        write(out, item);
+        write(out, item, renumber);
     }
 }
 
-fn write(out: &mut String, node: &Node) {
+fn write(out: &mut String, node: &Node, renumber: &Renumber) {
     match &node.kind {
         NodeKind::Column(parts) => {
             for (i, part) in parts.iter().enumerate() {
@@ -62,7 +69,7 @@ fn write(out: &mut String, node: &Node) {
         NodeKind::Null => out.push_str("NULL"),
         NodeKind::Param(n) => {
             out.push('$');
-            out.push_str(&n.to_string());
+            out.push_str(&renumber.get(n).unwrap_or(n).to_string());
         }
         NodeKind::TypedString { type_name, value } => {
             write_type(out, type_name);
@@ -71,7 +78,7 @@ fn write(out: &mut String, node: &Node) {
         }
         NodeKind::Cast { arg, type_name } => {
             out.push('(');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push_str(")::");
             write_type(out, type_name);
         }
@@ -79,16 +86,16 @@ fn write(out: &mut String, node: &Node) {
             out.push('(');
             out.push_str(op);
             out.push(' ');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push(')');
         }
         NodeKind::Infix { op, left, right } => {
             out.push('(');
-            write(out, left);
+            write(out, left, renumber);
             out.push(' ');
             out.push_str(op);
             out.push(' ');
-            write(out, right);
+            write(out, right, renumber);
             out.push(')');
         }
         NodeKind::Quantified {
@@ -98,31 +105,31 @@ fn write(out: &mut String, node: &Node) {
             all,
         } => {
             out.push('(');
-            write(out, left);
+            write(out, left, renumber);
             out.push(' ');
             out.push_str(op);
             out.push_str(if *all { " ALL (" } else { " ANY (" });
-            write(out, right);
+            write(out, right, renumber);
             out.push_str("))");
         }
         NodeKind::And(items) => {
             out.push('(');
-            write_list(out, items, " AND ");
+            write_list(out, items, " AND ", renumber);
             out.push(')');
         }
         NodeKind::Or(items) => {
             out.push('(');
-            write_list(out, items, " OR ");
+            write_list(out, items, " OR ", renumber);
             out.push(')');
         }
         NodeKind::Not(arg) => {
             out.push_str("(NOT ");
-            write(out, arg);
+            write(out, arg, renumber);
             out.push(')');
         }
         NodeKind::IsNull { arg, negated } => {
             out.push('(');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push_str(if *negated {
                 " IS NOT NULL)"
             } else {
@@ -131,7 +138,7 @@ fn write(out: &mut String, node: &Node) {
         }
         NodeKind::BoolTest { arg, test } => {
             out.push('(');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push(' ');
             out.push_str(test.sql());
             out.push(')');
@@ -142,13 +149,13 @@ fn write(out: &mut String, node: &Node) {
             negated,
         } => {
             out.push('(');
-            write(out, left);
+            write(out, left, renumber);
             out.push_str(if *negated {
                 " IS NOT DISTINCT FROM "
             } else {
                 " IS DISTINCT FROM "
             });
-            write(out, right);
+            write(out, right, renumber);
             out.push(')');
         }
         NodeKind::Between {
@@ -159,7 +166,7 @@ fn write(out: &mut String, node: &Node) {
             symmetric,
         } => {
             out.push('(');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push_str(if *negated {
                 " NOT BETWEEN "
             } else {
@@ -168,9 +175,9 @@ fn write(out: &mut String, node: &Node) {
             if *symmetric {
                 out.push_str("SYMMETRIC ");
             }
-            write(out, low);
+            write(out, low, renumber);
             out.push_str(" AND ");
-            write(out, high);
+            write(out, high, renumber);
             out.push(')');
         }
         NodeKind::InList {
@@ -179,9 +186,9 @@ fn write(out: &mut String, node: &Node) {
             negated,
         } => {
             out.push('(');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push_str(if *negated { " NOT IN (" } else { " IN (" });
-            write_list(out, items, ", ");
+            write_list(out, items, ", ", renumber);
             out.push_str("))");
         }
         NodeKind::Func {
@@ -196,20 +203,20 @@ fn write(out: &mut String, node: &Node) {
                 // Refused when typed; never equal to a plain call.
                 out.push_str("aggregate ");
             }
-            write_list(out, args, ", ");
+            write_list(out, args, ", ", renumber);
             out.push(')');
         }
         NodeKind::Array(items) => {
             out.push_str("ARRAY[");
-            write_list(out, items, ", ");
+            write_list(out, items, ", ", renumber);
             out.push(']');
         }
         NodeKind::Row(items) => {
             out.push_str("ROW(");
-            write_list(out, items, ", ");
+            write_list(out, items, ", ", renumber);
             out.push(')');
         }
-        NodeKind::Sublink(sublink) => write_sublink(out, sublink),
+        NodeKind::Sublink(sublink) => write_sublink(out, sublink, renumber),
         // Refused when typed; never equal to anything that types.
         NodeKind::Unsupported(what) => out.push_str(&format!("<unsupported {what}>")),
         NodeKind::UnsupportedMessage(what) => out.push_str(&format!("<unsupported {what}>")),
@@ -220,19 +227,19 @@ fn write(out: &mut String, node: &Node) {
 /// out (`public` when absent), the columns in their written order (the
 /// pairing with a row's columns follows it), the inner where in identity
 /// form. Parameters stay `$n`: their values are part of the definition.
-fn write_sublink(out: &mut String, sublink: &Sublink) {
+fn write_sublink(out: &mut String, sublink: &Sublink, renumber: &Renumber) {
     out.push('(');
     if sublink.kind == SublinkKind::Other {
         // Refused when typed; kept apart from `IN` all the same.
         out.push_str("<unsupported SubLink> ");
     }
     if let Some(lhs) = &sublink.lhs {
-        write(out, lhs);
+        write(out, lhs, renumber);
         out.push(' ');
     }
     out.push_str("IN (");
     match &sublink.select {
-        Ok(select) => write_select(out, select),
+        Ok(select) => write_select(out, select, renumber),
         Err(refused) => {
             out.push_str("<refused ");
             out.push_str(&refused.message);
@@ -242,7 +249,7 @@ fn write_sublink(out: &mut String, sublink: &Sublink) {
     out.push_str("))");
 }
 
-fn write_select(out: &mut String, select: &SubSelect) {
+fn write_select(out: &mut String, select: &SubSelect, renumber: &Renumber) {
     out.push_str("SELECT ");
     for (i, column) in select.columns.iter().enumerate() {
         if i > 0 {
@@ -258,7 +265,7 @@ fn write_select(out: &mut String, select: &SubSelect) {
     out.push_str(&quote_identifier(&select.table));
     if let Some(filter) = &select.filter {
         out.push_str(" WHERE ");
-        write(out, filter);
+        write(out, filter, renumber);
     }
 }
 

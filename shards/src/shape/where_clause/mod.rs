@@ -211,6 +211,8 @@ pub struct WhereClause {
     dnf: Option<DnfPlan>,
     columns: Vec<WhereColumn>,
     earlier_params: usize,
+    /// The request's parameters (a dependency takes those it uses).
+    params: BTreeMap<usize, String>,
 }
 
 impl WhereClause {
@@ -332,6 +334,11 @@ impl WhereClause {
                 Vec::new()
             },
             placeholders,
+            params: if dnf.is_some() {
+                params.clone()
+            } else {
+                BTreeMap::new()
+            },
             dnf,
             earlier_params,
         })
@@ -364,7 +371,10 @@ impl WhereClause {
     /// The subqueries at the top of the clause, in the order
     /// `Expr::Sublink` and the views number them.
     pub fn dependencies(&self) -> Vec<Dependency> {
-        self.subqueries.iter().map(|s| s.dependency()).collect()
+        self.subqueries
+            .iter()
+            .map(|s| s.dependency(&self.params))
+            .collect()
     }
 
     /// The DNF layout of a clause with subqueries (None without).

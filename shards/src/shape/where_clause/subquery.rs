@@ -7,7 +7,7 @@
 //! materialised result); SQL either keeps the subquery (`IN (SELECT ..)`)
 //! or replaces it by a given set of values (`= ANY($k::type[])`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::expr::Expr;
 use super::numeric::format_float;
@@ -29,9 +29,12 @@ pub(crate) struct Subquery {
     /// The selected columns' types, the same order.
     pub types: Vec<Type>,
     pub filter: Option<Expr>,
-    /// The inner where in identity form (parameters as `$n`): the text of
-    /// the dependency shape's own where clause.
+    /// The inner where in identity form, its parameters renumbered from 1
+    /// in the order of `params`: the dependency shape's own where clause.
     pub filter_text: Option<String>,
+    /// The request's parameter numbers the inner where uses (at any
+    /// depth), ascending: the dependency's `$1`, `$2`, ...
+    pub params: Vec<usize>,
     pub subqueries: Vec<Subquery>,
 }
 
@@ -42,16 +45,25 @@ pub struct Dependency {
     pub table: TableName,
     /// Selected column names, in the order written.
     pub columns: Vec<String>,
-    /// The inner where, reparseable, parameters as `$n` (bound from the
-    /// outer request's `params`).
+    /// The inner where, reparseable, with the parameters it uses numbered
+    /// from `$1` (values in `params`).
     pub where_sql: Option<String>,
+    /// The dependency's own parameters, `$1` first.
+    pub params: BTreeMap<usize, String>,
     /// `pg_type` names of the selected columns (`int4`, `text`, ...).
     pub type_names: Vec<String>,
 }
 
 impl Subquery {
-    pub fn dependency(&self) -> Dependency {
+    /// The dependency shape, its parameters taken from the request's.
+    pub fn dependency(&self, request: &BTreeMap<usize, String>) -> Dependency {
         Dependency {
+            params: self
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i + 1, request.get(n).cloned().unwrap_or_default()))
+                .collect(),
             table: self.table.clone(),
             columns: self
                 .selected

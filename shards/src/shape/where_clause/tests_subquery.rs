@@ -107,6 +107,19 @@ fn where_clause_subquery_types_against_its_table() {
         error(sql, &["7", "8"]).message,
         "At location 0: parameter value for $2 was not used"
     );
+    assert_eq!(dependencies[0].params, params(&["7"]));
+    // A dependency numbers the parameters it uses from 1: the same inner
+    // select is one dependency shape whatever the outer numbering.
+    let renumbered = parse(
+        "owner = $1 AND project_id IN (SELECT project_id FROM members WHERE user_id = $3 AND role = $2)",
+        &["a", "admin", "7"],
+    );
+    let dependency = &renumbered.dependencies()[0];
+    assert_eq!(
+        dependency.where_sql.as_deref(),
+        Some("((\"user_id\" = $2) AND (\"role\" = $1))")
+    );
+    assert_eq!(dependency.params, params(&["admin", "7"]));
     // One parameter, one type, at every level.
     let shared = parse(
         "id = $1 AND project_id IN (SELECT project_id FROM members WHERE user_id = $1)",

@@ -232,25 +232,38 @@ impl<'a> Checker<'a> {
         let types = selected.iter().map(|&i| column_type(&columns[i])).collect();
         let mut filter = None;
         let mut subqueries = Vec::new();
+        let mut params = Vec::new();
         if let Some(node) = &select.filter {
             let mut inner = Checker::new(&columns, self.params, self.fold_params, self.tables);
             inner.param_types = std::mem::take(&mut self.param_types);
-            inner.used_params = std::mem::take(&mut self.used_params);
             let checked = inner.check_inner(node);
-            // Hand the shared parameter state back whatever the outcome.
+            // Hand the shared types back whatever the outcome; the uses
+            // count for the request and say what the dependency binds.
             let (result, param_types, used_params) = checked;
             self.param_types = param_types;
-            self.used_params = used_params;
+            self.used_params.extend(used_params.iter().copied());
             let (expr, inner_subqueries) = result?;
             filter = Some(expr);
             subqueries = inner_subqueries;
+            params = used_params.into_iter().collect();
         }
+        // The dependency numbers the parameters it uses from 1, so the
+        // same inner select is one dependency whatever the outer numbering.
+        let renumber = params
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (n, i + 1))
+            .collect();
         Ok(Subquery {
             table,
             selected,
             types,
             filter,
-            filter_text: select.filter.as_ref().map(node_identity),
+            filter_text: select
+                .filter
+                .as_ref()
+                .map(|node| node_identity(node, &renumber)),
+            params,
             subqueries,
             columns,
         })
