@@ -166,7 +166,7 @@ use std::collections::BTreeMap;
 pub use dnf::{namespaced, namespaced_row, value_hash, DnfPlan, TagSalt};
 pub use error::{WhereError, WhereErrorField};
 pub use identity::identity;
-pub use subquery::{Dependency, Membership, SubqueryView};
+pub use subquery::{Dependency, Membership, SubqueryView, ValueKey};
 
 use crate::shape::definition::TableName;
 

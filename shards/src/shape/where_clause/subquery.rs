@@ -121,6 +121,10 @@ pub struct SubqueryView {
     with_null: usize,
 }
 
+/// A value's identity in a [`SubqueryView`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ValueKey(Tuple);
+
 /// How a value stands against a view, in SQL's three-valued logic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Membership {
@@ -209,6 +213,17 @@ impl SubqueryView {
         }
         self.entries.remove(&tuple);
         true
+    }
+
+    /// The value's identity in the view (equal exactly when Postgres' `=`
+    /// says so); None for text that is not of the columns' types.
+    pub fn key_of(&self, text: &[Option<&str>]) -> Option<ValueKey> {
+        self.tuple_of_text(text).map(ValueKey)
+    }
+
+    /// Whether the view holds the value (at least one row has it).
+    pub fn holds(&self, key: &ValueKey) -> bool {
+        self.entries.contains_key(&key.0)
     }
 
     /// Whether a value given as text is in the view.
