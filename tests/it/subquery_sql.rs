@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use postgres::types::Type;
 use postgres::SimpleQueryMessage;
 use shards::shape::definition::TableName;
-use shards::shape::where_clause::{SubqueryView, WhereClause, WhereColumn};
+use shards::shape::where_clause::{Membership, SubqueryView, WhereClause, WhereColumn};
 
 use crate::harness::database;
 
@@ -128,6 +128,8 @@ fn subquery_sql_agrees_with_evaluation_against_views() {
             &["1", "13"], &[7],
         ),
     ];
+    // Move-in queries checked that bring rows in.
+    let mut move_ins = 0;
     for (sql, values, expected) in cases {
         let params: BTreeMap<usize, String> = values
             .iter()
@@ -186,10 +188,71 @@ fn subquery_sql_agrees_with_evaluation_against_views() {
         let (values_sql, values_params) = clause.to_sql_with_values(&views);
         let with_values = selected(&mut client, &values_sql, &values_params);
         assert_eq!(&full, expected, "{sql}: Postgres on {full_sql}");
+        move_ins += move_ins_agree(&mut client, &clause, &views, &task_rows, sql);
         assert_eq!(ours, full, "{sql}: ours vs Postgres on {full_sql}");
         assert_eq!(
             with_values, full,
             "{sql}: values form {values_sql} {values_params:?}"
         );
     }
+    assert!(move_ins >= 5, "only {move_ins} move-ins brought rows in");
+}
+
+/// For each positive subquery position: the move-in query after one of its
+/// values arrives (taken out of the view first, as before the move) selects
+/// exactly the rows the move brings into the shape by our evaluation.
+fn move_ins_agree(
+    client: &mut postgres::Client,
+    clause: &WhereClause,
+    views: &[Option<&SubqueryView>],
+    task_rows: &[Vec<Option<String>>],
+    sql: &str,
+) -> usize {
+    let Some(dnf) = clause.dnf() else {
+        return 0;
+    };
+    let mut bringing_rows = 0;
+    for trigger in 0..views.len() {
+        let positions = dnf.positions_of(trigger);
+        if positions.iter().any(|&p| dnf.is_negated(p)) {
+            continue;
+        }
+        let Some(full) = views[trigger] else {
+            continue;
+        };
+        let columns = full.column_texts();
+        if columns.len() != 1 {
+            continue;
+        }
+        // NULL brings no row in through a positive position.
+        for text in columns[0].iter().flatten() {
+            let value = Some(*text);
+            let mut before = full.clone();
+            while before.contains_text(&[value]) == Membership::In {
+                before.remove(&[value]);
+            }
+            let mut moved = clause.new_view(trigger).unwrap();
+            moved.add(&[value]);
+            let mut pre: Vec<Option<&SubqueryView>> = views.to_vec();
+            pre[trigger] = Some(&before);
+            let (move_sql, params) = clause
+                .move_in_where(trigger, &moved, &pre)
+                .expect("a move-in where");
+            let got = selected(client, &move_sql, &params);
+            let expected: Vec<i32> = task_rows
+                .iter()
+                .filter(|row| {
+                    let lookup = |i: usize| row.get(i).and_then(|v| v.as_deref());
+                    clause.matches_with(&lookup, views) && !clause.matches_with(&lookup, &pre)
+                })
+                .map(|row| row[0].as_deref().unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(
+                got, expected,
+                "{sql}: move-in of {value:?}: {move_sql} {params:?}"
+            );
+            bringing_rows += usize::from(!got.is_empty());
+        }
+    }
+    bringing_rows
 }

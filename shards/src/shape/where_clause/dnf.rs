@@ -15,6 +15,7 @@ use md5::{Digest, Md5};
 use super::error::WhereError;
 use super::eval::{evaluate, Row};
 use super::expr::Expr;
+use super::types::Type;
 use super::value::Value;
 use super::{Views, WhereColumn};
 
@@ -90,6 +91,16 @@ fn bound(positions: usize) -> Result<(), WhereError> {
         )));
     }
     Ok(())
+}
+
+/// `AND`/`OR` of `items`, or the item itself when there is one (no
+/// redundant parentheses in the SQL).
+fn junction(and: bool, mut items: Vec<Expr>) -> Expr {
+    match items.len() {
+        1 => items.pop().unwrap_or(Expr::And(Vec::new())),
+        _ if and => Expr::And(items),
+        _ => Expr::Or(items),
+    }
 }
 
 /// Electric's value hash: md5 of the stack id, the outer shape's handle
@@ -278,6 +289,61 @@ impl DnfPlan {
                 holds != p.negated
             })
             .collect()
+    }
+
+    /// The where of a move-in query for subquery `trigger` (Electric's
+    /// `move_in_where_clause`), as a tree over the positions' leaves:
+    /// `candidate AND NOT exclusion`. The candidate is the OR of the
+    /// disjuncts testing `trigger`, each the AND of its positions, the
+    /// triggering one positive whatever its polarity (the caller binds it
+    /// to the moved values only); the exclusion is the OR of the other
+    /// disjuncts (rows already in the shape through them), NULL counting
+    /// as not in. None when no position tests `trigger`.
+    pub(crate) fn move_in_tree(&self, trigger: usize) -> Option<Expr> {
+        let conjunction = |disjunct: &[usize]| {
+            junction(
+                true,
+                disjunct
+                    .iter()
+                    .map(|&p| {
+                        let position = &self.positions[p];
+                        let triggering = self.subquery_at(p) == Some(trigger);
+                        if position.negated && !triggering {
+                            Expr::Not(Box::new(position.leaf.clone()))
+                        } else {
+                            position.leaf.clone()
+                        }
+                    })
+                    .collect(),
+            )
+        };
+        let (candidates, others): (Vec<&Vec<usize>>, Vec<&Vec<usize>>) = self
+            .disjuncts
+            .iter()
+            .partition(|d| d.iter().any(|&p| self.subquery_at(p) == Some(trigger)));
+        if candidates.is_empty() {
+            return None;
+        }
+        let candidate = junction(false, candidates.iter().map(|d| conjunction(d)).collect());
+        if others.is_empty() {
+            return Some(candidate);
+        }
+        let exclusion = junction(false, others.iter().map(|d| conjunction(d)).collect());
+        // "Not already in the shape" is "the other disjuncts were not
+        // true": a NULL exclusion must not drop the row (Electric writes a
+        // bare NOT, which loses such rows).
+        let not_excluded = Expr::Not(Box::new(Expr::Coalesce {
+            args: vec![
+                exclusion,
+                Expr::Const {
+                    value: Value::Bool(false),
+                    ty: Type::BOOL,
+                    param: None,
+                },
+            ],
+            ty: Type::BOOL,
+        }));
+        Some(Expr::And(vec![candidate, not_excluded]))
     }
 
     /// Whether some disjunct has all its positions active (Electric's

@@ -57,7 +57,11 @@
 //! that is not columns, mismatched types, inner targets that are not plain
 //! columns, anything but one table, any other clause. A clause with
 //! subqueries also has Electric's DNF layout ([`DnfPlan`]): the `tags`,
-//! `active_conditions` and move patterns its rows carry. One deviation: a row
+//! `active_conditions` and move patterns its rows carry, and the where of
+//! a move-in query ([`WhereClause::move_in_where`]: candidate disjuncts
+//! with the moved values, minus rows already in through another disjunct;
+//! a NULL there does not count as in, where Electric's bare `NOT` drops
+//! the row). One deviation: a row
 //! pairs with the selected columns in the order written, as Postgres
 //! does (Electric sorts the inner columns by name).
 //!
@@ -426,6 +430,44 @@ impl WhereClause {
                     .map(|hash| (p, hash))
             })
             .collect()
+    }
+
+    /// The where of a move-in query after subquery `trigger` gained the
+    /// values in `moved` (Electric's `move_in_where_clause`): rows the
+    /// moved values bring in, through a disjunct that tests `trigger`, and
+    /// not already in the shape through another disjunct. `pre` holds the
+    /// other subqueries' views as they were before the move; every value
+    /// set is bound as an array after the clause's own parameters. None
+    /// without subqueries or when no position tests `trigger`.
+    pub fn move_in_where<'v>(
+        &self,
+        trigger: usize,
+        moved: &'v SubqueryView,
+        pre: &Views<'v>,
+    ) -> Option<(String, Vec<String>)> {
+        let dnf = self.dnf.as_ref()?;
+        let tree = dnf.move_in_tree(trigger)?;
+        let (_, subqueries) = self.placeholders.as_deref()?;
+        let views: Vec<Option<&SubqueryView>> = (0..subqueries.len())
+            .map(|i| {
+                if i == trigger {
+                    Some(moved)
+                } else {
+                    pre.get(i).copied().flatten()
+                }
+            })
+            .collect();
+        let (sql, extra) = render::render_with_values(
+            &tree,
+            &self.columns,
+            subqueries,
+            self.earlier_params,
+            self.param_values.len(),
+            &views,
+        );
+        let mut params = self.param_values.clone();
+        params.extend(extra);
+        Some((sql, params))
     }
 
     /// An empty view for subquery `index`, typed as its selected columns.

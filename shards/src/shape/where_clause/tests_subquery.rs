@@ -525,3 +525,38 @@ fn where_clause_subquery_dnf_is_bounded() {
     let plain = WhereClause::parse(&arms.join(" AND "), &tasks(), &BTreeMap::new());
     assert!(plain.is_ok());
 }
+
+#[test]
+fn where_clause_subquery_move_in_where_is_candidate_and_not_exclusion() {
+    let clause = parse(
+        "owner = $1 OR (project_id IN (SELECT project_id FROM members WHERE user_id = $2) AND NOT (id IN (SELECT id FROM projects)))",
+        &["a", "7"],
+    );
+    let mut moved = clause.new_view(0).expect("a view");
+    moved.add(&[Some("2")]);
+    let mut projects = clause.new_view(1).expect("a view");
+    projects.add(&[Some("5")]);
+    let (sql, bound) = clause
+        .move_in_where(0, &moved, &[None, Some(&projects)])
+        .expect("a move-in where");
+    // The moved values only for the trigger, the pre-move view for the
+    // other subquery (negated as written), the other disjunct excluded
+    // unless it was true (NULL: the row was not in through it).
+    assert_eq!(
+        sql,
+        "(((\"project_id\" = ANY ($3::int4[])) AND (NOT (\"id\" = ANY ($4::int4[])))) AND (NOT COALESCE((\"owner\" = $1::text COLLATE \"C\"), 'f'::bool)))"
+    );
+    assert_eq!(bound, ["a", "7", "{\"2\"}", "{\"5\"}"]);
+    // A NOT IN trigger (a value left the set) selects rows with the value,
+    // its negation dropped.
+    let negated = parse("project_id NOT IN (SELECT project_id FROM members)", &[]);
+    let (sql, _) = negated
+        .move_in_where(0, &moved, &[])
+        .expect("a move-in where");
+    assert_eq!(sql, "(\"project_id\" = ANY ($1::int4[]))");
+    // No position tests a subquery that is not there.
+    assert!(negated.move_in_where(1, &moved, &[]).is_none());
+    assert!(parse("owner = 'a'", &[])
+        .move_in_where(0, &moved, &[])
+        .is_none());
+}
