@@ -128,6 +128,7 @@ impl Converter<'_> {
                                 old_value: None,
                                 key_change: KeyChange::None,
                                 op,
+                                tagging: None,
                             },
                         )
                     }
@@ -142,6 +143,7 @@ impl Converter<'_> {
                             old_value: Some((old, &changed)),
                             key_change: KeyChange::None,
                             op,
+                            tagging: None,
                         },
                     ),
                 };
@@ -170,6 +172,7 @@ impl Converter<'_> {
                 old_value: None,
                 key_change,
                 op,
+                tagging: None,
             },
         )
     }
@@ -205,6 +208,7 @@ impl Converter<'_> {
                 old_value: None,
                 key_change,
                 op,
+                tagging: None,
             },
         )
     }
