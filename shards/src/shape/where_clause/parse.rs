@@ -3,7 +3,9 @@
 //! sqlparser's `Parser` so that precedence, accepted syntax, node positions
 //! and syntax-error text follow Postgres, which Electric reports verbatim.
 
-use super::ast::{BoolTestKind, Node, NodeKind, SubSelect, Sublink, SublinkKind, TypeName};
+use super::ast::{
+    BoolTestKind, Node, NodeKind, SubSelect, Sublink, SublinkKind, TypeName, SUBLINK_EXTRA_DEPTH,
+};
 use super::error::{WhereError, WRAPPER_PREFIX_CHARS};
 use super::lexer::{syntax_error_at, tokenize, Tok, TokenKind};
 
@@ -671,7 +673,15 @@ impl<'a> Parser<'a> {
         loc: usize,
     ) -> Result<Node, WhereError> {
         self.has_subquery = true;
-        let select = self.parse_subselect()?;
+        // A statement costs more stack than an operator: it counts for
+        // several levels here as its node does (`SUBLINK_EXTRA_DEPTH`).
+        self.recursion += SUBLINK_EXTRA_DEPTH;
+        if self.recursion > MAX_DEPTH {
+            return Err(WhereError::at(loc, "stack depth limit exceeded"));
+        }
+        let select = self.parse_subselect();
+        self.recursion -= SUBLINK_EXTRA_DEPTH;
+        let select = select?;
         self.node(
             NodeKind::Sublink(Box::new(Sublink { kind, lhs, select })),
             loc,
@@ -688,8 +698,17 @@ impl<'a> Parser<'a> {
         let single_table = || WhereError::plain("Expected a single table reference");
         let clauses = || WhereError::plain("SELECT statement must not contain any clauses");
         if self.eat(&TokenKind::LeftParen) {
-            // `((SELECT ..))`: the same statement.
-            let inner = self.parse_subselect()?;
+            // `((SELECT ..))`: the same statement, each parenthesis a level.
+            self.recursion += 1;
+            if self.recursion > MAX_DEPTH {
+                return Err(WhereError::at(
+                    self.peek().start,
+                    "stack depth limit exceeded",
+                ));
+            }
+            let inner = self.parse_subselect();
+            self.recursion -= 1;
+            let inner = inner?;
             if self.eat(&TokenKind::RightParen) {
                 return Ok(inner);
             }

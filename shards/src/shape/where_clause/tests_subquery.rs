@@ -560,3 +560,65 @@ fn where_clause_subquery_move_in_where_is_candidate_and_not_exclusion() {
         .move_in_where(0, &moved, &[])
         .is_none());
 }
+
+#[test]
+fn where_clause_subquery_deepest_nesting_fits_half_a_stack() {
+    let nested = |d: usize| {
+        format!(
+            "project_id IN {}(SELECT project_id FROM members){}",
+            "(SELECT project_id FROM members WHERE project_id IN ".repeat(d),
+            ")".repeat(d)
+        )
+    };
+    let parses = |sql: &str| {
+        WhereClause::parse_with_tables(sql, &tasks(), &BTreeMap::new(), &catalog).is_ok()
+    };
+    let deepest = (1..=super::parse::MAX_DEPTH)
+        .rev()
+        .find(|d| parses(&nested(*d)))
+        .expect("some depth parses");
+    // Each level counts for several operators (it costs several frames).
+    assert!(
+        (10..=20).contains(&deepest),
+        "{deepest} levels of subqueries accepted"
+    );
+    let too_deep =
+        WhereClause::parse_with_tables(&nested(deepest + 1), &tasks(), &BTreeMap::new(), &catalog);
+    assert!(too_deep.is_err_and(|e| e.message.contains("stack depth limit exceeded")));
+    // Far too deep is refused while parsing, within the same stack, also
+    // as parentheses around one statement.
+    let far = nested(500);
+    let parenthesised = format!(
+        "project_id IN ({}SELECT project_id FROM members{})",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
+    assert!(super::identity(&parenthesised).is_none());
+    let refused = std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || {
+            WhereClause::parse_with_tables(&far, &tasks(), &BTreeMap::new(), &catalog).is_err()
+                && super::identity(&far).is_none()
+        })
+        .ok()
+        .and_then(|handle| handle.join().ok());
+    assert_eq!(refused, Some(true));
+    let sql = nested(deepest);
+    let survived = std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || {
+            let clause =
+                WhereClause::parse_with_tables(&sql, &tasks(), &BTreeMap::new(), &catalog).ok()?;
+            let mut view = clause.new_view(0)?;
+            view.add(&[Some("1")]);
+            let _ = clause.matches_with(&|_| Some("1"), &[Some(&view)]);
+            let _ = clause.tags(&|_| Some("1"), &SALT);
+            let _ = clause.move_in_where(0, &view, &[]);
+            let _ = super::identity(&sql);
+            Some(clause.to_sql().0.len() + clause.canonical().len())
+        })
+        .ok()
+        .and_then(|handle| handle.join().ok())
+        .flatten();
+    assert!(survived.is_some(), "at depth {deepest}");
+}
