@@ -96,8 +96,9 @@
 //! one common type; dates compare with timestamps through the cross-type
 //! operators. A row on which Postgres would raise an error does not match.
 //!
-//! Nesting (parentheses, operators, function calls) is bounded at 64
-//! levels (`stack depth limit exceeded`), which keeps typing, evaluation
+//! Nesting (parentheses, operators, function calls; a subquery counts
+//! for four levels, about 15 subqueries deep) is bounded at 64 levels
+//! (`stack depth limit exceeded`), which keeps typing, evaluation
 //! and rendering within half a default thread stack even unoptimised; `AND`,
 //! `OR` and `IN` lists are flat and unbounded.
 //!
