@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use postgres::types::Type;
 use postgres::SimpleQueryMessage;
 use shards::shape::definition::TableName;
-use shards::shape::where_clause::{Membership, SubqueryView, WhereClause, WhereColumn};
+use shards::shape::where_clause::{SubqueryView, WhereClause, WhereColumn};
 
 use crate::harness::database;
 
@@ -198,8 +198,8 @@ fn subquery_sql_agrees_with_evaluation_against_views() {
     assert!(move_ins >= 5, "only {move_ins} move-ins brought rows in");
 }
 
-/// For each positive subquery position: the move-in query after one of its
-/// values arrives (taken out of the view first, as before the move) selects
+/// For each single-column subquery: the move-in query after one of its
+/// values arrives (positive positions) or leaves (negated ones) selects
 /// exactly the rows the move brings into the shape by our evaluation.
 fn move_ins_agree(
     client: &mut postgres::Client,
@@ -214,9 +214,7 @@ fn move_ins_agree(
     let mut bringing_rows = 0;
     for trigger in 0..views.len() {
         let positions = dnf.positions_of(trigger);
-        if positions.iter().any(|&p| dnf.is_negated(p)) {
-            continue;
-        }
+        let negated = positions.iter().any(|&p| dnf.is_negated(p));
         let Some(full) = views[trigger] else {
             continue;
         };
@@ -224,26 +222,40 @@ fn move_ins_agree(
         if columns.len() != 1 {
             continue;
         }
-        // NULL brings no row in through a positive position.
-        for text in columns[0].iter().flatten() {
-            let value = Some(*text);
-            let mut before = full.clone();
-            while before.contains_text(&[value]) == Membership::In {
-                before.remove(&[value]);
+        // A positive position: each value arrives (NULL brings no row in).
+        // A negated one: each value, NULL included, leaves.
+        for &value in &columns[0] {
+            if value.is_none() && !negated {
+                continue;
+            }
+            // The view without any row of the value.
+            let mut without = full.clone();
+            if let Some(key) = without.key_of(&[value]) {
+                while without.holds(&key) {
+                    without.remove(&[value]);
+                }
             }
             let mut moved = clause.new_view(trigger).unwrap();
             moved.add(&[value]);
+            // Before and after the move, for the trigger.
+            let (before, after) = if negated {
+                (full, &without)
+            } else {
+                (&without, full)
+            };
             let mut pre: Vec<Option<&SubqueryView>> = views.to_vec();
-            pre[trigger] = Some(&before);
+            pre[trigger] = Some(before);
+            let mut post: Vec<Option<&SubqueryView>> = views.to_vec();
+            post[trigger] = Some(after);
             let (move_sql, params) = clause
-                .move_in_where(trigger, &moved, &pre)
+                .move_in_where(trigger, &moved, after, &pre)
                 .expect("a move-in where");
             let got = selected(client, &move_sql, &params);
             let expected: Vec<i32> = task_rows
                 .iter()
                 .filter(|row| {
                     let lookup = |i: usize| row.get(i).and_then(|v| v.as_deref());
-                    clause.matches_with(&lookup, views) && !clause.matches_with(&lookup, &pre)
+                    clause.matches_with(&lookup, &post) && !clause.matches_with(&lookup, &pre)
                 })
                 .map(|row| row[0].as_deref().unwrap().parse().unwrap())
                 .collect();

@@ -299,7 +299,26 @@ impl DnfPlan {
     /// to the moved values only); the exclusion is the OR of the other
     /// disjuncts (rows already in the shape through them), NULL counting
     /// as not in. None when no position tests `trigger`.
-    pub(crate) fn move_in_tree(&self, trigger: usize) -> Option<Expr> {
+    ///
+    /// A negated triggering position (a value left a `NOT IN` set) also
+    /// requires `NOT (lhs IN after)`, `after` being subquery index
+    /// `after_index` bound to the post-move view: when a NULL stays in the
+    /// set, `NOT IN` is unknown and the rows do not enter (Electric's query
+    /// takes them).
+    ///
+    /// When a NULL left a `NOT IN` set (`null_moved`), every row that the
+    /// set after the move does not hold may enter (the NULL made them all
+    /// unknown), so the moved values do not restrict the candidate; when
+    /// the set became empty (`after_empty`), rows whose (single) tested
+    /// column is NULL enter too (`NULL NOT IN ()` holds). Electric's query
+    /// misses both.
+    pub(crate) fn move_in_tree(
+        &self,
+        trigger: usize,
+        after_index: usize,
+        null_moved: bool,
+        after_empty: bool,
+    ) -> Option<Expr> {
         let conjunction = |disjunct: &[usize]| {
             junction(
                 true,
@@ -308,10 +327,30 @@ impl DnfPlan {
                     .map(|&p| {
                         let position = &self.positions[p];
                         let triggering = self.subquery_at(p) == Some(trigger);
-                        if position.negated && !triggering {
-                            Expr::Not(Box::new(position.leaf.clone()))
-                        } else {
-                            position.leaf.clone()
+                        match (position.negated, triggering, &position.leaf) {
+                            (true, false, leaf) => Expr::Not(Box::new(leaf.clone())),
+                            (true, true, Expr::Sublink { lhs, .. }) => {
+                                let not_after = Expr::Not(Box::new(Expr::Sublink {
+                                    lhs: lhs.clone(),
+                                    subquery: after_index,
+                                }));
+                                let moved_values = match (after_empty, lhs.as_slice()) {
+                                    (true, [column]) => Expr::Or(vec![
+                                        position.leaf.clone(),
+                                        Expr::IsNull {
+                                            arg: Box::new(column.clone()),
+                                            negated: false,
+                                        },
+                                    ]),
+                                    _ => position.leaf.clone(),
+                                };
+                                if null_moved {
+                                    not_after
+                                } else {
+                                    Expr::And(vec![moved_values, not_after])
+                                }
+                            }
+                            (_, _, leaf) => leaf.clone(),
                         }
                     })
                     .collect(),

@@ -60,8 +60,10 @@
 //! `active_conditions` and move patterns its rows carry, and the where of
 //! a move-in query ([`WhereClause::move_in_where`]: candidate disjuncts
 //! with the moved values, minus rows already in through another disjunct;
-//! a NULL there does not count as in, where Electric's bare `NOT` drops
-//! the row). One deviation: a row
+//! NULLs as SQL has them where Electric's query gains or loses rows: a
+//! NULL exclusion does not count as in, a `NOT IN` move-in checks the set
+//! after the move, and a NULL leaving it, or the set emptying, brings in
+//! the rows that now pass). One deviation: a row
 //! pairs with the selected columns in the order written, as Postgres
 //! does (Electric sorts the inner columns by name).
 //!
@@ -433,26 +435,35 @@ impl WhereClause {
             .collect()
     }
 
-    /// The where of a move-in query after subquery `trigger` gained the
+    /// The where of a move-in query after subquery `trigger` moved the
     /// values in `moved` (Electric's `move_in_where_clause`): rows the
     /// moved values bring in, through a disjunct that tests `trigger`, and
-    /// not already in the shape through another disjunct. `pre` holds the
-    /// other subqueries' views as they were before the move; every value
-    /// set is bound as an array after the clause's own parameters. None
-    /// without subqueries or when no position tests `trigger`.
+    /// not already in the shape through another disjunct. `after` is
+    /// `trigger`'s view after the move (a `NOT IN` position needs it: a
+    /// NULL left in the set keeps rows out), `pre` the other subqueries'
+    /// views as they were before it; every value set is bound as an array
+    /// after the clause's own parameters. None without subqueries or when
+    /// no position tests `trigger`.
     pub fn move_in_where<'v>(
         &self,
         trigger: usize,
         moved: &'v SubqueryView,
+        after: &'v SubqueryView,
         pre: &Views<'v>,
     ) -> Option<(String, Vec<String>)> {
         let dnf = self.dnf.as_ref()?;
-        let tree = dnf.move_in_tree(trigger)?;
         let (_, subqueries) = self.placeholders.as_deref()?;
-        let views: Vec<Option<&SubqueryView>> = (0..subqueries.len())
+        // `after` is bound as one more subquery, a copy of the trigger.
+        let after_index = subqueries.len();
+        let tree = dnf.move_in_tree(trigger, after_index, moved.has_null(), after.is_empty())?;
+        let mut with_after = subqueries.clone();
+        with_after.push(subqueries.get(trigger)?.clone());
+        let views: Vec<Option<&SubqueryView>> = (0..=after_index)
             .map(|i| {
                 if i == trigger {
                     Some(moved)
+                } else if i == after_index {
+                    Some(after)
                 } else {
                     pre.get(i).copied().flatten()
                 }
@@ -461,7 +472,7 @@ impl WhereClause {
         let (sql, extra) = render::render_with_values(
             &tree,
             &self.columns,
-            subqueries,
+            &with_after,
             self.earlier_params,
             self.param_values.len(),
             &views,

@@ -152,6 +152,11 @@ impl SubqueryView {
         self.entries.is_empty()
     }
 
+    /// Whether some value has a NULL (which makes `NOT IN` unknown).
+    pub fn has_null(&self) -> bool {
+        self.with_null > 0
+    }
+
     /// Values per column, in Postgres text; None when a text does not
     /// parse as its column's type (it cannot come from that column).
     fn tuple_of_text(&self, text: &[Option<&str>]) -> Option<Tuple> {

@@ -537,7 +537,7 @@ fn where_clause_subquery_move_in_where_is_candidate_and_not_exclusion() {
     let mut projects = clause.new_view(1).expect("a view");
     projects.add(&[Some("5")]);
     let (sql, bound) = clause
-        .move_in_where(0, &moved, &[None, Some(&projects)])
+        .move_in_where(0, &moved, &moved, &[None, Some(&projects)])
         .expect("a move-in where");
     // The moved values only for the trigger, the pre-move view for the
     // other subquery (negated as written), the other disjunct excluded
@@ -547,17 +547,24 @@ fn where_clause_subquery_move_in_where_is_candidate_and_not_exclusion() {
         "(((\"project_id\" = ANY ($3::int4[])) AND (NOT (\"id\" = ANY ($4::int4[])))) AND (NOT COALESCE((\"owner\" = $1::text COLLATE \"C\"), 'f'::bool)))"
     );
     assert_eq!(bound, ["a", "7", "{\"2\"}", "{\"5\"}"]);
-    // A NOT IN trigger (a value left the set) selects rows with the value,
-    // its negation dropped.
+    // A NOT IN trigger (a value left the set) selects rows with the value
+    // that the set after the move does not hold (a NULL left in it keeps
+    // them out).
     let negated = parse("project_id NOT IN (SELECT project_id FROM members)", &[]);
-    let (sql, _) = negated
-        .move_in_where(0, &moved, &[])
+    let mut after = negated.new_view(0).expect("a view");
+    after.add(&[None]);
+    let (sql, bound) = negated
+        .move_in_where(0, &moved, &after, &[])
         .expect("a move-in where");
-    assert_eq!(sql, "(\"project_id\" = ANY ($1::int4[]))");
+    assert_eq!(
+        sql,
+        "((\"project_id\" = ANY ($1::int4[])) AND (NOT (\"project_id\" = ANY ($2::int4[]))))"
+    );
+    assert_eq!(bound, ["{\"2\"}", "{NULL}"]);
     // No position tests a subquery that is not there.
-    assert!(negated.move_in_where(1, &moved, &[]).is_none());
+    assert!(negated.move_in_where(1, &moved, &after, &[]).is_none());
     assert!(parse("owner = 'a'", &[])
-        .move_in_where(0, &moved, &[])
+        .move_in_where(0, &moved, &after, &[])
         .is_none());
 }
 
@@ -613,7 +620,7 @@ fn where_clause_subquery_deepest_nesting_fits_half_a_stack() {
             view.add(&[Some("1")]);
             let _ = clause.matches_with(&|_| Some("1"), &[Some(&view)]);
             let _ = clause.tags(&|_| Some("1"), &SALT);
-            let _ = clause.move_in_where(0, &view, &[]);
+            let _ = clause.move_in_where(0, &view, &view, &[]);
             let _ = super::identity(&sql);
             Some(clause.to_sql().0.len() + clause.canonical().len())
         })
