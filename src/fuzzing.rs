@@ -12,7 +12,7 @@ use bytes::Bytes;
 use shards::shape::definition::{ShapeHandle, TableName};
 use shards::shape::encode::{self, Layout};
 use shards::shape::offset::LogOffset;
-use shards::shape::where_clause::{identity, WhereClause, WhereColumn};
+use shards::shape::where_clause::{identity, TagSalt, WhereClause, WhereColumn};
 
 use crate::http::shape::request::{self, Query, RequestKind};
 
@@ -81,7 +81,11 @@ pub fn where_clause(data: &[u8]) {
         .map(|(n, v)| (n + 1, v.clone()))
         .collect();
     let shape_identity = identity(sql);
-    if let Ok(clause) = WhereClause::parse(sql, &columns, &params) {
+    // Subqueries may read `public.t`, which has the same columns.
+    let tables =
+        |table: &TableName| (table.schema == "public" && table.name == "t").then(where_columns);
+    let _ = WhereClause::subquery_tables(sql);
+    if let Ok(clause) = WhereClause::parse_with_tables(sql, &columns, &params, &tables) {
         assert!(
             shape_identity.is_some(),
             "a clause that types must have an identity: {sql:?}"
@@ -90,6 +94,31 @@ pub fn where_clause(data: &[u8]) {
         let _ = clause.matches(&value);
         let _ = clause.to_sql();
         let _ = clause.index_key();
+        // Each subquery against a view holding the row's leading values.
+        let mut views = Vec::new();
+        for (index, dependency) in clause.dependencies().iter().enumerate() {
+            let mut view = clause.new_view(index).expect("a view per dependency");
+            let texts: Vec<Option<&str>> = (0..dependency.columns.len()).map(&value).collect();
+            view.add(&texts);
+            let _ = view.contains_text(&texts);
+            views.push(view);
+        }
+        let views: Vec<_> = views.iter().map(Some).collect();
+        let _ = clause.matches_with(&value, &views);
+        let _ = clause.to_sql_with_values(&views);
+        let salt = TagSalt {
+            stack_id: "single_stack",
+            handle: "1-2",
+        };
+        let tags = clause.tags(&value, &salt);
+        let active = clause.active_conditions(&value, &views);
+        if let Some(dnf) = clause.dnf() {
+            assert_eq!(tags.len(), dnf.disjuncts().len());
+            assert_eq!(active.len(), dnf.position_count());
+            for index in 0..clause.dependencies().len() {
+                let _ = clause.move_patterns(index, &[value(0), value(1)], &salt);
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use shards::shape::definition::{LogMode, ShapeDefinition, ShapeHandle};
 use shards::shape::encode::PgSnapshot;
 use shards::shape::registry::{Shape, ShapeSpec};
 use shards::shape::schema::TableSchema;
+use shards::shape::where_clause::WhereClause;
 
 use super::catalog::{self, TableInfo};
 use super::filter;
@@ -41,6 +42,24 @@ pub async fn create(
                 ),
             )])
         })?;
+    if let Some(sql) = definition
+        .where_sql
+        .as_deref()
+        .filter(|sql| WhereClause::has_subquery(sql))
+    {
+        // Validated in full (Electric's 400s for what it refuses), then
+        // refused: until dependency shapes and moves are wired, a subquery
+        // shape would be served wrong as soon as its subquery's result
+        // changed. The refusal is Electric's own when subqueries are off.
+        let tables = filter::subquery_tables(&mut conn, sql)
+            .await
+            .map_err(|e| db_error(&e))?;
+        filter::compile_with_tables(sql, &info, &definition.params, &tables)?;
+        return Err(ShapeReply::invalid(&[(
+            "where",
+            "Subqueries are not supported".to_string(),
+        )]));
+    }
     let handle = ShapeHandle::new(definition.hash(), service.next_handle_micros());
     let (spec, snapshot_sql) = build_spec(handle, definition, info)?;
     publication::add_table(

@@ -3,11 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use shards::shape::definition::TableName;
 use shards::shape::registry::RowFilter;
 use shards::shape::where_clause::{WhereClause, WhereColumn};
 
-use super::catalog::TableInfo;
+use super::catalog::{self, TableInfo};
 use crate::http::shape::reply::ShapeReply;
+use crate::pg::conn::Connection;
+use crate::pg::error::PgError;
 
 #[derive(Clone, Debug)]
 pub struct Filter(WhereClause);
@@ -19,8 +22,26 @@ pub fn compile(
     info: &TableInfo,
     params: &BTreeMap<usize, String>,
 ) -> Result<Filter, ShapeReply> {
-    let columns: Vec<WhereColumn> = info
-        .schema
+    compile_with_tables(sql, info, params, &BTreeMap::new())
+}
+
+/// As [`compile`], with the tables the clause's subqueries read
+/// (`subquery_tables`; an absent one does not exist).
+pub fn compile_with_tables(
+    sql: &str,
+    info: &TableInfo,
+    params: &BTreeMap<usize, String>,
+    tables: &BTreeMap<TableName, TableInfo>,
+) -> Result<Filter, ShapeReply> {
+    let lookup = |table: &TableName| tables.get(table).map(where_columns);
+    WhereClause::parse_with_tables(sql, &where_columns(info), params, &lookup)
+        .map(Filter)
+        .map_err(|e| ShapeReply::invalid(&[(e.field.as_str(), e.message)]))
+}
+
+/// The table's columns as a where clause may reference them.
+pub fn where_columns(info: &TableInfo) -> Vec<WhereColumn> {
+    info.schema
         .columns
         .iter()
         .zip(&info.is_enum)
@@ -30,10 +51,22 @@ pub fn compile(
             dims: c.dims,
             is_enum,
         })
-        .collect();
-    WhereClause::parse(sql, &columns, params)
-        .map(Filter)
-        .map_err(|e| ShapeReply::invalid(&[(e.field.as_str(), e.message)]))
+        .collect()
+}
+
+/// The tables a where clause's subqueries read, from the catalog (those
+/// that exist); none for a clause without subqueries.
+pub async fn subquery_tables(
+    conn: &mut Connection,
+    sql: &str,
+) -> Result<BTreeMap<TableName, TableInfo>, PgError> {
+    let mut tables = BTreeMap::new();
+    for table in WhereClause::subquery_tables(sql) {
+        if let Some(info) = catalog::load_table(conn, &table).await? {
+            tables.insert(table, info);
+        }
+    }
+    Ok(tables)
 }
 
 impl Filter {

@@ -109,6 +109,13 @@ fn subset_query(
         params = values;
     }
     if let Some(where_sql) = &subset.where_sql {
+        if WhereClause::has_subquery(where_sql) {
+            // Electric's `assert_no_subqueries`: a subset is one query.
+            return Err(ShapeReply::invalid_subset(
+                "where",
+                "Subqueries are not allowed in subsets",
+            ));
+        }
         // Columns outside the allow-list are unknown to the subset's where.
         let columns: Vec<WhereColumn> = schema
             .columns

@@ -39,5 +39,6 @@ mod shape_sse;
 mod shape_subset;
 mod shape_unload;
 mod standby;
+mod subquery_sql;
 mod torn_write;
 mod where_differential;

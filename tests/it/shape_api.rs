@@ -337,8 +337,25 @@ fn every_bad_request_gets_electrics_status_and_body() {
             "Parameters must be numbered sequentially, starting from 1",
         ),
         ("where=title", "where", "WHERE clause must return a boolean"),
+        // Subqueries: Electric's refusals, with the inner table read from
+        // the catalog; a valid one is still refused (not served yet).
         (
             "where=(SELECT%201)%20%3D%201",
+            "where",
+            "At location 23: Expected a plain column reference",
+        ),
+        (
+            "where=id%20IN%20(SELECT%20a%20FROM%20nope)",
+            "table",
+            "Table \"public\".\"nope\" does not exist. If the table name contains capitals or special characters you must quote it.",
+        ),
+        (
+            "where=id%20IN%20(SELECT%20note%20FROM%20pairs)",
+            "where",
+            "At location 3: left side of `IN (SELECT ...)` has type int4 but subquery returns text[]",
+        ),
+        (
+            "where=id%20IN%20(SELECT%20a%20FROM%20pairs%20WHERE%20note%20%3D%20%241)&params%5B1%5D=x",
             "where",
             "Subqueries are not supported",
         ),

@@ -151,6 +151,11 @@ fn subset_snapshots_over_get_and_post() {
             "subset__where=id%20%3D%20%241&subset__params=%7B%222%22%3A%221%22%7D",
             r#"{"message":"Invalid request","errors":{"subset":{"params":["Parameters must be numbered sequentially, starting from 1"]}}}"#,
         ),
+        // A subset is one query: Electric refuses subqueries in it.
+        (
+            "subset__where=id%20IN%20(SELECT%20id%20FROM%20items)",
+            r#"{"message":"Invalid request","errors":{"subset":{"where":["Subqueries are not allowed in subsets"]}}}"#,
+        ),
     ];
     for (query, expected) in cases {
         let reply = server.get(&format!("{shape}&offset=-1&{query}"));

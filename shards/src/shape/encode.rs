@@ -96,6 +96,101 @@ pub fn snapshot_row(out: &mut Vec<u8>, layout: &Layout, row: &Row) {
     out.extend_from_slice(b"}}");
 }
 
+/// What a row of a shape with subqueries carries beside its value: one
+/// tag per disjunct of the where clause's DNF, the old row's tags the new
+/// one lost (updates), and per DNF position whether it holds.
+#[derive(Clone, Copy)]
+pub struct Tagging<'a> {
+    pub tags: &'a [String],
+    /// Updates only (Electric writes it whenever there are tags, so `[]`
+    /// on an update whose tags did not change).
+    pub removed_tags: Option<&'a [String]>,
+    pub active_conditions: &'a [bool],
+}
+
+fn push_strings(out: &mut Vec<u8>, items: &[String]) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::push_str(out, item);
+    }
+    out.push(b']');
+}
+
+fn push_bools(out: &mut Vec<u8>, items: &[bool]) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(if *item { b"true" } else { b"false" });
+    }
+    out.push(b']');
+}
+
+/// A snapshot or move-in row of a shape with subqueries: Electric puts
+/// `active_conditions` and `tags` first in the headers, and marks rows a
+/// move-in query returned with `is_move_in`.
+pub fn tagged_row(
+    out: &mut Vec<u8>,
+    layout: &Layout,
+    row: &Row,
+    tagging: Tagging,
+    is_move_in: bool,
+) {
+    out.extend_from_slice(b"{\"key\":");
+    json::push_str(out, &row_key(layout, row));
+    out.extend_from_slice(b",\"value\":");
+    push_value(out, layout, row, layout.selected.iter());
+    out.extend_from_slice(b",\"headers\":{\"active_conditions\":");
+    push_bools(out, tagging.active_conditions);
+    out.extend_from_slice(b",\"tags\":");
+    push_strings(out, tagging.tags);
+    out.extend_from_slice(b",\"operation\":\"insert\",");
+    push_relation(out, layout.table);
+    if is_move_in {
+        out.extend_from_slice(b",\"is_move_in\":true");
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// Which way values moved for a shape with subqueries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Move {
+    In,
+    Out,
+}
+
+/// `{"headers":{"event":"move-out","patterns":[{"pos":0,"value":"<hash>"}],
+/// "txids":[..]}}`: `patterns` are (DNF position, value hash) pairs, txids
+/// the transactions that caused the move, ascending.
+pub fn move_event(direction: Move, patterns: &[(usize, String)], txids: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + patterns.len() * 48);
+    out.extend_from_slice(match direction {
+        Move::In => b"{\"headers\":{\"event\":\"move-in\",\"patterns\":[".as_slice(),
+        Move::Out => b"{\"headers\":{\"event\":\"move-out\",\"patterns\":[".as_slice(),
+    });
+    for (i, (position, hash)) in patterns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("{{\"pos\":{position},\"value\":").as_bytes());
+        json::push_str(&mut out, hash);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"txids\":[");
+    for (i, txid) in txids.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(txid.to_string().as_bytes());
+    }
+    out.extend_from_slice(b"]}}");
+    out
+}
+
 /// A subset snapshot row: a snapshot row marked with the subset's
 /// `snapshot_mark`, which the client matches against the response metadata.
 pub fn subset_row(out: &mut Vec<u8>, layout: &Layout, row: &Row, snapshot_mark: u32) {
@@ -157,6 +252,8 @@ pub struct EntrySpec<'a, 'r> {
     pub old_value: Option<(&'a Row<'r>, &'a [usize])>,
     pub key_change: KeyChange<'a>,
     pub op: u64,
+    /// Tags for a shape with subqueries.
+    pub tagging: Option<Tagging<'a>>,
 }
 
 pub fn change(layout: &Layout, tx: TxContext, spec: EntrySpec) -> OpenEntry {
@@ -190,6 +287,16 @@ pub fn change(layout: &Layout, tx: TxContext, spec: EntrySpec) -> OpenEntry {
             out.extend_from_slice(b",\"key_change_from\":");
             json::push_str(&mut out, k);
         }
+    }
+    if let Some(tagging) = spec.tagging {
+        out.extend_from_slice(b",\"tags\":");
+        push_strings(&mut out, tagging.tags);
+        if let Some(removed) = tagging.removed_tags {
+            out.extend_from_slice(b",\"removed_tags\":");
+            push_strings(&mut out, removed);
+        }
+        out.extend_from_slice(b",\"active_conditions\":");
+        push_bools(&mut out, tagging.active_conditions);
     }
     OpenEntry {
         offset: LogOffset::change(crate::Lsn(tx.commit_lsn), spec.op),
@@ -420,6 +527,7 @@ mod tests {
                 old_value: Some((&[Some("1"), None], &[1])),
                 key_change: KeyChange::None,
                 op: 2,
+                tagging: None,
             },
         );
         let (offset, bytes) = entry.finish(true);
@@ -427,6 +535,82 @@ mod tests {
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
             r#"{"key":"\"public\".\"items\"/\"1\"","value":{"id":"1","title":"x \"y\""},"old_value":{"title":null},"headers":{"operation":"update","txids":[741],"relation":["public","items"],"lsn":"24337200","op_position":2,"last":true}}"#
+        );
+    }
+
+    #[test]
+    fn subquery_rows_and_move_events_encode_as_electric() {
+        let t = table();
+        let names = vec!["id".to_string(), "title".to_string()];
+        let layout = Layout {
+            table: &t,
+            column_names: &names,
+            selected: &[0, 1],
+            key: &[0],
+            has_primary_key: true,
+        };
+        let row = [Some("1"), Some("x")];
+        let tags = ["5bde1cb78690a878b8069a2edc4a6f18".to_string()];
+        let tagging = Tagging {
+            tags: &tags,
+            removed_tags: None,
+            active_conditions: &[true],
+        };
+        let mut out = Vec::new();
+        tagged_row(&mut out, &layout, &row, tagging, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"key":"\"public\".\"items\"/\"1\"","value":{"id":"1","title":"x"},"headers":{"active_conditions":[true],"tags":["5bde1cb78690a878b8069a2edc4a6f18"],"operation":"insert","relation":["public","items"]}}"#
+        );
+        let mut out = Vec::new();
+        tagged_row(&mut out, &layout, &row, tagging, true);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .ends_with(r#""relation":["public","items"],"is_move_in":true}}"#));
+        let key = row_key(&layout, &row);
+        let removed = ["a/1".to_string()];
+        let entry = change(
+            &layout,
+            TxContext {
+                xid: 9,
+                commit_lsn: 100,
+            },
+            EntrySpec {
+                operation: Operation::Update,
+                key: &key,
+                row: &row,
+                value_columns: &[0, 1],
+                old_value: None,
+                key_change: KeyChange::None,
+                op: 0,
+                tagging: Some(Tagging {
+                    tags: &["b/1".to_string()],
+                    removed_tags: Some(&removed),
+                    active_conditions: &[true, false],
+                }),
+            },
+        );
+        assert_eq!(
+            String::from_utf8(entry.finish(false).1).unwrap(),
+            r#"{"key":"\"public\".\"items\"/\"1\"","value":{"id":"1","title":"x"},"headers":{"operation":"update","txids":[9],"relation":["public","items"],"lsn":"100","op_position":0,"tags":["b/1"],"removed_tags":["a/1"],"active_conditions":[true,false]}}"#
+        );
+        assert_eq!(
+            String::from_utf8(move_event(
+                Move::Out,
+                &[(0, "5bde1cb78690a878b8069a2edc4a6f18".into())],
+                &[7712]
+            ))
+            .unwrap(),
+            r#"{"headers":{"event":"move-out","patterns":[{"pos":0,"value":"5bde1cb78690a878b8069a2edc4a6f18"}],"txids":[7712]}}"#
+        );
+        assert_eq!(
+            String::from_utf8(move_event(
+                Move::In,
+                &[(0, "a".into()), (2, "b".into())],
+                &[1, 2]
+            ))
+            .unwrap(),
+            r#"{"headers":{"event":"move-in","patterns":[{"pos":0,"value":"a"},{"pos":2,"value":"b"}],"txids":[1,2]}}"#
         );
     }
 

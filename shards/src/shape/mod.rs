@@ -9,6 +9,7 @@ pub mod encode;
 mod interleave_tests;
 pub mod json;
 pub mod log;
+pub mod materializer;
 pub mod offset;
 pub mod registry;
 mod relation_index;

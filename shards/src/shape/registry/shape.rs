@@ -479,6 +479,9 @@ impl Shape {
             filter: filter
                 .as_ref()
                 .map(|f| f as &dyn Fn(&[Option<&str>]) -> bool),
+            // Subquery shapes are refused at creation until their views
+            // and moves are wired (issue 17).
+            tagger: None,
         };
         let context = TxContext {
             xid: tx.xid,

@@ -2,6 +2,11 @@
 //! parse tree (so errors and positions line up with Electric's), before
 //! type checking turns it into an evaluable expression.
 
+/// How many nesting levels a subquery counts for beyond one: with the
+/// 64-level bound, about 15 subqueries deep (`tests_subquery.rs` checks the
+/// deepest accepted fits half a stack, unoptimised).
+pub(crate) const SUBLINK_EXTRA_DEPTH: usize = 3;
+
 #[derive(Clone, Debug)]
 pub(crate) struct Node {
     pub kind: NodeKind,
@@ -121,6 +126,13 @@ pub(crate) enum NodeKind {
     },
     /// `ARRAY[...]` (and nested `[...]` inside it).
     Array(Vec<Node>),
+    /// `(a, b)` or `ROW(a, b)`: allowed only on the left of `IN (SELECT ..)`.
+    Row(Vec<Node>),
+    /// A subquery (Postgres' `SubLink`), at the position Postgres gives it:
+    /// the `IN` (or the `NOT` of `NOT IN`, which is `NOT (.. IN ..)`), the
+    /// operator of `op ANY (SELECT ..)`, `EXISTS`, `ARRAY`, or the opening
+    /// parenthesis of a scalar subquery.
+    Sublink(Box<Sublink>),
     /// A construct Postgres parses but we do not support: Electric's
     /// `<Node> is not supported in this context`.
     Unsupported(&'static str),
@@ -146,9 +158,13 @@ impl Node {
                 .max()
                 .unwrap_or(0)
                 .max(arg.depth),
+            // A subquery level costs more stack than one operator (a
+            // statement parsed, a checker and its catalog per level).
+            NodeKind::Sublink(sublink) => sublink.depth() + SUBLINK_EXTRA_DEPTH,
             NodeKind::And(items)
             | NodeKind::Or(items)
             | NodeKind::Array(items)
+            | NodeKind::Row(items)
             | NodeKind::Func { args: items, .. } => {
                 items.iter().map(|n| n.depth).max().unwrap_or(0)
             }
@@ -156,4 +172,46 @@ impl Node {
         };
         Node { kind, loc, depth }
     }
+}
+
+/// What kind of subquery a `SubLink` is. Electric accepts only `IN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SublinkKind {
+    /// `lhs IN (SELECT ..)`, Postgres' `ANY_SUBLINK` without an operator.
+    In,
+    /// `EXISTS`, `op ANY/ALL (SELECT ..)`, `ARRAY(SELECT ..)`, `(SELECT ..)`.
+    Other,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Sublink {
+    pub kind: SublinkKind,
+    /// The tested expression of `IN`; None for the other kinds.
+    pub lhs: Option<Node>,
+    /// The inner statement, or the error Electric reports while taking it
+    /// apart (before anything is typed): it is only a `SELECT` of plain
+    /// columns from one table with an optional `WHERE`.
+    pub select: Result<SubSelect, super::error::WhereError>,
+}
+
+impl Sublink {
+    fn depth(&self) -> usize {
+        let lhs = self.lhs.as_ref().map_or(0, |n| n.depth);
+        let inner = match &self.select {
+            Ok(select) => select.filter.as_ref().map_or(0, |n| n.depth),
+            Err(_) => 0,
+        };
+        lhs.max(inner)
+    }
+}
+
+/// `SELECT c[, c2] FROM [schema.]table [WHERE filter]`.
+#[derive(Clone, Debug)]
+pub(crate) struct SubSelect {
+    /// The selected column names (folded as identifiers), in written order.
+    pub columns: Vec<String>,
+    /// The schema as written, if any (`public` when absent, as Electric).
+    pub schema: Option<String>,
+    pub table: String,
+    pub filter: Option<Node>,
 }

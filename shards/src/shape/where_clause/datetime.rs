@@ -101,7 +101,7 @@ pub(crate) struct Interval {
 impl Interval {
     /// Postgres orders intervals by this span (`interval_cmp_value`), which
     /// counts a month as 30 days and a day as 24 hours: `'1 month' = '30 days'`.
-    fn span(&self) -> i128 {
+    pub(crate) fn span(&self) -> i128 {
         (i128::from(self.months) * 30 + i128::from(self.days)) * i128::from(USECS_PER_DAY)
             + i128::from(self.micros)
     }

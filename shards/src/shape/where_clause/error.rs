@@ -11,6 +11,10 @@ pub enum WhereErrorField {
     Where,
     /// Electric reports badly numbered parameters under `params`.
     Params,
+    /// A subquery's table does not exist.
+    Table,
+    /// A subquery selects columns its table lacks.
+    Columns,
 }
 
 impl WhereErrorField {
@@ -18,6 +22,8 @@ impl WhereErrorField {
         match self {
             WhereErrorField::Where => "where",
             WhereErrorField::Params => "params",
+            WhereErrorField::Table => "table",
+            WhereErrorField::Columns => "columns",
         }
     }
 }
@@ -31,7 +37,7 @@ pub struct WhereError {
 /// Electric parses `SELECT 1 WHERE <where>` and reports a syntax error at
 /// libpg_query's `cursorpos` (1-based, in characters, counted from the
 /// start of that wrapped statement) minus one.
-const WRAPPER_PREFIX_CHARS: usize = "SELECT 1 WHERE ".len();
+pub(crate) const WRAPPER_PREFIX_CHARS: usize = "SELECT 1 WHERE ".len();
 
 pub(crate) fn syntax_error_location(text: &str, byte_offset: usize) -> usize {
     let prefix = text.get(..byte_offset).unwrap_or(text);

@@ -11,8 +11,10 @@ use super::array::{ArrayValue, Dim, MAX_DIMENSIONS};
 use super::datetime::{self, Interval};
 use super::expr::{Expr, Func, FuncKind};
 use super::numeric::{self, Numeric};
+use super::subquery::Membership;
 use super::types::{Scalar, Type};
 use super::value::{cast_value, compare_values, int_range, parse_value, values_equal, Value};
+use super::Views;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct EvalError;
@@ -28,13 +30,23 @@ fn ok<T>(value: Option<T>) -> Result<T> {
 pub(crate) struct Row<'a, 'r> {
     lookup: &'a dyn Fn(usize) -> Option<&'r str>,
     parsed: RefCell<Vec<(usize, Value)>>,
+    /// The subqueries' current values.
+    views: &'a Views<'a>,
 }
 
 impl<'a, 'r> Row<'a, 'r> {
     pub fn new(lookup: &'a dyn Fn(usize) -> Option<&'r str>) -> Row<'a, 'r> {
+        Row::with_views(lookup, &[])
+    }
+
+    pub fn with_views(
+        lookup: &'a dyn Fn(usize) -> Option<&'r str>,
+        views: &'a Views<'a>,
+    ) -> Row<'a, 'r> {
         Row {
             lookup,
             parsed: RefCell::new(Vec::new()),
+            views,
         }
     }
 
@@ -198,6 +210,18 @@ pub(crate) fn evaluate(expr: &Expr, row: &Row) -> Result<Value> {
                 });
             }
             Ok(best.unwrap_or(Value::Null))
+        }
+        Expr::Sublink { lhs, subquery } => {
+            let view = ok(row.views.get(*subquery).copied().flatten())?;
+            let values = lhs
+                .iter()
+                .map(|e| evaluate(e, row))
+                .collect::<Result<Vec<Value>>>()?;
+            Ok(match view.contains(&values) {
+                Membership::In => Value::Bool(true),
+                Membership::NotIn => Value::Bool(false),
+                Membership::Unknown => Value::Null,
+            })
         }
         Expr::ArrayCtor { elements, ty } => {
             let mut values = Vec::with_capacity(elements.len());

@@ -198,6 +198,12 @@ pub(crate) enum Expr {
         elements: Vec<Expr>,
         ty: Type,
     },
+    /// `lhs IN (SELECT ..)`: `lhs` is one column or a row of columns,
+    /// `subquery` indexes the clause's subqueries (at this level).
+    Sublink {
+        lhs: Vec<Expr>,
+        subquery: usize,
+    },
 }
 
 impl Expr {
@@ -216,7 +222,8 @@ impl Expr {
             | Expr::IsNull { .. }
             | Expr::BoolTest { .. }
             | Expr::Distinct { .. }
-            | Expr::Quantified { .. } => Type::BOOL,
+            | Expr::Quantified { .. }
+            | Expr::Sublink { .. } => Type::BOOL,
         }
     }
 }

@@ -5,7 +5,9 @@
 //! spelling. Spacing, keyword case and redundant parentheses do not make
 //! two shapes; texts Postgres reads differently never make one.
 
-use super::ast::{Node, NodeKind, TypeName};
+use std::collections::BTreeMap;
+
+use super::ast::{Node, NodeKind, SubSelect, Sublink, SublinkKind, TypeName};
 use super::parse;
 use super::render::quote_literal;
 use super::types::quote_identifier;
@@ -15,9 +17,21 @@ use super::types::quote_identifier;
 pub fn identity(sql: &str) -> Option<String> {
     let parsed = parse::parse(sql).ok()?;
     let mut out = String::with_capacity(sql.len() + 16);
-    write(&mut out, &parsed.root);
+    write(&mut out, &parsed.root, &BTreeMap::new());
     Some(out)
 }
+
+/// The identity form of one node (a subquery's inner where), each `$n`
+/// in `renumber` written as its new number (a dependency shape numbers
+/// the parameters it uses from 1).
+pub(crate) fn node_identity(node: &Node, renumber: &Renumber) -> String {
+    let mut out = String::new();
+    write(&mut out, node, renumber);
+    out
+}
+
+/// Parameter numbers to write differently: old → new.
+pub(crate) type Renumber = BTreeMap<usize, usize>;
 
 fn write_type(out: &mut String, t: &TypeName) {
     out.push_str(&t.names.join("."));
@@ -30,16 +44,16 @@ fn write_type(out: &mut String, t: &TypeName) {
     }
 }
 
-fn write_list(out: &mut String, items: &[Node], separator: &str) {
+fn write_list(out: &mut String, items: &[Node], separator: &str, renumber: &Renumber) {
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push_str(separator);
         }
-        write(out, item);
+        write(out, item, renumber);
     }
 }
 
-fn write(out: &mut String, node: &Node) {
+fn write(out: &mut String, node: &Node, renumber: &Renumber) {
     match &node.kind {
         NodeKind::Column(parts) => {
             for (i, part) in parts.iter().enumerate() {
@@ -55,7 +69,7 @@ fn write(out: &mut String, node: &Node) {
         NodeKind::Null => out.push_str("NULL"),
         NodeKind::Param(n) => {
             out.push('$');
-            out.push_str(&n.to_string());
+            out.push_str(&renumber.get(n).unwrap_or(n).to_string());
         }
         NodeKind::TypedString { type_name, value } => {
             write_type(out, type_name);
@@ -64,7 +78,7 @@ fn write(out: &mut String, node: &Node) {
         }
         NodeKind::Cast { arg, type_name } => {
             out.push('(');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push_str(")::");
             write_type(out, type_name);
         }
@@ -72,16 +86,16 @@ fn write(out: &mut String, node: &Node) {
             out.push('(');
             out.push_str(op);
             out.push(' ');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push(')');
         }
         NodeKind::Infix { op, left, right } => {
             out.push('(');
-            write(out, left);
+            write(out, left, renumber);
             out.push(' ');
             out.push_str(op);
             out.push(' ');
-            write(out, right);
+            write(out, right, renumber);
             out.push(')');
         }
         NodeKind::Quantified {
@@ -91,31 +105,31 @@ fn write(out: &mut String, node: &Node) {
             all,
         } => {
             out.push('(');
-            write(out, left);
+            write(out, left, renumber);
             out.push(' ');
             out.push_str(op);
             out.push_str(if *all { " ALL (" } else { " ANY (" });
-            write(out, right);
+            write(out, right, renumber);
             out.push_str("))");
         }
         NodeKind::And(items) => {
             out.push('(');
-            write_list(out, items, " AND ");
+            write_list(out, items, " AND ", renumber);
             out.push(')');
         }
         NodeKind::Or(items) => {
             out.push('(');
-            write_list(out, items, " OR ");
+            write_list(out, items, " OR ", renumber);
             out.push(')');
         }
         NodeKind::Not(arg) => {
             out.push_str("(NOT ");
-            write(out, arg);
+            write(out, arg, renumber);
             out.push(')');
         }
         NodeKind::IsNull { arg, negated } => {
             out.push('(');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push_str(if *negated {
                 " IS NOT NULL)"
             } else {
@@ -124,7 +138,7 @@ fn write(out: &mut String, node: &Node) {
         }
         NodeKind::BoolTest { arg, test } => {
             out.push('(');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push(' ');
             out.push_str(test.sql());
             out.push(')');
@@ -135,13 +149,13 @@ fn write(out: &mut String, node: &Node) {
             negated,
         } => {
             out.push('(');
-            write(out, left);
+            write(out, left, renumber);
             out.push_str(if *negated {
                 " IS NOT DISTINCT FROM "
             } else {
                 " IS DISTINCT FROM "
             });
-            write(out, right);
+            write(out, right, renumber);
             out.push(')');
         }
         NodeKind::Between {
@@ -152,7 +166,7 @@ fn write(out: &mut String, node: &Node) {
             symmetric,
         } => {
             out.push('(');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push_str(if *negated {
                 " NOT BETWEEN "
             } else {
@@ -161,9 +175,9 @@ fn write(out: &mut String, node: &Node) {
             if *symmetric {
                 out.push_str("SYMMETRIC ");
             }
-            write(out, low);
+            write(out, low, renumber);
             out.push_str(" AND ");
-            write(out, high);
+            write(out, high, renumber);
             out.push(')');
         }
         NodeKind::InList {
@@ -172,9 +186,9 @@ fn write(out: &mut String, node: &Node) {
             negated,
         } => {
             out.push('(');
-            write(out, arg);
+            write(out, arg, renumber);
             out.push_str(if *negated { " NOT IN (" } else { " IN (" });
-            write_list(out, items, ", ");
+            write_list(out, items, ", ", renumber);
             out.push_str("))");
         }
         NodeKind::Func {
@@ -189,17 +203,69 @@ fn write(out: &mut String, node: &Node) {
                 // Refused when typed; never equal to a plain call.
                 out.push_str("aggregate ");
             }
-            write_list(out, args, ", ");
+            write_list(out, args, ", ", renumber);
             out.push(')');
         }
         NodeKind::Array(items) => {
             out.push_str("ARRAY[");
-            write_list(out, items, ", ");
+            write_list(out, items, ", ", renumber);
             out.push(']');
         }
+        NodeKind::Row(items) => {
+            out.push_str("ROW(");
+            write_list(out, items, ", ", renumber);
+            out.push(')');
+        }
+        NodeKind::Sublink(sublink) => write_sublink(out, sublink, renumber),
         // Refused when typed; never equal to anything that types.
         NodeKind::Unsupported(what) => out.push_str(&format!("<unsupported {what}>")),
         NodeKind::UnsupportedMessage(what) => out.push_str(&format!("<unsupported {what}>")),
+    }
+}
+
+/// `(lhs IN (SELECT "c" FROM "schema"."t" WHERE ..))`: the schema written
+/// out (`public` when absent), the columns in their written order (the
+/// pairing with a row's columns follows it), the inner where in identity
+/// form. Parameters stay `$n`: their values are part of the definition.
+fn write_sublink(out: &mut String, sublink: &Sublink, renumber: &Renumber) {
+    out.push('(');
+    if sublink.kind == SublinkKind::Other {
+        // Refused when typed; kept apart from `IN` all the same.
+        out.push_str("<unsupported SubLink> ");
+    }
+    if let Some(lhs) = &sublink.lhs {
+        write(out, lhs, renumber);
+        out.push(' ');
+    }
+    out.push_str("IN (");
+    match &sublink.select {
+        Ok(select) => write_select(out, select, renumber),
+        Err(refused) => {
+            out.push_str("<refused ");
+            out.push_str(&refused.message);
+            out.push('>');
+        }
+    }
+    out.push_str("))");
+}
+
+fn write_select(out: &mut String, select: &SubSelect, renumber: &Renumber) {
+    out.push_str("SELECT ");
+    for (i, column) in select.columns.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&quote_identifier(column));
+    }
+    out.push_str(" FROM ");
+    out.push_str(&quote_identifier(
+        select.schema.as_deref().unwrap_or("public"),
+    ));
+    out.push('.');
+    out.push_str(&quote_identifier(&select.table));
+    if let Some(filter) = &select.filter {
+        out.push_str(" WHERE ");
+        write(out, filter, renumber);
     }
 }
 
@@ -220,6 +286,18 @@ mod tests {
             ("x IS NOT NULL", "x is not null"),
             ("\"id\" = 1", "id = 1"),
             ("x::int4 = 1", "x :: int4 = 1"),
+            (
+                "p IN (SELECT id FROM projects)",
+                "p in ( select ID from public.projects )",
+            ),
+            (
+                "p NOT IN (SELECT id FROM t WHERE o = $1)",
+                "NOT (p IN ((SELECT id FROM \"public\".t AS x WHERE (o = $1))))",
+            ),
+            (
+                "(a, b) IN (SELECT x, y FROM t)",
+                "ROW(a, b) IN (SELECT x AS q, y FROM ONLY t)",
+            ),
         ] {
             assert_eq!(identity(a), identity(b), "{a} vs {b}");
             assert!(identity(a).is_some(), "{a}");
@@ -240,6 +318,27 @@ mod tests {
             ("x BETWEEN 1 AND 2", "x BETWEEN SYMMETRIC 1 AND 2"),
             ("name = 'a''b'", "name = 'a' 'b'"),
             ("x = ANY(ARRAY[1])", "x = ALL(ARRAY[1])"),
+            ("p IN (SELECT id FROM t)", "p IN (SELECT id FROM s.t)"),
+            ("p IN (SELECT id FROM t)", "p IN (SELECT id FROM \"T\")"),
+            ("p IN (SELECT id FROM t)", "p IN (SELECT x FROM t)"),
+            (
+                "p IN (SELECT id FROM t)",
+                "p IN (SELECT id FROM t WHERE true)",
+            ),
+            ("p IN (SELECT id FROM t)", "p NOT IN (SELECT id FROM t)"),
+            ("p IN (SELECT id FROM t)", "p = ANY (SELECT id FROM t)"),
+            (
+                "(a, b) IN (SELECT x, y FROM t)",
+                "(a, b) IN (SELECT y, x FROM t)",
+            ),
+            (
+                "p IN (SELECT id FROM t WHERE o = $1)",
+                "p IN (SELECT id FROM t WHERE o = $2)",
+            ),
+            (
+                "p IN (SELECT id FROM t WHERE o IN (SELECT id FROM u))",
+                "p IN (SELECT id FROM t WHERE o IN (SELECT id FROM v))",
+            ),
         ] {
             let (x, y) = (identity(a), identity(b));
             if x.is_some() || y.is_some() {

@@ -3,8 +3,10 @@
 //! sqlparser's `Parser` so that precedence, accepted syntax, node positions
 //! and syntax-error text follow Postgres, which Electric reports verbatim.
 
-use super::ast::{BoolTestKind, Node, NodeKind, TypeName};
-use super::error::WhereError;
+use super::ast::{
+    BoolTestKind, Node, NodeKind, SubSelect, Sublink, SublinkKind, TypeName, SUBLINK_EXTRA_DEPTH,
+};
+use super::error::{WhereError, WRAPPER_PREFIX_CHARS};
 use super::lexer::{syntax_error_at, tokenize, Tok, TokenKind};
 
 /// Bounds on nesting: recursion over the tree (typing, evaluation,
@@ -174,7 +176,7 @@ const TRAILING_CLAUSES: &[&str] = &[
 
 pub(crate) struct Parsed {
     pub root: Node,
-    /// A subquery appeared; Electric rejects these before typing.
+    /// A subquery appeared (anywhere, of any kind).
     pub has_subquery: bool,
 }
 
@@ -602,9 +604,14 @@ impl<'a> Parser<'a> {
             "IN" => {
                 self.expect(&TokenKind::LeftParen)?;
                 if self.at_subquery_start() {
-                    self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
-                    self.has_subquery = true;
-                    return self.node(NodeKind::Unsupported("SubLink"), loc);
+                    let sublink = self.sublink(SublinkKind::In, Some(lhs), loc)?;
+                    // `a NOT IN (SELECT ..)` is `NOT (a IN (SELECT ..))`, both
+                    // placed at the NOT, as Postgres' grammar builds it.
+                    return if negated {
+                        self.node(NodeKind::Not(Box::new(sublink)), loc)
+                    } else {
+                        Ok(sublink)
+                    };
                 }
                 let mut items = vec![self.parse_expr(0)?];
                 while self.eat(&TokenKind::Comma) {
@@ -639,9 +646,9 @@ impl<'a> Parser<'a> {
         }
         self.pos += 2;
         if self.at_subquery_start() {
-            self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
-            self.has_subquery = true;
-            return self.node(NodeKind::Unsupported("SubLink"), loc).map(Some);
+            return self
+                .sublink(SublinkKind::Other, Some(lhs.clone()), loc)
+                .map(Some);
         }
         let right = self.parse_expr(0)?;
         self.expect(&TokenKind::RightParen)?;
@@ -655,6 +662,228 @@ impl<'a> Parser<'a> {
             loc,
         )
         .map(Some)
+    }
+
+    /// After the parenthesis opening a subquery: the statement up to and
+    /// including its closing parenthesis, as a `SubLink` node at `loc`.
+    fn sublink(
+        &mut self,
+        kind: SublinkKind,
+        lhs: Option<Node>,
+        loc: usize,
+    ) -> Result<Node, WhereError> {
+        self.has_subquery = true;
+        // A statement costs more stack than an operator: it counts for
+        // several levels here as its node does (`SUBLINK_EXTRA_DEPTH`).
+        self.recursion += SUBLINK_EXTRA_DEPTH;
+        if self.recursion > MAX_DEPTH {
+            return Err(WhereError::at(loc, "stack depth limit exceeded"));
+        }
+        let select = self.parse_subselect();
+        self.recursion -= SUBLINK_EXTRA_DEPTH;
+        let select = select?;
+        self.node(
+            NodeKind::Sublink(Box::new(Sublink { kind, lhs, select })),
+            loc,
+        )
+    }
+
+    /// Takes a subquery's statement apart the way Electric does
+    /// (`extract_parts_from_select`): plain column targets, then a single
+    /// table, then no other clause, each with its own error, checked in
+    /// that order. Statements it refuses are skipped to their closing
+    /// parenthesis (syntax errors inside them then go unreported: the
+    /// statement is refused either way).
+    fn parse_subselect(&mut self) -> Result<Result<SubSelect, WhereError>, WhereError> {
+        let single_table = || WhereError::plain("Expected a single table reference");
+        let clauses = || WhereError::plain("SELECT statement must not contain any clauses");
+        if self.eat(&TokenKind::LeftParen) {
+            // `((SELECT ..))`: the same statement, each parenthesis a level.
+            self.recursion += 1;
+            if self.recursion > MAX_DEPTH {
+                return Err(WhereError::at(
+                    self.peek().start,
+                    "stack depth limit exceeded",
+                ));
+            }
+            let inner = self.parse_subselect();
+            self.recursion -= 1;
+            let inner = inner?;
+            if self.eat(&TokenKind::RightParen) {
+                return Ok(inner);
+            }
+            let set_operation = ["UNION", "INTERSECT", "EXCEPT"]
+                .iter()
+                .any(|k| self.at_keyword(k));
+            self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
+            return Ok(Err(if set_operation {
+                single_table()
+            } else {
+                clauses()
+            }));
+        }
+        if self.at_keyword("WITH") || self.at_keyword("VALUES") {
+            let with = self.at_keyword("WITH");
+            self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
+            return Ok(Err(if with { clauses() } else { single_table() }));
+        }
+        self.expect_keyword("SELECT")?;
+        let mut has_clause = false;
+        if self.eat_keyword("DISTINCT") {
+            has_clause = true;
+            if self.eat_keyword("ON") {
+                self.expect(&TokenKind::LeftParen)?;
+                self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
+            }
+        } else {
+            self.eat_keyword("ALL");
+        }
+        let mut columns: Result<Vec<String>, WhereError> = Ok(Vec::new());
+        let refuse_target = |columns: &mut Result<_, _>, loc: usize| {
+            if columns.is_ok() {
+                // Electric reports the target's raw position in its wrapped
+                // `SELECT 1 WHERE ..` statement, without taking the prefix off.
+                *columns = Err(WhereError::at(
+                    loc + WRAPPER_PREFIX_CHARS,
+                    "Expected a plain column reference",
+                ));
+            }
+        };
+        if !(self.at_keyword("FROM") || self.peek().kind == TokenKind::RightParen) {
+            loop {
+                let loc = self.peek().start;
+                if self.peek().kind == TokenKind::Operator("*".into()) {
+                    self.advance();
+                    refuse_target(&mut columns, loc);
+                } else {
+                    let target = self.parse_expr(0)?;
+                    match (&target.kind, columns.as_mut()) {
+                        (NodeKind::Column(path), Ok(list)) if path.len() == 1 => {
+                            list.push(path[0].clone())
+                        }
+                        (NodeKind::Column(path), Err(_)) if path.len() == 1 => {}
+                        _ => refuse_target(&mut columns, loc),
+                    }
+                }
+                // An alias names the output column only; Electric ignores it.
+                if self.eat_keyword("AS") || self.at_alias() {
+                    let alias = self.advance();
+                    if !matches!(alias.kind, TokenKind::Word { .. }) {
+                        return Err(syntax_error_at(self.text, &alias));
+                    }
+                }
+                if !self.eat(&TokenKind::Comma) {
+                    break;
+                }
+            }
+        }
+        if columns.as_ref().is_ok_and(|c| c.is_empty()) {
+            // `SELECT FROM t`: Postgres allows no targets; nothing to compare
+            // with, so it is refused like a non-column target.
+            refuse_target(&mut columns, self.peek().start);
+        }
+        let from = if self.eat_keyword("FROM") {
+            self.parse_from_item()?
+        } else {
+            None
+        };
+        let Some((schema, table)) = from else {
+            self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
+            return Ok(Err(columns.err().unwrap_or_else(single_table)));
+        };
+        let filter = if self.eat_keyword("WHERE") {
+            Some(self.parse_expr(0)?)
+        } else {
+            None
+        };
+        if !self.eat(&TokenKind::RightParen) {
+            if ["UNION", "INTERSECT", "EXCEPT"]
+                .iter()
+                .any(|k| self.at_keyword(k))
+            {
+                self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
+                return Ok(Err(single_table()));
+            }
+            if !TRAILING_CLAUSES.iter().any(|k| self.at_keyword(k)) {
+                return Err(self.error_here());
+            }
+            has_clause = true;
+            self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
+        }
+        let columns = match columns {
+            Ok(columns) => columns,
+            Err(e) => return Ok(Err(e)),
+        };
+        if has_clause {
+            return Ok(Err(clauses()));
+        }
+        Ok(Ok(SubSelect {
+            columns,
+            schema,
+            table,
+            filter,
+        }))
+    }
+
+    /// A bare alias after a target or table: any name Postgres would not
+    /// read as the next clause.
+    fn at_alias(&self) -> bool {
+        match &self.peek().kind {
+            TokenKind::Word { quoted: true, .. } => true,
+            TokenKind::Word { value, .. } => {
+                let upper = value.to_ascii_uppercase();
+                !RESERVED.contains(&upper.as_str()) && upper != "NOT"
+            }
+            _ => false,
+        }
+    }
+
+    /// After `FROM`: `[ONLY] [schema.]table [[AS] alias [(columns)]]` when
+    /// that is the whole list (schema, name); None for anything else (a
+    /// join, several tables, a function, a subquery).
+    fn parse_from_item(&mut self) -> Result<Option<(Option<String>, String)>, WhereError> {
+        self.eat_keyword("ONLY");
+        let first = self.peek().clone();
+        let named = match &first.kind {
+            TokenKind::Word { quoted: true, .. } => true,
+            TokenKind::Word { value, .. } => {
+                !RESERVED.contains(&value.to_ascii_uppercase().as_str())
+            }
+            _ => false,
+        };
+        if !named {
+            return Ok(None);
+        }
+        self.advance();
+        let mut parts = vec![word_name(&first)];
+        while self.eat(&TokenKind::Period) {
+            let part = self.advance();
+            if !matches!(part.kind, TokenKind::Word { .. }) {
+                return Err(syntax_error_at(self.text, &part));
+            }
+            parts.push(word_name(&part));
+        }
+        if self.peek().kind == TokenKind::LeftParen || parts.len() > 2 {
+            return Ok(None);
+        }
+        if self.eat_keyword("AS") || self.at_alias() {
+            let alias = self.advance();
+            if !matches!(alias.kind, TokenKind::Word { .. }) {
+                return Err(syntax_error_at(self.text, &alias));
+            }
+            if self.eat(&TokenKind::LeftParen) {
+                self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
+            }
+        }
+        let more = self.peek().kind == TokenKind::Comma
+            || ["JOIN", "CROSS", "NATURAL", "INNER", "LEFT", "RIGHT", "FULL"]
+                .iter()
+                .any(|k| self.at_keyword(k));
+        if more {
+            return Ok(None);
+        }
+        let table = parts.pop().unwrap_or_default();
+        Ok(Some((parts.pop(), table)))
     }
 
     fn at_subquery_start(&self) -> bool {
@@ -756,18 +985,16 @@ impl<'a> Parser<'a> {
             TokenKind::LeftParen => {
                 self.advance();
                 if self.at_subquery_start() {
-                    self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
-                    self.has_subquery = true;
-                    return self.node(NodeKind::Unsupported("SubLink"), loc);
+                    return self.sublink(SublinkKind::Other, None, loc);
                 }
                 let inner = self.parse_expr(0)?;
                 if self.eat(&TokenKind::Comma) {
-                    self.parse_expr(0)?;
+                    let mut items = vec![inner, self.parse_expr(0)?];
                     while self.eat(&TokenKind::Comma) {
-                        self.parse_expr(0)?;
+                        items.push(self.parse_expr(0)?);
                     }
                     self.expect(&TokenKind::RightParen)?;
-                    return self.node(NodeKind::Unsupported("RowExpr"), loc);
+                    return self.node(NodeKind::Row(items), loc);
                 }
                 self.expect(&TokenKind::RightParen)?;
                 Ok(inner)
@@ -819,18 +1046,14 @@ impl<'a> Parser<'a> {
             "ARRAY" => {
                 self.advance();
                 if self.eat(&TokenKind::LeftParen) {
-                    self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
-                    self.has_subquery = true;
-                    return self.node(NodeKind::Unsupported("SubLink"), loc).map(Some);
+                    return self.sublink(SublinkKind::Other, None, loc).map(Some);
                 }
                 self.expect(&TokenKind::LeftBracket)?;
                 self.parse_array_elements(loc)?
             }
             "EXISTS" if self.peek_at(1).kind == TokenKind::LeftParen => {
                 self.pos += 2;
-                self.skip_balanced(&TokenKind::LeftParen, &TokenKind::RightParen, 1)?;
-                self.has_subquery = true;
-                self.node(NodeKind::Unsupported("SubLink"), loc)?
+                self.sublink(SublinkKind::Other, None, loc)?
             }
             "CASE" => {
                 self.advance();
@@ -838,14 +1061,15 @@ impl<'a> Parser<'a> {
             }
             "ROW" if self.peek_at(1).kind == TokenKind::LeftParen => {
                 self.pos += 2;
+                let mut items = Vec::new();
                 if !self.eat(&TokenKind::RightParen) {
-                    self.parse_expr(0)?;
+                    items.push(self.parse_expr(0)?);
                     while self.eat(&TokenKind::Comma) {
-                        self.parse_expr(0)?;
+                        items.push(self.parse_expr(0)?);
                     }
                     self.expect(&TokenKind::RightParen)?;
                 }
-                self.node(NodeKind::Unsupported("RowExpr"), loc)?
+                self.node(NodeKind::Row(items), loc)?
             }
             "NULLIF" if self.peek_at(1).kind == TokenKind::LeftParen => {
                 self.pos += 2;
@@ -1237,6 +1461,34 @@ mod tests {
                 "[{}]",
                 items.iter().map(show).collect::<Vec<_>>().join(", ")
             ),
+            NodeKind::Row(items) => format!(
+                "row({})",
+                items.iter().map(show).collect::<Vec<_>>().join(", ")
+            ),
+            NodeKind::Sublink(sublink) => {
+                let select = match &sublink.select {
+                    Ok(s) => format!(
+                        "select {} from {}{}{}",
+                        s.columns.join(","),
+                        s.schema
+                            .as_ref()
+                            .map(|s| format!("{s}."))
+                            .unwrap_or_default(),
+                        s.table,
+                        s.filter
+                            .as_ref()
+                            .map(|f| format!(" where {}", show(f)))
+                            .unwrap_or_default()
+                    ),
+                    Err(e) => format!("refused: {}", e.message),
+                };
+                format!(
+                    "{:?}@{}({}; {select})",
+                    sublink.kind,
+                    node.loc,
+                    sublink.lhs.as_ref().map(show).unwrap_or_default()
+                )
+            }
             NodeKind::Unsupported(what) => format!("<{what}>"),
             NodeKind::UnsupportedMessage(m) => format!("<{m}>"),
         }
@@ -1335,6 +1587,130 @@ mod tests {
         assert_eq!(
             error("é = ) "),
             "At location 19: syntax error at or near \")\""
+        );
+    }
+
+    #[test]
+    fn where_clause_parse_takes_subqueries_apart() {
+        assert_eq!(
+            tree("p IN (SELECT id FROM projects WHERE o = $1) AND x"),
+            "and(In@2(p; select id from projects where (o = $1)), x)"
+        );
+        assert_eq!(
+            tree("p NOT IN (select \"Id\" AS i FROM s.t x)"),
+            "not(In@2(p; select Id from s.t))"
+        );
+        assert_eq!(
+            tree("(a, b) IN ((SELECT x, y FROM ONLY t AS q (m, n)))"),
+            "In@7(row(a, b); select x,y from t)"
+        );
+        assert_eq!(
+            tree("ROW(a, b) IN (SELECT x, y FROM t)"),
+            "In@10(row(a, b); select x,y from t)"
+        );
+        assert_eq!(
+            tree("p IN (SELECT id FROM t WHERE q IN (SELECT id FROM u))"),
+            "In@2(p; select id from t where In@31(q; select id from u))"
+        );
+        assert_eq!(
+            tree("x = ANY (SELECT id FROM t)"),
+            "Other@2(x; select id from t)"
+        );
+        assert_eq!(
+            tree("EXISTS (SELECT id FROM t)"),
+            "Other@0(; select id from t)"
+        );
+        assert_eq!(
+            tree("(SELECT id FROM t) = 1"),
+            "(Other@0(; select id from t) = 1)"
+        );
+        assert_eq!(
+            tree("x = ARRAY(SELECT id FROM t)"),
+            "(x = Other@4(; select id from t))"
+        );
+        // Electric's refusals while taking the statement apart, first the
+        // targets (at their unadjusted position), then the table, then
+        // any other clause.
+        for (text, refused) in [
+            (
+                "p IN (SELECT 1 FROM t)",
+                "At location 28: Expected a plain column reference",
+            ),
+            (
+                "p IN (SELECT x + 1 FROM t, u)",
+                "At location 28: Expected a plain column reference",
+            ),
+            (
+                "p IN (SELECT * FROM t)",
+                "At location 28: Expected a plain column reference",
+            ),
+            (
+                "p IN (SELECT t.x FROM t)",
+                "At location 28: Expected a plain column reference",
+            ),
+            (
+                "p IN (SELECT x FROM t, u)",
+                "Expected a single table reference",
+            ),
+            (
+                "p IN (SELECT x FROM t JOIN u ON true)",
+                "Expected a single table reference",
+            ),
+            (
+                "p IN (SELECT x FROM f(1))",
+                "Expected a single table reference",
+            ),
+            (
+                "p IN (SELECT x FROM (SELECT 1) s)",
+                "Expected a single table reference",
+            ),
+            ("p IN (SELECT x)", "Expected a single table reference"),
+            (
+                "p IN (SELECT x FROM t UNION SELECT y FROM u)",
+                "Expected a single table reference",
+            ),
+            ("p IN (VALUES (1))", "Expected a single table reference"),
+            (
+                "p IN (SELECT DISTINCT x FROM t)",
+                "SELECT statement must not contain any clauses",
+            ),
+            (
+                "p IN (SELECT x FROM t ORDER BY x)",
+                "SELECT statement must not contain any clauses",
+            ),
+            (
+                "p IN (SELECT x FROM t WHERE y GROUP BY x)",
+                "SELECT statement must not contain any clauses",
+            ),
+            (
+                "p IN (SELECT x FROM t LIMIT 1)",
+                "SELECT statement must not contain any clauses",
+            ),
+            (
+                "p IN (SELECT x FROM t FOR UPDATE)",
+                "SELECT statement must not contain any clauses",
+            ),
+            (
+                "p IN (WITH a AS (SELECT 1) SELECT x FROM a)",
+                "SELECT statement must not contain any clauses",
+            ),
+        ] {
+            let parsed = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let NodeKind::Sublink(sublink) = &parsed.root.kind else {
+                panic!("{text}: {}", show(&parsed.root));
+            };
+            match &sublink.select {
+                Err(e) => assert_eq!(e.message, refused, "{text}"),
+                Ok(_) => panic!("{text} was accepted"),
+            }
+        }
+        assert_eq!(
+            error("p IN (SELECT x FROM t WHERE)"),
+            "At location 42: syntax error at or near \")\""
+        );
+        assert_eq!(
+            error("p IN (SELECT x FROM t"),
+            "At location 36: syntax error at end of input"
         );
     }
 

@@ -5,10 +5,13 @@
 //! Text orderings get `COLLATE "C"` so that Postgres sorts text bytewise,
 //! exactly like our evaluation does, whatever the database's collation.
 
+use std::cell::RefCell;
+
 use super::expr::{Expr, Func, FuncKind, Style};
+use super::subquery::{array_literal, Subquery};
 use super::types::{quote_identifier, Type};
 use super::value::format_value;
-use super::WhereColumn;
+use super::{Views, WhereColumn};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Params {
@@ -20,10 +23,56 @@ pub(crate) enum Params {
     Inline,
 }
 
-pub(crate) fn render(expr: &Expr, columns: &[WhereColumn], params: Params) -> String {
+pub(crate) fn render(
+    expr: &Expr,
+    columns: &[WhereColumn],
+    subqueries: &[Subquery],
+    params: Params,
+) -> String {
     let mut out = String::new();
-    Renderer { columns, params }.expr(&mut out, expr);
+    Renderer {
+        columns,
+        subqueries,
+        params,
+        values: &[],
+        bound: RefCell::new(BoundValues::default()),
+    }
+    .expr(&mut out, expr);
     out
+}
+
+/// With placeholders numbered after `after` earlier parameters and the
+/// clause's own `own_params`, and each subquery `values` gives replaced by
+/// those values, bound as further parameters: the SQL and those values.
+pub(crate) fn render_with_values(
+    expr: &Expr,
+    columns: &[WhereColumn],
+    subqueries: &[Subquery],
+    after: usize,
+    own_params: usize,
+    values: &Views<'_>,
+) -> (String, Vec<String>) {
+    let mut out = String::new();
+    let renderer = Renderer {
+        columns,
+        subqueries,
+        params: Params::Placeholders { after },
+        values,
+        bound: RefCell::new(BoundValues {
+            next: after + own_params + 1,
+            texts: Vec::new(),
+        }),
+    };
+    renderer.expr(&mut out, expr);
+    (out, renderer.bound.into_inner().texts)
+}
+
+/// Parameters added for subqueries replaced by values.
+#[derive(Default)]
+struct BoundValues {
+    /// The next placeholder's number.
+    next: usize,
+    texts: Vec<String>,
 }
 
 /// A string literal Postgres reads the same way under any
@@ -75,7 +124,12 @@ fn needs_collation(func: &Func) -> bool {
 
 struct Renderer<'a> {
     columns: &'a [WhereColumn],
+    /// What `Expr::Sublink` indexes at this level.
+    subqueries: &'a [Subquery],
     params: Params,
+    /// Subqueries to write as their given values (top level only).
+    values: &'a Views<'a>,
+    bound: RefCell<BoundValues>,
 }
 
 impl Renderer<'_> {
@@ -223,7 +277,122 @@ impl Renderer<'_> {
                 self.list(out, elements, ", ");
                 out.push(']');
             }
+            Expr::Sublink { lhs, subquery } => self.sublink(out, lhs, *subquery),
         }
+    }
+
+    /// The tested columns; each text one bytewise (`COLLATE "C"`), as our
+    /// membership test compares bytes.
+    fn sublink_lhs(&self, out: &mut String, lhs: &[Expr]) {
+        if lhs.len() != 1 {
+            out.push('(');
+        }
+        for (i, column) in lhs.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            self.expr(out, column);
+            if self.collate_text(&column.ty()) {
+                out.push_str(" COLLATE \"C\"");
+            }
+        }
+        if lhs.len() != 1 {
+            out.push(')');
+        }
+    }
+
+    fn sublink(&self, out: &mut String, lhs: &[Expr], index: usize) {
+        let Some(subquery) = self.subqueries.get(index) else {
+            // Type checking never builds one; never true is the safe SQL.
+            out.push_str("false");
+            return;
+        };
+        out.push('(');
+        self.sublink_lhs(out, lhs);
+        if let Some(view) = self.values.get(index).copied().flatten() {
+            self.values_of(out, subquery, view);
+            out.push(')');
+            return;
+        }
+        out.push_str(" IN (SELECT ");
+        for (i, &column) in subquery.selected.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&quote_identifier(&subquery.columns[column].name));
+        }
+        out.push_str(" FROM ");
+        out.push_str(&quote_identifier(&subquery.table.schema));
+        out.push('.');
+        out.push_str(&quote_identifier(&subquery.table.name));
+        if let Some(filter) = &subquery.filter {
+            out.push_str(" WHERE ");
+            let inner = Renderer {
+                columns: &subquery.columns,
+                subqueries: &subquery.subqueries,
+                params: self.params,
+                values: &[],
+                bound: RefCell::new(BoundValues::default()),
+            };
+            inner.expr(out, filter);
+        }
+        out.push_str("))");
+    }
+
+    /// ` = ANY($k::type[])`, or for a row ` IN (SELECT * FROM unnest($k::t1[],
+    /// $k+1::t2[]))`; array-typed columns (whose arrays would flatten) as
+    /// ` IN (VALUES ($k::t[]), ..)`, one parameter per value.
+    fn values_of(&self, out: &mut String, subquery: &Subquery, view: &super::SubqueryView) {
+        let columns = view.column_texts();
+        let mut bound = self.bound.borrow_mut();
+        if subquery.types.iter().any(|t| t.array) {
+            let count = columns.first().map_or(0, Vec::len);
+            if count == 0 {
+                // `IN` of nothing is false, NULL or not.
+                out.push_str(" IN (SELECT NULL WHERE false)");
+                return;
+            }
+            out.push_str(" IN (VALUES ");
+            for row in 0..count {
+                if row > 0 {
+                    out.push_str(", ");
+                }
+                out.push('(');
+                for (c, (ty, column)) in subquery.types.iter().zip(&columns).enumerate() {
+                    if c > 0 {
+                        out.push_str(", ");
+                    }
+                    match column[row] {
+                        // Bound parameters are texts; a NULL is written.
+                        None => out.push_str(&format!("NULL::{}", ty.sql_name())),
+                        Some(text) => {
+                            out.push_str(&format!("${}::{}", bound.next, ty.sql_name()));
+                            bound.next += 1;
+                            bound.texts.push(text.to_string());
+                        }
+                    }
+                }
+                out.push(')');
+            }
+            out.push(')');
+            return;
+        }
+        if let [ty] = subquery.types.as_slice() {
+            out.push_str(&format!(" = ANY (${}::{}[])", bound.next, ty.sql_name()));
+            bound.next += 1;
+            bound.texts.push(array_literal(&columns[0]));
+            return;
+        }
+        out.push_str(" IN (SELECT * FROM unnest(");
+        for (c, ty) in subquery.types.iter().enumerate() {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}::{}[]", bound.next, ty.sql_name()));
+            bound.next += 1;
+            bound.texts.push(array_literal(&columns[c]));
+        }
+        out.push_str("))");
     }
 
     fn call(&self, out: &mut String, func: &Func, args: &[Expr]) {

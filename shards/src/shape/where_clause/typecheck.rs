@@ -6,21 +6,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::ast::{BoolTestKind, Node, NodeKind, TypeName};
-use super::error::WhereError;
+use super::ast::{BoolTestKind, Node, NodeKind, SubSelect, Sublink, SublinkKind, TypeName};
+use super::error::{WhereError, WhereErrorField};
 use super::eval;
 use super::expr::{Expr, Func, FuncKind};
 use super::functions::{
     array_operator_kind, comparison, function_signatures, is_comparable, operator_signatures,
     select_overload, Signature,
 };
+use super::identity::node_identity;
 use super::numeric::Numeric;
+use super::subquery::Subquery;
 use super::types::{
     electric_identifier, explicitly_castable, implicitly_castable, resolve_type_name, Category,
     Scalar, Type,
 };
 use super::value::{cast_value, format_value, parse_value, Value};
-use super::WhereColumn;
+use super::{TableLookup, WhereColumn};
+use crate::shape::definition::TableName;
 
 /// A checked subtree: either a typed expression or a literal/parameter
 /// whose type is still open.
@@ -58,6 +61,8 @@ pub(crate) struct Checked {
     pub referenced: Vec<usize>,
     /// Each parameter's resolved type, by number.
     pub param_types: BTreeMap<usize, Type>,
+    /// What `Expr::Sublink` nodes index.
+    pub subqueries: Vec<Subquery>,
 }
 
 pub(crate) struct Checker<'a> {
@@ -73,6 +78,11 @@ pub(crate) struct Checker<'a> {
     fold_params: bool,
     /// Off while typing `IS DISTINCT FROM`, whose `=` is not strict.
     fold_null_calls: bool,
+    /// The catalog of the tables subqueries read.
+    tables: &'a TableLookup<'a>,
+    subqueries: Vec<Subquery>,
+    /// Subquery index by the location of its `SubLink` node.
+    sublink_at: BTreeMap<usize, usize>,
 }
 
 /// The type a column is evaluated as.
@@ -107,6 +117,7 @@ impl<'a> Checker<'a> {
         columns: &'a [WhereColumn],
         params: &'a BTreeMap<usize, String>,
         fold_params: bool,
+        tables: &'a TableLookup<'a>,
     ) -> Checker<'a> {
         let mut enums: Vec<Arc<str>> = Vec::new();
         for c in columns.iter().filter(|c| c.is_enum) {
@@ -124,12 +135,16 @@ impl<'a> Checker<'a> {
             referenced: BTreeSet::new(),
             fold_params,
             fold_null_calls: true,
+            tables,
+            subqueries: Vec::new(),
+            sublink_at: BTreeMap::new(),
         }
     }
 
     /// Checks the whole clause, including Electric's parameter and
     /// return-type rules.
     pub fn check_clause(mut self, root: &Node) -> Result<Checked, WhereError> {
+        self.prepare_subqueries(root)?;
         let typed = self.check(root)?;
         let expr = self.infer(typed)?;
         if let Some(unused) = self.params.keys().find(|k| !self.used_params.contains(k)) {
@@ -154,6 +169,199 @@ impl<'a> Checker<'a> {
             expr,
             referenced: self.referenced.into_iter().collect(),
             param_types: self.param_types,
+            subqueries: self.subqueries,
+        })
+    }
+
+    /// Resolves every subquery at this level before anything else is typed,
+    /// in Electric's order: each statement taken apart (its refusals
+    /// first, for all of them), then each dependency built against its own
+    /// table (catalog, columns, then its where, recursively).
+    fn prepare_subqueries(&mut self, root: &Node) -> Result<(), WhereError> {
+        let mut sublinks = Vec::new();
+        collect_sublinks(root, &mut sublinks);
+        for (_, sublink) in &sublinks {
+            if let Err(refused) = &sublink.select {
+                return Err(refused.clone());
+            }
+        }
+        for (loc, sublink) in sublinks {
+            if let Ok(select) = &sublink.select {
+                let subquery = self.subquery(select)?;
+                self.sublink_at.insert(loc, self.subqueries.len());
+                self.subqueries.push(subquery);
+            }
+        }
+        Ok(())
+    }
+
+    /// Types a subquery against its table. Parameters are the request's
+    /// own (`$n` means `params[n]` at every level), so their types and uses
+    /// are shared with the enclosing clause: a parameter has one type
+    /// everywhere, as it is one bound value in one statement.
+    fn subquery(&mut self, select: &SubSelect) -> Result<Subquery, WhereError> {
+        let table = TableName {
+            schema: select.schema.clone().unwrap_or_else(|| "public".into()),
+            name: select.table.clone(),
+        };
+        let Some(columns) = (self.tables)(&table) else {
+            return Err(WhereError {
+                message: format!(
+                    "Table {table} does not exist. If the table name contains capitals or special characters you must quote it."
+                ),
+                field: WhereErrorField::Table,
+            });
+        };
+        let mut selected = Vec::with_capacity(select.columns.len());
+        let mut missing = Vec::new();
+        for name in &select.columns {
+            match columns.iter().position(|c| &c.name == name) {
+                Some(index) => selected.push(index),
+                None => missing.push(name.as_str()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(WhereError {
+                message: format!(
+                    "The following columns are not found on the table: {}",
+                    missing.join(", ")
+                ),
+                field: WhereErrorField::Columns,
+            });
+        }
+        let types = selected.iter().map(|&i| column_type(&columns[i])).collect();
+        let mut filter = None;
+        let mut subqueries = Vec::new();
+        let mut params = Vec::new();
+        if let Some(node) = &select.filter {
+            let mut inner = Checker::new(&columns, self.params, self.fold_params, self.tables);
+            inner.param_types = std::mem::take(&mut self.param_types);
+            let checked = inner.check_inner(node);
+            // Hand the shared types back whatever the outcome; the uses
+            // count for the request and say what the dependency binds.
+            let (result, param_types, used_params) = checked;
+            self.param_types = param_types;
+            self.used_params.extend(used_params.iter().copied());
+            let (expr, inner_subqueries) = result?;
+            filter = Some(expr);
+            subqueries = inner_subqueries;
+            params = used_params.into_iter().collect();
+        }
+        // The dependency numbers the parameters it uses from 1, so the
+        // same inner select is one dependency whatever the outer numbering.
+        let renumber = params
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (n, i + 1))
+            .collect();
+        Ok(Subquery {
+            table,
+            selected,
+            types,
+            filter,
+            filter_text: select
+                .filter
+                .as_ref()
+                .map(|node| node_identity(node, &renumber)),
+            params,
+            subqueries,
+            columns,
+        })
+    }
+
+    /// A subquery's where: typed as a clause of its own, except for the
+    /// parameter rules, which apply to the request as a whole.
+    #[allow(clippy::type_complexity)]
+    fn check_inner(
+        mut self,
+        root: &Node,
+    ) -> (
+        Result<(Expr, Vec<Subquery>), WhereError>,
+        BTreeMap<usize, Type>,
+        BTreeSet<usize>,
+    ) {
+        let result = (|| {
+            self.prepare_subqueries(root)?;
+            let typed = self.check(root)?;
+            let expr = self.infer(typed)?;
+            if expr.ty() != Type::BOOL {
+                return Err(WhereError::plain("WHERE clause must return a boolean"));
+            }
+            Ok(expr)
+        })();
+        let result = result.map(|expr| (expr, std::mem::take(&mut self.subqueries)));
+        (result, self.param_types, self.used_params)
+    }
+
+    /// `lhs IN (SELECT ..)` once its subquery is typed: the left side must
+    /// be a column or a row of columns whose type is exactly the selected
+    /// columns' (no implicit casts, as Electric compares types).
+    fn sublink(&mut self, sublink: &Sublink, loc: usize) -> Result<Expr, WhereError> {
+        let (lhs_nodes, row): (Vec<&Node>, bool) = match &sublink.lhs {
+            Some(Node {
+                kind: NodeKind::Row(items),
+                ..
+            }) => (items.iter().collect(), true),
+            Some(node) => (vec![node], false),
+            None => (Vec::new(), false),
+        };
+        let mut lhs = Vec::with_capacity(lhs_nodes.len());
+        for node in lhs_nodes {
+            lhs.push(self.check(node)?);
+        }
+        if sublink.kind == SublinkKind::Other {
+            return Err(WhereError::at(
+                loc,
+                "only `value IN (SELECT ...)` sublinks are supported right now",
+            ));
+        }
+        let mut columns = Vec::with_capacity(lhs.len());
+        for typed in lhs {
+            match typed {
+                Typed::Known {
+                    expr: expr @ Expr::Column { .. },
+                    ..
+                } => columns.push(expr),
+                _ => {
+                    return Err(WhereError::at(
+                        loc,
+                        "currently, left side of `IN (SELECT ...)` can only be a column reference or a list of column references",
+                    ))
+                }
+            }
+        }
+        let Some(&index) = self.sublink_at.get(&loc) else {
+            // Every IN sublink was prepared; an absent one is our bug, and
+            // refusing the clause is the safe answer.
+            return Err(WhereError::at(
+                loc,
+                "SubLink is not supported in this context",
+            ));
+        };
+        let subquery = &self.subqueries[index];
+        let lhs_types: Vec<Type> = columns.iter().map(Expr::ty).collect();
+        let describe = |types: &[Type], row: bool| {
+            if row {
+                let names: Vec<String> = types.iter().map(Type::to_string).collect();
+                format!("row of ({})", names.join(", "))
+            } else {
+                types.first().map(Type::to_string).unwrap_or_default()
+            }
+        };
+        let sub_row = subquery.types.len() != 1;
+        if row != sub_row || lhs_types != subquery.types {
+            return Err(WhereError::at(
+                loc,
+                format!(
+                    "left side of `IN (SELECT ...)` has type {} but subquery returns {}[]",
+                    describe(&lhs_types, row),
+                    describe(&subquery.types, sub_row)
+                ),
+            ));
+        }
+        Ok(Expr::Sublink {
+            lhs: columns,
+            subquery: index,
         })
     }
 
@@ -223,6 +431,13 @@ impl<'a> Checker<'a> {
                 aggregate,
             } => self.func_call(name, args, *aggregate, loc)?,
             NodeKind::Array(items) => self.array(items, loc)?,
+            NodeKind::Sublink(sublink) => self.sublink(sublink, loc)?,
+            NodeKind::Row(_) => {
+                return Err(WhereError::at(
+                    loc,
+                    "RowExpr is not supported in this context",
+                ))
+            }
             NodeKind::Unsupported(what) => {
                 return Err(WhereError::at(
                     loc,
@@ -1239,6 +1454,8 @@ fn has_param(expr: &Expr) -> bool {
         Expr::Distinct { left, right, .. } | Expr::Quantified { left, right, .. } => {
             has_param(left) || has_param(right)
         }
+        // Its value depends on the view, never foldable.
+        Expr::Sublink { .. } => true,
     }
 }
 
@@ -1266,6 +1483,7 @@ fn has_column(expr: &Expr) -> bool {
         Expr::Distinct { left, right, .. } | Expr::Quantified { left, right, .. } => {
             has_column(left) || has_column(right)
         }
+        Expr::Sublink { .. } => true,
     }
 }
 
@@ -1381,4 +1599,72 @@ fn number_const(text: &str, loc: usize) -> Result<Expr, WhereError> {
         ty: Type::scalar(Scalar::Numeric),
         param: None,
     })
+}
+
+/// The subqueries at this level of a clause, left to right, with their
+/// locations; those inside a subquery's own where belong to that level.
+fn collect_sublinks<'n>(node: &'n Node, out: &mut Vec<(usize, &'n Sublink)>) {
+    match &node.kind {
+        NodeKind::Sublink(sublink) => {
+            if let Some(lhs) = &sublink.lhs {
+                collect_sublinks(lhs, out);
+            }
+            out.push((node.loc, sublink));
+        }
+        NodeKind::Cast { arg, .. }
+        | NodeKind::Prefix { arg, .. }
+        | NodeKind::Not(arg)
+        | NodeKind::IsNull { arg, .. }
+        | NodeKind::BoolTest { arg, .. } => collect_sublinks(arg, out),
+        NodeKind::Infix { left, right, .. }
+        | NodeKind::Quantified { left, right, .. }
+        | NodeKind::Distinct { left, right, .. } => {
+            collect_sublinks(left, out);
+            collect_sublinks(right, out);
+        }
+        NodeKind::Between { arg, low, high, .. } => {
+            collect_sublinks(arg, out);
+            collect_sublinks(low, out);
+            collect_sublinks(high, out);
+        }
+        NodeKind::InList { arg, items, .. } => {
+            collect_sublinks(arg, out);
+            items.iter().for_each(|n| collect_sublinks(n, out));
+        }
+        NodeKind::And(items)
+        | NodeKind::Or(items)
+        | NodeKind::Array(items)
+        | NodeKind::Row(items)
+        | NodeKind::Func { args: items, .. } => items.iter().for_each(|n| collect_sublinks(n, out)),
+        NodeKind::Column(_)
+        | NodeKind::Number(_)
+        | NodeKind::String(_)
+        | NodeKind::Bool(_)
+        | NodeKind::Null
+        | NodeKind::Param(_)
+        | NodeKind::TypedString { .. }
+        | NodeKind::Unsupported(_)
+        | NodeKind::UnsupportedMessage(_) => {}
+    }
+}
+
+/// The tables of every subquery in a parsed clause, at every level, each
+/// once, first seen first (for the caller to read from the catalog).
+pub(crate) fn subquery_tables(node: &Node, out: &mut Vec<TableName>) {
+    let mut sublinks = Vec::new();
+    collect_sublinks(node, &mut sublinks);
+    for (_, sublink) in sublinks {
+        if let Ok(select) = &sublink.select {
+            let table = TableName {
+                schema: select.schema.clone().unwrap_or_else(|| "public".into()),
+                name: select.table.clone(),
+            };
+            if !out.contains(&table) {
+                out.push(table);
+            }
+            if let Some(filter) = &select.filter {
+                subquery_tables(filter, out);
+            }
+        }
+    }
 }

@@ -1,0 +1,314 @@
+//! Subqueries of a `where` clause (`lhs IN (SELECT c FROM t WHERE ..)`):
+//! what each one reads, typed against its own table, and the materialised
+//! set of its values that an outer row is evaluated against.
+//!
+//! The clause never runs a subquery itself. Evaluation takes the current
+//! values from a [`SubqueryView`] the caller keeps (the dependency's
+//! materialised result); SQL either keeps the subquery (`IN (SELECT ..)`)
+//! or replaces it by a given set of values (`= ANY($k::type[])`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::expr::Expr;
+use super::numeric::format_float;
+use super::types::{Scalar, Type};
+use super::value::{parse_value, Value};
+use super::WhereColumn;
+use crate::shape::definition::TableName;
+
+/// One `IN (SELECT ..)` as typed: the inner table, its selected columns and
+/// its filter (with the filter's own subqueries, one level down).
+#[derive(Clone, Debug)]
+pub(crate) struct Subquery {
+    pub table: TableName,
+    /// The inner table's columns (what `selected` and `filter` index).
+    pub columns: Vec<WhereColumn>,
+    /// Selected columns, in the order written (the order a row's columns
+    /// pair with, as in Postgres).
+    pub selected: Vec<usize>,
+    /// The selected columns' types, the same order.
+    pub types: Vec<Type>,
+    pub filter: Option<Expr>,
+    /// The inner where in identity form, its parameters renumbered from 1
+    /// in the order of `params`: the dependency shape's own where clause.
+    pub filter_text: Option<String>,
+    /// The request's parameter numbers the inner where uses (at any
+    /// depth), ascending: the dependency's `$1`, `$2`, ...
+    pub params: Vec<usize>,
+    pub subqueries: Vec<Subquery>,
+}
+
+/// A subquery as the code outside the engine needs it: the dependency
+/// shape to build (table, columns, where) and the value types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dependency {
+    pub table: TableName,
+    /// Selected column names, in the order written.
+    pub columns: Vec<String>,
+    /// The inner where, reparseable, with the parameters it uses numbered
+    /// from `$1` (values in `params`).
+    pub where_sql: Option<String>,
+    /// The dependency's own parameters, `$1` first.
+    pub params: BTreeMap<usize, String>,
+    /// `pg_type` names of the selected columns (`int4`, `text`, ...).
+    pub type_names: Vec<String>,
+}
+
+impl Subquery {
+    /// The dependency shape, its parameters taken from the request's.
+    pub fn dependency(&self, request: &BTreeMap<usize, String>) -> Dependency {
+        Dependency {
+            params: self
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i + 1, request.get(n).cloned().unwrap_or_default()))
+                .collect(),
+            table: self.table.clone(),
+            columns: self
+                .selected
+                .iter()
+                .map(|&i| self.columns[i].name.clone())
+                .collect(),
+            where_sql: self.filter_text.clone(),
+            type_names: self.types.iter().map(|t| t.sql_name()).collect(),
+        }
+    }
+}
+
+/// The equality key of a value: two values of one type have the same key
+/// exactly when Postgres' `=` says they are equal (`1.0 = 1.00`, `-0 = 0`,
+/// `'a ' = 'a'` for `bpchar`, `'1 mon' = '30 days'`), so set membership is
+/// a hash lookup that agrees with the `IN (SELECT ..)` Postgres runs.
+fn equality_key(value: &Value, scalar: &Scalar) -> String {
+    match value {
+        Value::Float(f) if *f == 0.0 => "0".into(),
+        Value::Float(f) => format_float(*f, false),
+        Value::Numeric(n) => {
+            let text = n.format();
+            if text.contains('.') {
+                text.trim_end_matches('0').trim_end_matches('.').to_string()
+            } else {
+                text
+            }
+        }
+        Value::Text(text) if *scalar == Scalar::Bpchar => text.trim_end_matches(' ').to_string(),
+        Value::Interval(interval) => format!("{}", interval.span()),
+        other => format!("{other:?}"),
+    }
+}
+
+/// One value of a subquery's result: a key per selected column, None for
+/// NULL.
+type Tuple = Vec<Option<String>>;
+
+#[derive(Clone, Debug)]
+struct Entry {
+    count: u64,
+    /// The text first seen for this key (Postgres' output), to bind back.
+    text: Vec<Option<String>>,
+}
+
+/// A subquery's result as a multiset of values (a dependency's rows may
+/// repeat a value): evaluation asks whether a value is in it, with SQL's
+/// NULL rules; moves are its 0→1 and 1→0 transitions.
+#[derive(Clone, Debug)]
+pub struct SubqueryView {
+    types: Vec<Type>,
+    entries: HashMap<Tuple, Entry>,
+    /// Distinct tuples holding a NULL: they make a failed lookup unknown
+    /// rather than false, so they are kept apart to be scanned.
+    with_null: usize,
+}
+
+/// A value's identity in a [`SubqueryView`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ValueKey(Tuple);
+
+/// How a value stands against a view, in SQL's three-valued logic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Membership {
+    In,
+    NotIn,
+    /// NULL: neither, because of a NULL on either side.
+    Unknown,
+}
+
+impl SubqueryView {
+    pub(crate) fn new(types: Vec<Type>) -> SubqueryView {
+        SubqueryView {
+            types,
+            entries: HashMap::new(),
+            with_null: 0,
+        }
+    }
+
+    /// Number of distinct values.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether some value has a NULL (which makes `NOT IN` unknown).
+    pub fn has_null(&self) -> bool {
+        self.with_null > 0
+    }
+
+    /// Values per column, in Postgres text; None when a text does not
+    /// parse as its column's type (it cannot come from that column).
+    fn tuple_of_text(&self, text: &[Option<&str>]) -> Option<Tuple> {
+        if text.len() != self.types.len() {
+            return None;
+        }
+        text.iter()
+            .zip(&self.types)
+            .map(|(t, ty)| match t {
+                None => Some(None),
+                Some(t) => parse_value(t, ty).map(|v| Some(equality_key(&v, &ty.scalar))),
+            })
+            .collect()
+    }
+
+    fn tuple_of_values(&self, values: &[Value]) -> Tuple {
+        values
+            .iter()
+            .zip(&self.types)
+            .map(|(v, ty)| (!v.is_null()).then(|| equality_key(v, &ty.scalar)))
+            .collect()
+    }
+
+    /// Counts one more row with this value (text per selected column);
+    /// true when the value was absent (a move in). False, and nothing
+    /// counted, for text that is not of the column's type.
+    pub fn add(&mut self, text: &[Option<&str>]) -> bool {
+        let Some(tuple) = self.tuple_of_text(text) else {
+            return false;
+        };
+        let has_null = tuple.iter().any(Option::is_none);
+        let entry = self.entries.entry(tuple).or_insert_with(|| Entry {
+            count: 0,
+            text: text.iter().map(|t| t.map(str::to_string)).collect(),
+        });
+        entry.count += 1;
+        let moved_in = entry.count == 1;
+        if moved_in && has_null {
+            self.with_null += 1;
+        }
+        moved_in
+    }
+
+    /// Counts one row with this value less; true when it was the last (a
+    /// move out).
+    pub fn remove(&mut self, text: &[Option<&str>]) -> bool {
+        let Some(tuple) = self.tuple_of_text(text) else {
+            return false;
+        };
+        let Some(entry) = self.entries.get_mut(&tuple) else {
+            return false;
+        };
+        entry.count -= 1;
+        if entry.count > 0 {
+            return false;
+        }
+        if tuple.iter().any(Option::is_none) {
+            self.with_null -= 1;
+        }
+        self.entries.remove(&tuple);
+        true
+    }
+
+    /// The value's identity in the view (equal exactly when Postgres' `=`
+    /// says so); None for text that is not of the columns' types.
+    pub fn key_of(&self, text: &[Option<&str>]) -> Option<ValueKey> {
+        self.tuple_of_text(text).map(ValueKey)
+    }
+
+    /// Whether the view holds the value (at least one row has it).
+    pub fn holds(&self, key: &ValueKey) -> bool {
+        self.entries.contains_key(&key.0)
+    }
+
+    /// Whether a value given as text is in the view.
+    pub fn contains_text(&self, text: &[Option<&str>]) -> Membership {
+        let values: Option<Vec<Value>> = text
+            .iter()
+            .zip(&self.types)
+            .map(|(t, ty)| match t {
+                None => Some(Value::Null),
+                Some(t) => parse_value(t, ty),
+            })
+            .collect();
+        match values {
+            Some(values) if values.len() == self.types.len() => self.contains(&values),
+            _ => Membership::Unknown,
+        }
+    }
+
+    /// `lhs IN (values)` as Postgres has it for rows: a tuple equals when
+    /// every column does, differs when any non-NULL pair differs, else is
+    /// unknown; the `IN` holds if one equals, is false if all differ.
+    pub(crate) fn contains(&self, values: &[Value]) -> Membership {
+        let tuple = self.tuple_of_values(values);
+        let lhs_has_null = tuple.iter().any(Option::is_none);
+        if !lhs_has_null && self.entries.contains_key(&tuple) {
+            return Membership::In;
+        }
+        if !lhs_has_null && self.with_null == 0 {
+            return Membership::NotIn;
+        }
+        // Only NULLs can make it unknown: scan for a tuple that does not
+        // differ in any column where both sides are known. For a single
+        // column with a NULL on the left that is any tuple at all.
+        let undecided = |other: &Tuple| {
+            tuple
+                .iter()
+                .zip(other)
+                .all(|(a, b)| a.is_none() || b.is_none() || a == b)
+        };
+        if self.entries.keys().any(undecided) {
+            Membership::Unknown
+        } else {
+            Membership::NotIn
+        }
+    }
+
+    /// The distinct values' texts, per column (for binding as arrays).
+    pub fn column_texts(&self) -> Vec<Vec<Option<&str>>> {
+        let mut columns = vec![Vec::with_capacity(self.entries.len()); self.types.len()];
+        for entry in self.entries.values() {
+            for (column, text) in columns.iter_mut().zip(&entry.text) {
+                column.push(text.as_deref());
+            }
+        }
+        columns
+    }
+}
+
+/// A Postgres array literal of texts (`{"a","b",NULL}`), every element
+/// quoted so no element text can change the array's shape.
+pub(crate) fn array_literal(items: &[Option<&str>]) -> String {
+    let mut out = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match item {
+            None => out.push_str("NULL"),
+            Some(text) => {
+                out.push('"');
+                for c in text.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+        }
+    }
+    out.push('}');
+    out
+}
