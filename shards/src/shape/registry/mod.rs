@@ -27,11 +27,13 @@ pub use super::relation_index::schema_fingerprint;
 
 mod capture;
 mod cold;
+mod liveness;
 mod memory;
 mod shape;
 
 use cold::Cold;
 pub use cold::{SWEEP_PER_CHECKPOINT, UNLOAD_PER_CHECKPOINT};
+pub use liveness::Liveness;
 pub use memory::wait_for_memory;
 use shape::{Applied, Gate, Held, MetaDirty, ShapeState};
 pub use shape::{Journal, RowFilter, Shape, ShapeId, ShapeSpec, SpecLoader, MAX_HELD_TRANSACTIONS};
@@ -90,6 +92,9 @@ pub struct Registry {
     unloaded: u64,
     /// Built shapes the unload sweep has yet to look at in this round.
     sweep: Vec<ShapeId>,
+    /// Flags of shapes other shards keep replies of (built or cold; made
+    /// on first ask), ended when the shape goes.
+    liveness: HashMap<ShapeId, Liveness>,
 }
 
 impl Registry {
@@ -133,6 +138,7 @@ impl Registry {
             epoch: 0,
             unloaded: 0,
             sweep: Vec::new(),
+            liveness: HashMap::new(),
         }
     }
 
@@ -200,6 +206,20 @@ impl Registry {
     pub fn by_definition(&mut self, canonical: &str) -> Option<Rc<Shape>> {
         let id = *self.by_definition.get(canonical)?;
         self.warm(id)
+    }
+
+    /// The flag other shards read to know shape `id` still lives (None if
+    /// it does not).
+    pub fn liveness(&mut self, id: ShapeId) -> Option<Liveness> {
+        if !self.shapes.contains_key(&id) && !self.cold.contains_key(&id) {
+            return None;
+        }
+        Some(
+            self.liveness
+                .entry(id)
+                .or_insert_with(Liveness::new)
+                .clone(),
+        )
     }
 
     /// Whether a live shape (built or cold) has this definition.
@@ -324,6 +344,9 @@ impl Registry {
 
     /// Removes a shape without journaling it (replaying a removal).
     pub fn forget(&mut self, id: ShapeId, why: &str) {
+        if let Some(flag) = self.liveness.remove(&id) {
+            flag.end();
+        }
         if let Some(cold) = self.cold.remove(&id) {
             self.forget_cold(id, &cold, why);
             return;
