@@ -85,6 +85,9 @@ pub struct Router {
     live: super::live::LiveHub,
     /// Keep-alive and timeout deadlines of this shard's streams.
     deadlines: Rc<shards::notify::Deadlines>,
+    /// Live reads in flight from this shard, by what they ask: identical
+    /// ones (1,000 long-polls at one offset) share one owner read.
+    live_reads: RefCell<HashMap<String, Rc<Waiting>>>,
     /// Sealed-chunk replies from other shards' shapes, by request, and
     /// when they were kept.
     replies: RefCell<ChunkCache<String, Kept>>,
@@ -97,6 +100,7 @@ impl Router {
             next_id: Cell::new(0),
             waiting: RefCell::new(HashMap::new()),
             initial: RefCell::new(HashMap::new()),
+            live_reads: RefCell::new(HashMap::new()),
             live: super::live::LiveHub::default(),
             deadlines: shards::notify::Deadlines::new(),
             replies: RefCell::new(ChunkCache::new(service.config().chunk_cache_bytes)),
@@ -142,7 +146,10 @@ impl Router {
     }
 
     /// Answers `request` on shard `owner`.
-    pub async fn dispatch(&self, owner: usize, request: ShapeRequest) -> ShapeReply {
+    pub async fn dispatch(self: &Rc<Self>, owner: usize, request: ShapeRequest) -> ShapeReply {
+        if let Some(key) = live_key(&request, None) {
+            return self.shared_live_read(owner, request, key).await;
+        }
         if owner == self.me() {
             return self.service.serve(request).await;
         }
@@ -206,6 +213,53 @@ impl Router {
             self.keep(key, &reply, true);
         }
         reply
+    }
+
+    /// One round of an SSE stream (`request.wait` zero) after its watch saw
+    /// `changes` notifications: rounds of streams that saw the same ones
+    /// ask the same and share one owner read. (A stream that saw a newer
+    /// change must not join a read that may predate it.)
+    pub async fn dispatch_round(
+        self: &Rc<Self>,
+        owner: usize,
+        request: ShapeRequest,
+        changes: u64,
+    ) -> ShapeReply {
+        match live_key(&request, Some(changes)) {
+            Some(key) => self.shared_live_read(owner, request, key).await,
+            None => self.dispatch(owner, request).await,
+        }
+    }
+
+    /// Joins the identical live read in flight, or starts it as a task of
+    /// its own: a follower never depends on the client that started it
+    /// staying connected.
+    async fn shared_live_read(
+        self: &Rc<Self>,
+        owner: usize,
+        request: ShapeRequest,
+        key: String,
+    ) -> ShapeReply {
+        let joined = self.live_reads.borrow().get(&key).cloned();
+        if let Some(read) = joined {
+            crate::metrics::Metrics::inc(&self.service.metrics.live_reads_joined);
+            return read.get().await;
+        }
+        let read = Waiting::new();
+        self.live_reads
+            .borrow_mut()
+            .insert(key.clone(), read.clone());
+        let router = self.clone();
+        let leader = read.clone();
+        runtime::spawn_detached(async move {
+            let reply = match owner == router.me() {
+                true => router.service.serve(request).await,
+                false => router.forward(owner, request).await,
+            };
+            router.live_reads.borrow_mut().remove(&key);
+            leader.set(reply);
+        });
+        read.get().await
     }
 
     /// A kept copy of the owner's reply to the same request, if its shape
@@ -304,6 +358,29 @@ fn reusable_key(request: &ShapeRequest) -> Option<String> {
         "{}|handle={handle}|offset={:?}",
         definition.canonical(),
         request.offset
+    ))
+}
+
+/// Live reads of a known shape that get the same answer: the same offset,
+/// cursor and wait. A long-poll waits on the owner's log itself, so one
+/// joining later loses nothing; an SSE round (`wait` zero) reads at once
+/// and must name the changes its stream saw (`changes`).
+fn live_key(request: &ShapeRequest, changes: Option<u64>) -> Option<String> {
+    use super::request::RequestKind;
+    let shared = request.kind == RequestKind::Get
+        && request.live
+        && request.subset.is_none()
+        && request.if_none_match.is_none()
+        && (request.wait.is_none() || changes.is_some());
+    let handle = request.handle.as_deref().filter(|_| shared)?;
+    let definition = request.definition.as_ref()?;
+    Some(format!(
+        "{}|handle={handle}|offset={:?}|sse={}|cursor={:?}|wait={:?}|changes={changes:?}",
+        definition.canonical(),
+        request.offset,
+        request.sse,
+        request.cursor,
+        request.wait,
     ))
 }
 
