@@ -181,6 +181,7 @@ fn subset_query(
         columns,
         width: schema.columns.len(),
         where_at: None,
+        seeds: Vec::new(),
     })
 }
 

@@ -28,13 +28,19 @@ pub use super::relation_index::schema_fingerprint;
 mod capture;
 mod cold;
 mod memory;
+mod moves;
 mod shape;
+mod subquery;
 
 use cold::Cold;
 pub use cold::{SWEEP_PER_CHECKPOINT, UNLOAD_PER_CHECKPOINT};
 pub use memory::wait_for_memory;
-use shape::{Applied, Gate, Held, MetaDirty, ShapeState};
+use shape::{Applied, Gate, Held, MetaDirty, MoveJobs, ShapeState};
 pub use shape::{Journal, RowFilter, Shape, ShapeId, ShapeSpec, SpecLoader, MAX_HELD_TRANSACTIONS};
+pub use subquery::{
+    DependencySpec, MoveInJob, MoveInRows, SubquerySpec, DEFAULT_BUFFER_MAX_TRANSACTIONS,
+    MAX_MOVE_IN_BYTES,
+};
 
 pub struct Registry {
     shard: usize,
@@ -90,6 +96,17 @@ pub struct Registry {
     unloaded: u64,
     /// Built shapes the unload sweep has yet to look at in this round.
     sweep: Vec<ShapeId>,
+    /// Subquery shapes by the relations their subqueries read: changes on
+    /// those reach the shape's mirror of the dependency's values.
+    by_dependency: HashMap<RelationId, Vec<ShapeId>>,
+    /// Move-in queries shapes asked for during an apply.
+    move_jobs: MoveJobs,
+    /// Runs a move-in query (spawns it; the result comes back through
+    /// `move_in_done`). None: move-ins invalidate their shape.
+    move_runner: Option<Box<dyn Fn(MoveInJob)>>,
+    /// Shapes with a move-in in flight, retried for their splice as the
+    /// shard's position moves.
+    moving: BTreeSet<ShapeId>,
 }
 
 impl Registry {
@@ -133,7 +150,16 @@ impl Registry {
             epoch: 0,
             unloaded: 0,
             sweep: Vec::new(),
+            by_dependency: HashMap::new(),
+            move_jobs: Rc::default(),
+            move_runner: None,
+            moving: BTreeSet::new(),
         }
+    }
+
+    /// What runs subquery shapes' move-in queries (the edge: Postgres).
+    pub fn set_move_runner(&mut self, runner: Box<dyn Fn(MoveInJob)>) {
+        self.move_runner = Some(runner);
     }
 
     /// Where cold shapes' creation records are read from, and how they
@@ -265,6 +291,10 @@ impl Registry {
         self.shapes.insert(id, shape.clone());
         self.by_read.insert((read_stamp, id));
         self.routes.subscribe(relation, self.shard);
+        for dependency in shape.dependency_relations() {
+            self.by_dependency.entry(dependency).or_default().push(id);
+            self.routes.subscribe(dependency, self.shard);
+        }
         shape
     }
 
@@ -292,11 +322,13 @@ impl Registry {
                 gone: false,
                 last_lsn: Lsn::ZERO,
                 relation: None,
+                subquery: spec.subqueries.as_deref().map(subquery::SubqueryState::new),
             }),
             changed: Notify::new(),
             memory: self.memory.clone(),
             counted: Cell::new(0),
             snapshot_journaled: Cell::new(0),
+            move_jobs: self.move_jobs.clone(),
             spec,
         })
     }
@@ -354,6 +386,16 @@ impl Registry {
             }
         }
         self.routes.unsubscribe(relation, self.shard);
+        for dependency in shape.dependency_relations() {
+            if let Some(ids) = self.by_dependency.get_mut(&dependency) {
+                ids.retain(|&s| s != id);
+                if ids.is_empty() {
+                    self.by_dependency.remove(&dependency);
+                }
+            }
+            self.routes.unsubscribe(dependency, self.shard);
+        }
+        self.moving.remove(&id);
         {
             let mut state = shape.state.borrow_mut();
             // Its tail leaves the shard's total now (readers may still hold
@@ -391,6 +433,66 @@ impl Registry {
         for tx in held {
             self.apply_one(&shape, &tx, None);
         }
+        self.run_moves();
+    }
+
+    /// Starts the move-in queries shapes asked for, and splices those whose
+    /// rows and boundary are known; again while splices start new ones.
+    fn run_moves(&mut self) {
+        loop {
+            let jobs = std::mem::take(&mut *self.move_jobs.borrow_mut());
+            for job in jobs {
+                let id = job.shape;
+                self.moving.insert(id);
+                match &self.move_runner {
+                    Some(runner) => runner(job),
+                    None => self.remove(id, "no move-in runner on this shard"),
+                }
+            }
+            for id in self.moving.clone() {
+                let Some(shape) = self.shapes.get(&id).cloned() else {
+                    self.moving.remove(&id);
+                    continue;
+                };
+                let last_seen = self.last_seen;
+                match shape.try_splice(last_seen) {
+                    Applied::Nothing => {}
+                    Applied::Grew => shape.changed.notify_all(),
+                    Applied::Invalidated(why) => self.remove(id, why),
+                }
+                if !shape.is_moving() {
+                    self.moving.remove(&id);
+                }
+            }
+            if self.move_jobs.borrow().is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// A move-in query finished: its rows (or its failure, which
+    /// invalidates the shape: Electric does the same).
+    pub fn move_in_done(
+        &mut self,
+        id: ShapeId,
+        generation: u64,
+        result: Result<MoveInRows, String>,
+    ) {
+        let Some(shape) = self.shapes.get(&id).cloned() else {
+            return;
+        };
+        match result {
+            Ok(rows) => shape.move_in_result(generation, rows),
+            Err(e) => {
+                tracing::warn!(
+                    shard = self.shard,
+                    handle = shape.handle(),
+                    "move-in query failed: {e}"
+                );
+                self.remove(id, "its move-in query failed");
+            }
+        }
+        self.run_moves();
     }
 
     fn apply_one(&mut self, shape: &Rc<Shape>, tx: &Arc<Transaction>, indices: Option<&[usize]>) {
@@ -437,6 +539,13 @@ impl Registry {
                     }
                 }
             }
+            if !self.by_dependency.is_empty() {
+                for relation in change.relation_ids() {
+                    if let Some(ids) = self.by_dependency.get(&relation) {
+                        candidates.extend(ids.iter().copied());
+                    }
+                }
+            }
             candidates.sort_unstable();
             candidates.dedup();
             for &id in &candidates {
@@ -468,6 +577,9 @@ impl Registry {
             .collect();
         for shape in pending {
             self.apply_one(&shape, tx, None);
+        }
+        if !self.moving.is_empty() || !self.move_jobs.borrow().is_empty() {
+            self.run_moves();
         }
     }
 
@@ -504,11 +616,35 @@ impl Registry {
         for id in stale {
             self.remove(id, "its table's columns changed");
         }
+        // Subquery shapes reading this table: their mirror reads columns
+        // by position, so a change to those invalidates them.
+        let stale: Vec<ShapeId> = self
+            .by_dependency
+            .get(&relation.id)
+            .into_iter()
+            .flatten()
+            .filter(|id| {
+                self.shapes.get(id).is_some_and(|shape| {
+                    !shape
+                        .dependency_fingerprints(relation.id)
+                        .all(|fingerprint| columns.keeps(fingerprint, false))
+                })
+            })
+            .copied()
+            .collect();
+        for id in stale {
+            self.remove(id, "a subquery's table's columns changed");
+        }
     }
 
     /// WAL progress with no transaction for this shard.
     pub fn advance(&mut self, lsn: Lsn) {
         self.last_seen = self.last_seen.max(lsn);
+        // A move-in whose snapshot saw every transaction held so far
+        // splices once the shard is past the snapshot's WAL position.
+        if !self.moving.is_empty() {
+            self.run_moves();
+        }
     }
 
     /// The shapes on `relation`, built or cold, from the per-relation
