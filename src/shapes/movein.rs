@@ -24,6 +24,9 @@ pub fn runner(service: Weak<ShapeService>) -> Box<dyn Fn(MoveInJob)> {
             return;
         };
         runtime::spawn_detached(async move {
+            // glommio runs a spawned task at once, and the runner is called
+            // with the registry borrowed: step aside before touching it.
+            YieldNow(false).await;
             let result = run(&service, &job).await;
             service
                 .registry
@@ -31,6 +34,26 @@ pub fn runner(service: Weak<ShapeService>) -> Box<dyn Fn(MoveInJob)> {
                 .move_in_done(job.shape, job.generation, result);
         });
     })
+}
+
+/// Pending once (waking itself), then ready: the task runs again only
+/// after the one that spawned it has yielded.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 async fn run(service: &Rc<ShapeService>, job: &MoveInJob) -> Result<MoveInRows, String> {
@@ -46,8 +69,19 @@ async fn run(service: &Rc<ShapeService>, job: &MoveInJob) -> Result<MoveInRows, 
     let mut read = shape.spec.selected.clone();
     read.extend_from_slice(subqueries.clause.referenced_columns());
     let mut sql = SnapshotSql::select(&shape.spec.schema, &read, &shape.spec.key);
-    sql.sql.push_str(" WHERE ");
+    sql.sql.push_str(" WHERE (");
     sql.sql.push_str(&job.where_sql);
+    sql.sql.push(')');
+    // The move-in where replaces the triggering subquery by its moved
+    // values, so parameters only that subquery used are not in it; every
+    // bound parameter must have a type, so those get a true no-op of their own.
+    let used = used_params(&job.where_sql);
+    for n in 1..=job.params.len() {
+        if !used.contains(&n) {
+            sql.sql
+                .push_str(&format!(" AND (${n}::text IS NULL OR true)"));
+        }
+    }
     let mut conn = service.pool.get().await.map_err(|e| e.to_string())?;
     conn.set_reusable(false);
     let result = query(&mut conn, &sql, &job.params).await;
@@ -108,4 +142,50 @@ async fn query(
     }
     conn.execute("COMMIT").await.map_err(pg)?;
     Ok(MoveInRows { snapshot, rows })
+}
+
+/// The `$n` placeholders in rendered SQL, outside quoted literals and
+/// identifiers (our renderer quotes with doubling: `''`, `""`; a
+/// backslash in an `E''` literal is doubled too, so it never escapes a
+/// quote).
+fn used_params(sql: &str) -> std::collections::BTreeSet<usize> {
+    let mut used = std::collections::BTreeSet::new();
+    let bytes = sql.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if b == b'\'' || b == b'"' => quote = Some(b),
+            None if b == b'$' => {
+                let digits = bytes[i + 1..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_digit())
+                    .count();
+                if let Ok(n) = sql[i + 1..i + 1 + digits].parse() {
+                    used.insert(n);
+                }
+                i += digits;
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    used
+}
+
+#[cfg(test)]
+mod tests {
+    use super::used_params;
+
+    #[test]
+    fn placeholders_outside_quotes() {
+        let used: Vec<usize> =
+            used_params(r#""a$1" = '$2''$3' AND b = $4::int4 AND c = ANY($12::text[])"#)
+                .into_iter()
+                .collect();
+        assert_eq!(used, [4, 12]);
+    }
 }
