@@ -20,7 +20,7 @@ use crate::shape::convert::{Converter, RowTags};
 use crate::shape::encode::{self, Move, Tagging};
 use crate::shape::materializer::{Materialized, ValueText};
 use crate::shape::offset::LogOffset;
-use crate::shape::where_clause::TagSalt;
+use crate::shape::where_clause::{SubqueryView, TagSalt};
 
 use super::shape::{Applied, Shape, ShapeState};
 use super::subquery::{as_refs, boundary, ActiveMove, Due, MoveInJob, MoveInRows, SubquerySpec};
@@ -54,7 +54,10 @@ impl Shape {
         let (Some(spec), Some(sub)) = (self.subquery_spec(), state.subquery.as_ref()) else {
             return false;
         };
-        let views = sub.views();
+        let views: Vec<Option<&SubqueryView>> = match (&sub.seeded, move_in) {
+            (Some(seeded), false) => seeded.iter().map(Some).collect(),
+            _ => sub.views(),
+        };
         let value = |i: usize| row.get(i).copied().flatten();
         let tags = spec.clause.tags(&value, &self.salt());
         let active = spec.clause.active_conditions(&value, &views);
@@ -75,6 +78,9 @@ impl Shape {
             if let (Some(m), Some(client)) = (sub.materializers.get_mut(d), sub.client.get_mut(d)) {
                 m.seed(value);
                 super::subquery::set_add(client, value);
+            }
+            if let Some(seeded) = sub.seeded.as_mut().and_then(|s| s.get_mut(d)) {
+                super::subquery::set_add(seeded, value);
             }
         }
     }
@@ -100,6 +106,13 @@ impl Shape {
             .flat_map(|s| s.dependencies.iter())
             .filter(move |d| d.relation == relation)
             .map(|d| d.fingerprint)
+    }
+
+    /// The snapshot's rows are all written: its seeded views can go.
+    pub(super) fn drop_seeded_views(&self) {
+        if let Some(sub) = self.state.borrow_mut().subquery.as_mut() {
+            sub.seeded = None;
+        }
     }
 
     /// Whether a move-in is in flight (queried or waiting to splice).

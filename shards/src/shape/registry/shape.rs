@@ -240,6 +240,7 @@ impl Shape {
     /// `push_snapshot_row`). Returns whether rows were left out of the
     /// journal: the snapshot is durable only with the next checkpoint.
     pub fn finish_snapshot(&self, snapshot: &PgSnapshot) -> bool {
+        self.drop_seeded_views();
         let stored = snapshot.stored_end();
         let rows = self.state.borrow().log.snapshot_items();
         let mut payload = rows.to_le_bytes().to_vec();

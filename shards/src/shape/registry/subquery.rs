@@ -116,6 +116,11 @@ pub(super) struct SubqueryState {
     pub(super) pending: Vec<BTreeMap<ValueText, Vec<Xid>>>,
     pub(super) moving: Option<ActiveMove>,
     pub(super) generation: u64,
+    /// The views as seeded in the snapshot's transaction, kept until the
+    /// snapshot's rows are all written: transactions after the snapshot
+    /// may move the client views while rows still stream, and a snapshot
+    /// row's active conditions are those of the snapshot's time.
+    pub(super) seeded: Option<Vec<SubqueryView>>,
 }
 
 impl SubqueryState {
@@ -144,6 +149,7 @@ impl SubqueryState {
             pending: vec![BTreeMap::new(); n],
             moving: None,
             generation: 0,
+            seeded: Some((0..n).map(view).collect()),
         }
     }
 
