@@ -155,6 +155,19 @@ impl Shape {
     ) -> Step {
         let sub = state.subquery.as_mut().ok_or("no subquery state")?;
         if let Some(active) = sub.moving.as_mut() {
+            // Once the move-in's snapshot is known, a transaction it saw
+            // goes before the splice whatever comes next: apply it now
+            // (its moves deferred) rather than hold it. A shard lagging
+            // behind a busy database would otherwise hold everything
+            // between its position and the snapshot.
+            let seen = active.held.is_empty()
+                && active
+                    .result
+                    .as_ref()
+                    .is_some_and(|r| r.snapshot.holds(tx.xid, tx.commit_lsn.0));
+            if seen {
+                return self.process(state, spec, tx, indices, true);
+            }
             if active.held.len() >= spec.buffer_max {
                 return Err("subquery buffer overflow");
             }
@@ -434,13 +447,32 @@ impl Shape {
         let Some(sub) = state.subquery.as_mut() else {
             return Applied::Nothing;
         };
-        let Some(at) = sub.moving.as_ref().and_then(|a| boundary(a, last_seen)) else {
+        let Some(active) = sub.moving.as_mut().filter(|a| a.result.is_some()) else {
             return Applied::Nothing;
         };
-        let Some(active) = sub.moving.take() else {
-            return Applied::Nothing;
+        let result = match boundary(active, last_seen) {
+            Some(at) => match sub.moving.take() {
+                Some(active) => self.splice(&mut state, spec, active, at),
+                None => Ok(false),
+            },
+            None => {
+                // Every transaction held so far was seen by the move-in's
+                // snapshot: they precede the splice, apply them now.
+                let held = std::mem::take(&mut active.held);
+                let mut grew = false;
+                let mut step = Ok(false);
+                for (tx, indices) in &held {
+                    match self.process(&mut state, spec, tx, indices.as_deref(), true) {
+                        Ok(g) => grew |= g,
+                        Err(why) => {
+                            step = Err(why);
+                            break;
+                        }
+                    }
+                }
+                step.map(|_| grew)
+            }
         };
-        let result = self.splice(&mut state, spec, active, at);
         self.recount(&state);
         match result {
             Ok(true) => Applied::Grew,
