@@ -664,7 +664,7 @@ fn concurrent_churn_folds_to_postgres() {
             let mut client = db.client();
             std::thread::spawn(move || {
                 let mut rng = crate::rng::Rng(0x5eed + w);
-                let deadline = Instant::now() + Duration::from_secs(4);
+                let deadline = Instant::now() + Duration::from_secs(6);
                 while Instant::now() < deadline {
                     let project = rng.below(6);
                     let id = 1 + rng.below(40);
@@ -686,6 +686,12 @@ fn concurrent_churn_folds_to_postgres() {
                     if client.batch_execute(&sql).is_err() {
                         let _ = client.batch_execute("ROLLBACK");
                     }
+                    // A busy but plausible rate (hundreds of transactions a
+                    // second). Unthrottled, a debug server lags the
+                    // database by thousands of transactions, and a move-in
+                    // holds more than the buffer's 1000 (Electric's bound;
+                    // then the shape is invalidated, tested below).
+                    std::thread::sleep(Duration::from_millis(3));
                 }
             })
         })
