@@ -462,6 +462,17 @@ fn membership_tags_moves_and_fold() {
     assert_eq!(reply.status, 409, "{}", reply.body);
     let mut again = Stream::new(MEMBERSHIP);
     again.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    // And through a rolling deploy.
+    server.rolling_restart();
+    let url = format!(
+        "/v1/shape?{MEMBERSHIP}&offset={}&handle={}",
+        again.offset,
+        again.handle.as_deref().unwrap()
+    );
+    let reply = server.get(&url);
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    let mut last = Stream::new(MEMBERSHIP);
+    last.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
 }
 
 #[test]
