@@ -784,3 +784,64 @@ fn buffer_overflow_invalidates_the_shape() {
         &pg_rows(&db, PG_MEMBERSHIP),
     );
 }
+
+/// The tested column need not be selected (tags come from it all the
+/// same, in the snapshot, move-ins and changes); a primary-key change is a
+/// tagged delete and insert; `replica=full` folds the same.
+#[test]
+fn unselected_tested_column_key_changes_and_replica_full() {
+    let db = membership_db("subquery_wire_columns");
+    let server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "1000")]);
+    let narrow = format!("{MEMBERSHIP}&columns=id,title");
+    let full = format!("{MEMBERSHIP}&replica=full");
+    let pg = "SELECT id::text, title FROM tasks WHERE project_id IN (SELECT project_id FROM members WHERE user_id = 1)";
+    let mut stream = Stream::new(&narrow);
+    let mut whole = Stream::new(&full);
+    stream.converge(&server, &["id", "title"], &pg_rows(&db, pg));
+    whole.converge(&server, &["id", "title"], &pg_rows(&db, pg));
+    let handle = stream.handle.clone().unwrap();
+    let row = &stream.messages[0];
+    assert!(row["value"].get("project_id").is_none(), "{row}");
+    assert_eq!(
+        row["headers"]["tags"],
+        serde_json::json!([hash(&db, &handle, "1")])
+    );
+
+    let from = stream.messages.len();
+    db.client()
+        .batch_execute("INSERT INTO members VALUES (1, 2)")
+        .unwrap();
+    stream.until(&server, from, |m| {
+        m.iter().any(|m| m["headers"]["control"] == "snapshot-end")
+    });
+    for m in &stream.messages[from + 1..stream.messages.len() - 1] {
+        assert!(m["value"].get("project_id").is_none(), "{m}");
+        assert_eq!(
+            m["headers"]["tags"],
+            serde_json::json!([hash(&db, &handle, "2")])
+        );
+    }
+
+    let from = stream.messages.len();
+    db.client()
+        .batch_execute("UPDATE tasks SET id = 500, project_id = 2 WHERE id = 1")
+        .unwrap();
+    stream.until(&server, from, |m| m.len() >= 2);
+    let got = &stream.messages[from..];
+    assert_eq!(got[0]["headers"]["operation"], "delete", "{got:#?}");
+    assert_eq!(got[1]["headers"]["operation"], "insert", "{got:#?}");
+    assert_eq!(
+        got[1]["headers"]["tags"],
+        serde_json::json!([hash(&db, &handle, "2")])
+    );
+    for sql in [
+        "DELETE FROM members WHERE user_id = 1 AND project_id = 1",
+        "UPDATE tasks SET title = 'moved' WHERE project_id = 2",
+        "INSERT INTO members VALUES (1, 3)",
+        "UPDATE tasks SET id = id + 1000 WHERE project_id = 3",
+    ] {
+        db.client().batch_execute(sql).unwrap();
+    }
+    stream.converge(&server, &["id", "title"], &pg_rows(&db, pg));
+    whole.converge(&server, &["id", "title"], &pg_rows(&db, pg));
+}
