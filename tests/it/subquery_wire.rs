@@ -845,3 +845,35 @@ fn unselected_tested_column_key_changes_and_replica_full() {
     stream.converge(&server, &["id", "title"], &pg_rows(&db, pg));
     whole.converge(&server, &["id", "title"], &pg_rows(&db, pg));
 }
+
+/// A subquery on the shape's own table: one transaction both moves values
+/// (through the inner where) and changes rows of the shape.
+#[test]
+fn subquery_on_its_own_table() {
+    let db = database("subquery_wire_self");
+    db.client()
+        .batch_execute(
+            "CREATE TABLE nodes (id int PRIMARY KEY, parent int, done bool NOT NULL DEFAULT false);
+             INSERT INTO nodes SELECT g, g / 3, g % 4 = 0 FROM generate_series(1, 30) g;",
+        )
+        .unwrap();
+    let server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "1000")]);
+    let definition =
+        "table=nodes&where=parent%20IN%20(SELECT%20id%20FROM%20nodes%20WHERE%20done)";
+    // `bool::text` prints `true`, the wire `t`: compared as t/f.
+    let pg = "SELECT id::text, parent::text, CASE WHEN done THEN 't' ELSE 'f' END FROM nodes WHERE parent IN (SELECT id FROM nodes WHERE done)";
+    let columns = ["id", "parent", "done"];
+    let mut stream = Stream::new(definition);
+    stream.converge(&server, &columns, &pg_rows(&db, pg));
+    for sql in [
+        "UPDATE nodes SET done = true WHERE id = 3",
+        "UPDATE nodes SET done = NOT done WHERE id IN (4, 5)",
+        "BEGIN; UPDATE nodes SET done = false WHERE id = 8; INSERT INTO nodes VALUES (100, 8, true), (101, 100, false); COMMIT",
+        "UPDATE nodes SET parent = 5 WHERE id < 10",
+        "DELETE FROM nodes WHERE id = 5",
+        "INSERT INTO nodes VALUES (5, 1, true)",
+    ] {
+        db.client().batch_execute(sql).unwrap();
+        stream.converge(&server, &columns, &pg_rows(&db, pg));
+    }
+}
