@@ -858,8 +858,7 @@ fn subquery_on_its_own_table() {
         )
         .unwrap();
     let server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "1000")]);
-    let definition =
-        "table=nodes&where=parent%20IN%20(SELECT%20id%20FROM%20nodes%20WHERE%20done)";
+    let definition = "table=nodes&where=parent%20IN%20(SELECT%20id%20FROM%20nodes%20WHERE%20done)";
     // `bool::text` prints `true`, the wire `t`: compared as t/f.
     let pg = "SELECT id::text, parent::text, CASE WHEN done THEN 't' ELSE 'f' END FROM nodes WHERE parent IN (SELECT id FROM nodes WHERE done)";
     let columns = ["id", "parent", "done"];
@@ -876,4 +875,41 @@ fn subquery_on_its_own_table() {
         db.client().batch_execute(sql).unwrap();
         stream.converge(&server, &columns, &pg_rows(&db, pg));
     }
+}
+
+/// The subquery's table gains a column: the shape keeps moving. It loses
+/// one: the shape's mirror reads columns by position, so it is invalidated.
+#[test]
+fn subquery_table_schema_changes() {
+    let db = membership_db("subquery_wire_schema");
+    db.client()
+        .batch_execute("ALTER TABLE members ADD COLUMN role text")
+        .unwrap();
+    let server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "500")]);
+    let columns = ["id", "project_id", "title"];
+    let mut stream = Stream::new(MEMBERSHIP);
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    db.client()
+        .batch_execute(
+            "ALTER TABLE members ADD COLUMN since date;
+             INSERT INTO members VALUES (1, 2, 'admin', '2024-01-01');",
+        )
+        .unwrap();
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    db.client()
+        .batch_execute(
+            "ALTER TABLE members DROP COLUMN role;
+             INSERT INTO members VALUES (1, 3, '2024-01-02');",
+        )
+        .unwrap();
+    let url = format!(
+        "/v1/shape?{MEMBERSHIP}&offset={}&handle={}&live=true",
+        stream.offset,
+        stream.handle.as_deref().unwrap()
+    );
+    crate::harness::wait_for("the shape's 409", Duration::from_secs(30), || {
+        (server.get(&url).status == 409).then_some(())
+    });
+    let mut fresh = Stream::new(MEMBERSHIP);
+    fresh.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
 }
