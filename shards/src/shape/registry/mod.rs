@@ -97,8 +97,11 @@ pub struct Registry {
     /// Built shapes the unload sweep has yet to look at in this round.
     sweep: Vec<ShapeId>,
     /// Subquery shapes by the relations their subqueries read: changes on
-    /// those reach the shape's mirror of the dependency's values.
-    by_dependency: HashMap<RelationId, Vec<ShapeId>>,
+    /// those reach the shape's mirror of the dependency's values. Indexed
+    /// like shapes on their own relation, by the inner where's equality
+    /// column (`user_id = $1`): a membership change reaches the shapes of
+    /// that user only, however many users' shapes there are.
+    by_dependency: HashMap<RelationId, RelationShapes>,
     /// Move-in queries shapes asked for during an apply.
     move_jobs: MoveJobs,
     /// Runs a move-in query (spawns it; the result comes back through
@@ -291,8 +294,11 @@ impl Registry {
         self.shapes.insert(id, shape.clone());
         self.by_read.insert((read_stamp, id));
         self.routes.subscribe(relation, self.shard);
-        for dependency in shape.dependency_relations() {
-            self.by_dependency.entry(dependency).or_default().push(id);
+        for (dependency, key) in shape.dependency_relations() {
+            self.by_dependency
+                .entry(dependency)
+                .or_default()
+                .add(id, key);
             self.routes.subscribe(dependency, self.shard);
         }
         shape
@@ -386,10 +392,10 @@ impl Registry {
             }
         }
         self.routes.unsubscribe(relation, self.shard);
-        for dependency in shape.dependency_relations() {
-            if let Some(ids) = self.by_dependency.get_mut(&dependency) {
-                ids.retain(|&s| s != id);
-                if ids.is_empty() {
+        for (dependency, _) in shape.dependency_relations() {
+            if let Some(shapes) = self.by_dependency.get_mut(&dependency) {
+                shapes.remove(id);
+                if shapes.count == 0 {
                     self.by_dependency.remove(&dependency);
                 }
             }
@@ -540,11 +546,7 @@ impl Registry {
                 }
             }
             if !self.by_dependency.is_empty() {
-                for relation in change.relation_ids() {
-                    if let Some(ids) = self.by_dependency.get(&relation) {
-                        candidates.extend(ids.iter().copied());
-                    }
-                }
+                self.dependency_candidates(change, &mut candidates);
             }
             candidates.sort_unstable();
             candidates.dedup();
@@ -580,6 +582,38 @@ impl Registry {
         }
         if !self.moving.is_empty() || !self.move_jobs.borrow().is_empty() {
             self.run_moves();
+        }
+    }
+
+    /// Subquery shapes a change on a table their subqueries read may move.
+    fn dependency_candidates(&self, change: &Change, out: &mut Vec<ShapeId>) {
+        match change {
+            Change::Truncate { relations, .. } => {
+                for relation in relations {
+                    if let Some(shapes) = self.by_dependency.get(&relation.id) {
+                        out.extend(shapes.all());
+                    }
+                }
+            }
+            Change::Insert { relation, new } => {
+                if let Some(shapes) = self.by_dependency.get(&relation.id) {
+                    shapes.candidates(new, None, out);
+                }
+            }
+            Change::Delete { relation, old } => {
+                if let Some(shapes) = self.by_dependency.get(&relation.id) {
+                    shapes.candidates(&old.1, None, out);
+                }
+            }
+            Change::Update { relation, old, new } => {
+                if let Some(shapes) = self.by_dependency.get(&relation.id) {
+                    let old_tuple = old.as_ref().map(|(_, t)| t);
+                    shapes.candidates(new, old_tuple, out);
+                    if let Some(old) = old_tuple {
+                        shapes.candidates(old, None, out);
+                    }
+                }
+            }
         }
     }
 
@@ -622,7 +656,7 @@ impl Registry {
             .by_dependency
             .get(&relation.id)
             .into_iter()
-            .flatten()
+            .flat_map(|shapes| shapes.all())
             .filter(|id| {
                 self.shapes.get(id).is_some_and(|shape| {
                     !shape
@@ -630,7 +664,6 @@ impl Registry {
                         .all(|fingerprint| columns.keeps(fingerprint, false))
                 })
             })
-            .copied()
             .collect();
         for id in stale {
             self.remove(id, "a subquery's table's columns changed");

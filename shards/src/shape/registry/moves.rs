@@ -85,15 +85,27 @@ impl Shape {
         }
     }
 
-    /// The relations this shape's subqueries read (each once).
-    pub(super) fn dependency_relations(&self) -> Vec<RelationId> {
-        let mut relations: Vec<RelationId> = self
-            .subquery_spec()
-            .map(|s| s.dependencies.iter().map(|d| d.relation).collect())
-            .unwrap_or_default();
+    /// The relations this shape's subqueries read (each once), with the
+    /// index key changes on it are routed by: the inner where's (its
+    /// equality column), when a single subquery reads that relation.
+    pub(super) fn dependency_relations(&self) -> Vec<(RelationId, Option<(usize, Vec<String>)>)> {
+        let Some(spec) = self.subquery_spec() else {
+            return Vec::new();
+        };
+        let mut relations: Vec<RelationId> = spec.dependencies.iter().map(|d| d.relation).collect();
         relations.sort_unstable();
         relations.dedup();
         relations
+            .into_iter()
+            .map(|relation| {
+                let mut reading = spec.dependencies.iter().filter(|d| d.relation == relation);
+                let key = match (reading.next(), reading.next()) {
+                    (Some(only), None) => only.filter.as_ref().and_then(|f| f.index_key()),
+                    _ => None,
+                };
+                (relation, key)
+            })
+            .collect()
     }
 
     /// The stored fingerprints of the subqueries reading `relation`.
