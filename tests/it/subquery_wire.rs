@@ -914,3 +914,47 @@ fn subquery_table_schema_changes() {
     let mut fresh = Stream::new(MEMBERSHIP);
     fresh.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
 }
+
+/// Two subqueries in one where: moves of both in one transaction queue
+/// behind each other (one move-in at a time), and a row held through one
+/// stays when the other moves out.
+#[test]
+fn two_subqueries_move_in_turn() {
+    let db = membership_db("subquery_wire_two");
+    db.client()
+        .batch_execute(
+            "CREATE TABLE stars (task_id int PRIMARY KEY); INSERT INTO stars VALUES (2), (3);",
+        )
+        .unwrap();
+    let server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "500")]);
+    let definition = "table=tasks&where=project_id%20IN%20(SELECT%20project_id%20FROM%20members%20WHERE%20user_id%20%3D%201)%20OR%20id%20IN%20(SELECT%20task_id%20FROM%20stars)";
+    let pg = "SELECT id::text, project_id::text, title FROM tasks WHERE project_id IN (SELECT project_id FROM members WHERE user_id = 1) OR id IN (SELECT task_id FROM stars)";
+    let columns = ["id", "project_id", "title"];
+    let mut stream = Stream::new(definition);
+    stream.converge(&server, &columns, &pg_rows(&db, pg));
+    let row = stream
+        .messages
+        .iter()
+        .find(|m| m["value"]["id"] == "2")
+        .unwrap();
+    assert_eq!(
+        row["headers"]["active_conditions"],
+        serde_json::json!([false, true])
+    );
+    for sql in [
+        "BEGIN; INSERT INTO members VALUES (1, 2); INSERT INTO stars VALUES (4), (8); COMMIT",
+        "BEGIN; DELETE FROM members WHERE user_id = 1 AND project_id = 1; INSERT INTO stars VALUES (5); COMMIT",
+        "DELETE FROM stars WHERE task_id IN (2, 3)",
+        "BEGIN; INSERT INTO members VALUES (1, 3); DELETE FROM stars; INSERT INTO stars VALUES (1); COMMIT",
+        "UPDATE tasks SET project_id = 1 WHERE id = 1",
+    ] {
+        db.client().batch_execute(sql).unwrap();
+        stream.converge(&server, &columns, &pg_rows(&db, pg));
+    }
+    let events = stream
+        .messages
+        .iter()
+        .filter(|m| m["headers"]["event"] == "move-in")
+        .count();
+    assert!(events >= 4, "{events} move-ins");
+}
