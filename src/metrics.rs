@@ -32,6 +32,9 @@ pub struct Metrics {
     /// built for another request waiting at the same offset.
     pub live_bodies_built: AtomicU64,
     pub live_bodies_shared: AtomicU64,
+    /// Live requests that joined an identical one in flight from the same
+    /// shard (one owner read answers all of them).
+    pub live_reads_joined: AtomicU64,
     /// Sealed-chunk bodies served from the chunk cache, built for it, and
     /// the bytes it holds (all shards).
     pub chunk_cache_hits: AtomicU64,
@@ -142,6 +145,12 @@ impl Metrics {
             "counter",
             "Live answers that reused the body built for another request at the same offset (fan-out encodes once).",
             &self.live_bodies_shared,
+        );
+        line(
+            "shapeshard_live_reads_joined_total",
+            "counter",
+            "Live requests (long-polls, SSE rounds) answered by an identical request already in flight from the same shard: one owner read per shard and offset.",
+            &self.live_reads_joined,
         );
         line(
             "shapeshard_chunk_cache_hits_total",

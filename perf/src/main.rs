@@ -43,6 +43,11 @@ enum Command {
         /// (`--flamegraph=a,b`) for those only.
         #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "all")]
         flamegraph: Option<String>,
+        /// Run each workload this many times (its sections `<name>-run<k>`,
+        /// a flamegraph of the first run only) and add the median of the
+        /// runs to the summary.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+        repeat: u32,
     },
     /// List the workloads.
     List,
@@ -169,7 +174,8 @@ fn main() {
             quick,
             out,
             flamegraph,
-        } => std::process::exit(run(&workload, quick, out, flamegraph)),
+            repeat,
+        } => std::process::exit(run(&workload, quick, out, flamegraph, repeat)),
     }
 }
 
@@ -182,7 +188,13 @@ fn sh(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: Option<String>) -> i32 {
+fn run(
+    which: &str,
+    quick: bool,
+    out: Option<PathBuf>,
+    flamegraph: Option<String>,
+    repeat: u32,
+) -> i32 {
     let size = if quick { Size::Quick } else { Size::Full };
     let selected: Vec<&Workload> = if which == "all" {
         WORKLOADS.iter().collect()
@@ -259,8 +271,13 @@ fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: Option<String
     let info = |seconds: f64| report::RunInfo {
         title: format!("shapeshard perf report: {which} ({mode})"),
         command: format!(
-            "cargo run -p perf --release -- run {which}{}{}",
+            "cargo run -p perf --release -- run {which}{}{}{}",
             if quick { " --quick" } else { "" },
+            if repeat > 1 {
+                format!(" --repeat {repeat}")
+            } else {
+                String::new()
+            },
             match flamegraph.as_deref() {
                 None => String::new(),
                 Some("all") => " --flamegraph".into(),
@@ -276,17 +293,24 @@ fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: Option<String
     };
     let began = Instant::now();
     let mut sections: Vec<Section> = Vec::new();
-    for w in selected {
-        eprintln!("=== {} ({mode}): {}", w.name, w.about);
-        report::begin(&dir, w.name);
+    let runs = selected
+        .iter()
+        .flat_map(|w| (1..=repeat).map(move |k| (*w, k)));
+    for (w, k) in runs {
+        let name = match repeat {
+            1 => w.name.to_string(),
+            _ => format!("{}-run{k}", w.name),
+        };
+        eprintln!("=== {name} ({mode}): {}", w.about);
+        report::begin(&dir, &name);
         if flamed(w.name) && !flame {
             report::note(
                 "flamegraph skipped: `perf` not found (install the Debian package `linux-perf`)"
                     .into(),
             );
         }
-        let recorder = (flame && flamed(w.name))
-            .then(|| flame::Recorder::start(&dir.join(w.name).join("perf-data")));
+        let recorder = (flame && flamed(w.name) && k == 1)
+            .then(|| flame::Recorder::start(&dir.join(&name).join("perf-data")));
         let t = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (w.run)(size)));
         let markdown = match result {
@@ -310,20 +334,20 @@ fn run(which: &str, quick: bool, out: Option<PathBuf>, flamegraph: Option<String
                 &svg,
             ) {
                 Ok(summary) => {
-                    let copy = dir.join(w.name).join("flamegraph.svg");
+                    let copy = dir.join(&name).join("flamegraph.svg");
                     let _ = std::fs::copy(&svg, &copy);
                     section
                         .markdown
-                        .push_str(&summary.markdown(&format!("{}/flamegraph.svg", w.name)));
+                        .push_str(&summary.markdown(&format!("{name}/flamegraph.svg")));
                     section
                         .notes
                         .push(format!("flamegraph: flamegraphs/{}-{commit}.svg", w.name));
                 }
                 Err(e) => section.notes.push(format!("flamegraph: {e}")),
             }
-            let _ = std::fs::remove_dir_all(dir.join(w.name).join("perf-data"));
+            let _ = std::fs::remove_dir_all(dir.join(&name).join("perf-data"));
         }
-        eprintln!("=== {} done in {:.0} s", w.name, section.seconds);
+        eprintln!("=== {name} done in {:.0} s", section.seconds);
         sections.push(section);
         // The report so far, so an interrupted run leaves one.
         write_report(&dir, &info(began.elapsed().as_secs_f64()), &sections);

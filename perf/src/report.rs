@@ -543,6 +543,7 @@ pub fn render_run(info: &RunInfo, sections: &[Section]) -> String {
             out.push('\n');
         }
     }
+    out.push_str(&median_table(sections));
     let failures: Vec<&String> = sections.iter().flat_map(|s| &s.failures).collect();
     if !failures.is_empty() {
         out.push_str("\n**Failures:**\n\n");
@@ -594,9 +595,111 @@ pub fn render_run(info: &RunInfo, sections: &[Section]) -> String {
     out
 }
 
+/// When a workload ran more than once (`perf run --repeat N`): each
+/// measure's median over the runs, of ours, of its limit and of the
+/// per-run ratio (each run's ratio is taken within that run, on the same
+/// cores at the same time). Empty when nothing repeated.
+pub fn median_table(sections: &[Section]) -> String {
+    let mut groups: Vec<((String, String), Vec<&Headline>)> = Vec::new();
+    for h in sections.iter().flat_map(|s| &s.headlines) {
+        let key = (h.workload.clone(), h.measure.clone());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, runs)) => runs.push(h),
+            None => groups.push((key, vec![h])),
+        }
+    }
+    if groups.iter().all(|(_, runs)| runs.len() < 2) {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n### Median of the runs\n\n| workload | measure | runs | ours (median, min–max) | limit (median) | ours ÷ limit (median of runs) | errors | target |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for ((workload, measure), runs) in groups.iter().filter(|(_, r)| r.len() >= 2) {
+        let ours: Vec<f64> = runs.iter().map(|h| h.ours).collect();
+        let limits: Vec<f64> = runs
+            .iter()
+            .filter_map(|h| h.limit.as_ref().map(|l| l.1))
+            .collect();
+        let ratios: Vec<f64> = runs.iter().filter_map(|h| h.ratio()).collect();
+        let first = runs[0];
+        let (lo, hi) = ours
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(*v), hi.max(*v))
+            });
+        out.push_str(&format!(
+            "| {workload} | {measure} | {} | {} {} ({}–{}) | {} | {} | {} | {} |\n",
+            runs.len(),
+            number(median(&ours)),
+            first.unit,
+            number(lo),
+            number(hi),
+            match (&first.limit, limits.is_empty()) {
+                (Some((name, _)), false) =>
+                    format!("{} {} ({name})", number(median(&limits)), first.unit),
+                _ => "–".into(),
+            },
+            if ratios.is_empty() {
+                "–".into()
+            } else {
+                format!(
+                    "{:.2}× ({})",
+                    median(&ratios),
+                    if first.lower_is_better {
+                        "lower is better"
+                    } else {
+                        "higher is better"
+                    }
+                )
+            },
+            runs.iter().map(|h| h.errors).sum::<u64>(),
+            first.target,
+        ));
+    }
+    out
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_measures_get_their_median_row() {
+        let run = |ours: f64, limit: f64| Section {
+            headlines: vec![Headline::rate(
+                "fanout",
+                "p99",
+                ours,
+                "ms",
+                Some(("loopback", limit)),
+                "t",
+            )],
+            ..Section::default()
+        };
+        assert_eq!(
+            median_table(&[run(1.0, 2.0)]),
+            "",
+            "one run: no median table"
+        );
+        let table = median_table(&[run(30.0, 10.0), run(10.0, 10.0), run(20.0, 5.0)]);
+        // Ours 10/20/30 → 20; limits 10/10/5 → 10; ratios 3/1/4 → 3.
+        assert!(
+            table.contains("| fanout | p99 | 3 | 20.0 ms (10.0–30.0) | 10.0 ms (loopback) | 3.00×"),
+            "{table}"
+        );
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
 
     #[test]
     fn server_latency_tables_keep_series_with_samples() {

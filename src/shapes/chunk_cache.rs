@@ -58,6 +58,13 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ChunkCache<K, V> {
         Some(body.clone())
     }
 
+    pub fn remove(&mut self, key: &K) {
+        if let Some((gone, used)) = self.entries.remove(key) {
+            self.order.remove(&used);
+            self.bytes -= gone.weight();
+        }
+    }
+
     /// Keeps `body` unless it alone is over a quarter of the budget (one
     /// huge chunk must not flush everything else).
     pub fn put(&mut self, key: K, body: V) {

@@ -366,7 +366,9 @@ impl ShapeService {
                         Ok(body) => {
                             let mut reply =
                                 self.ok(request, shape, body, end, Outcome::Data, false);
-                            reply.immutable = reply.status == 200;
+                            if reply.status == 200 {
+                                reply.immutable = self.registry.borrow_mut().liveness(shape.id);
+                            }
                             return reply;
                         }
                         Err(reply) => return reply,

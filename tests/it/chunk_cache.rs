@@ -80,3 +80,65 @@ fn sealed_chunks_are_identical_from_the_cache_across_unloads() {
     let (reused, _) = rounds("0");
     assert_eq!(reused, 0);
 }
+
+/// A shape's first response (`offset=-1`, no handle) is kept by the shard
+/// holding the connection, so repeats spread over every core; once the
+/// shape is deleted no shard answers from its copy: the next first request
+/// gets the new shape, and a read naming the old handle gets a 409.
+#[test]
+fn first_responses_are_kept_by_every_shard_until_the_shape_goes() {
+    let db = database("chunk_cache_first");
+    let mut pg = db.client();
+    pg.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, title text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 50) g;",
+    )
+    .unwrap();
+    // Several snapshot chunks: the second is a sealed chunk read by handle.
+    let server = Server::start(&db, &[("ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD", "1000")]);
+    let first = server.get("/v1/shape?table=items&offset=-1");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let handle = first.header("electric-handle").unwrap().to_string();
+    let reused = server.metric("shapeshard_replies_reused_total");
+    // New connection each time: the kernel spreads them over the shards.
+    for _ in 0..40 {
+        let again = server.get("/v1/shape?table=items&offset=-1");
+        assert_eq!(again.status, 200);
+        assert_eq!(again.header("electric-handle"), Some(handle.as_str()));
+        assert_eq!(again.header("etag"), first.header("etag"));
+        assert_eq!(again.body, first.body, "the same first chunk");
+    }
+    assert!(
+        server.metric("shapeshard_replies_reused_total") > reused,
+        "a shard other than the owner answered from its copy"
+    );
+    // Kept copies with the handle given, too (sealed-chunk replies).
+    let next = format!(
+        "/v1/shape?table=items&offset={}&handle={handle}",
+        first.header("electric-offset").unwrap()
+    );
+    let second = server.get(&next);
+    assert_eq!(second.status, 200, "{}", second.body);
+    for _ in 0..10 {
+        assert_eq!(server.get(&next).body, second.body);
+    }
+
+    let deleted = server.request("DELETE", &format!("/v1/shape?table=items&handle={handle}"));
+    assert_eq!(deleted.status, 202);
+    for _ in 0..20 {
+        let old = server.get(&next);
+        assert_eq!(old.status, 409, "the old handle is gone on every shard");
+    }
+    let mut new_handle = None;
+    for _ in 0..20 {
+        let fresh = server.get("/v1/shape?table=items&offset=-1");
+        assert_eq!(fresh.status, 200);
+        let h = fresh.header("electric-handle").unwrap().to_string();
+        assert_ne!(h, handle, "no shard answers with the deleted shape");
+        assert_eq!(
+            *new_handle.get_or_insert_with(|| h.clone()),
+            h,
+            "one new shape"
+        );
+    }
+}

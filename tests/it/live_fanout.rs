@@ -1,6 +1,7 @@
 //! Fan-out encodes once: long-polls waiting at one offset of one shape get
 //! the same bytes when the log grows, read and encoded for the first of
-//! them only.
+//! them only; and each shard sends the owner one read for all of its
+//! waiting requests (the others join it).
 
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -30,6 +31,7 @@ fn long_polls_at_one_offset_share_one_encoded_body() {
     );
     let built_before = server.metric("shapeshard_live_bodies_built_total");
     let shared_before = server.metric("shapeshard_live_bodies_shared_total");
+    let joined_before = server.metric("shapeshard_live_reads_joined_total");
     let ready = Arc::new(Barrier::new(WAITING + 1));
     let polls: Vec<_> = (0..WAITING)
         .map(|_| {
@@ -53,9 +55,15 @@ fn long_polls_at_one_offset_share_one_encoded_body() {
     assert!(replies[0].body.contains("\"two\""), "{}", replies[0].body);
     let built = server.metric("shapeshard_live_bodies_built_total") - built_before;
     let shared = server.metric("shapeshard_live_bodies_shared_total") - shared_before;
-    assert_eq!(built + shared, WAITING as u64);
+    let joined = server.metric("shapeshard_live_reads_joined_total") - joined_before;
+    // Every request was answered by an owner read of its own or joined one.
+    assert_eq!(built + shared + joined, WAITING as u64);
     assert!(
         built <= 2,
         "encoded {built} times for {WAITING} waiting requests"
+    );
+    assert!(
+        built + shared <= 2,
+        "one owner read per shard, the rest joined: {joined} joined of {WAITING}"
     );
 }

@@ -345,6 +345,7 @@ fn many_idle_streams_share_one_watch_and_all_get_the_change() {
         1,
         "200 streams of one shape cost its owner one watch"
     );
+    let joined = server.metric("shapeshard_live_reads_joined_total");
     pg.batch_execute("INSERT INTO items VALUES (2, 'two')")
         .unwrap();
     for stream in &streams {
@@ -353,6 +354,12 @@ fn many_idle_streams_share_one_watch_and_all_get_the_change() {
             "2"
         );
     }
+    // Woken by the same change, the streams of a shard read it once.
+    let joined = server.metric("shapeshard_live_reads_joined_total") - joined;
+    assert!(
+        joined >= 150,
+        "{joined} of 200 rounds joined another's read"
+    );
     // Hung up: each is noticed at its next keep-alive, and the watch ends
     // with the last.
     drop(streams);

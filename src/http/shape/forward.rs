@@ -8,6 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use shards::notify::Slot;
 use shards::runtime::{self, mesh::MeshLinks};
@@ -46,7 +47,26 @@ pub enum Envelope {
 }
 
 /// How late a coarse deadline (SSE keep-alives, timeouts) may fire.
-const DEADLINE_RESOLUTION: std::time::Duration = std::time::Duration::from_millis(100);
+const DEADLINE_RESOLUTION: Duration = Duration::from_millis(100);
+
+/// How long a shape's kept first response answers for its definition
+/// before the owner is asked again.
+const INITIAL_KEPT_FOR: Duration = Duration::from_secs(1);
+
+/// An owner's immutable reply kept by another shard.
+#[derive(Clone)]
+struct Kept {
+    reply: ShapeReply,
+    /// Answers until then (a first request's), or as long as the shape
+    /// lives (a sealed chunk's).
+    until: Option<Instant>,
+}
+
+impl crate::shapes::chunk_cache::Weigh for Kept {
+    fn weight(&self) -> usize {
+        self.reply.weight()
+    }
+}
 
 /// A reply some request is waiting for.
 type Waiting = Slot<ShapeReply>;
@@ -65,8 +85,12 @@ pub struct Router {
     live: super::live::LiveHub,
     /// Keep-alive and timeout deadlines of this shard's streams.
     deadlines: Rc<shards::notify::Deadlines>,
-    /// Sealed-chunk replies from other shards' shapes, by request.
-    replies: RefCell<ChunkCache<String, ShapeReply>>,
+    /// Live reads in flight from this shard, by what they ask: identical
+    /// ones (1,000 long-polls at one offset) share one owner read.
+    live_reads: RefCell<HashMap<String, Rc<Waiting>>>,
+    /// Sealed-chunk replies from other shards' shapes, by request, and
+    /// when they were kept.
+    replies: RefCell<ChunkCache<String, Kept>>,
 }
 
 impl Router {
@@ -76,6 +100,7 @@ impl Router {
             next_id: Cell::new(0),
             waiting: RefCell::new(HashMap::new()),
             initial: RefCell::new(HashMap::new()),
+            live_reads: RefCell::new(HashMap::new()),
             live: super::live::LiveHub::default(),
             deadlines: shards::notify::Deadlines::new(),
             replies: RefCell::new(ChunkCache::new(service.config().chunk_cache_bytes)),
@@ -121,25 +146,34 @@ impl Router {
     }
 
     /// Answers `request` on shard `owner`.
-    pub async fn dispatch(&self, owner: usize, request: ShapeRequest) -> ShapeReply {
+    pub async fn dispatch(self: &Rc<Self>, owner: usize, request: ShapeRequest) -> ShapeReply {
+        if let Some(key) = live_key(&request, None) {
+            return self.shared_live_read(owner, request, key).await;
+        }
         if owner == self.me() {
             return self.service.serve(request).await;
         }
         if let Some(key) = reusable_key(&request) {
-            let kept = self.replies.borrow_mut().get(&key);
-            if let Some(reply) = kept {
-                crate::metrics::Metrics::inc(&self.service.metrics.replies_reused);
+            if let Some(reply) = self.kept(&key) {
                 return reply;
             }
             let reply = self.forward(owner, request).await;
-            if reply.immutable {
-                self.replies.borrow_mut().put(key, reply.clone());
-            }
+            self.keep(key, &reply, false);
             return reply;
         }
         let Some(key) = coalescing_key(&request) else {
             return self.forward(owner, request).await;
         };
+        // A shape's first response (its snapshot's first chunk) is sealed
+        // too, but which shape a definition names can change: kept briefly
+        // and only while that shape lives (its owner also sees the reads
+        // again, for its LRU, once per `INITIAL_KEPT_FOR`).
+        let kept_initial = request.if_none_match.is_none();
+        if kept_initial {
+            if let Some(reply) = self.kept(&key) {
+                return reply;
+            }
+        }
         let joined = self.initial.borrow().get(&key).cloned();
         if let Some(leader) = joined {
             crate::metrics::Metrics::inc(&self.service.metrics.requests_coalesced);
@@ -168,14 +202,91 @@ impl Router {
         }
         let mut publish = Publish {
             router: self,
-            key,
+            key: key.clone(),
             leader,
             reply: None,
         };
         let reply = self.forward(owner, request).await;
         publish.reply = Some(reply.clone());
         drop(publish);
+        if kept_initial {
+            self.keep(key, &reply, true);
+        }
         reply
+    }
+
+    /// One round of an SSE stream (`request.wait` zero) after its watch saw
+    /// `changes` notifications: rounds of streams that saw the same ones
+    /// ask the same and share one owner read. (A stream that saw a newer
+    /// change must not join a read that may predate it.)
+    pub async fn dispatch_round(
+        self: &Rc<Self>,
+        owner: usize,
+        request: ShapeRequest,
+        changes: u64,
+    ) -> ShapeReply {
+        match live_key(&request, Some(changes)) {
+            Some(key) => self.shared_live_read(owner, request, key).await,
+            None => self.dispatch(owner, request).await,
+        }
+    }
+
+    /// Joins the identical live read in flight, or starts it as a task of
+    /// its own: a follower never depends on the client that started it
+    /// staying connected.
+    async fn shared_live_read(
+        self: &Rc<Self>,
+        owner: usize,
+        request: ShapeRequest,
+        key: String,
+    ) -> ShapeReply {
+        let joined = self.live_reads.borrow().get(&key).cloned();
+        if let Some(read) = joined {
+            crate::metrics::Metrics::inc(&self.service.metrics.live_reads_joined);
+            return read.get().await;
+        }
+        let read = Waiting::new();
+        self.live_reads
+            .borrow_mut()
+            .insert(key.clone(), read.clone());
+        let router = self.clone();
+        let leader = read.clone();
+        runtime::spawn_detached(async move {
+            let reply = match owner == router.me() {
+                true => router.service.serve(request).await,
+                false => router.forward(owner, request).await,
+            };
+            router.live_reads.borrow_mut().remove(&key);
+            leader.set(reply);
+        });
+        read.get().await
+    }
+
+    /// A kept copy of the owner's reply to the same request, if its shape
+    /// still lives (and, for a first request, it was kept recently).
+    fn kept(&self, key: &String) -> Option<ShapeReply> {
+        let mut replies = self.replies.borrow_mut();
+        let kept = replies.get(key)?;
+        let fresh = kept.reply.immutable.as_ref().is_some_and(|l| l.is_alive())
+            && kept.until.is_none_or(|until| Instant::now() < until);
+        if !fresh {
+            replies.remove(key);
+            return None;
+        }
+        crate::metrics::Metrics::inc(&self.service.metrics.replies_reused);
+        Some(kept.reply)
+    }
+
+    /// Keeps `reply` if it is immutable; `initial`: it answers a first
+    /// request (no handle), kept for `INITIAL_KEPT_FOR`.
+    fn keep(&self, key: String, reply: &ShapeReply, initial: bool) {
+        if reply.immutable.is_some() {
+            let mut reply = reply.clone();
+            // A reused reply creates nothing (the count drives eviction).
+            reply.created = false;
+            let until = initial.then(|| Instant::now() + INITIAL_KEPT_FOR);
+            self.replies.borrow_mut().put(key, Kept { reply, until });
+        }
     }
 
     async fn forward(&self, owner: usize, request: ShapeRequest) -> ShapeReply {
@@ -247,6 +358,29 @@ fn reusable_key(request: &ShapeRequest) -> Option<String> {
         "{}|handle={handle}|offset={:?}",
         definition.canonical(),
         request.offset
+    ))
+}
+
+/// Live reads of a known shape that get the same answer: the same offset,
+/// cursor and wait. A long-poll waits on the owner's log itself, so one
+/// joining later loses nothing; an SSE round (`wait` zero) reads at once
+/// and must name the changes its stream saw (`changes`).
+fn live_key(request: &ShapeRequest, changes: Option<u64>) -> Option<String> {
+    use super::request::RequestKind;
+    let shared = request.kind == RequestKind::Get
+        && request.live
+        && request.subset.is_none()
+        && request.if_none_match.is_none()
+        && (request.wait.is_none() || changes.is_some());
+    let handle = request.handle.as_deref().filter(|_| shared)?;
+    let definition = request.definition.as_ref()?;
+    Some(format!(
+        "{}|handle={handle}|offset={:?}|sse={}|cursor={:?}|wait={:?}|changes={changes:?}",
+        definition.canonical(),
+        request.offset,
+        request.sse,
+        request.cursor,
+        request.wait,
     ))
 }
 

@@ -27,6 +27,8 @@ use super::forward::{Envelope, Router};
 /// One shape followed by this shard's streams.
 pub struct Watch {
     changed: Rc<Notify>,
+    /// Notifications so far (streams that saw as many may share a read).
+    changes: Cell<u64>,
     gone: Cell<bool>,
     streams: Cell<usize>,
 }
@@ -39,6 +41,10 @@ impl Watch {
 
     pub fn is_gone(&self) -> bool {
         self.gone.get()
+    }
+
+    pub fn changes(&self) -> u64 {
+        self.changes.get()
     }
 }
 
@@ -105,6 +111,7 @@ impl LiveHub {
             None => {
                 let watch = Rc::new(Watch {
                     changed: Notify::new(),
+                    changes: Cell::new(0),
                     gone: Cell::new(false),
                     streams: Cell::new(0),
                 });
@@ -137,6 +144,7 @@ impl LiveHub {
             if gone {
                 watch.gone.set(true);
             }
+            watch.changes.set(watch.changes.get() + 1);
             watch.changed.notify_all();
         }
     }

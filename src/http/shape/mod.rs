@@ -161,7 +161,7 @@ fn latency_kind(parsed: &request::ShapeRequest) -> Option<shards::latency::Reque
 /// After a creation: while over `ELECTRIC_MAX_SHAPES`, the shard holding the
 /// least recently read shape evicts it. Awaited, so the next creation sees
 /// the count it left (bounded: one eviction per shape over the limit).
-async fn evict_if_over(router: &forward::Router) {
+async fn evict_if_over(router: &std::rc::Rc<forward::Router>) {
     let eviction = &router.service().eviction;
     let mut rounds = 0;
     while eviction.over_limit() && rounds < 16 {

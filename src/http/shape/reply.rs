@@ -5,6 +5,8 @@ use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 
+use shards::shape::registry::Liveness;
+
 use crate::http::response::{self, Body};
 
 #[derive(Debug, Clone)]
@@ -15,8 +17,9 @@ pub struct ShapeReply {
     /// This request created the shape (internal: drives LRU eviction).
     pub created: bool,
     /// A sealed chunk's answer (internal): the same request gets the same
-    /// reply as long as the shape lives, so any shard may keep and reuse it.
-    pub immutable: bool,
+    /// reply as long as this says the shape lives, so any shard may keep
+    /// and reuse it.
+    pub immutable: Option<Liveness>,
 }
 
 /// Errors ≥ 400 other than 409 must never be cached.
@@ -40,7 +43,7 @@ impl ShapeReply {
             headers: Vec::new(),
             body: body.into(),
             created: false,
-            immutable: false,
+            immutable: None,
         }
     }
 

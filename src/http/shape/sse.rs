@@ -194,7 +194,11 @@ impl Stream {
                 return None;
             }
             self.request.wait = Some(Duration::ZERO);
-            let reply = self.router.dispatch(self.owner, self.request.clone()).await;
+            let changes = self.follow.watch.changes();
+            let reply = self
+                .router
+                .dispatch_round(self.owner, self.request.clone(), changes)
+                .await;
             // A 409 (shape gone or rotated) or any error ends the stream:
             // the client reconnects and its next request gets the answer.
             if reply.status != 200 || self.shutdown.is_triggered() {

@@ -27,6 +27,7 @@ pub use super::relation_index::schema_fingerprint;
 
 mod capture;
 mod cold;
+mod liveness;
 mod memory;
 mod moves;
 mod shape;
@@ -34,6 +35,7 @@ mod subquery;
 
 use cold::Cold;
 pub use cold::{SWEEP_PER_CHECKPOINT, UNLOAD_PER_CHECKPOINT};
+pub use liveness::Liveness;
 pub use memory::wait_for_memory;
 use shape::{Applied, Gate, Held, MetaDirty, MoveJobs, ShapeState};
 pub use shape::{Journal, RowFilter, Shape, ShapeId, ShapeSpec, SpecLoader, MAX_HELD_TRANSACTIONS};
@@ -110,6 +112,9 @@ pub struct Registry {
     /// Shapes with a move-in in flight, retried for their splice as the
     /// shard's position moves.
     moving: BTreeSet<ShapeId>,
+    /// Flags of shapes other shards keep replies of (built or cold; made
+    /// on first ask), ended when the shape goes.
+    liveness: HashMap<ShapeId, Liveness>,
 }
 
 impl Registry {
@@ -157,6 +162,7 @@ impl Registry {
             move_jobs: Rc::default(),
             move_runner: None,
             moving: BTreeSet::new(),
+            liveness: HashMap::new(),
         }
     }
 
@@ -229,6 +235,20 @@ impl Registry {
     pub fn by_definition(&mut self, canonical: &str) -> Option<Rc<Shape>> {
         let id = *self.by_definition.get(canonical)?;
         self.warm(id)
+    }
+
+    /// The flag other shards read to know shape `id` still lives (None if
+    /// it does not).
+    pub fn liveness(&mut self, id: ShapeId) -> Option<Liveness> {
+        if !self.shapes.contains_key(&id) && !self.cold.contains_key(&id) {
+            return None;
+        }
+        Some(
+            self.liveness
+                .entry(id)
+                .or_insert_with(Liveness::new)
+                .clone(),
+        )
     }
 
     /// Whether a live shape (built or cold) has this definition.
@@ -362,6 +382,9 @@ impl Registry {
 
     /// Removes a shape without journaling it (replaying a removal).
     pub fn forget(&mut self, id: ShapeId, why: &str) {
+        if let Some(flag) = self.liveness.remove(&id) {
+            flag.end();
+        }
         if let Some(cold) = self.cold.remove(&id) {
             self.forget_cold(id, &cold, why);
             return;
