@@ -15,9 +15,10 @@
 //! transaction, not yet moved). Outside a move-in every pending move-out
 //! is written at once (before the transaction's own changes, as Electric
 //! orders them) and pending move-ins start a move-in query for one
-//! dependency; during one, every transaction routed to the shape is held
-//! (bounded), and the query's rows are spliced between the held
-//! transactions its snapshot saw and those it did not. Electric's queue
+//! dependency; during one, transactions routed to the shape are held
+//! (bounded; once the query's snapshot is known, those it saw are applied
+//! at once instead, their moves deferred), and the query's rows are
+//! spliced between the transactions its snapshot saw and those it did not. Electric's queue
 //! rules fall out of comparing the two views when a move is due: the last
 //! state per value wins and moves that cancel out are dropped.
 
