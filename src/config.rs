@@ -190,6 +190,20 @@ pub struct Options {
     #[arg(long, env = "ELECTRIC_CACHE_STALE_AGE", default_value_t = 300)]
     pub cache_stale_age: u32,
 
+    /// The stack id salting subquery shapes' tags (Electric's name and
+    /// default: equal tags to Electric's for the same handle).
+    #[arg(long, env = "ELECTRIC_DATABASE_ID", default_value = "single_stack")]
+    pub database_id: String,
+
+    /// Transactions a subquery shape holds while a move-in query runs;
+    /// over it the shape is invalidated (clients re-sync).
+    #[arg(
+        long,
+        env = "ELECTRIC_SUBQUERY_BUFFER_MAX_TRANSACTIONS",
+        default_value_t = 1000
+    )]
+    pub subquery_buffer_max_transactions: usize,
+
     /// Postgres connections per shard for catalog reads and snapshots.
     #[arg(long, env = "SHAPESHARD_SNAPSHOT_POOL_SIZE", default_value_t = 4)]
     pub snapshot_pool_size: usize,
@@ -306,6 +320,8 @@ pub struct Config {
     pub enable_integration_testing: bool,
     pub cache_max_age: u32,
     pub cache_stale_age: u32,
+    pub database_id: String,
+    pub subquery_buffer_max_transactions: usize,
     pub snapshot_pool_size: usize,
     pub max_concurrent_initial: usize,
     pub max_concurrent_existing: usize,
@@ -520,6 +536,8 @@ pub fn validate(cli: &Cli) -> Result<Config, String> {
         enable_integration_testing: o.enable_integration_testing,
         cache_max_age: o.cache_max_age,
         cache_stale_age: o.cache_stale_age,
+        database_id: o.database_id.clone(),
+        subquery_buffer_max_transactions: o.subquery_buffer_max_transactions,
         snapshot_pool_size: o.snapshot_pool_size,
         max_concurrent_initial,
         max_concurrent_existing,

@@ -300,6 +300,9 @@ fn run_with_database(
                 eviction.clone(),
                 shutdown.clone(),
             );
+            registry
+                .borrow_mut()
+                .set_move_runner(crate::shapes::movein::runner(Rc::downgrade(&service)));
             eviction.publish(index, &registry.borrow());
             let router = Router::new(links, service);
             let gauges = metrics.storage[index].clone();

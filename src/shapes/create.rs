@@ -42,26 +42,27 @@ pub async fn create(
                 ),
             )])
         })?;
-    if let Some(sql) = definition
+    // A subquery reads other tables: their catalog entries type it, and
+    // the shape mirrors their values (issue 17, slice 1).
+    let subquery_tables = match definition
         .where_sql
         .as_deref()
         .filter(|sql| WhereClause::has_subquery(sql))
     {
-        // Validated in full (Electric's 400s for what it refuses), then
-        // refused: until dependency shapes and moves are wired, a subquery
-        // shape would be served wrong as soon as its subquery's result
-        // changed. The refusal is Electric's own when subqueries are off.
-        let tables = filter::subquery_tables(&mut conn, sql)
-            .await
-            .map_err(|e| db_error(&e))?;
-        filter::compile_with_tables(sql, &info, &definition.params, &tables)?;
-        return Err(ShapeReply::invalid(&[(
-            "where",
-            "Subqueries are not supported".to_string(),
-        )]));
-    }
+        Some(sql) => Some(
+            filter::subquery_tables(&mut conn, sql)
+                .await
+                .map_err(|e| db_error(&e))?,
+        ),
+        None => None,
+    };
     let handle = ShapeHandle::new(definition.hash(), service.next_handle_micros());
-    let (spec, snapshot_sql) = build_spec(handle, definition, info)?;
+    let (spec, snapshot_sql) = match &subquery_tables {
+        Some(tables) => {
+            super::subquery::build_spec(handle, definition, info, tables, &service.config)?
+        }
+        None => build_spec(handle, definition, info)?,
+    };
     publication::add_table(
         &mut conn,
         &service.config.publication,
@@ -70,6 +71,19 @@ pub async fn create(
     )
     .await
     .map_err(|e| db_error(&e))?;
+    // The subqueries' tables too: their changes keep the shape's mirror of
+    // their values, and REPLICA IDENTITY FULL gives every update and delete
+    // the old row it needs.
+    for seed in &snapshot_sql.seeds {
+        publication::add_table(
+            &mut conn,
+            &service.config.publication,
+            &seed.table.schema,
+            &seed.table.name,
+        )
+        .await
+        .map_err(|e| db_error(&e))?;
+    }
 
     // Registered (and so routed) before the snapshot starts: every
     // transaction the snapshot does not see reaches the shape.
@@ -132,6 +146,7 @@ pub fn build_spec(
         filter: filter.map(|f| Box::new(f) as Box<_>),
         schema_header,
         persisted,
+        subqueries: None,
     };
     Ok((spec, snapshot_sql))
 }
@@ -149,6 +164,9 @@ pub struct SnapshotSql {
     pub width: usize,
     /// Where the where clause starts in `sql`, for error positions.
     pub where_at: Option<usize>,
+    /// A subquery shape's seeding queries, one per dependency, run in the
+    /// snapshot's transaction before its rows.
+    pub seeds: Vec<super::subquery::SeedSql>,
 }
 
 impl SnapshotSql {
@@ -173,6 +191,7 @@ impl SnapshotSql {
             columns,
             width: schema.columns.len(),
             where_at: None,
+            seeds: Vec::new(),
         }
     }
 
@@ -186,7 +205,7 @@ impl SnapshotSql {
     }
 }
 
-fn snapshot_query(
+pub(super) fn snapshot_query(
     schema: &TableSchema,
     selected: &[usize],
     key: &[usize],
@@ -210,6 +229,7 @@ fn snapshot_query(
         columns,
         width: schema.columns.len(),
         where_at,
+        seeds: Vec::new(),
     }
 }
 
@@ -243,6 +263,21 @@ async fn snapshot(
         .and_then(|l| l.parse().ok())
         .ok_or_else(|| PgError::Protocol("pg_current_wal_insert_lsn() returned nothing".into()))?;
     snapshot.wal_lsn = Some(wal_lsn.0);
+    // A subquery shape's views, as of this snapshot: before any held
+    // transaction is applied (those the snapshot saw are then dropped, from
+    // the views as from the rows).
+    for (d, seed) in sql.seeds.iter().enumerate() {
+        let params: Vec<Option<&str>> = seed.params.iter().map(|p| Some(p.as_str())).collect();
+        let mut rows = conn.query_stream(&seed.sql, &params).await?;
+        while let Some(row) = rows.next().await? {
+            if shape.is_gone() {
+                break;
+            }
+            let value: Vec<Option<&str>> = (0..seed.width).map(|i| row.get(i)).collect();
+            shape.seed_dependency(d, &value);
+            runtime::yield_if_needed().await;
+        }
+    }
     service
         .registry
         .borrow_mut()
@@ -279,7 +314,7 @@ async fn snapshot(
 
 /// Table column indices the shape sends, in table order: all, or the
 /// requested ones (which must exist and include the primary key).
-fn select_columns(
+pub(super) fn select_columns(
     schema: &TableSchema,
     columns: Option<&[String]>,
 ) -> Result<Vec<usize>, ShapeReply> {

@@ -74,6 +74,11 @@ impl Filter {
     pub fn to_sql(&self) -> (String, Vec<String>) {
         self.0.to_sql()
     }
+
+    /// The typed clause (subquery shapes evaluate it against views).
+    pub fn clause(&self) -> &WhereClause {
+        &self.0
+    }
 }
 
 impl RowFilter for Filter {

@@ -30,6 +30,10 @@ pub struct ShapeConfig {
     pub chunk_bytes: usize,
     pub cache_max_age: u32,
     pub cache_stale_age: u32,
+    /// `ELECTRIC_DATABASE_ID`: the salt of subquery shapes' tags.
+    pub database_id: String,
+    /// `ELECTRIC_SUBQUERY_BUFFER_MAX_TRANSACTIONS`.
+    pub subquery_buffer_max: usize,
     pub allow_delete: bool,
     pub publication: String,
     /// Postgres connections per shard for catalog reads and snapshots.
@@ -52,6 +56,8 @@ impl ShapeConfig {
             chunk_cache_bytes: config.chunk_cache_bytes,
             cache_max_age: config.cache_max_age,
             cache_stale_age: config.cache_stale_age,
+            database_id: config.database_id.clone(),
+            subquery_buffer_max: config.subquery_buffer_max_transactions,
             allow_delete: config.enable_integration_testing,
             pool_size: config.snapshot_pool_size,
             ..ShapeConfig::new(config.publication_name())
@@ -64,6 +70,8 @@ impl ShapeConfig {
             chunk_bytes: 10 * 1024 * 1024,
             cache_max_age: 60,
             cache_stale_age: 300,
+            database_id: "single_stack".into(),
+            subquery_buffer_max: shards::shape::registry::DEFAULT_BUFFER_MAX_TRANSACTIONS,
             allow_delete: false,
             publication,
             pool_size: 4,

@@ -40,5 +40,6 @@ mod shape_subset;
 mod shape_unload;
 mod standby;
 mod subquery_sql;
+mod subquery_wire;
 mod torn_write;
 mod where_differential;

@@ -72,6 +72,7 @@ pub fn id_shape(
         filter,
         schema_header: String::new(),
         persisted: Vec::new(),
+        subqueries: None,
     }
 }
 

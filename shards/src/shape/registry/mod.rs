@@ -29,14 +29,20 @@ mod capture;
 mod cold;
 mod liveness;
 mod memory;
+mod moves;
 mod shape;
+mod subquery;
 
 use cold::Cold;
 pub use cold::{SWEEP_PER_CHECKPOINT, UNLOAD_PER_CHECKPOINT};
 pub use liveness::Liveness;
 pub use memory::wait_for_memory;
-use shape::{Applied, Gate, Held, MetaDirty, ShapeState};
+use shape::{Applied, Gate, Held, MetaDirty, MoveJobs, ShapeState};
 pub use shape::{Journal, RowFilter, Shape, ShapeId, ShapeSpec, SpecLoader, MAX_HELD_TRANSACTIONS};
+pub use subquery::{
+    DependencySpec, MoveInJob, MoveInRows, SubquerySpec, DEFAULT_BUFFER_MAX_TRANSACTIONS,
+    MAX_MOVE_IN_BYTES,
+};
 
 pub struct Registry {
     shard: usize,
@@ -92,6 +98,20 @@ pub struct Registry {
     unloaded: u64,
     /// Built shapes the unload sweep has yet to look at in this round.
     sweep: Vec<ShapeId>,
+    /// Subquery shapes by the relations their subqueries read: changes on
+    /// those reach the shape's mirror of the dependency's values. Indexed
+    /// like shapes on their own relation, by the inner where's equality
+    /// column (`user_id = $1`): a membership change reaches the shapes of
+    /// that user only, however many users' shapes there are.
+    by_dependency: HashMap<RelationId, RelationShapes>,
+    /// Move-in queries shapes asked for during an apply.
+    move_jobs: MoveJobs,
+    /// Runs a move-in query (spawns it; the result comes back through
+    /// `move_in_done`). None: move-ins invalidate their shape.
+    move_runner: Option<Box<dyn Fn(MoveInJob)>>,
+    /// Shapes with a move-in in flight, retried for their splice as the
+    /// shard's position moves.
+    moving: BTreeSet<ShapeId>,
     /// Flags of shapes other shards keep replies of (built or cold; made
     /// on first ask), ended when the shape goes.
     liveness: HashMap<ShapeId, Liveness>,
@@ -138,8 +158,17 @@ impl Registry {
             epoch: 0,
             unloaded: 0,
             sweep: Vec::new(),
+            by_dependency: HashMap::new(),
+            move_jobs: Rc::default(),
+            move_runner: None,
+            moving: BTreeSet::new(),
             liveness: HashMap::new(),
         }
+    }
+
+    /// What runs subquery shapes' move-in queries (the edge: Postgres).
+    pub fn set_move_runner(&mut self, runner: Box<dyn Fn(MoveInJob)>) {
+        self.move_runner = Some(runner);
     }
 
     /// Where cold shapes' creation records are read from, and how they
@@ -285,6 +314,13 @@ impl Registry {
         self.shapes.insert(id, shape.clone());
         self.by_read.insert((read_stamp, id));
         self.routes.subscribe(relation, self.shard);
+        for (dependency, key) in shape.dependency_relations() {
+            self.by_dependency
+                .entry(dependency)
+                .or_default()
+                .add(id, key);
+            self.routes.subscribe(dependency, self.shard);
+        }
         shape
     }
 
@@ -312,11 +348,13 @@ impl Registry {
                 gone: false,
                 last_lsn: Lsn::ZERO,
                 relation: None,
+                subquery: spec.subqueries.as_deref().map(subquery::SubqueryState::new),
             }),
             changed: Notify::new(),
             memory: self.memory.clone(),
             counted: Cell::new(0),
             snapshot_journaled: Cell::new(0),
+            move_jobs: self.move_jobs.clone(),
             spec,
         })
     }
@@ -377,6 +415,16 @@ impl Registry {
             }
         }
         self.routes.unsubscribe(relation, self.shard);
+        for (dependency, _) in shape.dependency_relations() {
+            if let Some(shapes) = self.by_dependency.get_mut(&dependency) {
+                shapes.remove(id);
+                if shapes.count == 0 {
+                    self.by_dependency.remove(&dependency);
+                }
+            }
+            self.routes.unsubscribe(dependency, self.shard);
+        }
+        self.moving.remove(&id);
         {
             let mut state = shape.state.borrow_mut();
             // Its tail leaves the shard's total now (readers may still hold
@@ -414,6 +462,66 @@ impl Registry {
         for tx in held {
             self.apply_one(&shape, &tx, None);
         }
+        self.run_moves();
+    }
+
+    /// Starts the move-in queries shapes asked for, and splices those whose
+    /// rows and boundary are known; again while splices start new ones.
+    fn run_moves(&mut self) {
+        loop {
+            let jobs = std::mem::take(&mut *self.move_jobs.borrow_mut());
+            for job in jobs {
+                let id = job.shape;
+                self.moving.insert(id);
+                match &self.move_runner {
+                    Some(runner) => runner(job),
+                    None => self.remove(id, "no move-in runner on this shard"),
+                }
+            }
+            for id in self.moving.clone() {
+                let Some(shape) = self.shapes.get(&id).cloned() else {
+                    self.moving.remove(&id);
+                    continue;
+                };
+                let last_seen = self.last_seen;
+                match shape.try_splice(last_seen) {
+                    Applied::Nothing => {}
+                    Applied::Grew => shape.changed.notify_all(),
+                    Applied::Invalidated(why) => self.remove(id, why),
+                }
+                if !shape.is_moving() {
+                    self.moving.remove(&id);
+                }
+            }
+            if self.move_jobs.borrow().is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// A move-in query finished: its rows (or its failure, which
+    /// invalidates the shape: Electric does the same).
+    pub fn move_in_done(
+        &mut self,
+        id: ShapeId,
+        generation: u64,
+        result: Result<MoveInRows, String>,
+    ) {
+        let Some(shape) = self.shapes.get(&id).cloned() else {
+            return;
+        };
+        match result {
+            Ok(rows) => shape.move_in_result(generation, rows),
+            Err(e) => {
+                tracing::warn!(
+                    shard = self.shard,
+                    handle = shape.handle(),
+                    "move-in query failed: {e}"
+                );
+                self.remove(id, "its move-in query failed");
+            }
+        }
+        self.run_moves();
     }
 
     fn apply_one(&mut self, shape: &Rc<Shape>, tx: &Arc<Transaction>, indices: Option<&[usize]>) {
@@ -460,6 +568,9 @@ impl Registry {
                     }
                 }
             }
+            if !self.by_dependency.is_empty() {
+                self.dependency_candidates(change, &mut candidates);
+            }
             candidates.sort_unstable();
             candidates.dedup();
             for &id in &candidates {
@@ -491,6 +602,41 @@ impl Registry {
             .collect();
         for shape in pending {
             self.apply_one(&shape, tx, None);
+        }
+        if !self.moving.is_empty() || !self.move_jobs.borrow().is_empty() {
+            self.run_moves();
+        }
+    }
+
+    /// Subquery shapes a change on a table their subqueries read may move.
+    fn dependency_candidates(&self, change: &Change, out: &mut Vec<ShapeId>) {
+        match change {
+            Change::Truncate { relations, .. } => {
+                for relation in relations {
+                    if let Some(shapes) = self.by_dependency.get(&relation.id) {
+                        out.extend(shapes.all());
+                    }
+                }
+            }
+            Change::Insert { relation, new } => {
+                if let Some(shapes) = self.by_dependency.get(&relation.id) {
+                    shapes.candidates(new, None, out);
+                }
+            }
+            Change::Delete { relation, old } => {
+                if let Some(shapes) = self.by_dependency.get(&relation.id) {
+                    shapes.candidates(&old.1, None, out);
+                }
+            }
+            Change::Update { relation, old, new } => {
+                if let Some(shapes) = self.by_dependency.get(&relation.id) {
+                    let old_tuple = old.as_ref().map(|(_, t)| t);
+                    shapes.candidates(new, old_tuple, out);
+                    if let Some(old) = old_tuple {
+                        shapes.candidates(old, None, out);
+                    }
+                }
+            }
         }
     }
 
@@ -527,11 +673,34 @@ impl Registry {
         for id in stale {
             self.remove(id, "its table's columns changed");
         }
+        // Subquery shapes reading this table: their mirror reads columns
+        // by position, so a change to those invalidates them.
+        let stale: Vec<ShapeId> = self
+            .by_dependency
+            .get(&relation.id)
+            .into_iter()
+            .flat_map(|shapes| shapes.all())
+            .filter(|id| {
+                self.shapes.get(id).is_some_and(|shape| {
+                    !shape
+                        .dependency_fingerprints(relation.id)
+                        .all(|fingerprint| columns.keeps(fingerprint, false))
+                })
+            })
+            .collect();
+        for id in stale {
+            self.remove(id, "a subquery's table's columns changed");
+        }
     }
 
     /// WAL progress with no transaction for this shard.
     pub fn advance(&mut self, lsn: Lsn) {
         self.last_seen = self.last_seen.max(lsn);
+        // A move-in whose snapshot saw every transaction held so far
+        // splices once the shard is past the snapshot's WAL position.
+        if !self.moving.is_empty() {
+            self.run_moves();
+        }
     }
 
     /// The shapes on `relation`, built or cold, from the per-relation

@@ -21,6 +21,7 @@ use crate::shape::offset::LogOffset;
 use crate::shape::relation_index::{table_fingerprint, RelationColumns};
 use crate::shape::schema::TableSchema;
 
+use super::subquery::{MoveInJob, SubquerySpec, SubqueryState};
 use super::Cold;
 
 /// A shard-local shape number; never reused within a run.
@@ -52,6 +53,10 @@ pub struct ShapeSpec {
     /// The creation record written to the segment log (opaque here: the
     /// edge that builds shapes also reads it back on recovery).
     pub persisted: Vec<u8>,
+    /// For a where clause with subqueries: its dependencies and the moves'
+    /// settings (`filter` then only indexes the shape: membership is the
+    /// clause evaluated against the shape's views).
+    pub subqueries: Option<Box<SubquerySpec>>,
 }
 
 /// Transactions a shape holds while its snapshot's visibility is unknown
@@ -91,6 +96,8 @@ pub(super) struct ShapeState {
     pub(super) last_lsn: Lsn,
     /// The relation description last checked against `spec.schema`.
     pub(super) relation: Option<Arc<Relation>>,
+    /// A subquery shape's views and moves.
+    pub(super) subquery: Option<SubqueryState>,
 }
 
 /// Records for the shard's segment log, framed, waiting for the next group
@@ -119,7 +126,13 @@ pub struct Shape {
     pub(super) counted: Cell<usize>,
     /// Snapshot row bytes journaled so far.
     pub(super) snapshot_journaled: Cell<usize>,
+    /// Move-in queries to start (the registry hands them to its runner).
+    pub(super) move_jobs: MoveJobs,
 }
+
+/// Move-in queries asked for by shapes during an apply, shared by the
+/// registry and its shapes (one executor): a shape cannot await.
+pub(super) type MoveJobs = Rc<RefCell<Vec<MoveInJob>>>;
 
 impl Shape {
     /// Brings the shard's memory total up to date with this shape's tail
@@ -197,7 +210,9 @@ impl Shape {
     /// the fence confirms, so nothing is lost: its clients re-sync.
     pub fn push_snapshot_row(&self, row: &[Option<&str>], scratch: &mut Vec<u8>) {
         scratch.clear();
-        encode::snapshot_row(scratch, &self.layout(), row);
+        if !self.tagged_row(scratch, row, false) {
+            encode::snapshot_row(scratch, &self.layout(), row);
+        }
         let journaled = self.snapshot_journaled.get();
         if journaled < SNAPSHOT_JOURNAL_BYTES {
             self.snapshot_journaled.set(journaled + scratch.len());
@@ -225,6 +240,7 @@ impl Shape {
     /// `push_snapshot_row`). Returns whether rows were left out of the
     /// journal: the snapshot is durable only with the next checkpoint.
     pub fn finish_snapshot(&self, snapshot: &PgSnapshot) -> bool {
+        self.drop_seeded_views();
         let stored = snapshot.stored_end();
         let rows = self.state.borrow().log.snapshot_items();
         let mut payload = rows.to_le_bytes().to_vec();
@@ -371,7 +387,10 @@ impl Shape {
     /// log state checkpointed).
     pub(super) fn to_cold(&self) -> Option<Box<Cold>> {
         let state = self.state.borrow();
+        // A subquery shape's views live only in memory (issue 17: not
+        // persisted yet), so it stays built.
         if state.gone
+            || state.subquery.is_some()
             || state.snapshot_end.is_none()
             || matches!(state.gate, Gate::Pending(_))
             || state.log.has_tail()
@@ -428,6 +447,9 @@ impl Shape {
             }
             Gate::Open => {}
         }
+        if state.subquery.is_some() {
+            return self.apply_subquery(&mut state, tx, indices);
+        }
         let all: Vec<usize>;
         let indices = match indices {
             Some(i) => i,
@@ -436,13 +458,44 @@ impl Shape {
                 &all
             }
         };
-        // Schema and truncate checks before any entry is written: a shape
-        // whose table changed under it must refetch, not get odd rows.
+        if let Some(why) = self.check_changes(&mut state, tx, indices) {
+            return Applied::Invalidated(why);
+        }
+        let filter = self
+            .spec
+            .filter
+            .as_deref()
+            .map(|f| move |row: &[Option<&str>]| f.matches(&|i| row.get(i).copied().flatten()));
+        let converter = Converter {
+            layout: self.layout(),
+            replica: self.spec.definition.replica,
+            filter: filter
+                .as_ref()
+                .map(|f| f as &dyn Fn(&[Option<&str>]) -> bool),
+            tagger: None,
+        };
+        let grew = self.append_converted(&mut state.log, tx, indices, &converter);
+        state.last_lsn = tx.commit_lsn;
+        if !grew {
+            return Applied::Nothing;
+        }
+        self.recount(&state);
+        Applied::Grew
+    }
+
+    /// Schema and truncate checks before any entry is written: a shape
+    /// whose table changed under it must refetch, not get odd rows.
+    pub(super) fn check_changes(
+        &self,
+        state: &mut ShapeState,
+        tx: &Transaction,
+        indices: &[usize],
+    ) -> Option<&'static str> {
         for &i in indices {
             match &tx.changes[i] {
                 Change::Truncate { relations, .. } => {
                     if relations.iter().any(|r| r.id == self.relation_id()) {
-                        return Applied::Invalidated("truncated");
+                        return Some("truncated");
                     }
                 }
                 Change::Insert { relation, .. }
@@ -461,28 +514,25 @@ impl Shape {
                             self.spec.definition.columns.is_none(),
                         );
                         if !holds {
-                            return Applied::Invalidated("its table's columns changed");
+                            return Some("its table's columns changed");
                         }
                         state.relation = Some(relation.clone());
                     }
                 }
             }
         }
-        let filter = self
-            .spec
-            .filter
-            .as_deref()
-            .map(|f| move |row: &[Option<&str>]| f.matches(&|i| row.get(i).copied().flatten()));
-        let converter = Converter {
-            layout: self.layout(),
-            replica: self.spec.definition.replica,
-            filter: filter
-                .as_ref()
-                .map(|f| f as &dyn Fn(&[Option<&str>]) -> bool),
-            // Subquery shapes are refused at creation until their views
-            // and moves are wired (issue 17).
-            tagger: None,
-        };
+        None
+    }
+
+    /// Converts the changes at `indices` that are on this shape's table
+    /// and appends (and journals) their entries; whether any were.
+    pub(super) fn append_converted(
+        &self,
+        log: &mut ShapeLog,
+        tx: &Transaction,
+        indices: &[usize],
+        converter: &Converter,
+    ) -> bool {
         let context = TxContext {
             xid: tx.xid,
             commit_lsn: tx.commit_lsn.0,
@@ -495,29 +545,37 @@ impl Shape {
                 converter.convert(context, i, change, &mut entries);
             }
         }
-        state.last_lsn = tx.commit_lsn;
         if entries.is_empty() {
-            return Applied::Nothing;
+            return false;
         }
         let count = entries.len();
-        let mut journal = self.journal.borrow_mut();
-        let mut payload = Vec::new();
         for (n, entry) in entries.into_iter().enumerate() {
             let (offset, bytes) = entry.finish(n + 1 == count);
-            // Payload: the entry's offset (tx, op) then its JSON, so the log
-            // is rebuilt byte for byte from the segments.
-            record::entry_payload(&mut payload, offset.tx(), offset.op(), &bytes);
-            record::encode(
-                &mut journal,
-                tx.commit_lsn.0,
-                self.id,
-                Kind::Entry,
-                &payload,
-            );
-            state.log.push_entry(offset, &bytes);
+            self.append_item(log, tx.commit_lsn, offset, &bytes);
         }
-        self.recount(&state);
-        Applied::Grew
+        true
+    }
+
+    /// Appends one log item and journals it. Payload: the entry's offset
+    /// (tx, op) then its JSON, so the log is rebuilt byte for byte from
+    /// the segments.
+    pub(super) fn append_item(
+        &self,
+        log: &mut ShapeLog,
+        lsn: Lsn,
+        offset: LogOffset,
+        bytes: &[u8],
+    ) {
+        let mut payload = Vec::new();
+        record::entry_payload(&mut payload, offset.tx(), offset.op(), bytes);
+        record::encode(
+            &mut self.journal.borrow_mut(),
+            lsn.0,
+            self.id,
+            Kind::Entry,
+            &payload,
+        );
+        log.push_entry(offset, bytes);
     }
 }
 

@@ -1,0 +1,560 @@
+//! How a transaction applies to a subquery shape, and the moves it causes:
+//! `move-out` events written before the transaction's own changes,
+//! move-ins started as queries and spliced into the log when their rows
+//! and their place among the held transactions are both known (see
+//! `subquery.rs` for the two views these keep together).
+//!
+//! Offsets: entries keep `(commit LSN, 2 × index)`. A move item takes the
+//! position right after the log's last item, or `(last applied commit
+//! LSN, 0)` when that transaction wrote nothing, so it sorts after every
+//! earlier item and before the next transaction's (whose commit LSN is
+//! higher). They are not derived from the WAL alone, which is fine while
+//! subquery shapes are not kept across restarts (they are dropped).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::change::{RelationId, Transaction};
+use crate::lsn::Lsn;
+use crate::shape::convert::{Converter, RowTags};
+use crate::shape::encode::{self, Move, Tagging};
+use crate::shape::materializer::{Materialized, ValueText};
+use crate::shape::offset::LogOffset;
+use crate::shape::where_clause::{SubqueryView, TagSalt};
+
+use super::shape::{Applied, Shape, ShapeState};
+use super::subquery::{as_refs, boundary, ActiveMove, Due, MoveInJob, MoveInRows, SubquerySpec};
+
+type Step = Result<bool, &'static str>;
+
+impl Shape {
+    fn subquery_spec(&self) -> Option<&SubquerySpec> {
+        self.spec.subqueries.as_deref()
+    }
+
+    fn salt(&self) -> TagSalt<'_> {
+        TagSalt {
+            stack_id: self
+                .subquery_spec()
+                .map_or("single_stack", |s| s.stack_id.as_str()),
+            handle: self.handle(),
+        }
+    }
+
+    /// A snapshot or move-in row of a subquery shape, tagged and with its
+    /// active conditions under the client views; false (nothing written)
+    /// for a plain shape.
+    pub(super) fn tagged_row(
+        &self,
+        out: &mut Vec<u8>,
+        row: &[Option<&str>],
+        move_in: bool,
+    ) -> bool {
+        let state = self.state.borrow();
+        let (Some(spec), Some(sub)) = (self.subquery_spec(), state.subquery.as_ref()) else {
+            return false;
+        };
+        let views: Vec<Option<&SubqueryView>> = match (&sub.seeded, move_in) {
+            (Some(seeded), false) => seeded.iter().map(Some).collect(),
+            _ => sub.views(),
+        };
+        let value = |i: usize| row.get(i).copied().flatten();
+        let tags = spec.clause.tags(&value, &self.salt());
+        let active = spec.clause.active_conditions(&value, &views);
+        let tagging = Tagging {
+            tags: &tags,
+            removed_tags: None,
+            active_conditions: &active,
+        };
+        encode::tagged_row(out, &self.layout(), row, tagging, move_in);
+        true
+    }
+
+    /// Counts a row of dependency `d`'s seeding query (run in the shape's
+    /// snapshot transaction, before any transaction is applied).
+    pub fn seed_dependency(&self, d: usize, value: &[Option<&str>]) {
+        let mut state = self.state.borrow_mut();
+        if let Some(sub) = state.subquery.as_mut() {
+            if let (Some(m), Some(client)) = (sub.materializers.get_mut(d), sub.client.get_mut(d)) {
+                m.seed(value);
+                super::subquery::set_add(client, value);
+            }
+            if let Some(seeded) = sub.seeded.as_mut().and_then(|s| s.get_mut(d)) {
+                super::subquery::set_add(seeded, value);
+            }
+        }
+    }
+
+    /// The relations this shape's subqueries read (each once), with the
+    /// index key changes on it are routed by: the inner where's (its
+    /// equality column), when a single subquery reads that relation.
+    pub(super) fn dependency_relations(&self) -> Vec<(RelationId, Option<(usize, Vec<String>)>)> {
+        let Some(spec) = self.subquery_spec() else {
+            return Vec::new();
+        };
+        let mut relations: Vec<RelationId> = spec.dependencies.iter().map(|d| d.relation).collect();
+        relations.sort_unstable();
+        relations.dedup();
+        relations
+            .into_iter()
+            .map(|relation| {
+                let mut reading = spec.dependencies.iter().filter(|d| d.relation == relation);
+                let key = match (reading.next(), reading.next()) {
+                    (Some(only), None) => only.filter.as_ref().and_then(|f| f.index_key()),
+                    _ => None,
+                };
+                (relation, key)
+            })
+            .collect()
+    }
+
+    /// The stored fingerprints of the subqueries reading `relation`.
+    pub(super) fn dependency_fingerprints(
+        &self,
+        relation: RelationId,
+    ) -> impl Iterator<Item = u64> + '_ {
+        self.subquery_spec()
+            .into_iter()
+            .flat_map(|s| s.dependencies.iter())
+            .filter(move |d| d.relation == relation)
+            .map(|d| d.fingerprint)
+    }
+
+    /// The snapshot's rows are all written: its seeded views can go.
+    pub(super) fn drop_seeded_views(&self) {
+        if let Some(sub) = self.state.borrow_mut().subquery.as_mut() {
+            sub.seeded = None;
+        }
+    }
+
+    /// Whether a move-in is in flight (queried or waiting to splice).
+    pub fn is_moving(&self) -> bool {
+        self.state
+            .borrow()
+            .subquery
+            .as_ref()
+            .is_some_and(|s| s.moving.is_some())
+    }
+
+    pub(super) fn apply_subquery(
+        &self,
+        state: &mut ShapeState,
+        tx: &Arc<Transaction>,
+        indices: Option<&[usize]>,
+    ) -> Applied {
+        let Some(spec) = self.subquery_spec() else {
+            return Applied::Invalidated("a subquery shape without its subqueries");
+        };
+        let result = self.route(state, spec, tx, indices);
+        self.recount(state);
+        match result {
+            Ok(true) => Applied::Grew,
+            Ok(false) => Applied::Nothing,
+            Err(why) => Applied::Invalidated(why),
+        }
+    }
+
+    /// A transaction in order: held while a move-in is in flight (bounded:
+    /// Electric's `ELECTRIC_SUBQUERY_BUFFER_MAX_TRANSACTIONS`, then the
+    /// shape is invalidated rather than memory grow or rows go wrong),
+    /// applied otherwise.
+    fn route(
+        &self,
+        state: &mut ShapeState,
+        spec: &SubquerySpec,
+        tx: &Arc<Transaction>,
+        indices: Option<&[usize]>,
+    ) -> Step {
+        let sub = state.subquery.as_mut().ok_or("no subquery state")?;
+        if let Some(active) = sub.moving.as_mut() {
+            // Once the move-in's snapshot is known, a transaction it saw
+            // goes before the splice whatever comes next: apply it now
+            // (its moves deferred) rather than hold it. A shard lagging
+            // behind a busy database would otherwise hold everything
+            // between its position and the snapshot.
+            let seen = active.held.is_empty()
+                && active
+                    .result
+                    .as_ref()
+                    .is_some_and(|r| r.snapshot.holds(tx.xid, tx.commit_lsn.0));
+            if seen {
+                return self.process(state, spec, tx, indices, true);
+            }
+            if active.held.len() >= spec.buffer_max {
+                return Err("subquery buffer overflow");
+            }
+            active
+                .held
+                .push((tx.clone(), indices.map(<[usize]>::to_vec)));
+            return Ok(false);
+        }
+        self.process(state, spec, tx, indices, false)
+    }
+
+    /// Applies one transaction: the dependencies' materializers, then
+    /// (unless `deferred`, inside a splice) the due move-outs, then the
+    /// transaction's own changes against the client views, then (unless
+    /// deferred) a move-in if one is due.
+    fn process(
+        &self,
+        state: &mut ShapeState,
+        spec: &SubquerySpec,
+        tx: &Transaction,
+        indices: Option<&[usize]>,
+        deferred: bool,
+    ) -> Step {
+        let all: Vec<usize>;
+        let indices = match indices {
+            Some(i) => i,
+            None => {
+                all = (0..tx.changes.len()).collect();
+                &all
+            }
+        };
+        if let Some(why) = self.check_changes(state, tx, indices) {
+            return Err(why);
+        }
+        let sub = state.subquery.as_mut().ok_or("no subquery state")?;
+        for (d, materializer) in sub.materializers.iter_mut().enumerate() {
+            match materializer.apply(tx) {
+                Materialized::Unchanged => {}
+                Materialized::Invalidated(why) => return Err(why),
+                Materialized::Moved(batch) => {
+                    for value in batch.moved_in.into_iter().chain(batch.moved_out) {
+                        let xids = sub.pending[d].entry(value).or_default();
+                        for &xid in &batch.txids {
+                            if !xids.contains(&xid) {
+                                xids.push(xid);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut grew = false;
+        if !deferred {
+            grew |= self.write_move_outs(state, spec, Some(tx.commit_lsn))?;
+        }
+        {
+            let ShapeState { log, subquery, .. } = &mut *state;
+            let sub = subquery.as_ref().ok_or("no subquery state")?;
+            let views = sub.views();
+            let clause = &spec.clause;
+            let salt = self.salt();
+            let filter = |row: &[Option<&str>]| {
+                clause.matches_with(&|i| row.get(i).copied().flatten(), &views)
+            };
+            let tagger = |row: &[Option<&str>]| {
+                let value = |i: usize| row.get(i).copied().flatten();
+                RowTags {
+                    tags: clause.tags(&value, &salt),
+                    active_conditions: clause.active_conditions(&value, &views),
+                }
+            };
+            let converter = Converter {
+                layout: self.layout(),
+                replica: self.spec.definition.replica,
+                filter: Some(&filter),
+                tagger: Some(&tagger),
+            };
+            grew |= self.append_converted(log, tx, indices, &converter);
+        }
+        state.last_lsn = tx.commit_lsn;
+        if !deferred {
+            self.start_move_in(state, spec)?;
+        }
+        Ok(grew)
+    }
+
+    /// The offset of the next move item (see the module doc); `current` is
+    /// the transaction being applied, if any.
+    fn next_move_offset(
+        state: &ShapeState,
+        current: Option<Lsn>,
+    ) -> Result<LogOffset, &'static str> {
+        let last = state.log.last_offset();
+        if last.tx() > 0 && last.tx() >= state.last_lsn.0 {
+            let op = last
+                .op()
+                .checked_add(1)
+                .ok_or("a move past the last offset")?;
+            return Ok(LogOffset::At { tx: last.tx(), op });
+        }
+        if state.last_lsn.0 > 0 {
+            return Ok(LogOffset::At {
+                tx: state.last_lsn.0,
+                op: 0,
+            });
+        }
+        match current {
+            Some(lsn) if lsn.0 > 1 => Ok(LogOffset::At {
+                tx: lsn.0 - 1,
+                op: 0,
+            }),
+            _ => Err("no log position for a move"),
+        }
+    }
+
+    fn append_move_item(&self, state: &mut ShapeState, current: Option<Lsn>, bytes: &[u8]) -> Step {
+        let offset = Self::next_move_offset(state, current)?;
+        self.append_item(&mut state.log, Lsn(offset.tx()), offset, bytes);
+        Ok(true)
+    }
+
+    /// Patterns of a move of `values` of dependency `d`: every position
+    /// testing it with every value's hash, by position.
+    fn patterns(
+        &self,
+        spec: &SubquerySpec,
+        d: usize,
+        values: &[ValueText],
+    ) -> Vec<(usize, String)> {
+        let salt = self.salt();
+        let mut patterns: Vec<(usize, String)> = values
+            .iter()
+            .flat_map(|v| spec.clause.move_patterns(d, &as_refs(v), &salt))
+            .collect();
+        patterns.sort_by_key(|(position, _)| *position);
+        patterns
+    }
+
+    /// Writes one `move-out` event per dependency with values due to move
+    /// out, and moves them out of the client view; drops pending values
+    /// whose views agree again.
+    fn write_move_outs(
+        &self,
+        state: &mut ShapeState,
+        spec: &SubquerySpec,
+        current: Option<Lsn>,
+    ) -> Step {
+        let mut grew = false;
+        for d in 0..spec.dependencies.len() {
+            let sub = state.subquery.as_mut().ok_or("no subquery state")?;
+            let mut out: Vec<ValueText> = Vec::new();
+            let mut txids: BTreeSet<u64> = BTreeSet::new();
+            let pending: Vec<ValueText> = sub.pending[d].keys().cloned().collect();
+            for value in pending {
+                match sub.due(spec, d, &value) {
+                    Due::None => {
+                        sub.pending[d].remove(&value);
+                    }
+                    Due::In => {}
+                    Due::Out => {
+                        // A NULL entering a `NOT IN` set makes the test
+                        // unknown for every row; no pattern says that.
+                        if spec.dependencies[d].negated && value.iter().any(Option::is_none) {
+                            return Err("a NULL entered a NOT IN subquery's values");
+                        }
+                        if let Some(xids) = sub.pending[d].remove(&value) {
+                            txids.extend(xids.into_iter().map(u64::from));
+                        }
+                        sub.move_client(spec, d, &value, Due::Out);
+                        out.push(value);
+                    }
+                }
+            }
+            if out.is_empty() {
+                continue;
+            }
+            let patterns = self.patterns(spec, d, &out);
+            let txids: Vec<u64> = txids.into_iter().collect();
+            let event = encode::move_event(Move::Out, &patterns, &txids);
+            grew |= self.append_move_item(state, current, &event)?;
+        }
+        Ok(grew)
+    }
+
+    /// Starts a move-in for the first dependency with values due to move
+    /// in (one at a time per shape, as Electric): the client views stay as
+    /// they are until its splice; a job for the registry's runner is queued.
+    fn start_move_in(
+        &self,
+        state: &mut ShapeState,
+        spec: &SubquerySpec,
+    ) -> Result<(), &'static str> {
+        let sub = state.subquery.as_mut().ok_or("no subquery state")?;
+        if sub.moving.is_some() {
+            return Ok(());
+        }
+        for d in 0..spec.dependencies.len() {
+            let values: Vec<ValueText> = sub.pending[d]
+                .keys()
+                .filter(|v| sub.due(spec, d, v) == Due::In)
+                .cloned()
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            let mut txids: BTreeSet<u32> = BTreeSet::new();
+            for value in &values {
+                if let Some(xids) = sub.pending[d].remove(value) {
+                    txids.extend(xids);
+                }
+            }
+            let mut moved = spec.clause.new_view(d).ok_or("no view for a subquery")?;
+            let mut after = sub.client[d].clone();
+            for value in &values {
+                let text = as_refs(value);
+                moved.add(&text);
+                if spec.dependencies[d].negated {
+                    super::subquery::set_remove(&mut after, &text);
+                } else {
+                    super::subquery::set_add(&mut after, &text);
+                }
+            }
+            let (where_sql, params) = {
+                let pre = sub.views();
+                spec.clause
+                    .move_in_where(d, &moved, &after, &pre)
+                    .ok_or("no move-in query for a subquery")?
+            };
+            sub.generation += 1;
+            let generation = sub.generation;
+            sub.moving = Some(ActiveMove {
+                generation,
+                dependency: d,
+                values,
+                txids: txids.into_iter().collect(),
+                held: Vec::new(),
+                result: None,
+            });
+            self.move_jobs.borrow_mut().push(MoveInJob {
+                shape: self.id,
+                generation,
+                where_sql,
+                params,
+            });
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// The move-in query of `generation` returned: keep its rows for the
+    /// splice (a result for an older move is ignored).
+    pub(super) fn move_in_result(&self, generation: u64, rows: MoveInRows) {
+        let mut state = self.state.borrow_mut();
+        if let Some(active) = state
+            .subquery
+            .as_mut()
+            .and_then(|s| s.moving.as_mut())
+            .filter(|a| a.generation == generation)
+        {
+            active.result = Some(rows);
+        }
+    }
+
+    /// Splices the move-in when its rows and its boundary are known:
+    /// the held transactions its snapshot saw (client views before the
+    /// move), the `move-in` event, its rows, `snapshot-end` when there are
+    /// rows, then the moves that queued meanwhile and the later held
+    /// transactions (client views after the move).
+    pub(super) fn try_splice(&self, last_seen: Lsn) -> Applied {
+        let mut state = self.state.borrow_mut();
+        if state.gone {
+            return Applied::Nothing;
+        }
+        let Some(spec) = self.subquery_spec() else {
+            return Applied::Nothing;
+        };
+        let Some(sub) = state.subquery.as_mut() else {
+            return Applied::Nothing;
+        };
+        let Some(active) = sub.moving.as_mut().filter(|a| a.result.is_some()) else {
+            return Applied::Nothing;
+        };
+        let result = match boundary(active, last_seen) {
+            Some(at) => match sub.moving.take() {
+                Some(active) => self.splice(&mut state, spec, active, at),
+                None => Ok(false),
+            },
+            None => {
+                // Every transaction held so far was seen by the move-in's
+                // snapshot: they precede the splice, apply them now.
+                let held = std::mem::take(&mut active.held);
+                let mut grew = false;
+                let mut step = Ok(false);
+                for (tx, indices) in &held {
+                    match self.process(&mut state, spec, tx, indices.as_deref(), true) {
+                        Ok(g) => grew |= g,
+                        Err(why) => {
+                            step = Err(why);
+                            break;
+                        }
+                    }
+                }
+                step.map(|_| grew)
+            }
+        };
+        self.recount(&state);
+        match result {
+            Ok(true) => Applied::Grew,
+            Ok(false) => Applied::Nothing,
+            Err(why) => Applied::Invalidated(why),
+        }
+    }
+
+    fn splice(
+        &self,
+        state: &mut ShapeState,
+        spec: &SubquerySpec,
+        active: ActiveMove,
+        at: usize,
+    ) -> Step {
+        let ActiveMove {
+            dependency: d,
+            values,
+            txids,
+            mut held,
+            result,
+            ..
+        } = active;
+        let rows = result.ok_or("a splice without rows")?;
+        let post = held.split_off(at);
+        for (tx, indices) in &held {
+            self.process(state, spec, tx, indices.as_deref(), true)?;
+        }
+        let patterns = self.patterns(spec, d, &values);
+        let txids: Vec<u64> = txids.into_iter().map(u64::from).collect();
+        self.append_move_item(
+            state,
+            None,
+            &encode::move_event(Move::In, &patterns, &txids),
+        )?;
+        let mut grew = true;
+        {
+            let sub = state.subquery.as_mut().ok_or("no subquery state")?;
+            for value in &values {
+                sub.move_client(spec, d, value, Due::In);
+            }
+        }
+        let mut scratch = Vec::new();
+        for row in &rows.rows {
+            let row: Vec<Option<&str>> = row.iter().map(|t| t.as_deref()).collect();
+            scratch.clear();
+            {
+                let sub = state.subquery.as_ref().ok_or("no subquery state")?;
+                let views = sub.views();
+                let value = |i: usize| row.get(i).copied().flatten();
+                let tags = spec.clause.tags(&value, &self.salt());
+                let active = spec.clause.active_conditions(&value, &views);
+                let tagging = Tagging {
+                    tags: &tags,
+                    removed_tags: None,
+                    active_conditions: &active,
+                };
+                encode::tagged_row(&mut scratch, &self.layout(), &row, tagging, true);
+            }
+            self.append_move_item(state, None, &scratch)?;
+        }
+        if !rows.rows.is_empty() {
+            let end = rows.snapshot.end_message();
+            self.append_move_item(state, None, end.as_bytes())?;
+        }
+        grew |= self.write_move_outs(state, spec, None)?;
+        self.start_move_in(state, spec)?;
+        for (tx, indices) in post {
+            grew |= self.route(state, spec, &tx, indices.as_deref())?;
+        }
+        Ok(grew)
+    }
+}

@@ -1,0 +1,247 @@
+//! A shape whose where clause has subqueries (issue 17, slice 1: one
+//! level, `AND`/`OR`/`NOT`, single-column `IN`): the per-shard mirror of
+//! each dependency's values, the client's view of them, and the moves that
+//! keep the two together (Electric's move-out events and move-in splices).
+//!
+//! Two views per dependency, because they differ while a move is pending:
+//! - the *materializer* is the truth: the dependency's value multiset as
+//!   of the last transaction this shape applied (same transactions, same
+//!   order, same shard: no barrier with any other shard);
+//! - the *client view* is what the shape's log so far reflects: rows are
+//!   converted, tagged and evaluated against it. It changes only when a
+//!   move is written to the log (a `move-out` event, or a move-in splice).
+//!
+//! Values whose two views may differ are *pending* (touched by a
+//! transaction, not yet moved). Outside a move-in every pending move-out
+//! is written at once (before the transaction's own changes, as Electric
+//! orders them) and pending move-ins start a move-in query for one
+//! dependency; during one, transactions routed to the shape are held
+//! (bounded; once the query's snapshot is known, those it saw are applied
+//! at once instead, their moves deferred), and the query's rows are
+//! spliced between the transactions its snapshot saw and those it did not. Electric's queue
+//! rules fall out of comparing the two views when a move is due: the last
+//! state per value wins and moves that cancel out are dropped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::change::{RelationId, Transaction, Xid};
+use crate::lsn::Lsn;
+use crate::shape::encode::PgSnapshot;
+use crate::shape::materializer::{Materializer, ValueText};
+use crate::shape::where_clause::{SubqueryView, WhereClause};
+
+use super::shape::{RowFilter, ShapeId};
+
+/// Electric's `ELECTRIC_SUBQUERY_BUFFER_MAX_TRANSACTIONS` default.
+pub const DEFAULT_BUFFER_MAX_TRANSACTIONS: usize = 1000;
+
+/// Rows of one move-in held in memory before they are spliced (the rest of
+/// the shape waits for them); over it the shape is invalidated.
+pub const MAX_MOVE_IN_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a subquery shape is, beyond a plain shape (fixed at creation).
+pub struct SubquerySpec {
+    /// The outer where clause, typed with its subqueries.
+    pub clause: WhereClause,
+    /// `ELECTRIC_DATABASE_ID`: the tags' salt with the shape's handle.
+    pub stack_id: String,
+    /// Transactions held during a move-in before the shape is invalidated.
+    pub buffer_max: usize,
+    /// One per subquery of `clause`, in `WhereClause::dependencies` order.
+    pub dependencies: Vec<DependencySpec>,
+}
+
+/// One subquery: the inner table and how a row of it gives a value.
+pub struct DependencySpec {
+    pub relation: RelationId,
+    /// The inner table's fingerprint when the shape was created (a Relation
+    /// message that changes those columns invalidates the shape).
+    pub fingerprint: u64,
+    /// The inner where (its parameters bound); None selects every row.
+    pub filter: Option<WhereClause>,
+    /// Inner table column indices of the selected columns.
+    pub selected: Vec<usize>,
+    /// Whether the clause tests this subquery through `NOT`: a value
+    /// entering the set moves rows out, one leaving moves rows in.
+    pub negated: bool,
+}
+
+impl RowFilter for WhereClause {
+    fn matches<'v>(&self, value: &dyn Fn(usize) -> Option<&'v str>) -> bool {
+        WhereClause::matches(self, value)
+    }
+
+    fn index_key(&self) -> Option<(usize, Vec<String>)> {
+        WhereClause::index_key(self)
+    }
+}
+
+/// A move-in query to run: the shape's select with this where, in a fresh
+/// `REPEATABLE READ` snapshot; its result comes back through
+/// `Registry::move_in_done` with the same `generation`.
+#[derive(Clone, Debug)]
+pub struct MoveInJob {
+    pub shape: ShapeId,
+    pub generation: u64,
+    pub where_sql: String,
+    pub params: Vec<String>,
+}
+
+/// A move-in query's result: its snapshot (with the WAL insert position
+/// read after it) and its rows, table-width text.
+#[derive(Clone, Debug)]
+pub struct MoveInRows {
+    pub snapshot: PgSnapshot,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+/// The move-in in flight.
+pub(super) struct ActiveMove {
+    pub(super) generation: u64,
+    pub(super) dependency: usize,
+    /// The dependency values that move (entering the set, or leaving a
+    /// negated one's).
+    pub(super) values: Vec<ValueText>,
+    pub(super) txids: Vec<Xid>,
+    /// Transactions routed to the shape since the move started, in order.
+    pub(super) held: Vec<(Arc<Transaction>, Option<Vec<usize>>)>,
+    pub(super) result: Option<MoveInRows>,
+}
+
+pub(super) struct SubqueryState {
+    pub(super) materializers: Vec<Materializer>,
+    pub(super) client: Vec<SubqueryView>,
+    /// Per dependency: values touched since they last agreed, with the
+    /// xids that touched them (ordered: deterministic event contents).
+    pub(super) pending: Vec<BTreeMap<ValueText, Vec<Xid>>>,
+    pub(super) moving: Option<ActiveMove>,
+    pub(super) generation: u64,
+    /// The views as seeded in the snapshot's transaction, kept until the
+    /// snapshot's rows are all written: transactions after the snapshot
+    /// may move the client views while rows still stream, and a snapshot
+    /// row's active conditions are those of the snapshot's time.
+    pub(super) seeded: Option<Vec<SubqueryView>>,
+}
+
+impl SubqueryState {
+    pub(super) fn new(spec: &SubquerySpec) -> SubqueryState {
+        let n = spec.dependencies.len();
+        let view = |i: usize| {
+            spec.clause
+                .new_view(i)
+                .expect("one dependency per subquery of the clause")
+        };
+        SubqueryState {
+            materializers: spec
+                .dependencies
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    Materializer::new(
+                        d.relation,
+                        d.filter.clone().map(|f| Box::new(f) as Box<dyn RowFilter>),
+                        d.selected.clone(),
+                        view(i),
+                    )
+                })
+                .collect(),
+            client: (0..n).map(view).collect(),
+            pending: vec![BTreeMap::new(); n],
+            moving: None,
+            generation: 0,
+            seeded: Some((0..n).map(view).collect()),
+        }
+    }
+
+    /// The client views, as the clause's evaluation takes them.
+    pub(super) fn views(&self) -> Vec<Option<&SubqueryView>> {
+        self.client.iter().map(Some).collect()
+    }
+}
+
+/// How a value's two views differ, as the shape sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Due {
+    /// They agree: nothing to do.
+    None,
+    /// Rows with this value leave the shape (a move-out event).
+    Out,
+    /// Rows with this value enter it (a move-in query).
+    In,
+}
+
+/// Adds a value to a view kept as a set (the client's).
+pub(super) fn set_add(view: &mut SubqueryView, value: &[Option<&str>]) {
+    if view.key_of(value).is_some_and(|k| !view.holds(&k)) {
+        view.add(value);
+    }
+}
+
+/// Removes a value from a view kept as a set.
+pub(super) fn set_remove(view: &mut SubqueryView, value: &[Option<&str>]) {
+    view.remove(value);
+}
+
+pub(super) fn as_refs(value: &ValueText) -> Vec<Option<&str>> {
+    value.iter().map(|t| t.as_deref()).collect()
+}
+
+impl SubqueryState {
+    /// What a pending value of dependency `d` calls for now.
+    pub(super) fn due(&self, spec: &SubquerySpec, d: usize, value: &ValueText) -> Due {
+        let text = as_refs(value);
+        let Some(key) = self.client[d].key_of(&text) else {
+            return Due::None;
+        };
+        let truth = self.materializers[d].view().holds(&key);
+        let client = self.client[d].holds(&key);
+        let negated = spec.dependencies[d].negated;
+        match (truth, client) {
+            (true, false) if negated => Due::Out,
+            (true, false) => Due::In,
+            (false, true) if negated => Due::In,
+            (false, true) => Due::Out,
+            _ => Due::None,
+        }
+    }
+
+    /// Writes a move into the client view of dependency `d`.
+    pub(super) fn move_client(
+        &mut self,
+        spec: &SubquerySpec,
+        d: usize,
+        value: &ValueText,
+        due: Due,
+    ) {
+        let text = as_refs(value);
+        // Positive: moving in adds the value; negated: removes it.
+        let add = (due == Due::In) != spec.dependencies[d].negated;
+        if add {
+            set_add(&mut self.client[d], &text);
+        } else {
+            set_remove(&mut self.client[d], &text);
+        }
+    }
+}
+
+/// The splice boundary of a finished move-in: how many held transactions
+/// precede it (seen by the query's snapshot), or None while that cannot be
+/// known yet (every held one was seen, and a later one may still come).
+pub(super) fn boundary(active: &ActiveMove, last_seen: Lsn) -> Option<usize> {
+    let result = active.result.as_ref()?;
+    let snapshot = &result.snapshot;
+    if let Some(n) = active
+        .held
+        .iter()
+        .position(|(tx, _)| !snapshot.holds(tx.xid, tx.commit_lsn.0))
+    {
+        return Some(n);
+    }
+    // Every transaction the snapshot saw committed below its WAL position:
+    // once the shard has processed that far, none is still to come.
+    match snapshot.wal_lsn {
+        Some(lsn) if last_seen.0 >= lsn => Some(active.held.len()),
+        _ => None,
+    }
+}

@@ -1,0 +1,172 @@
+//! Subquery shapes on the edge (issue 17, slice 1): what the catalog and
+//! the where clause make of one (its dependencies, typed against their
+//! tables), the queries that seed its views in the snapshot's transaction,
+//! and the limits of this slice (nesting, row form), refused with a 400
+//! rather than served wrong.
+
+use std::collections::BTreeMap;
+
+use shards::shape::definition::{ShapeDefinition, ShapeHandle, TableName};
+use shards::shape::registry::schema_fingerprint;
+use shards::shape::registry::{DependencySpec, ShapeSpec, SubquerySpec};
+use shards::shape::where_clause::WhereClause;
+
+use super::catalog::TableInfo;
+use super::create::{select_columns, snapshot_query, SnapshotSql};
+use super::filter;
+use super::service::ShapeConfig;
+use crate::http::shape::reply::ShapeReply;
+use crate::pg::sql::quote_ident;
+
+/// A dependency's seeding query: its selected columns over the rows of
+/// its table that match its where, parameters bound.
+pub struct SeedSql {
+    pub table: TableName,
+    pub sql: String,
+    pub params: Vec<String>,
+    /// Output columns (the selected ones, in subquery order).
+    pub width: usize,
+}
+
+fn unsupported(message: &str) -> ShapeReply {
+    ShapeReply::invalid(&[("where", message.to_string())])
+}
+
+/// As `create::build_spec`, for a where clause with subqueries: `tables`
+/// are the subqueries' tables as the catalog has them.
+pub fn build_spec(
+    handle: ShapeHandle,
+    definition: ShapeDefinition,
+    info: TableInfo,
+    tables: &BTreeMap<TableName, TableInfo>,
+    config: &ShapeConfig,
+) -> Result<(ShapeSpec, SnapshotSql), ShapeReply> {
+    let selected = select_columns(&info.schema, definition.columns.as_deref())?;
+    let sql = definition.where_sql.as_deref().unwrap_or_default();
+    let filter = filter::compile_with_tables(sql, &info, &definition.params, tables)?;
+    let clause = filter.clause().clone();
+    let dnf = clause
+        .dnf()
+        .ok_or_else(|| unsupported("a subquery clause without its layout"))?;
+    let mut dependencies = Vec::new();
+    let mut seeds = Vec::new();
+    for (i, dependency) in clause.dependencies().into_iter().enumerate() {
+        // Slice 1 of issue 17: one level, single columns. Deeper or wider
+        // forms need moves this version does not make yet.
+        if dependency
+            .where_sql
+            .as_deref()
+            .is_some_and(WhereClause::has_subquery)
+        {
+            return Err(unsupported("Nested subqueries are not supported yet"));
+        }
+        if dependency.columns.len() != 1 {
+            return Err(unsupported(
+                "Subqueries selecting several columns (row form) are not supported yet",
+            ));
+        }
+        let positions = dnf.positions_of(i);
+        let negated = positions.first().is_some_and(|&p| dnf.is_negated(p));
+        if positions.is_empty() || positions.iter().any(|&p| dnf.is_negated(p) != negated) {
+            return Err(unsupported(
+                "A subquery must be tested directly under AND, OR and NOT, with one polarity",
+            ));
+        }
+        let inner = tables.get(&dependency.table).ok_or_else(|| {
+            ShapeReply::invalid(&[(
+                "table",
+                format!(
+                    "Table {} does not exist. If the table name contains capitals or special characters you must quote it.",
+                    dependency.table
+                ),
+            )])
+        })?;
+        let inner_filter = match &dependency.where_sql {
+            Some(sql) => Some(filter::compile(sql, inner, &dependency.params)?),
+            None => None,
+        };
+        let columns: Vec<usize> = dependency
+            .columns
+            .iter()
+            .map(|name| inner.schema.column_index(name))
+            .collect::<Option<_>>()
+            .ok_or_else(|| unsupported("a subquery column is missing"))?;
+        let list: Vec<String> = columns
+            .iter()
+            .map(|&c| quote_ident(&inner.schema.columns[c].name))
+            .collect();
+        let mut seed_sql = format!(
+            "SELECT {} FROM {}.{}",
+            list.join(", "),
+            quote_ident(&dependency.table.schema),
+            quote_ident(&dependency.table.name)
+        );
+        let mut params = Vec::new();
+        if let Some(f) = &inner_filter {
+            let (where_sql, values) = f.to_sql();
+            seed_sql.push_str(" WHERE ");
+            seed_sql.push_str(&where_sql);
+            params = values;
+        }
+        seeds.push(SeedSql {
+            table: dependency.table.clone(),
+            sql: seed_sql,
+            params,
+            width: columns.len(),
+        });
+        dependencies.push(DependencySpec {
+            relation: inner.schema.relation_id,
+            fingerprint: schema_fingerprint(
+                inner
+                    .schema
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.as_str(), c.type_oid)),
+            ),
+            filter: inner_filter.map(|f| f.clause().clone()),
+            selected: columns,
+            negated,
+        });
+    }
+    let persisted = super::persist::encode(&handle, &definition, &info);
+    let TableInfo { schema, .. } = info;
+    let key = schema.key_columns();
+    let schema_header = schema.header_json(&selected);
+    // Rows carry tags computed from the columns the clause tests, selected
+    // or not: the snapshot reads them too.
+    let mut read: Vec<usize> = selected.clone();
+    read.extend_from_slice(clause.referenced_columns());
+    let mut snapshot_sql = snapshot_query(&schema, &read, &key, Some(&filter));
+    snapshot_sql.seeds = seeds;
+    let spec = ShapeSpec {
+        handle,
+        canonical: definition.canonical(),
+        definition,
+        schema,
+        selected,
+        key,
+        filter: Some(Box::new(filter)),
+        schema_header,
+        persisted,
+        subqueries: Some(Box::new(SubquerySpec {
+            clause,
+            stack_id: config.database_id.clone(),
+            buffer_max: config.subquery_buffer_max,
+            dependencies,
+        })),
+    };
+    Ok((spec, snapshot_sql))
+}
+
+/// Whether a stored canonical definition has a subquery in its where
+/// (recovery drops those: their views are not persisted yet). Errs on
+/// the side of yes: a where merely mentioning `select` is re-synced too.
+pub fn canonical_has_subquery(canonical: &str) -> bool {
+    let start = canonical.find("|where=").map_or(0, |i| i + 7);
+    let end = canonical[start..]
+        .find("|params=")
+        .map_or(canonical.len(), |i| start + i);
+    canonical[start..end]
+        .to_ascii_uppercase()
+        .contains("SELECT")
+}
