@@ -525,6 +525,7 @@ fn sigkill_between_membership_and_splice() {
     let mut stream = Stream::new(MEMBERSHIP);
     stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
     let mut locker = db.client();
+    let window = crate::harness::blocking_lock_window();
     locker
         .batch_execute("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
         .unwrap();
@@ -544,6 +545,7 @@ fn sigkill_between_membership_and_splice() {
     );
     server.kill();
     locker.batch_execute("COMMIT").unwrap();
+    drop(window);
     server.restart();
     let url = format!(
         "/v1/shape?{MEMBERSHIP}&offset={}&handle={}",
@@ -568,6 +570,7 @@ fn graceful_stop_during_a_move_in_drops_the_shape() {
     let mut stream = Stream::new(MEMBERSHIP);
     stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
     let mut locker = db.client();
+    let window = crate::harness::blocking_lock_window();
     locker
         .batch_execute("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
         .unwrap();
@@ -587,6 +590,7 @@ fn graceful_stop_during_a_move_in_drops_the_shape() {
         (!server.is_running()).then_some(())
     });
     locker.batch_execute("COMMIT").unwrap();
+    drop(window);
     server.restart();
     let url = format!(
         "/v1/shape?{MEMBERSHIP}&offset={}&handle={}",
@@ -910,6 +914,7 @@ fn buffer_overflow_invalidates_the_shape() {
         &pg_rows(&db, "SELECT id::text FROM tasks WHERE project_id = 1"),
     );
     let mut locker = db.client();
+    let window = crate::harness::blocking_lock_window();
     locker
         .batch_execute("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
         .unwrap();
@@ -938,6 +943,7 @@ fn buffer_overflow_invalidates_the_shape() {
             .then_some(())
     });
     locker.batch_execute("COMMIT").unwrap();
+    drop(window);
     assert_eq!(server.get(&url).status, 409);
     let mut fresh = Stream::new(MEMBERSHIP);
     fresh.converge(
