@@ -62,7 +62,7 @@ lane() {
   for t in "$@"; do
     mkdir -p "$WORK/corp/$t" "$WORK/crashes/$t"
     nice -n 19 "$BIN/$t" "$WORK/corp/$t" "$FUZZ_DIR/corpus/$t" -runs="$RUNS" \
-      -max_total_time="$SECONDS_MAX" -rss_limit_mb=2048 -timeout=25 -print_final_stats=1 \
+      -max_total_time="$SECONDS_MAX" -rss_limit_mb=4096 -timeout=25 -print_final_stats=1 \
       -artifact_prefix="$WORK/crashes/$t/" > "$WORK/run-$t.log" 2>&1 || true
   done
 }
