@@ -144,25 +144,6 @@ where
         .unwrap()
 }
 
-/// Tests share one Postgres cluster, and a transaction holding an
-/// `ACCESS EXCLUSIVE` lock has an xid (Postgres logs the lock for standbys):
-/// creating a logical slot, which every new server does, waits for it
-/// cluster-wide. Tests that hold such a lock (to block a query) take this
-/// exclusively for that window; server starts take it shared.
-static SLOT_CREATION: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-/// Held while a test keeps a lock-holding transaction open (see
-/// `SLOT_CREATION`); drop it after the COMMIT. Never start a server while
-/// holding it.
-pub fn blocking_lock_window() -> std::sync::RwLockWriteGuard<'static, ()> {
-    SLOT_CREATION.write().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Held while a server starts (and creates its slot).
-pub fn slot_creation() -> std::sync::RwLockReadGuard<'static, ()> {
-    SLOT_CREATION.read().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

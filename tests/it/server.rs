@@ -30,7 +30,6 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let _slot = crate::harness::slot_creation();
         let child = spawn(&db.url, &db.stream_id(), &dir, port, &env);
         let mut server = Server {
             port,

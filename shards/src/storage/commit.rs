@@ -222,15 +222,10 @@ impl GroupCommit {
             } else {
                 0
             };
-            let (records, batch, checkpoint, views) = {
+            let (records, batch, checkpoint) = {
                 let mut registry = self.registry.borrow_mut();
                 let records = std::mem::take(&mut *journal.borrow_mut());
                 let batch = registry.take_meta_batch();
-                // The closing tick's subquery views, taken with its journal:
-                // a move-in result arriving during the awaits below may
-                // splice after it, and views taken then would describe
-                // items this stop never makes durable.
-                let views = closing.then(|| registry.closing_views());
                 let checkpoint = checkpoint_due.then(|| {
                     if !closing {
                         // The previous checkpoint completed: shapes without
@@ -243,7 +238,7 @@ impl GroupCommit {
                         registry.take_read_stamps(),
                     )
                 });
-                (records, batch, checkpoint, views)
+                (records, batch, checkpoint)
             };
             self.writer.append_framed(&records);
             let wrote = !records.is_empty();
@@ -343,26 +338,7 @@ impl GroupCommit {
                 };
                 let gauges = self.gauges.clone();
                 if closing {
-                    job.run_timed(&gauges)
-                        .await
-                        .map_err(|failed| failed.error)?;
-                    // Everything applied is durable and checkpointed: the
-                    // subquery shapes at rest keep their views for the
-                    // next start (`registry/kept_views.rs`). Failing here
-                    // only costs those shapes a re-sync.
-                    let views = views.unwrap_or_default();
-                    if !views.is_empty() {
-                        let meta = self.meta;
-                        let kept = views.len();
-                        match blocking(move || meta.put_views(&views)).await {
-                            Ok(()) => tracing::debug!(shard = self.index, kept, "subquery views kept"),
-                            Err(e) => tracing::warn!(
-                                shard = self.index,
-                                "cannot keep subquery views (those shapes re-sync after the restart): {e}"
-                            ),
-                        }
-                    }
-                    return Ok(());
+                    return job.run_timed(&gauges).await.map_err(|failed| failed.error);
                 }
                 in_flight.set(true);
                 let in_flight = in_flight.clone();
