@@ -58,16 +58,28 @@ impl Shape {
             (Some(seeded), false) => seeded.iter().map(Some).collect(),
             _ => sub.views(),
         };
+        self.encode_tagged(spec, &views, out, row, move_in);
+        true
+    }
+
+    /// One row's JSON with its tags and its active conditions under `views`.
+    fn encode_tagged(
+        &self,
+        spec: &SubquerySpec,
+        views: &[Option<&SubqueryView>],
+        out: &mut Vec<u8>,
+        row: &[Option<&str>],
+        move_in: bool,
+    ) {
         let value = |i: usize| row.get(i).copied().flatten();
         let tags = spec.clause.tags(&value, &self.salt());
-        let active = spec.clause.active_conditions(&value, &views);
+        let active = spec.clause.active_conditions(&value, views);
         let tagging = Tagging {
             tags: &tags,
             removed_tags: None,
             active_conditions: &active,
         };
         encode::tagged_row(out, &self.layout(), row, tagging, move_in);
-        true
     }
 
     /// Counts a row of dependency `d`'s seeding query (run in the shape's
@@ -533,16 +545,7 @@ impl Shape {
             scratch.clear();
             {
                 let sub = state.subquery.as_ref().ok_or("no subquery state")?;
-                let views = sub.views();
-                let value = |i: usize| row.get(i).copied().flatten();
-                let tags = spec.clause.tags(&value, &self.salt());
-                let active = spec.clause.active_conditions(&value, &views);
-                let tagging = Tagging {
-                    tags: &tags,
-                    removed_tags: None,
-                    active_conditions: &active,
-                };
-                encode::tagged_row(&mut scratch, &self.layout(), &row, tagging, true);
+                self.encode_tagged(spec, &sub.views(), &mut scratch, &row, true);
             }
             self.append_move_item(state, None, &scratch)?;
         }
