@@ -68,6 +68,26 @@ impl crate::shapes::chunk_cache::Weigh for Kept {
     }
 }
 
+/// Which identical requests share one owner read (`Router::shared_read`).
+#[derive(Clone, Copy)]
+enum Shared {
+    /// A first request (offset -1, no handle); `keep`: its reply is kept
+    /// for `INITIAL_KEPT_FOR`.
+    Initial { keep: bool },
+    /// A long-poll, or an SSE round.
+    Live,
+}
+
+impl Shared {
+    /// Keeps the two kinds' keys apart in one map.
+    fn prefix(self) -> &'static str {
+        match self {
+            Shared::Initial { .. } => "initial|",
+            Shared::Live => "live|",
+        }
+    }
+}
+
 /// A reply some request is waiting for.
 type Waiting = Slot<ShapeReply>;
 
@@ -77,17 +97,15 @@ pub struct Router {
     next_id: Cell<u64>,
     /// Forwarded requests awaiting their reply, by id.
     waiting: RefCell<HashMap<u64, Rc<Waiting>>>,
-    /// Initial requests in flight to their owner, by what they ask: an
-    /// identical one joins instead of crossing the mesh again (a herd on a
-    /// new shape costs one message per shard).
-    initial: RefCell<HashMap<String, Rc<Waiting>>>,
+    /// Requests in flight from this shard, by what they ask: an identical
+    /// one joins instead of asking the owner again (a herd on a new shape
+    /// costs one message per shard; 1,000 long-polls at one offset, one
+    /// owner read).
     /// What this shard's SSE streams follow, and what others follow here.
     live: super::live::LiveHub,
     /// Keep-alive and timeout deadlines of this shard's streams.
     deadlines: Rc<shards::notify::Deadlines>,
-    /// Live reads in flight from this shard, by what they ask: identical
-    /// ones (1,000 long-polls at one offset) share one owner read.
-    live_reads: RefCell<HashMap<String, Rc<Waiting>>>,
+    in_flight: RefCell<HashMap<String, Rc<Waiting>>>,
     /// Sealed-chunk replies from other shards' shapes, by request, and
     /// when they were kept.
     replies: RefCell<ChunkCache<String, Kept>>,
@@ -99,8 +117,7 @@ impl Router {
             links,
             next_id: Cell::new(0),
             waiting: RefCell::new(HashMap::new()),
-            initial: RefCell::new(HashMap::new()),
-            live_reads: RefCell::new(HashMap::new()),
+            in_flight: RefCell::new(HashMap::new()),
             live: super::live::LiveHub::default(),
             deadlines: shards::notify::Deadlines::new(),
             replies: RefCell::new(ChunkCache::new(service.config().chunk_cache_bytes)),
@@ -148,7 +165,7 @@ impl Router {
     /// Answers `request` on shard `owner`.
     pub async fn dispatch(self: &Rc<Self>, owner: usize, request: ShapeRequest) -> ShapeReply {
         if let Some(key) = live_key(&request, None) {
-            return self.shared_live_read(owner, request, key).await;
+            return self.shared_read(owner, request, key, Shared::Live).await;
         }
         if owner == self.me() {
             return self.service.serve(request).await;
@@ -174,45 +191,8 @@ impl Router {
                 return reply;
             }
         }
-        let joined = self.initial.borrow().get(&key).cloned();
-        if let Some(leader) = joined {
-            crate::metrics::Metrics::inc(&self.service.metrics.requests_coalesced);
-            return leader.get().await;
-        }
-        let leader = Waiting::new();
-        self.initial
-            .borrow_mut()
-            .insert(key.clone(), leader.clone());
-        // Removed and published however this ends (the leader's client may
-        // hang up): followers must never wait on a reply that won't come.
-        struct Publish<'a> {
-            router: &'a Router,
-            key: String,
-            leader: Rc<Waiting>,
-            reply: Option<ShapeReply>,
-        }
-        impl Drop for Publish<'_> {
-            fn drop(&mut self) {
-                self.router.initial.borrow_mut().remove(&self.key);
-                let reply = self.reply.take().unwrap_or_else(|| {
-                    ShapeReply::unavailable("The request was interrupted, please retry", 1)
-                });
-                self.leader.set(reply);
-            }
-        }
-        let mut publish = Publish {
-            router: self,
-            key: key.clone(),
-            leader,
-            reply: None,
-        };
-        let reply = self.forward(owner, request).await;
-        publish.reply = Some(reply.clone());
-        drop(publish);
-        if kept_initial {
-            self.keep(key, &reply, true);
-        }
-        reply
+        self.shared_read(owner, request, key, Shared::Initial { keep: kept_initial })
+            .await
     }
 
     /// One round of an SSE stream (`request.wait` zero) after its watch saw
@@ -226,27 +206,33 @@ impl Router {
         changes: u64,
     ) -> ShapeReply {
         match live_key(&request, Some(changes)) {
-            Some(key) => self.shared_live_read(owner, request, key).await,
+            Some(key) => self.shared_read(owner, request, key, Shared::Live).await,
             None => self.dispatch(owner, request).await,
         }
     }
 
-    /// Joins the identical live read in flight, or starts it as a task of
-    /// its own: a follower never depends on the client that started it
-    /// staying connected.
-    async fn shared_live_read(
+    /// Joins the identical request in flight from this shard, or starts it
+    /// as a task of its own: a follower never depends on the client that
+    /// started it staying connected.
+    async fn shared_read(
         self: &Rc<Self>,
         owner: usize,
         request: ShapeRequest,
         key: String,
+        shared: Shared,
     ) -> ShapeReply {
-        let joined = self.live_reads.borrow().get(&key).cloned();
+        let key = format!("{}{key}", shared.prefix());
+        let joined = self.in_flight.borrow().get(&key).cloned();
         if let Some(read) = joined {
-            crate::metrics::Metrics::inc(&self.service.metrics.live_reads_joined);
+            let metrics = &self.service.metrics;
+            crate::metrics::Metrics::inc(match shared {
+                Shared::Initial { .. } => &metrics.requests_coalesced,
+                Shared::Live => &metrics.live_reads_joined,
+            });
             return read.get().await;
         }
         let read = Waiting::new();
-        self.live_reads
+        self.in_flight
             .borrow_mut()
             .insert(key.clone(), read.clone());
         let router = self.clone();
@@ -256,7 +242,11 @@ impl Router {
                 true => router.service.serve(request).await,
                 false => router.forward(owner, request).await,
             };
-            router.live_reads.borrow_mut().remove(&key);
+            router.in_flight.borrow_mut().remove(&key);
+            if let Shared::Initial { keep: true } = shared {
+                let kept = key[shared.prefix().len()..].to_string();
+                router.keep(kept, &reply, true);
+            }
             leader.set(reply);
         });
         read.get().await
