@@ -108,7 +108,7 @@ impl ReadOnlyPhase {
                         return;
                     }
                 };
-                let registry = match restore(index, &shard_dir, shape_config.chunk_bytes) {
+                let registry = match restore(index, &shard_dir, &shape_config) {
                     Ok(registry) => registry,
                     Err(e) => {
                         tracing::warn!(shard = index, "read-only phase: {e}");
@@ -169,8 +169,9 @@ impl ReadOnlyPhase {
 fn restore(
     index: usize,
     shard_dir: &std::path::Path,
-    chunk_bytes: usize,
+    shape_config: &ShapeConfig,
 ) -> Result<Registry, String> {
+    let chunk_bytes = shape_config.chunk_bytes;
     let meta = MetaStore::open(&shard_dir.join("meta"))
         .map_err(|e| format!("cannot open {}: {e}", shard_dir.join("meta").display()))?;
     let mut loaded = meta
@@ -179,7 +180,7 @@ fn restore(
     // Routing within this phase only: the writer's routes are its own.
     let routes = Arc::new(shards::routes::RouteTable::new());
     let mut registry = Registry::new(index, routes, chunk_bytes, &shard_dir.join("shapes"));
-    registry.set_loader(meta, crate::shapes::recover::spec_loader());
+    registry.set_loader(meta, crate::shapes::recover::spec_loader(shape_config));
     let mut skipped = 0;
     for record in &loaded.shapes {
         // Only shapes whose snapshot the last checkpoint holds whole: the

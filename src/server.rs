@@ -252,13 +252,14 @@ fn run_with_database(
             };
             registry
                 .borrow_mut()
-                .set_loader(meta, crate::shapes::recover::spec_loader());
+                .set_loader(meta, crate::shapes::recover::spec_loader(&shape_config));
             let started = std::time::Instant::now();
             match crate::shapes::recover::recover(
                 &log_dir,
                 &meta,
                 &mut registry.borrow_mut(),
                 upgrade_identity,
+                &shape_config,
             ) {
                 Ok(r) => tracing::info!(
                     shard = index,
@@ -266,6 +267,7 @@ fn run_with_database(
                     from_metadata = r.from_meta,
                     log_records_replayed = r.records,
                     dropped = r.dropped,
+                    subquery_resumed = r.subquery_resumed,
                     orphan_files = r.orphans,
                     after = if was_clean {
                         "a clean shutdown"

@@ -11,7 +11,55 @@ use shards::shape::schema::{ColumnInfo, TableSchema};
 use super::catalog::TableInfo;
 
 pub fn encode(handle: &ShapeHandle, definition: &ShapeDefinition, info: &TableInfo) -> Vec<u8> {
-    let columns: Vec<Value> = info
+    record(handle, definition, info).to_string().into_bytes()
+}
+
+/// A subquery shape's record: also its subqueries' tables as the catalog
+/// had them at creation, so a restart rebuilds the same spec (typing,
+/// fingerprints, relation ids) without asking Postgres.
+pub fn encode_with_tables(
+    handle: &ShapeHandle,
+    definition: &ShapeDefinition,
+    info: &TableInfo,
+    tables: &BTreeMap<TableName, TableInfo>,
+) -> Vec<u8> {
+    let mut v = record(handle, definition, info);
+    v["subquery_tables"] = Value::Array(
+        tables
+            .iter()
+            .map(|(name, info)| {
+                json!({
+                    "table": [name.schema, name.name],
+                    "relation_id": info.schema.relation_id,
+                    "table_columns": columns_json(info),
+                })
+            })
+            .collect(),
+    );
+    v.to_string().into_bytes()
+}
+
+/// The subqueries' tables of a record (None: a plain shape's, or one
+/// written before they were kept).
+pub fn decode_tables(payload: &[u8]) -> Result<Option<BTreeMap<TableName, TableInfo>>, String> {
+    let v: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(list) = v["subquery_tables"].as_array() else {
+        return Ok(None);
+    };
+    let mut tables = BTreeMap::new();
+    for t in list {
+        let name = TableName {
+            schema: t["table"][0].as_str().ok_or("missing schema")?.to_string(),
+            name: t["table"][1].as_str().ok_or("missing table")?.to_string(),
+        };
+        let info = table_info(t, name.clone())?;
+        tables.insert(name, info);
+    }
+    Ok(Some(tables))
+}
+
+fn columns_json(info: &TableInfo) -> Vec<Value> {
+    info
         .schema
         .columns
         .iter()
@@ -23,7 +71,11 @@ pub fn encode(handle: &ShapeHandle, definition: &ShapeDefinition, info: &TableIn
                 "pk_index": c.pk_index, "is_enum": is_enum,
             })
         })
-        .collect();
+        .collect()
+}
+
+fn record(handle: &ShapeHandle, definition: &ShapeDefinition, info: &TableInfo) -> Value {
+    let columns = columns_json(info);
     let params: BTreeMap<String, &String> = definition
         .params
         .iter()
@@ -42,8 +94,6 @@ pub fn encode(handle: &ShapeHandle, definition: &ShapeDefinition, info: &TableIn
         "relation_id": info.schema.relation_id,
         "table_columns": columns,
     })
-    .to_string()
-    .into_bytes()
 }
 
 /// The record decoded; None (with the reason) when it is not one we wrote.
@@ -94,6 +144,17 @@ pub fn decode(payload: &[u8]) -> Result<(ShapeHandle, ShapeDefinition, TableInfo
             LogMode::Full
         },
     };
+    let info = table_info(&v, table)?;
+    Ok((ShapeHandle(text(&v["handle"], "handle")?), definition, info))
+}
+
+/// A table's columns and relation id as `columns_json` wrote them.
+fn table_info(v: &Value, table: TableName) -> Result<TableInfo, String> {
+    let text = |x: &Value, what: &str| {
+        x.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("missing {what}"))
+    };
     let mut table_columns = Vec::new();
     let mut is_enum = Vec::new();
     for c in v["table_columns"]
@@ -120,7 +181,7 @@ pub fn decode(payload: &[u8]) -> Result<(ShapeHandle, ShapeDefinition, TableInfo
         },
         is_enum,
     };
-    Ok((ShapeHandle(text(&v["handle"], "handle")?), definition, info))
+    Ok(info)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use shards::storage::segment::segment_indices;
 
 use super::create::build_spec;
 use super::persist;
+use super::service::ShapeConfig;
 
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -30,14 +31,25 @@ pub struct Recovery {
     /// Snapshots that had ended but whose rows past the journaled part
     /// were not checkpointed yet (counted in `dropped`).
     pub large_snapshots_lost: usize,
+    /// Subquery shapes resumed from a clean stop's kept views.
+    pub subquery_resumed: usize,
 }
 
-/// Builds restored shapes' specs from their creation records.
-pub fn spec_loader() -> SpecLoader {
-    Box::new(|persisted: &[u8]| {
-        let (handle, definition, info) =
-            persist::decode(persisted).map_err(|e| format!("unreadable creation record: {e}"))?;
-        build_spec(handle, definition, info)
+/// Builds restored shapes' specs from their creation records (a subquery
+/// shape's with the tables its record kept, under `config`'s stack id and
+/// buffer bound).
+pub fn spec_loader(config: &ShapeConfig) -> SpecLoader {
+    let config = config.clone();
+    Box::new(move |persisted: &[u8]| {
+        let unreadable = |e: String| format!("unreadable creation record: {e}");
+        let (handle, definition, info) = persist::decode(persisted).map_err(unreadable)?;
+        let built = match persist::decode_tables(persisted).map_err(unreadable)? {
+            Some(tables) => {
+                super::subquery::build_spec(handle, definition, info, &tables, &config)
+            }
+            None => build_spec(handle, definition, info),
+        };
+        built
             .map(|(spec, _)| spec)
             .map_err(|reply| String::from_utf8_lossy(&reply.body).into_owned())
     })
@@ -50,8 +62,12 @@ pub fn recover(
     meta: &MetaStore,
     registry: &mut Registry,
     upgrade_identity: bool,
+    config: &ShapeConfig,
 ) -> std::io::Result<Recovery> {
     let mut recovery = Recovery::default();
+    // Taken (deleted) first: they describe the last clean stop only, and
+    // this run makes them stale as soon as it applies anything.
+    let kept_views = meta.take_views()?;
     let mut loaded = meta.load()?;
     loaded.shapes.sort_unstable_by_key(|r| r.id);
     for record in &loaded.shapes {
@@ -66,7 +82,7 @@ pub fn recover(
             registry.forget_record(record.id, record.definition_hash);
         }
     }
-    replay(log_dir, loaded.checkpoint, registry, &mut recovery)?;
+    let tail = replay(log_dir, loaded.checkpoint, registry, &mut recovery, config)?;
     // A snapshot cut off by the crash cannot be resumed (its transaction is
     // gone): those shapes are dropped and their clients re-sync.
     let unfinished = registry.unfinished_snapshots();
@@ -74,15 +90,34 @@ pub fn recover(
         registry.remove(*id, "its snapshot was interrupted by the restart");
     }
     recovery.dropped = unfinished.len();
-    // Subquery shapes' views are not persisted yet (issue 17, §3): after a
-    // restart they cannot be resumed exactly, so they go (clients get 409
-    // and re-sync, as Electric does for every restart) rather than serve
-    // rows from views that lost their moves.
+    // Subquery shapes resume with their handle only from a clean stop's
+    // kept views (`registry/kept_views.rs`): a crash left none (their
+    // truth and any in-flight move are not journaled yet, issue 17 §3), and
+    // views followed by log records would be stale. The rest go (clients
+    // get 409 and re-sync, as Electric does for every restart) rather than
+    // serve rows from views that lost their moves.
     let subquery = registry.ids_where(super::subquery::canonical_has_subquery);
     for id in &subquery {
-        registry.remove(*id, "subquery shapes are not kept across restarts yet");
+        let kept = match kept_views.get(id) {
+            Some(_) if tail => Err("records followed its kept views"),
+            Some(bytes) => match registry.get(*id) {
+                // Built now: its inner relations are routed from the start.
+                Some(shape) => shape.restore_views(bytes),
+                None => Err("it could not be rebuilt"),
+            },
+            None => Err("no views were kept for it (not a clean stop, or a move was in flight)"),
+        };
+        match kept {
+            Ok(()) => recovery.subquery_resumed += 1,
+            Err(why) => {
+                tracing::info!(shape = id, "subquery shape not resumed: {why}");
+                if registry.contains(*id) {
+                    registry.remove(*id, "subquery shapes are kept only across clean stops");
+                }
+                recovery.dropped += 1;
+            }
+        }
     }
-    recovery.dropped += subquery.len();
     if upgrade_identity {
         // Keyed under an older canonical form of their where clause.
         let stale = registry.ids_where(|canonical| !canonical_without_where(canonical));
@@ -108,11 +143,15 @@ fn replay(
     checkpoint: shards::storage::meta::Checkpoint,
     registry: &mut Registry,
     recovery: &mut Recovery,
-) -> std::io::Result<()> {
-    let load = spec_loader();
+    config: &ShapeConfig,
+) -> std::io::Result<bool> {
+    let load = spec_loader(config);
+    // Whether any record other than a flush's commit marker follows the
+    // checkpoint (a clean stop's closing checkpoint covers everything).
+    let mut tail = false;
     let indices = match segment_indices(log_dir) {
         Ok(indices) => indices,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
     for index in indices.into_iter().filter(|&i| i >= checkpoint.segment) {
@@ -124,6 +163,7 @@ fn replay(
         };
         for record in Scanner::new(&bytes[from..]) {
             recovery.records += 1;
+            tail |= record.kind != Kind::Commit;
             match record.kind {
                 Kind::ShapeCreated => {
                     if registry.contains(record.shape) {
@@ -174,7 +214,7 @@ fn replay(
             }
         }
     }
-    Ok(())
+    Ok(tail)
 }
 
 /// Deletes serving files whose shape is gone (removed, or a crash came

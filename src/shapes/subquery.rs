@@ -128,7 +128,7 @@ pub fn build_spec(
             negated,
         });
     }
-    let persisted = super::persist::encode(&handle, &definition, &info);
+    let persisted = super::persist::encode_with_tables(&handle, &definition, &info, tables);
     let TableInfo { schema, .. } = info;
     let key = schema.key_columns();
     let schema_header = schema.header_json(&selected);

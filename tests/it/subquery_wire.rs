@@ -281,7 +281,13 @@ const PG_MEMBERSHIP: &str = "SELECT id::text, project_id::text, title FROM tasks
 #[test]
 fn membership_tags_moves_and_fold() {
     let db = membership_db("subquery_wire_membership");
-    let server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "1000")]);
+    let server = Server::start(
+        &db,
+        &[
+            ("ELECTRIC_LONG_POLL_TIMEOUT", "1000"),
+            ("ELECTRIC_LOG_LEVEL", "info"),
+        ],
+    );
     let mut stream = Stream::new(MEMBERSHIP);
     stream.until(&server, 0, |_| true);
     let handle = stream.handle.clone().unwrap();
@@ -435,44 +441,155 @@ fn membership_tags_moves_and_fold() {
     }
     stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
 
-    // A restart cannot resume a subquery shape yet: its handle is gone
-    // (409), never served from views that lost their moves.
+    // A graceful restart resumes the shape with its handle: the same
+    // stream carries on, and later moves (in and out) still fold to
+    // Postgres.
     let mut server = server;
+    let messages_before = stream.messages.len();
     server.graceful_restart();
+    // (the log is coloured: its escapes go before matching)
+    let plain: String = server
+        .log()
+        .split('\u{1b}')
+        .map(|part| part.split_once('m').map_or(part, |(_, rest)| rest))
+        .collect();
+    assert!(
+        plain.contains("subquery_resumed=1"),
+        "{}",
+        server.log_tail()
+    );
+    stream.poll(&server);
+    assert_eq!(stream.handle.as_deref(), Some(handle.as_str()));
+    db.client()
+        .batch_execute(
+            "DELETE FROM members WHERE user_id = 1 AND project_id = 1;
+             INSERT INTO members VALUES (1, 2);",
+        )
+        .unwrap();
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    assert_eq!(stream.handle.as_deref(), Some(handle.as_str()));
+    let after: Vec<String> = ops(&stream.messages[messages_before..]);
+    assert!(
+        after.iter().any(|o| o == "move-out") && after.iter().any(|o| o == "move-in"),
+        "moves after the restart: {after:?}"
+    );
+    // And through a rolling deploy (the old instance stops cleanly).
+    db.client()
+        .batch_execute("INSERT INTO members VALUES (1, 1)")
+        .unwrap();
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    server.rolling_restart();
+    db.client()
+        .batch_execute(
+            "DELETE FROM members WHERE user_id = 1 AND project_id = 2;
+             UPDATE tasks SET title = 'after rolling' WHERE project_id = 1;",
+        )
+        .unwrap();
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    assert_eq!(stream.handle.as_deref(), Some(handle.as_str()));
+
+    // A SIGKILL cannot resume it yet (its views are kept by clean stops
+    // only): its handle is gone (409), never served from views that lost
+    // their moves, and a fresh stream folds to Postgres.
+    db.client()
+        .batch_execute("DELETE FROM members WHERE user_id = 1 AND project_id = 1")
+        .unwrap();
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    server.crash_and_restart();
     let url = format!(
         "/v1/shape?{MEMBERSHIP}&offset={}&handle={handle}",
         stream.offset
     );
     let reply = server.get(&url);
     assert_eq!(reply.status, 409, "{}", reply.body);
+    let mut again = Stream::new(MEMBERSHIP);
+    again.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    // A clean stop after a crash keeps the new shape again.
+    let again_handle = again.handle.clone().unwrap();
+    server.graceful_restart();
+    db.client()
+        .batch_execute("INSERT INTO members VALUES (1, 1)")
+        .unwrap();
+    again.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    assert_eq!(again.handle.as_deref(), Some(again_handle.as_str()));
+}
+
+/// SIGKILL while a move-in is in flight (its query blocked by a lock, the
+/// membership applied, nothing spliced): the shape is not resumed (409),
+/// and a fresh stream folds to Postgres, membership included.
+#[test]
+fn sigkill_between_membership_and_splice() {
+    let db = membership_db("subquery_wire_kill_splice");
+    let mut server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "500")]);
+    let columns = ["id", "project_id", "title"];
+    let mut stream = Stream::new(MEMBERSHIP);
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    let mut locker = db.client();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    db.client()
+        .batch_execute("INSERT INTO members VALUES (1, 2)")
+        .unwrap();
+    // Time for the membership to reach the shard (its move-in query then
+    // waits for the lock): a live poll returns nothing of it.
+    std::thread::sleep(Duration::from_millis(1500));
+    stream.poll(&server);
+    assert!(
+        !stream.messages.iter().any(|m| m["value"]["project_id"] == "2"),
+        "nothing of project 2 before the splice"
+    );
+    server.kill();
+    locker.batch_execute("COMMIT").unwrap();
+    server.restart();
+    let url = format!(
+        "/v1/shape?{MEMBERSHIP}&offset={}&handle={}",
+        stream.offset,
+        stream.handle.as_deref().unwrap()
+    );
+    assert_eq!(server.get(&url).status, 409);
     let mut fresh = Stream::new(MEMBERSHIP);
-    fresh.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
-    // The same after SIGKILL, with a move in the segment log's tail.
+    let want = pg_rows(&db, PG_MEMBERSHIP);
+    assert!(want.iter().any(|r| r.contains("|2|")), "{want:?}");
+    fresh.converge(&server, &columns, &want);
+}
+
+/// SIGKILL after a move-out reached the stream and before an outer change
+/// of a moved-out row: not resumed (409); a fresh stream folds to
+/// Postgres, the changed row absent.
+#[test]
+fn sigkill_between_move_out_and_outer_change() {
+    let db = membership_db("subquery_wire_kill_move_out");
+    let mut server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "500")]);
+    let columns = ["id", "project_id", "title"];
+    let mut stream = Stream::new(MEMBERSHIP);
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    let from = stream.messages.len();
     db.client()
         .batch_execute("DELETE FROM members WHERE user_id = 1 AND project_id = 1")
         .unwrap();
-    fresh.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
-    server.crash_and_restart();
+    stream.until(&server, from, |m| {
+        m.iter().any(|m| m["headers"]["event"] == "move-out")
+    });
+    assert!(stream.rows.is_empty(), "every row moved out");
+    server.kill();
+    db.client()
+        .batch_execute(
+            "UPDATE tasks SET title = 'while down' WHERE project_id = 1;
+             INSERT INTO members VALUES (1, 3);",
+        )
+        .unwrap();
+    server.restart();
     let url = format!(
         "/v1/shape?{MEMBERSHIP}&offset={}&handle={}",
-        fresh.offset,
-        fresh.handle.as_deref().unwrap()
+        stream.offset,
+        stream.handle.as_deref().unwrap()
     );
-    let reply = server.get(&url);
-    assert_eq!(reply.status, 409, "{}", reply.body);
-    let mut again = Stream::new(MEMBERSHIP);
-    again.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
-    // And through a rolling deploy.
-    server.rolling_restart();
-    let url = format!(
-        "/v1/shape?{MEMBERSHIP}&offset={}&handle={}",
-        again.offset,
-        again.handle.as_deref().unwrap()
-    );
-    let reply = server.get(&url);
-    assert_eq!(reply.status, 409, "{}", reply.body);
-    let mut last = Stream::new(MEMBERSHIP);
-    last.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    assert_eq!(server.get(&url).status, 409);
+    let mut fresh = Stream::new(MEMBERSHIP);
+    let want = pg_rows(&db, PG_MEMBERSHIP);
+    assert!(!want.iter().any(|r| r.contains("while down")), "{want:?}");
+    fresh.converge(&server, &columns, &want);
 }
 
 #[test]

@@ -20,6 +20,7 @@ use crate::fixture::{bench_table, g_equals};
 use crate::report::Machine;
 use shapeshard::shapes::create::build_spec;
 use shapeshard::shapes::recover::{recover, spec_loader};
+use shapeshard::shapes::service::ShapeConfig;
 use shards::routes::RouteTable;
 use shards::shape::definition::{definition_hash, ShapeHandle};
 use shards::shape::encode::PgSnapshot;
@@ -152,11 +153,12 @@ pub fn run(shapes: usize) -> String {
         10 << 20,
         &dir.join("shapes"),
     );
-    registry.set_loader(meta, spec_loader());
+    let shape_config = ShapeConfig::new("restore_bench".into());
+    registry.set_loader(meta, spec_loader(&shape_config));
     let memory_before = rss_anon();
     let heap_before = heap();
     let started = Instant::now();
-    let recovery = recover(&dir.join("log"), &meta, &mut registry, false).expect("recover");
+    let recovery = recover(&dir.join("log"), &meta, &mut registry, false, &shape_config).expect("recover");
     let seconds = started.elapsed().as_secs_f64();
     let memory = rss_anon().saturating_sub(memory_before);
     let heap_cold = (heap() - heap_before) as f64 / shapes as f64;

@@ -338,7 +338,24 @@ impl GroupCommit {
                 };
                 let gauges = self.gauges.clone();
                 if closing {
-                    return job.run_timed(&gauges).await.map_err(|failed| failed.error);
+                    job.run_timed(&gauges).await.map_err(|failed| failed.error)?;
+                    // Everything applied is durable and checkpointed: the
+                    // subquery shapes at rest keep their views for the
+                    // next start (`registry/kept_views.rs`). Failing here
+                    // only costs those shapes a re-sync.
+                    let views = self.registry.borrow().closing_views();
+                    if !views.is_empty() {
+                        let meta = self.meta;
+                        let kept = views.len();
+                        match blocking(move || meta.put_views(&views)).await {
+                            Ok(()) => tracing::debug!(shard = self.index, kept, "subquery views kept"),
+                            Err(e) => tracing::warn!(
+                                shard = self.index,
+                                "cannot keep subquery views (those shapes re-sync after the restart): {e}"
+                            ),
+                        }
+                    }
+                    return Ok(());
                 }
                 in_flight.set(true);
                 let in_flight = in_flight.clone();

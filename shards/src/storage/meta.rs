@@ -150,6 +150,8 @@ pub struct MetaStats {
 }
 
 const CHECKPOINT_KEY: &str = "checkpoint";
+/// Key prefix of a subquery shape's views kept by a clean stop.
+const VIEWS_PREFIX: &str = "views/";
 
 /// Test seam: the next N reads of a creation record fail (this thread).
 #[cfg(test)]
@@ -317,6 +319,46 @@ impl MetaStore {
             self.stamps.delete(&mut txn, &id).map_err(err)?;
         }
         txn.commit().map_err(err)
+    }
+
+    /// A clean stop's subquery views (`registry/kept_views.rs`), written
+    /// after the closing checkpoint and made durable. Nothing else writes
+    /// them: between clean stops they do not exist.
+    pub fn put_views(&self, views: &[(u64, Vec<u8>)]) -> std::io::Result<()> {
+        let mut txn = self.env.write_txn().map_err(err)?;
+        for (id, bytes) in views {
+            self.state
+                .put(&mut txn, &format!("{VIEWS_PREFIX}{id}"), bytes)
+                .map_err(err)?;
+        }
+        txn.commit().map_err(err)?;
+        self.env.force_sync().map_err(err)
+    }
+
+    /// Reads and deletes (durably) every kept view: they describe the
+    /// moment of the last clean stop only, so once this run applies
+    /// anything they are stale, and a crash in this run must not find them.
+    pub fn take_views(&self) -> std::io::Result<std::collections::HashMap<u64, Vec<u8>>> {
+        let mut txn = self.env.write_txn().map_err(err)?;
+        let mut views = std::collections::HashMap::new();
+        for item in self
+            .state
+            .prefix_iter(&txn, VIEWS_PREFIX)
+            .map_err(err)?
+        {
+            let (key, bytes) = item.map_err(err)?;
+            if let Ok(id) = key[VIEWS_PREFIX.len()..].parse::<u64>() {
+                views.insert(id, bytes.to_vec());
+            }
+        }
+        for id in views.keys() {
+            self.state
+                .delete(&mut txn, &format!("{VIEWS_PREFIX}{id}"))
+                .map_err(err)?;
+        }
+        txn.commit().map_err(err)?;
+        self.env.force_sync().map_err(err)?;
+        Ok(views)
     }
 
     /// Records a checkpoint and makes it (and every earlier commit) durable.

@@ -136,6 +136,9 @@ impl Registry {
         self.rebuilt += 1;
         let shape = self.build(id, spec, Gate::Open, cold.created_ms, cold.read_stamp);
         shape.restore_log(&cold.log);
+        // A subquery shape is cold only between a restart and its rebuild
+        // (it is never unloaded): its inner relations are routed from now.
+        self.route_dependencies(id, &shape);
         self.shapes.insert(id, shape.clone());
         Some(shape)
     }

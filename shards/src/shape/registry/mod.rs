@@ -27,6 +27,7 @@ pub use super::relation_index::schema_fingerprint;
 
 mod capture;
 mod cold;
+mod kept_views;
 mod liveness;
 mod memory;
 mod moves;
@@ -314,6 +315,13 @@ impl Registry {
         self.shapes.insert(id, shape.clone());
         self.by_read.insert((read_stamp, id));
         self.routes.subscribe(relation, self.shard);
+        self.route_dependencies(id, &shape);
+        shape
+    }
+
+    /// Routes a subquery shape's inner relations to it (none for a plain
+    /// shape).
+    fn route_dependencies(&mut self, id: ShapeId, shape: &Shape) {
         for (dependency, key) in shape.dependency_relations() {
             self.by_dependency
                 .entry(dependency)
@@ -321,7 +329,6 @@ impl Registry {
                 .add(id, key);
             self.routes.subscribe(dependency, self.shard);
         }
-        shape
     }
 
     fn build(

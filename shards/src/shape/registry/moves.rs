@@ -178,6 +178,9 @@ impl Shape {
         indices: Option<&[usize]>,
     ) -> Step {
         let sub = state.subquery.as_mut().ok_or("no subquery state")?;
+        if tx.commit_lsn < sub.resume_after {
+            return Ok(false);
+        }
         if let Some(active) = sub.moving.as_mut() {
             // Once the move-in's snapshot is known, a transaction it saw
             // goes before the splice whatever comes next: apply it now

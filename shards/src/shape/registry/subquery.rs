@@ -122,6 +122,13 @@ pub(super) struct SubqueryState {
     /// may move the client views while rows still stream, and a snapshot
     /// row's active conditions are those of the snapshot's time.
     pub(super) seeded: Option<Vec<SubqueryView>>,
+    /// Restored from a clean stop's views (`kept_views.rs`): the shard had
+    /// processed every transaction committed below this position before
+    /// the stop, so one sent again (Postgres resends from the fence, the
+    /// minimum over shards) is skipped whole. Its outer changes may have
+    /// been filtered out under the client views of its time; evaluated
+    /// again under today's, they could enter twice.
+    pub(super) resume_after: Lsn,
 }
 
 impl SubqueryState {
@@ -151,6 +158,7 @@ impl SubqueryState {
             moving: None,
             generation: 0,
             seeded: Some((0..n).map(view).collect()),
+            resume_after: Lsn::ZERO,
         }
     }
 

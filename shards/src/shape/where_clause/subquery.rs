@@ -275,6 +275,11 @@ impl SubqueryView {
         }
     }
 
+    /// Every distinct value's text with its count (to keep the view).
+    pub fn counted_texts(&self) -> impl Iterator<Item = (&[Option<String>], u64)> {
+        self.entries.values().map(|e| (e.text.as_slice(), e.count))
+    }
+
     /// The distinct values' texts, per column (for binding as arrays).
     pub fn column_texts(&self) -> Vec<Vec<Option<&str>>> {
         let mut columns = vec![Vec::with_capacity(self.entries.len()); self.types.len()];

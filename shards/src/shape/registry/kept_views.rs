@@ -1,0 +1,180 @@
+//! A subquery shape's views kept across a clean stop (issue 17, §3, the
+//! graceful part): with the closing checkpoint every applied transaction
+//! is durable and in the shape's log, so if no move is in flight or
+//! pending, the views *are* the state at the shard's last position:
+//! each dependency's materializer (the truth, a multiset) and its client
+//! view (what the log reflects). They are written once, after the closing
+//! checkpoint, and taken (read and deleted) by the next recovery: a run
+//! that applies anything makes them stale, so a crash must never find
+//! them (such shapes are dropped, their clients re-sync with a 409).
+//!
+//! Not kept (dropped on restart): a shape with a move-in in flight (its
+//! held transactions are confirmed to Postgres with the shard's position
+//! and would not come back) or pending moves, and a shape whose snapshot
+//! did not finish.
+//!
+//! Layout: version, the shard position the views hold through, then per
+//! dependency the materializer's values with counts and the client view's
+//! values. A value is its column count and per column a NULL flag or a
+//! length-prefixed text.
+
+use crate::lsn::Lsn;
+
+use super::shape::{Gate, Shape};
+use super::subquery::{as_refs, set_add};
+use super::Registry;
+
+const VERSION: u8 = 1;
+
+type Value = Vec<Option<String>>;
+
+impl Registry {
+    /// The views of every built subquery shape that can resume exactly,
+    /// as of the shard's last position (call once everything applied is
+    /// durable: after the closing checkpoint).
+    pub fn closing_views(&self) -> Vec<(u64, Vec<u8>)> {
+        let through = self.last_seen();
+        self.shapes
+            .iter()
+            .filter_map(|(&id, shape)| shape.kept_views(through).map(|v| (id, v)))
+            .collect()
+    }
+}
+
+impl Shape {
+    /// This shape's views, if it is a subquery shape at rest: snapshot
+    /// done, no move in flight, no value pending.
+    fn kept_views(&self, through: Lsn) -> Option<Vec<u8>> {
+        let state = self.state.borrow();
+        let sub = state.subquery.as_ref()?;
+        let at_rest = !state.gone
+            && state.snapshot_end.is_some()
+            // (a filtering gate is re-armed from the snapshot's end on rebuild)
+            && !matches!(state.gate, Gate::Pending(_))
+            && sub.seeded.is_none()
+            && sub.moving.is_none()
+            && sub.pending.iter().all(|p| p.is_empty());
+        if !at_rest {
+            return None;
+        }
+        let mut out = vec![VERSION];
+        out.extend_from_slice(&through.0.to_le_bytes());
+        put_u32(&mut out, sub.materializers.len());
+        for (materializer, client) in sub.materializers.iter().zip(&sub.client) {
+            let truth: Vec<_> = materializer.view().counted_texts().collect();
+            put_u32(&mut out, truth.len());
+            for (value, count) in truth {
+                out.extend_from_slice(&count.to_le_bytes());
+                put_value(&mut out, value);
+            }
+            let shown: Vec<_> = client.counted_texts().collect();
+            put_u32(&mut out, shown.len());
+            for (value, _) in shown {
+                put_value(&mut out, value);
+            }
+        }
+        Some(out)
+    }
+
+    /// Recovery: sets a rebuilt subquery shape's views from a clean stop's
+    /// bytes. The shape takes no transaction committed below their
+    /// position (its shard processed them all before the stop).
+    pub fn restore_views(&self, bytes: &[u8]) -> Result<(), &'static str> {
+        let mut state = self.state.borrow_mut();
+        if state.snapshot_end.is_none() {
+            return Err("its snapshot had not finished");
+        }
+        let sub = state.subquery.as_mut().ok_or("not a subquery shape")?;
+        let mut r = Reader(bytes);
+        if r.u8()? != VERSION {
+            return Err("kept views of another version");
+        }
+        let through = Lsn(r.u64()?);
+        if r.u32()? != sub.materializers.len() {
+            return Err("kept views of another clause");
+        }
+        for d in 0..sub.materializers.len() {
+            for _ in 0..r.u32()? {
+                let count = r.u64()?;
+                let value = r.value()?;
+                for _ in 0..count {
+                    sub.materializers[d].seed(&as_refs(&value));
+                }
+            }
+            for _ in 0..r.u32()? {
+                let value = r.value()?;
+                set_add(&mut sub.client[d], &as_refs(&value));
+            }
+        }
+        if !r.0.is_empty() {
+            return Err("kept views with trailing bytes");
+        }
+        sub.seeded = None;
+        sub.resume_after = through;
+        Ok(())
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+}
+
+fn put_value(out: &mut Vec<u8>, value: &[Option<String>]) {
+    put_u32(out, value.len());
+    for column in value {
+        match column {
+            None => out.push(0),
+            Some(text) => {
+                out.push(1);
+                put_u32(out, text.len());
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+const SHORT: &str = "kept views cut short";
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], &'static str> {
+        if self.0.len() < n {
+            return Err(SHORT);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<usize, &'static str> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes(b.try_into().map_err(|_| SHORT)?) as usize)
+    }
+
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| SHORT)?))
+    }
+
+    fn value(&mut self) -> Result<Value, &'static str> {
+        let columns = self.u32()?;
+        let mut value = Vec::with_capacity(columns.min(64));
+        for _ in 0..columns {
+            value.push(match self.u8()? {
+                0 => None,
+                _ => {
+                    let len = self.u32()?;
+                    let text = std::str::from_utf8(self.take(len)?)
+                        .map_err(|_| "kept view text is not UTF-8")?;
+                    Some(text.to_string())
+                }
+            });
+        }
+        Ok(value)
+    }
+}
