@@ -463,7 +463,7 @@ fn membership_tags_moves_and_fold() {
     db.client()
         .batch_execute(
             "DELETE FROM members WHERE user_id = 1 AND project_id = 1;
-             INSERT INTO members VALUES (1, 2);",
+             INSERT INTO members VALUES (1, 0);",
         )
         .unwrap();
     stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
