@@ -59,8 +59,7 @@ pub fn decode_tables(payload: &[u8]) -> Result<Option<BTreeMap<TableName, TableI
 }
 
 fn columns_json(info: &TableInfo) -> Vec<Value> {
-    info
-        .schema
+    info.schema
         .columns
         .iter()
         .zip(&info.is_enum)
@@ -226,5 +225,35 @@ mod tests {
         assert_eq!(i.is_enum, info.is_enum);
         assert!(decode(b"{\"v\":2}").is_err());
         assert!(decode(b"garbage").is_err());
+        // A plain shape's record keeps no subquery tables; a subquery
+        // shape's keeps each (a restart rebuilds its spec from them).
+        assert!(decode_tables(&encode(&handle, &definition, &info))
+            .unwrap()
+            .is_none());
+        let members = TableName {
+            schema: "public".into(),
+            name: "members".into(),
+        };
+        let mut schema = info.schema.clone();
+        schema.relation_id = 16390;
+        schema.table = members.clone();
+        let inner = TableInfo {
+            schema,
+            is_enum: vec![true],
+        };
+        let expected = (inner.schema.clone(), inner.is_enum.clone());
+        let tables = BTreeMap::from([(members.clone(), inner)]);
+        let record = encode_with_tables(&handle, &definition, &info, &tables);
+        let (h, d, i) = decode(&record).unwrap();
+        assert_eq!((h, d, i.schema), (handle, definition, info.schema));
+        let kept = decode_tables(&record).unwrap().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            (
+                kept[&members].schema.clone(),
+                kept[&members].is_enum.clone()
+            ),
+            expected
+        );
     }
 }

@@ -44,9 +44,7 @@ pub fn spec_loader(config: &ShapeConfig) -> SpecLoader {
         let unreadable = |e: String| format!("unreadable creation record: {e}");
         let (handle, definition, info) = persist::decode(persisted).map_err(unreadable)?;
         let built = match persist::decode_tables(persisted).map_err(unreadable)? {
-            Some(tables) => {
-                super::subquery::build_spec(handle, definition, info, &tables, &config)
-            }
+            Some(tables) => super::subquery::build_spec(handle, definition, info, &tables, &config),
             None => build_spec(handle, definition, info),
         };
         built

@@ -536,7 +536,10 @@ fn sigkill_between_membership_and_splice() {
     std::thread::sleep(Duration::from_millis(1500));
     stream.poll(&server);
     assert!(
-        !stream.messages.iter().any(|m| m["value"]["project_id"] == "2"),
+        !stream
+            .messages
+            .iter()
+            .any(|m| m["value"]["project_id"] == "2"),
         "nothing of project 2 before the splice"
     );
     server.kill();
@@ -552,6 +555,47 @@ fn sigkill_between_membership_and_splice() {
     let want = pg_rows(&db, PG_MEMBERSHIP);
     assert!(want.iter().any(|r| r.contains("|2|")), "{want:?}");
     fresh.converge(&server, &columns, &want);
+}
+
+/// A clean stop while a move-in is in flight does not keep the shape: its
+/// held transactions were confirmed to Postgres with the shard's position
+/// and would not come back (409, and a fresh stream folds to Postgres).
+#[test]
+fn graceful_stop_during_a_move_in_drops_the_shape() {
+    let db = membership_db("subquery_wire_stop_moving");
+    let mut server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "500")]);
+    let columns = ["id", "project_id", "title"];
+    let mut stream = Stream::new(MEMBERSHIP);
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    let mut locker = db.client();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    db.client()
+        .batch_execute("INSERT INTO members VALUES (1, 2)")
+        .unwrap();
+    db.client()
+        .batch_execute("INSERT INTO members VALUES (1, 3)")
+        .unwrap();
+    // Time for both to reach the shard: the first's move-in waits for the
+    // lock, the second is held behind it.
+    std::thread::sleep(Duration::from_millis(1500));
+    // A clean stop (SIGTERM, and it exits by itself), the lock still held;
+    // released before the next start (whose setup would wait for it).
+    server.signal_stop();
+    crate::harness::wait_for("a clean exit", Duration::from_secs(10), || {
+        (!server.is_running()).then_some(())
+    });
+    locker.batch_execute("COMMIT").unwrap();
+    server.restart();
+    let url = format!(
+        "/v1/shape?{MEMBERSHIP}&offset={}&handle={}",
+        stream.offset,
+        stream.handle.as_deref().unwrap()
+    );
+    assert_eq!(server.get(&url).status, 409);
+    let mut fresh = Stream::new(MEMBERSHIP);
+    fresh.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
 }
 
 /// SIGKILL after a move-out reached the stream and before an outer change

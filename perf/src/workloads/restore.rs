@@ -158,7 +158,8 @@ pub fn run(shapes: usize) -> String {
     let memory_before = rss_anon();
     let heap_before = heap();
     let started = Instant::now();
-    let recovery = recover(&dir.join("log"), &meta, &mut registry, false, &shape_config).expect("recover");
+    let recovery =
+        recover(&dir.join("log"), &meta, &mut registry, false, &shape_config).expect("recover");
     let seconds = started.elapsed().as_secs_f64();
     let memory = rss_anon().saturating_sub(memory_before);
     let heap_cold = (heap() - heap_before) as f64 / shapes as f64;

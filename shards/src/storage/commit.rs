@@ -338,7 +338,9 @@ impl GroupCommit {
                 };
                 let gauges = self.gauges.clone();
                 if closing {
-                    job.run_timed(&gauges).await.map_err(|failed| failed.error)?;
+                    job.run_timed(&gauges)
+                        .await
+                        .map_err(|failed| failed.error)?;
                     // Everything applied is durable and checkpointed: the
                     // subquery shapes at rest keep their views for the
                     // next start (`registry/kept_views.rs`). Failing here

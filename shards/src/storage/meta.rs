@@ -341,11 +341,7 @@ impl MetaStore {
     pub fn take_views(&self) -> std::io::Result<std::collections::HashMap<u64, Vec<u8>>> {
         let mut txn = self.env.write_txn().map_err(err)?;
         let mut views = std::collections::HashMap::new();
-        for item in self
-            .state
-            .prefix_iter(&txn, VIEWS_PREFIX)
-            .map_err(err)?
-        {
+        for item in self.state.prefix_iter(&txn, VIEWS_PREFIX).map_err(err)? {
             let (key, bytes) = item.map_err(err)?;
             if let Ok(id) = key[VIEWS_PREFIX.len()..].parse::<u64>() {
                 views.insert(id, bytes.to_vec());

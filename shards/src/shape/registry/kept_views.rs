@@ -57,6 +57,9 @@ impl Shape {
         if !at_rest {
             return None;
         }
+        // A run that processed less than the last one (nothing routed to
+        // its shard yet) still skips what the last one did.
+        let through = through.max(sub.resume_after);
         let mut out = vec![VERSION];
         out.extend_from_slice(&through.0.to_le_bytes());
         put_u32(&mut out, sub.materializers.len());
