@@ -222,10 +222,15 @@ impl GroupCommit {
             } else {
                 0
             };
-            let (records, batch, checkpoint) = {
+            let (records, batch, checkpoint, views) = {
                 let mut registry = self.registry.borrow_mut();
                 let records = std::mem::take(&mut *journal.borrow_mut());
                 let batch = registry.take_meta_batch();
+                // The closing tick's subquery views, taken with its journal:
+                // a move-in result arriving during the awaits below may
+                // splice after it, and views taken then would describe
+                // items this stop never makes durable.
+                let views = closing.then(|| registry.closing_views());
                 let checkpoint = checkpoint_due.then(|| {
                     if !closing {
                         // The previous checkpoint completed: shapes without
@@ -238,7 +243,7 @@ impl GroupCommit {
                         registry.take_read_stamps(),
                     )
                 });
-                (records, batch, checkpoint)
+                (records, batch, checkpoint, views)
             };
             self.writer.append_framed(&records);
             let wrote = !records.is_empty();
@@ -345,7 +350,7 @@ impl GroupCommit {
                     // subquery shapes at rest keep their views for the
                     // next start (`registry/kept_views.rs`). Failing here
                     // only costs those shapes a re-sync.
-                    let views = self.registry.borrow().closing_views();
+                    let views = views.unwrap_or_default();
                     if !views.is_empty() {
                         let meta = self.meta;
                         let kept = views.len();

@@ -3,8 +3,9 @@
 //! is durable and in the shape's log, so if no move is in flight or
 //! pending, the views *are* the state at the shard's last position:
 //! each dependency's materializer (the truth, a multiset) and its client
-//! view (what the log reflects). They are written once, after the closing
-//! checkpoint, and taken (read and deleted) by the next recovery: a run
+//! view (what the log reflects). They are taken at the closing tick (with
+//! its journal), written once after its checkpoint, and taken (read and
+//! deleted) by the next recovery: a run
 //! that applies anything makes them stale, so a crash must never find
 //! them (such shapes are dropped, their clients re-sync with a 409).
 //!
@@ -30,8 +31,9 @@ type Value = Vec<Option<String>>;
 
 impl Registry {
     /// The views of every built subquery shape that can resume exactly,
-    /// as of the shard's last position (call once everything applied is
-    /// durable: after the closing checkpoint).
+    /// as of the shard's last position. Taken at the closing tick with its
+    /// journal (so they describe what that flush makes durable), written
+    /// only after its checkpoint.
     pub fn closing_views(&self) -> Vec<(u64, Vec<u8>)> {
         let through = self.last_seen();
         self.shapes
