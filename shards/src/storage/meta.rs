@@ -462,4 +462,32 @@ mod tests {
         assert_eq!(meta.persisted(1).unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A clean stop's views are read once: taking them deletes them, so a
+    /// crash later in that run finds none; the checkpoint stays.
+    #[test]
+    fn kept_views_are_taken_once() {
+        let dir =
+            std::env::temp_dir().join(format!("shapeshard-meta-views-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let meta = MetaStore::open(&dir).unwrap();
+        let at = Checkpoint {
+            segment: 2,
+            offset: 8192,
+        };
+        meta.checkpoint(&CheckpointBatch {
+            logs: vec![],
+            stamps: vec![],
+            at,
+        })
+        .unwrap();
+        meta.put_views(&[(7, vec![1, 2]), (12, vec![3])]).unwrap();
+        let taken = meta.take_views().unwrap();
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[&7], vec![1, 2]);
+        assert_eq!(taken[&12], vec![3]);
+        assert!(meta.take_views().unwrap().is_empty());
+        assert_eq!(meta.load().unwrap().checkpoint, at);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
