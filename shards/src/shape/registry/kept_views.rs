@@ -183,3 +183,28 @@ impl Reader<'_> {
         Ok(value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values (NULLs, empty and multi-byte texts) read back as written;
+    /// bytes cut anywhere are an error, never a shorter value.
+    #[test]
+    fn values_round_trip_and_cut_bytes_are_refused() {
+        let value: Value = vec![
+            Some("7".into()),
+            None,
+            Some(String::new()),
+            Some("ü/x".into()),
+        ];
+        let mut out = Vec::new();
+        put_value(&mut out, &value);
+        let mut reader = Reader(&out);
+        assert_eq!(reader.value().unwrap(), value);
+        assert!(reader.0.is_empty());
+        for cut in 0..out.len() {
+            assert!(Reader(&out[..cut]).value().is_err(), "cut at {cut}");
+        }
+    }
+}
