@@ -34,8 +34,14 @@ use crate::status::{ServiceStatus, Status};
 /// The running read-only phase: stopped once the writer this instance
 /// becomes is serving.
 pub struct ReadOnlyPhase {
+    /// Closes the listeners (first, see `stop`).
+    unlisten: Shutdown,
+    /// Listeners closed so far.
+    unlistened: Arc<std::sync::atomic::AtomicUsize>,
+    /// Ends everything else: live requests answer, connections close.
     stop: Shutdown,
     shards: runtime::ShardsHandle,
+    shard_count: usize,
 }
 
 impl ReadOnlyPhase {
@@ -56,6 +62,8 @@ impl ReadOnlyPhase {
         crate::server::check_storage_format(&storage)?;
         let addr = SocketAddr::new(config.listen_address, config.port);
         let stop = Shutdown::new();
+        let unlisten = Shutdown::new();
+        let unlistened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let status = Arc::new(ServiceStatus::default());
         status.set(Status::Waiting);
         let metrics = Arc::new(crate::metrics::Metrics::new(shard_count));
@@ -83,6 +91,15 @@ impl ReadOnlyPhase {
         for index in 0..shard_count {
             let shard_dir = storage.join(index.to_string());
             let stop = stop.clone();
+            let unlisten = unlisten.clone();
+            let unlistened = unlistened.clone();
+            // A shard that never listens counts as closed at once.
+            let not_listening = {
+                let unlistened = unlistened.clone();
+                move || {
+                    unlistened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            };
             let mesh = mesh.clone();
             let status = status.clone();
             let metrics = metrics.clone();
@@ -99,12 +116,14 @@ impl ReadOnlyPhase {
             gens.push(move || async move {
                 if let Err(e) = runtime::dma::open_marker_first(&shard_dir).await {
                     tracing::warn!(shard = index, "read-only phase: storage unusable: {e}");
+                    not_listening();
                     return;
                 }
                 let links = match mesh.join().await {
                     Ok(links) => links,
                     Err(e) => {
                         tracing::warn!(shard = index, "read-only phase: {e}");
+                        not_listening();
                         return;
                     }
                 };
@@ -112,6 +131,7 @@ impl ReadOnlyPhase {
                     Ok(registry) => registry,
                     Err(e) => {
                         tracing::warn!(shard = index, "read-only phase: {e}");
+                        not_listening();
                         return;
                     }
                 };
@@ -141,22 +161,42 @@ impl ReadOnlyPhase {
                         read_timeout,
                         close_after_response: true,
                     },
-                    stop,
+                    unlisten,
+                    Some(unlistened),
                 )
                 .await;
                 if let Err(e) = served {
                     tracing::warn!(shard = index, "read-only phase: HTTP listener failed: {e}");
+                    not_listening();
                 }
             });
         }
         let shards = runtime::spawn_shards(config.placement, gens)
             .map_err(|e| format!("cannot start the read-only phase: {e}"))?;
         tracing::info!(%addr, "serving checkpointed shapes read-only until the storage lock is free");
-        Ok(ReadOnlyPhase { stop, shards })
+        Ok(ReadOnlyPhase {
+            unlisten,
+            unlistened,
+            stop,
+            shards,
+            shard_count,
+        })
     }
 
     /// Stops serving (open requests end as on a stop) and waits for it.
+    ///
+    /// Listeners close before anything else ends: a connection waiting in a
+    /// listener's backlog when it closes is reset, and clients whose live
+    /// request the stop answers come straight back; they must find only
+    /// the successor's listeners on the port.
     pub fn stop(self) {
+        self.unlisten.trigger();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.unlistened.load(std::sync::atomic::Ordering::SeqCst) < self.shard_count
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         self.stop.trigger();
         if let Err(e) = self.shards.join() {
             tracing::warn!("read-only phase ended badly: {e}");

@@ -333,6 +333,7 @@ fn run_with_database(
                     close_after_response: false,
                 },
                 shutdown.clone(),
+                None,
             );
             let http = runtime::spawn_local(http);
             match core.run(feed).await {

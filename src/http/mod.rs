@@ -32,6 +32,10 @@ pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// How long in-flight requests get to finish once a stop is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a connection may still receive its request once a stop is
+/// requested, before an idle one is closed.
+const STOP_GRACE: Duration = Duration::from_millis(100);
+
 /// What every request handler on a shard can reach.
 pub struct HttpContext {
     pub shard: usize,
@@ -56,11 +60,14 @@ pub struct HttpContext {
     pub close_after_response: bool,
 }
 
-/// Accepts and serves connections on this shard until `shutdown`.
+/// Accepts and serves connections on this shard until `shutdown`; then
+/// closes the listener (counting it in `unlistened`) and lets open
+/// connections finish, bounded.
 pub async fn serve(
     addr: SocketAddr,
     context: HttpContext,
     shutdown: Shutdown,
+    unlistened: Option<Arc<std::sync::atomic::AtomicUsize>>,
 ) -> std::io::Result<()> {
     let listener = net::bind_shared(addr)?;
     let context = Rc::new(context);
@@ -112,6 +119,9 @@ pub async fn serve(
     };
     futures_lite::future::or(accept_loop, shutdown.wait()).await;
     drop(listener);
+    if let Some(unlistened) = unlistened {
+        unlistened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
     // Let in-flight requests finish, bounded.
     let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
     while open.get() > 0 && std::time::Instant::now() < deadline {
@@ -200,8 +210,24 @@ async fn serve_connection(stream: net::TcpStream, context: Rc<HttpContext>, shut
             return;
         }
         End::Stop => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            // A request already sent but not yet read would be cut by the
+            // close (the unread bytes make it a reset): give it a moment to
+            // be read, and so answered, first.
+            let early = futures_lite::future::or(
+                async { Some(connection.as_mut().await) },
+                async {
+                    runtime::sleep(STOP_GRACE).await;
+                    None
+                },
+            )
+            .await;
+            match early {
+                Some(result) => result,
+                None => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
         }
     };
     if let Err(e) = result {

@@ -105,6 +105,59 @@ impl TestDb {
     }
 }
 
+/// A test's database goes with it, and first its replication slots: the
+/// cluster has a fixed number of slots (`max_replication_slots`) shared by
+/// every test of the binary, and a slot left behind by each finished test
+/// made the last servers of a full run wait forever for a free one.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Only databases of the shared cluster (some tests run their own).
+        let Some(cluster) = CLUSTER.get() else {
+            return;
+        };
+        if !self.url.contains(&format!(":{}/", cluster.port)) {
+            return;
+        }
+        let Ok(mut admin) = postgres::Client::connect(&admin_url(), postgres::NoTls) else {
+            return;
+        };
+        // A killed server's walsender may still hold its slot for a moment.
+        let _ = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&self.name],
+        );
+        for _ in 0..50 {
+            let dropped = admin.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = $1 AND NOT active",
+                &[&self.name],
+            );
+            let left = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                    &[&self.name],
+                )
+                .map(|row| row.get::<_, i64>(0));
+            if dropped.is_ok() && matches!(left, Ok(0)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+fn admin_url() -> String {
+    format!(
+        "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+        cluster().port
+    )
+}
+
 /// A fresh database named after the test.
 pub fn database(prefix: &str) -> TestDb {
     let cluster = cluster();
@@ -113,11 +166,7 @@ pub fn database(prefix: &str) -> TestDb {
         std::process::id(),
         NEXT_ID.fetch_add(1, Ordering::Relaxed)
     );
-    let admin_url = format!(
-        "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable",
-        cluster.port
-    );
-    let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+    let mut admin = postgres::Client::connect(&admin_url(), postgres::NoTls).unwrap();
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .unwrap();
@@ -128,6 +177,48 @@ pub fn database(prefix: &str) -> TestDb {
         ),
         name,
     }
+}
+
+/// What the cluster is doing: every backend, the locks nobody has been
+/// granted yet and who holds them, and the replication slots (for a
+/// test that timed out waiting on Postgres).
+pub fn cluster_activity() -> String {
+    let admin_url = format!(
+        "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable&connect_timeout=5",
+        cluster().port
+    );
+    let mut admin = match postgres::Client::connect(&admin_url, postgres::NoTls) {
+        Ok(admin) => admin,
+        Err(e) => return format!("(cannot connect to the cluster: {e})"),
+    };
+    let queries = [
+        "SELECT pid::text, coalesce(datname, '-'), coalesce(backend_type, '-'), \
+         coalesce(state, '-'), coalesce(backend_xid::text, '-'), \
+         coalesce(backend_xmin::text, '-'), coalesce(wait_event_type || ':' || wait_event, '-'), \
+         coalesce(now() - xact_start, '0')::text, left(coalesce(query, ''), 120) \
+         FROM pg_stat_activity WHERE pid <> pg_backend_pid() ORDER BY xact_start NULLS LAST",
+        "SELECT l.pid::text, l.locktype, l.mode, coalesce(l.relation::regclass::text, '-'), \
+         l.granted::text, coalesce(l.transactionid::text, '-'), coalesce(l.virtualxid, '-'), '', '' \
+         FROM pg_locks l WHERE NOT l.granted OR l.locktype IN ('transactionid') ORDER BY l.pid",
+        "SELECT slot_name::text, coalesce(database, '-'), active::text, coalesce(active_pid::text, '-'), \
+         coalesce(xmin::text, '-'), coalesce(catalog_xmin::text, '-'), coalesce(restart_lsn::text, '-'), '', '' \
+         FROM pg_replication_slots",
+    ];
+    let mut out = String::new();
+    for query in queries {
+        match admin.query(query, &[]) {
+            Ok(rows) => {
+                for row in rows {
+                    let cells: Vec<String> = (0..9).map(|i| row.get::<_, String>(i)).collect();
+                    out.push_str(&cells.join(" | "));
+                    out.push('\n');
+                }
+            }
+            Err(e) => out.push_str(&format!("({e})\n")),
+        }
+        out.push_str("--\n");
+    }
+    out
 }
 
 /// Runs `make()` on a fresh glommio executor thread and returns its output.

@@ -169,17 +169,31 @@ impl Server {
     }
 
     fn wait_active(&mut self) {
-        let server = self;
-        wait_for("the server to be active", Duration::from_secs(60), || {
-            if let Ok(Some(exit)) = server.child.try_wait() {
-                panic!("server exited early ({exit}): {}", server.log_tail());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                panic!("server exited early ({exit}): {}", self.log_tail());
             }
-            let response = ureq::get(&server.url("/v1/health"))
+            let active = ureq::get(&self.url("/v1/health"))
                 .timeout(Duration::from_secs(2))
                 .call()
-                .ok()?;
-            (response.status() == 200).then_some(())
-        });
+                .is_ok_and(|response| response.status() == 200);
+            if active {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                // A start that hangs is almost always Postgres waiting on
+                // something another test left behind (slot creation waits
+                // for every transaction with an xid, cluster-wide): say what.
+                panic!(
+                    "timed out after 60 s waiting for the server to be active\n\
+                     server log:\n{}\ncluster:\n{}",
+                    self.log_tail(),
+                    crate::harness::cluster_activity()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The server's whole log, over every (re)start on this storage

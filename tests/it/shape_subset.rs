@@ -100,6 +100,19 @@ fn subset_snapshots_over_get_and_post() {
     );
     assert_eq!(nested.status, 200, "{}", nested.body);
     assert_eq!(ids(&nested), Vec::<String>::new(), "the value is never SQL");
+    // A handle that is not the shape's: 409 with the current one.
+    let stale = server.get(&format!(
+        "{shape}&offset=0_inf&handle=1-1&subset__where=id%20%3D%201"
+    ));
+    assert_eq!(stale.status, 409);
+    assert_eq!(stale.header("electric-handle"), Some(handle.as_str()));
+    // offset=now: the shape's current end, for the client to go on from
+    // (still the snapshot's: the insert below would race this check).
+    let now = server.get(&format!("{shape}&offset=now&subset__where=id%20%3D%201"));
+    assert_eq!(now.status, 200);
+    assert_eq!(ids(&now), ["1"]);
+    assert_eq!(now.header("electric-offset"), Some("0_inf"));
+
     pg.batch_execute("INSERT INTO items VALUES (9007199254740993, 'big', 1, 's')")
         .unwrap();
     let big = post(
@@ -108,18 +121,6 @@ fn subset_snapshots_over_get_and_post() {
         r#"{"where":"id = $1","params":{"1":9007199254740993}}"#,
     );
     assert_eq!(ids(&big), ["9007199254740993"]);
-
-    // A handle that is not the shape's: 409 with the current one.
-    let stale = server.get(&format!(
-        "{shape}&offset=0_inf&handle=1-1&subset__where=id%20%3D%201"
-    ));
-    assert_eq!(stale.status, 409);
-    assert_eq!(stale.header("electric-handle"), Some(handle.as_str()));
-    // offset=now: the shape's current end, for the client to go on from.
-    let now = server.get(&format!("{shape}&offset=now&subset__where=id%20%3D%201"));
-    assert_eq!(now.status, 200);
-    assert_eq!(ids(&now), ["1"]);
-    assert_eq!(now.header("electric-offset"), Some("0_inf"));
 
     // Errors, with Electric's statuses and bodies.
     let cases: &[(&str, &str)] = &[
