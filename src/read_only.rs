@@ -64,6 +64,7 @@ impl ReadOnlyPhase {
         let stop = Shutdown::new();
         let unlisten = Shutdown::new();
         let unlistened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let drained = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let status = Arc::new(ServiceStatus::default());
         status.set(Status::Waiting);
         let metrics = Arc::new(crate::metrics::Metrics::new(shard_count));
@@ -93,11 +94,13 @@ impl ReadOnlyPhase {
             let stop = stop.clone();
             let unlisten = unlisten.clone();
             let unlistened = unlistened.clone();
-            // A shard that never listens counts as closed at once.
+            let drained = drained.clone();
+            // A shard that never listens counts as closed and drained.
             let not_listening = {
-                let unlistened = unlistened.clone();
+                let (unlistened, drained) = (unlistened.clone(), drained.clone());
                 move || {
                     unlistened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    drained.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             };
             let mesh = mesh.clone();
@@ -168,6 +171,17 @@ impl ReadOnlyPhase {
                 if let Err(e) = served {
                     tracing::warn!(shard = index, "read-only phase: HTTP listener failed: {e}");
                     not_listening();
+                    return;
+                }
+                // Every shard stays up until all have drained: a request
+                // may wait on another shard (the shape's owner) over the
+                // mesh, and an owner gone first would leave it unanswered.
+                drained.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while drained.load(std::sync::atomic::Ordering::SeqCst) < shard_count
+                    && std::time::Instant::now() < deadline
+                {
+                    runtime::sleep(std::time::Duration::from_millis(5)).await;
                 }
             });
         }

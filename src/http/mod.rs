@@ -81,6 +81,12 @@ pub async fn serve(
         .get(context.shard)
         .cloned()
         .unwrap_or_default();
+    // Connections still open when the drain ends are closed here rather
+    // than left to the executor's end: a connection task that outlives its
+    // executor keeps its socket, and its client waits for a reply that
+    // never comes.
+    let abort = shards::notify::Notify::new();
+    let aborted = Rc::new(std::cell::Cell::new(false));
     let accept_loop = async {
         loop {
             if open.get() >= MAX_CONNECTIONS_PER_SHARD {
@@ -107,8 +113,18 @@ pub async fn serve(
             let shutdown = shutdown.clone();
             let closed = closed.clone();
             let gauge = gauge.clone();
+            let (abort, aborted) = (abort.clone(), aborted.clone());
             runtime::spawn_detached(async move {
-                serve_connection(stream, context, shutdown).await;
+                let abort = async {
+                    loop {
+                        let woken = abort.listen();
+                        if aborted.get() {
+                            return;
+                        }
+                        woken.await;
+                    }
+                };
+                futures_lite::future::or(serve_connection(stream, context, shutdown), abort).await;
                 open.set(open.get() - 1);
                 gauge
                     .http_connections
@@ -127,6 +143,10 @@ pub async fn serve(
     while open.get() > 0 && std::time::Instant::now() < deadline {
         runtime::sleep(Duration::from_millis(10)).await;
     }
+    aborted.set(true);
+    abort.notify_all();
+    // A turn for the aborted connections to drop their sockets.
+    runtime::sleep(Duration::from_millis(1)).await;
     Ok(())
 }
 
@@ -213,14 +233,12 @@ async fn serve_connection(stream: net::TcpStream, context: Rc<HttpContext>, shut
             // A request already sent but not yet read would be cut by the
             // close (the unread bytes make it a reset): give it a moment to
             // be read, and so answered, first.
-            let early = futures_lite::future::or(
-                async { Some(connection.as_mut().await) },
-                async {
+            let early =
+                futures_lite::future::or(async { Some(connection.as_mut().await) }, async {
                     runtime::sleep(STOP_GRACE).await;
                     None
-                },
-            )
-            .await;
+                })
+                .await;
             match early {
                 Some(result) => result,
                 None => {
