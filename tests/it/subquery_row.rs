@@ -343,3 +343,83 @@ fn pairs_under_and_or() {
     }
     stream.converge(&server, &COLUMNS, &pg_rows(&db, pg));
 }
+
+/// The hash of one value (a single column) for this shape, by Postgres.
+fn value_hash(db: &TestDb, handle: &str, value: Option<&str>) -> String {
+    db.client()
+        .query_one(
+            "SELECT md5('single_stack' || $1 || CASE WHEN $2::text IS NULL THEN 'NULL' ELSE 'v:' || $2 END)",
+            &[&handle, &value],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// The same NULL rule for a single column: a NULL row is in a `NOT IN`
+/// shape only while the set is empty, so the first value entering takes
+/// it out by its NULL pattern, and the set emptying brings it back. Under
+/// `IN`, a pair with a NULL equals no row: its move activates nothing.
+#[test]
+fn null_rows_follow_sql() {
+    let db = database("subquery_row_nulls");
+    db.client()
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, org_id int, project_id int, title text);
+             CREATE TABLE blocked (id serial PRIMARY KEY, project_id int);
+             CREATE TABLE grants (id serial PRIMARY KEY, org_id int, project_id int);
+             INSERT INTO docs VALUES (1, 0, 1, 'a'), (2, 1, NULL, 'pinned'), (3, 1, 2, 'b'), (4, NULL, NULL, 'c');",
+        )
+        .unwrap();
+    let server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "1000")]);
+    let not_in = "table=docs&where=project_id%20NOT%20IN%20(SELECT%20project_id%20FROM%20blocked)";
+    let pg_not_in = "SELECT id::text, org_id::text, project_id::text, title FROM docs WHERE project_id NOT IN (SELECT project_id FROM blocked)";
+    let mut stream = Stream::new(not_in);
+    stream.converge(&server, &COLUMNS, &pg_rows(&db, pg_not_in));
+    assert_eq!(stream.rows.len(), 4, "NOT IN nothing holds for NULLs too");
+    let handle = stream.handle.clone().unwrap();
+    let h = |v: Option<&str>| value_hash(&db, &handle, v);
+    let from = stream.messages.len();
+    db.client()
+        .batch_execute("INSERT INTO blocked (project_id) VALUES (1)")
+        .unwrap();
+    stream.until(&server, from, |m| !m.is_empty());
+    let got = &stream.messages[from..];
+    assert_eq!(ops(got), ["move-out"], "{got:#?}");
+    let mut expected = vec![(0, h(Some("1"))), (0, h(None))];
+    expected.sort();
+    assert_eq!(patterns(&got[0]), expected);
+    assert_eq!(stream.view(&COLUMNS), pg_rows(&db, pg_not_in));
+    let from = stream.messages.len();
+    db.client().batch_execute("DELETE FROM blocked").unwrap();
+    stream.until(&server, from, snapshot_end);
+    assert!(patterns(&stream.messages[from]).contains(&(0, h(None))));
+    assert_eq!(stream.view(&COLUMNS), pg_rows(&db, pg_not_in));
+    assert_eq!(stream.rows.len(), 4);
+
+    // (org, project) IN grants OR title = 'pinned': doc 2, (1, NULL), is
+    // in through its title only; the pair (1, NULL) arriving does not
+    // make its pair position active (NULL = NULL is unknown).
+    let pairs = "table=docs&where=(org_id%2C%20project_id)%20IN%20(SELECT%20org_id%2C%20project_id%20FROM%20grants)%20OR%20title%20%3D%20%27pinned%27";
+    let pg_pairs = "SELECT id::text, org_id::text, project_id::text, title FROM docs WHERE (org_id, project_id) IN (SELECT org_id, project_id FROM grants) OR title = 'pinned'";
+    let mut stream = Stream::new(pairs);
+    stream.converge(&server, &COLUMNS, &pg_rows(&db, pg_pairs));
+    let pinned = "\"public\".\"docs\"/\"2\"";
+    assert_eq!(stream.rows[pinned].active, [false, true]);
+    let from = stream.messages.len();
+    db.client()
+        .batch_execute("INSERT INTO grants (org_id, project_id) VALUES (1, NULL)")
+        .unwrap();
+    stream.until(&server, from, |m| !m.is_empty());
+    let got = &stream.messages[from..];
+    assert_eq!(ops(got), ["move-in"], "no row equals a pair with a NULL");
+    assert!(patterns(&got[0]).is_empty(), "{:#?}", got[0]);
+    assert_eq!(stream.rows[pinned].active, [false, true]);
+    for sql in [
+        "UPDATE docs SET title = 'unpinned' WHERE id = 2",
+        "INSERT INTO grants (org_id, project_id) VALUES (1, 2)",
+        "DELETE FROM grants WHERE project_id IS NULL",
+    ] {
+        db.client().batch_execute(sql).unwrap();
+    }
+    stream.converge(&server, &COLUMNS, &pg_rows(&db, pg_pairs));
+}
