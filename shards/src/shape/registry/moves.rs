@@ -378,8 +378,11 @@ impl Shape {
                     }
                     Due::In => {}
                     Due::Out => {
-                        // A NULL entering a `NOT IN` set makes the test
-                        // unknown for every row; no pattern says that.
+                        // A value with a NULL entering a `NOT IN` set
+                        // makes the test unknown for every row (a
+                        // column) or every row agreeing with its other
+                        // columns (a row): no finite set of patterns
+                        // names them.
                         if spec.dependencies[d].negated && value.iter().any(Option::is_none) {
                             return Err("a NULL entered a NOT IN subquery's values");
                         }
