@@ -43,7 +43,7 @@ pub async fn create(
             )])
         })?;
     // A subquery reads other tables: their catalog entries type it, and
-    // the shape mirrors their values (issue 17, slice 1).
+    // the shape mirrors their values (issue 17, slices 1 and 2).
     let subquery_tables = match definition
         .where_sql
         .as_deref()

@@ -1,7 +1,8 @@
-//! Subquery shapes on the edge (issue 17, slice 1): what the catalog and
-//! the where clause make of one (its dependencies, typed against their
-//! tables), the queries that seed its views in the snapshot's transaction,
-//! and the limits of this slice (nesting, row form), refused with a 400
+//! Subquery shapes on the edge (issue 17, slices 1 and 2): what the
+//! catalog and the where clause make of one (its dependencies, typed
+//! against their tables, a row form's selected columns in the order
+//! written), the queries that seed its views in the snapshot's
+//! transaction, and what is not served yet (nesting), refused with a 400
 //! rather than served wrong.
 
 use std::collections::BTreeMap;
@@ -51,19 +52,14 @@ pub fn build_spec(
     let mut dependencies = Vec::new();
     let mut seeds = Vec::new();
     for (i, dependency) in clause.dependencies().into_iter().enumerate() {
-        // Slice 1 of issue 17: one level, single columns. Deeper or wider
-        // forms need moves this version does not make yet.
+        // One level (issue 17, slices 1 and 2): a middle level's moves
+        // need queries of their own, not made yet.
         if dependency
             .where_sql
             .as_deref()
             .is_some_and(WhereClause::has_subquery)
         {
             return Err(unsupported("Nested subqueries are not supported yet"));
-        }
-        if dependency.columns.len() != 1 {
-            return Err(unsupported(
-                "Subqueries selecting several columns (row form) are not supported yet",
-            ));
         }
         let positions = dnf.positions_of(i);
         let negated = positions.first().is_some_and(|&p| dnf.is_negated(p));

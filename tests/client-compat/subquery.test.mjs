@@ -122,3 +122,66 @@ test('a membership shape follows adds and removals of memberships', { timeout: 1
   await untilFolded('the folded stream after mixed changes')
   assert.equal(sync.errors.length, 0)
 })
+
+test('a row-form membership shape follows adds and removals of pairs', { timeout: 120_000 }, async (t) => {
+  const docs = uniqueName('sq_docs')
+  const members = uniqueName('sq_pairs')
+  await db.query(`CREATE TABLE ${docs} (id int4 PRIMARY KEY, org_id int4, project_id int4, title text NOT NULL)`)
+  await db.query(
+    `CREATE TABLE ${members} (user_id int4, org_id int4, project_id int4, PRIMARY KEY (user_id, org_id, project_id))`
+  )
+  await db.query(`INSERT INTO ${docs} SELECT g, g % 2, g % 3, 'doc ' || g FROM generate_series(1, 24) g`)
+  await db.query(`INSERT INTO ${members} VALUES (1, 0, 0), (1, 1, 1), (2, 0, 1)`)
+  const where = `(org_id, project_id) IN (SELECT org_id, project_id FROM ${members} WHERE user_id = $1)`
+  const current = async () =>
+    (
+      await db.query(
+        `SELECT id, org_id, project_id, title FROM ${docs} WHERE (org_id, project_id) IN (SELECT org_id, project_id FROM ${members} WHERE user_id = 1)`
+      )
+    ).rows
+
+  const sync = syncShape(t, { table: docs, where, params: { 1: '1' } })
+  const initial = await sync.initialRows()
+  assert.deepStrictEqual(plain(initial), byId(plain(await current())))
+  const untilFolded = async (what) => {
+    const want = byId(plain(await current()))
+    await sync.until(
+      what,
+      () => {
+        try {
+          assert.deepStrictEqual(plain(fold(sync.messages)), want)
+          return true
+        } catch {
+          return false
+        }
+      },
+      { detail: () => `expected ${summarize(want)}\n  folded ${summarize(fold(sync.messages))}` }
+    )
+  }
+
+  // A pair added: its rows move in, and the client's Shape gets them too.
+  await db.query(`INSERT INTO ${members} VALUES (1, 0, 2)`)
+  await untilFolded('a pair added')
+  await sync.untilRowsEqual('the Shape after an add', await current())
+
+  // A pair removed: one move-out event, no per-row deletes.
+  const before = sync.messages.length
+  await db.query(`DELETE FROM ${members} WHERE user_id = 1 AND org_id = 1 AND project_id = 1`)
+  await untilFolded('a pair removed')
+  const since = sync.messages.slice(before)
+  assert.ok(
+    since.some((m) => m.headers.event === 'move-out'),
+    `a move-out event: ${summarize(since)}`
+  )
+  assert.ok(
+    !since.some((m) => isChangeMessage(m) && m.headers.operation === 'delete'),
+    `no per-row deletes: ${summarize(since)}`
+  )
+
+  // One column of a pair changing, rows moving between pairs.
+  await db.query(`UPDATE ${members} SET org_id = 1 WHERE user_id = 1 AND org_id = 0 AND project_id = 0`)
+  await db.query(`UPDATE ${docs} SET project_id = 2 WHERE id IN (3, 4)`)
+  await db.query(`BEGIN; INSERT INTO ${members} VALUES (1, 1, 2); INSERT INTO ${docs} VALUES (100, 1, 2, 'new'); COMMIT`)
+  await untilFolded('the folded stream after mixed changes')
+  assert.equal(sync.errors.length, 0)
+})

@@ -115,6 +115,21 @@ fn subquery_sql_agrees_with_evaluation_against_views() {
         ("price IN (SELECT price FROM members)", &[], &[1, 2, 3, 5, 7]),
         ("code IN (SELECT code FROM members WHERE code <> $1)", &["q"], &[1, 4, 5, 7]),
         ("(project_id, owner) IN (SELECT project_id, role FROM members)", &[], &[6, 7]),
+        // Rows: tasks 3 and 4, (NULL, o) and (3, NULL), do not surely
+        // differ from (2, o) and (3, 'admin'): unknown, not in.
+        (
+            "(project_id, owner) NOT IN (SELECT project_id, role FROM members WHERE user_id <> $1)",
+            &["12"], &[1, 2, 5],
+        ),
+        // (NULL, 'admin') in the set differs from every row by its role.
+        (
+            "(project_id, owner) NOT IN (SELECT project_id, role FROM members)",
+            &[], &[1, 2, 5],
+        ),
+        (
+            "code = $1 OR (project_id, owner) IN (SELECT project_id, role FROM members WHERE user_id <> $2)",
+            &["x", "12"], &[1, 5, 6, 7],
+        ),
         (
             "owner = $1 OR NOT (project_id IN (SELECT project_id FROM members WHERE role = $2))",
             &["a", "user"], &[1, 4, 5, 6],
@@ -198,9 +213,10 @@ fn subquery_sql_agrees_with_evaluation_against_views() {
     assert!(move_ins >= 5, "only {move_ins} move-ins brought rows in");
 }
 
-/// For each single-column subquery: the move-in query after one of its
-/// values arrives (positive positions) or leaves (negated ones) selects
-/// exactly the rows the move brings into the shape by our evaluation.
+/// For each subquery (a column or a row): the move-in query after one of
+/// its values arrives (positive positions) or leaves (negated ones)
+/// selects exactly the rows the move brings into the shape by our
+/// evaluation.
 fn move_ins_agree(
     client: &mut postgres::Client,
     clause: &WhereClause,
@@ -219,24 +235,23 @@ fn move_ins_agree(
             continue;
         };
         let columns = full.column_texts();
-        if columns.len() != 1 {
-            continue;
-        }
-        // A positive position: each value arrives (NULL brings no row in).
-        // A negated one: each value, NULL included, leaves.
-        for &value in &columns[0] {
-            if value.is_none() && !negated {
+        let count = columns.first().map_or(0, Vec::len);
+        // A positive position: each value arrives (one with a NULL brings
+        // no row in). A negated one: each value, NULLs included, leaves.
+        for index in 0..count {
+            let value: Vec<Option<&str>> = columns.iter().map(|c| c[index]).collect();
+            if value.iter().any(Option::is_none) && !negated {
                 continue;
             }
             // The view without any row of the value.
             let mut without = full.clone();
-            if let Some(key) = without.key_of(&[value]) {
+            if let Some(key) = without.key_of(&value) {
                 while without.holds(&key) {
-                    without.remove(&[value]);
+                    without.remove(&value);
                 }
             }
             let mut moved = clause.new_view(trigger).unwrap();
-            moved.add(&[value]);
+            moved.add(&value);
             // Before and after the move, for the trigger.
             let (before, after) = if negated {
                 (full, &without)

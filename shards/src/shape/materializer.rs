@@ -347,6 +347,83 @@ mod tests {
         );
     }
 
+    /// `(user_id, project_id) IN (SELECT user_id, project_id FROM members
+    /// WHERE user_id <> 0)`, materialised: values are pairs.
+    fn pairs() -> Materializer {
+        let tables = |t: &TableName| (t.name == "members").then(member_columns);
+        let outer = WhereClause::parse_with_tables(
+            "(user_id, project_id) IN (SELECT user_id, project_id FROM members WHERE user_id <> 0)",
+            &member_columns(),
+            &BTreeMap::new(),
+            &tables,
+        )
+        .expect("clause");
+        let dependency = &outer.dependencies()[0];
+        assert_eq!(dependency.columns, ["user_id", "project_id"]);
+        let inner = WhereClause::parse_with_tables(
+            dependency.where_sql.as_deref().expect("inner where"),
+            &member_columns(),
+            &dependency.params,
+            &tables,
+        )
+        .expect("inner clause");
+        Materializer::new(
+            7,
+            Some(Box::new(Filter(inner))),
+            vec![0, 1],
+            outer.new_view(0).expect("view"),
+        )
+    }
+
+    fn pair(user: &str, project: Option<&str>) -> ValueText {
+        vec![Some(user.to_string()), project.map(str::to_string)]
+    }
+
+    #[test]
+    fn materializer_row_form_moves_pairs() {
+        let mut m = pairs();
+        m.seed(&[Some("1"), Some("10")]);
+        // The same project for another user is another pair.
+        assert_eq!(
+            m.apply(&tx(1, vec![insert(2, Some(10))])),
+            Materialized::Moved(MoveBatch {
+                moved_in: vec![pair("2", Some("10"))],
+                moved_out: Vec::new(),
+                txids: vec![1],
+            })
+        );
+        // Changing one column of a pair moves the old pair out and the new
+        // one in; leaving the inner where moves it out only.
+        assert_eq!(
+            m.apply(&tx(2, vec![update((1, Some(10)), (1, Some(11)))])),
+            Materialized::Moved(MoveBatch {
+                moved_in: vec![pair("1", Some("11"))],
+                moved_out: vec![pair("1", Some("10"))],
+                txids: vec![2],
+            })
+        );
+        assert_eq!(
+            m.apply(&tx(3, vec![update((1, Some(11)), (0, Some(11)))])),
+            Materialized::Moved(MoveBatch {
+                moved_in: Vec::new(),
+                moved_out: vec![pair("1", Some("11"))],
+                txids: vec![3],
+            })
+        );
+        // A pair with a NULL is a value (it makes `NOT IN` unknown for some
+        // rows), kept like any.
+        assert_eq!(
+            m.apply(&tx(4, vec![insert(3, None)])),
+            Materialized::Moved(MoveBatch {
+                moved_in: vec![pair("3", None)],
+                moved_out: Vec::new(),
+                txids: vec![4],
+            })
+        );
+        assert!(m.view().has_null());
+        assert_eq!(m.view().len(), 2);
+    }
+
     #[test]
     fn materializer_refuses_what_it_cannot_count() {
         let mut m = materializer();

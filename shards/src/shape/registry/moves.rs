@@ -317,20 +317,46 @@ impl Shape {
     }
 
     /// Patterns of a move of `values` of dependency `d`: every position
-    /// testing it with every value's hash, by position.
+    /// testing it with the hash of every row the move decides, by
+    /// position. That is each value's own hash (Electric's pattern), but
+    /// SQL's NULLs decide which rows a value moves:
+    /// - under `IN`, a value with a NULL equals no row, so it has none
+    ///   (its pattern would activate a held row's NULL position);
+    /// - under `NOT IN`, rows with NULLs where the value has none do not
+    ///   surely differ from it either, so each such variant is a pattern
+    ///   too when `NOT IN` `view` holds for it (`view` being the client
+    ///   view before a move-out, after a move-in: the variants whose
+    ///   rows this move takes out or brings back). For a single column
+    ///   that is NULL while the set is empty.
     fn patterns(
         &self,
         spec: &SubquerySpec,
         d: usize,
         values: &[ValueText],
-    ) -> Vec<(usize, String)> {
+        view: &SubqueryView,
+    ) -> Result<Vec<(usize, String)>, &'static str> {
         let salt = self.salt();
-        let mut patterns: Vec<(usize, String)> = values
-            .iter()
-            .flat_map(|v| spec.clause.move_patterns(d, &as_refs(v), &salt))
-            .collect();
-        patterns.sort_by_key(|(position, _)| *position);
-        patterns
+        let negated = spec.dependencies[d].negated;
+        let mut patterns: Vec<(usize, String)> = Vec::new();
+        for value in values {
+            let text = as_refs(value);
+            let has_null = text.iter().any(Option::is_none);
+            if !negated && has_null {
+                continue;
+            }
+            patterns.extend(spec.clause.move_patterns(d, &text, &salt));
+            if negated && !has_null {
+                let variants = view
+                    .null_variants_not_in(&text)
+                    .ok_or("a NOT IN row form with too many columns to move")?;
+                for variant in variants {
+                    patterns.extend(spec.clause.move_patterns(d, &variant, &salt));
+                }
+            }
+        }
+        patterns.sort();
+        patterns.dedup();
+        Ok(patterns)
     }
 
     /// Writes one `move-out` event per dependency with values due to move
@@ -345,7 +371,7 @@ impl Shape {
         let mut grew = false;
         for d in 0..spec.dependencies.len() {
             let sub = state.subquery.as_mut().ok_or("no subquery state")?;
-            let mut out: Vec<ValueText> = Vec::new();
+            let mut patterns: Vec<(usize, String)> = Vec::new();
             let mut txids: BTreeSet<u64> = BTreeSet::new();
             let pending: Vec<ValueText> = sub.pending[d].keys().cloned().collect();
             for value in pending {
@@ -355,23 +381,36 @@ impl Shape {
                     }
                     Due::In => {}
                     Due::Out => {
-                        // A NULL entering a `NOT IN` set makes the test
-                        // unknown for every row; no pattern says that.
+                        // A value with a NULL entering a `NOT IN` set
+                        // makes the test unknown for every row (a
+                        // column) or every row agreeing with its other
+                        // columns (a row): no finite set of patterns
+                        // names them.
                         if spec.dependencies[d].negated && value.iter().any(Option::is_none) {
                             return Err("a NULL entered a NOT IN subquery's values");
                         }
                         if let Some(xids) = sub.pending[d].remove(&value) {
                             txids.extend(xids.into_iter().map(u64::from));
                         }
+                        // Against the view before this value moves: the
+                        // values before it in this event already took
+                        // out the rows they decide.
+                        patterns.extend(self.patterns(
+                            spec,
+                            d,
+                            std::slice::from_ref(&value),
+                            &sub.client[d],
+                        )?);
                         sub.move_client(spec, d, &value, Due::Out);
-                        out.push(value);
                     }
                 }
             }
-            if out.is_empty() {
+            // Values that decide no row (a NULL under `IN`) move silently.
+            if patterns.is_empty() {
                 continue;
             }
-            let patterns = self.patterns(spec, d, &out);
+            patterns.sort();
+            patterns.dedup();
             let txids: Vec<u64> = txids.into_iter().collect();
             let event = encode::move_event(Move::Out, &patterns, &txids);
             grew |= self.append_move_item(state, current, &event)?;
@@ -528,7 +567,13 @@ impl Shape {
         for (tx, indices) in &held {
             self.process(state, spec, tx, indices.as_deref(), true)?;
         }
-        let patterns = self.patterns(spec, d, &values);
+        let patterns = {
+            let sub = state.subquery.as_mut().ok_or("no subquery state")?;
+            for value in &values {
+                sub.move_client(spec, d, value, Due::In);
+            }
+            self.patterns(spec, d, &values, &sub.client[d])?
+        };
         let txids: Vec<u64> = txids.into_iter().map(u64::from).collect();
         self.append_move_item(
             state,
@@ -536,12 +581,6 @@ impl Shape {
             &encode::move_event(Move::In, &patterns, &txids),
         )?;
         let mut grew = true;
-        {
-            let sub = state.subquery.as_mut().ok_or("no subquery state")?;
-            for value in &values {
-                sub.move_client(spec, d, value, Due::In);
-            }
-        }
         let mut scratch = Vec::new();
         for row in &rows.rows {
             let row: Vec<Option<&str>> = row.iter().map(|t| t.as_deref()).collect();

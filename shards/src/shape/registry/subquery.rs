@@ -1,7 +1,8 @@
-//! A shape whose where clause has subqueries (issue 17, slice 1: one
-//! level, `AND`/`OR`/`NOT`, single-column `IN`): the per-shard mirror of
-//! each dependency's values, the client's view of them, and the moves that
-//! keep the two together (Electric's move-out events and move-in splices).
+//! A shape whose where clause has subqueries (issue 17, slices 1 and 2:
+//! one level, `AND`/`OR`/`NOT`, a column or a row of columns `IN`, whose
+//! values are then tuples): the per-shard mirror of each dependency's
+//! values, the client's view of them, and the moves that keep the two
+//! together (Electric's move-out events and move-in splices).
 //!
 //! Two views per dependency, because they differ while a move is pending:
 //! - the *materializer* is the truth: the dependency's value multiset as

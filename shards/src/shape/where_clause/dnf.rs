@@ -12,6 +12,7 @@
 
 use md5::{Digest, Md5};
 
+use super::ast::BoolTestKind;
 use super::error::WhereError;
 use super::eval::{evaluate, Row};
 use super::expr::Expr;
@@ -306,12 +307,15 @@ impl DnfPlan {
     /// set, `NOT IN` is unknown and the rows do not enter (Electric's query
     /// takes them).
     ///
-    /// When a NULL left a `NOT IN` set (`null_moved`), every row that the
-    /// set after the move does not hold may enter (the NULL made them all
-    /// unknown), so the moved values do not restrict the candidate; when
-    /// the set became empty (`after_empty`), rows whose (single) tested
-    /// column is NULL enter too (`NULL NOT IN ()` holds). Electric's query
-    /// misses both.
+    /// When a NULL left a single-column `NOT IN` set (`null_moved`), every
+    /// row that the set after the move does not hold may enter (the NULL
+    /// made them all unknown), so the moved values do not restrict the
+    /// candidate; when the set became empty (`after_empty`), rows whose
+    /// (single) tested column is NULL enter too (`NULL NOT IN ()` holds).
+    /// A row form's moved values restrict the candidate to the rows they
+    /// do not surely differ from (`(a, b) IN moved IS NOT FALSE`), which
+    /// covers both cases and rows half NULL (`(1, NULL)` was kept out by
+    /// `(1, 2)`). Electric's query misses all three.
     pub(crate) fn move_in_tree(
         &self,
         trigger: usize,
@@ -342,9 +346,18 @@ impl DnfPlan {
                                             negated: false,
                                         },
                                     ]),
+                                    // A row: the rows a moved value kept
+                                    // out are those it does not surely
+                                    // differ from, `(a, b) IN moved` true
+                                    // or unknown (a NULL on either side
+                                    // in a column the others match).
+                                    (_, [_, _, ..]) => Expr::BoolTest {
+                                        arg: Box::new(position.leaf.clone()),
+                                        test: BoolTestKind::IsNotFalse,
+                                    },
                                     _ => position.leaf.clone(),
                                 };
-                                if null_moved {
+                                if null_moved && lhs.len() == 1 {
                                     not_after
                                 } else {
                                     Expr::And(vec![moved_values, not_after])

@@ -98,6 +98,10 @@ fn equality_key(value: &Value, scalar: &Scalar) -> String {
     }
 }
 
+/// Columns of a row form past which [`SubqueryView::null_variants_not_in`]
+/// gives up (2^n − 1 variants per value, each a scan of the view).
+pub const MAX_NULL_VARIANT_COLUMNS: usize = 8;
+
 /// One value of a subquery's result: a key per selected column, None for
 /// NULL.
 type Tuple = Vec<Option<String>>;
@@ -278,6 +282,38 @@ impl SubqueryView {
     /// Every distinct value's text with its count (to keep the view).
     pub fn counted_texts(&self) -> impl Iterator<Item = (&[Option<String>], u64)> {
         self.entries.values().map(|e| (e.text.as_slice(), e.count))
+    }
+
+    /// `value` (a row of several columns, none NULL) with some of its
+    /// columns made NULL, for every such variant that `NOT IN` this view
+    /// holds: the tested rows whose `NOT IN` a value decides besides the
+    /// rows equal to it, because a NULL compares as unknown (`(1, NULL)
+    /// NOT IN {(3, 4)}` holds; `(1, 2)` entering the set makes it unknown,
+    /// and leaving it may make it hold again). A single column has one
+    /// variant, NULL, which holds only against an empty view. None when
+    /// the value has more than [`MAX_NULL_VARIANT_COLUMNS`] columns.
+    pub fn null_variants_not_in<'t>(
+        &self,
+        value: &[Option<&'t str>],
+    ) -> Option<Vec<Vec<Option<&'t str>>>> {
+        if value.len() > MAX_NULL_VARIANT_COLUMNS {
+            return None;
+        }
+        let known: Vec<usize> = (0..value.len()).filter(|&c| value[c].is_some()).collect();
+        let mut variants = Vec::new();
+        // Each non-empty subset of the known columns, as a bit mask.
+        for mask in 1u32..(1 << known.len()) {
+            let mut variant = value.to_vec();
+            for (bit, &column) in known.iter().enumerate() {
+                if mask & (1 << bit) != 0 {
+                    variant[column] = None;
+                }
+            }
+            if self.contains_text(&variant) == Membership::NotIn {
+                variants.push(variant);
+            }
+        }
+        Some(variants)
     }
 
     /// The distinct values' texts, per column (for binding as arrays).

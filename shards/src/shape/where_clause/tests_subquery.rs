@@ -171,6 +171,11 @@ fn where_clause_subquery_refusals_are_electrics_in_its_order() {
             "At location 12: left side of `IN (SELECT ...)` has type row of (int4, text) but subquery returns row of (int4, int8)[]",
         ),
         (
+            "(id, owner) IN (SELECT project_id FROM members)",
+            WhereErrorField::Where,
+            "At location 12: left side of `IN (SELECT ...)` has type row of (int4, text) but subquery returns int4[]",
+        ),
+        (
             "id IN (SELECT project_id, user_id FROM members)",
             WhereErrorField::Where,
             "At location 3: left side of `IN (SELECT ...)` has type int4 but subquery returns row of (int4, int4)[]",
@@ -628,4 +633,66 @@ fn where_clause_subquery_deepest_nesting_fits_half_a_stack() {
         .and_then(|handle| handle.join().ok())
         .flatten();
     assert!(survived.is_some(), "at depth {deepest}");
+}
+
+#[test]
+fn where_clause_subquery_row_not_in_move_in_takes_rows_the_value_kept_out() {
+    let clause = parse(
+        "(id, project_id) NOT IN (SELECT user_id, project_id FROM members)",
+        &[],
+    );
+    let mut moved = clause.new_view(0).expect("a view");
+    moved.add(&[Some("1"), Some("2")]);
+    let after = clause.new_view(0).expect("a view");
+    let (sql, bound) = clause
+        .move_in_where(0, &moved, &after, &[])
+        .expect("a move-in where");
+    // `IS NOT FALSE`: rows half NULL that the value kept out (unknown
+    // against it) come back too, not only rows equal to it.
+    assert_eq!(
+        sql,
+        "((((\"id\", \"project_id\") IN (SELECT * FROM unnest($1::int4[], $2::int4[]))) IS NOT FALSE) AND (NOT ((\"id\", \"project_id\") IN (SELECT * FROM unnest($3::int4[], $4::int4[])))))"
+    );
+    assert_eq!(bound, ["{\"1\"}", "{\"2\"}", "{}", "{}"]);
+}
+
+#[test]
+fn where_clause_subquery_row_null_variants_are_those_not_in_holds_for() {
+    let clause = parse(
+        "(id, project_id) IN (SELECT user_id, project_id FROM members)",
+        &[],
+    );
+    let mut view = clause.new_view(0).expect("a view");
+    let variants = |view: &super::SubqueryView| {
+        let mut v = view
+            .null_variants_not_in(&[Some("1"), Some("2")])
+            .expect("two columns");
+        v.sort();
+        v
+    };
+    // Against nothing every variant holds.
+    assert_eq!(
+        variants(&view),
+        [
+            vec![None, None],
+            vec![None, Some("2")],
+            vec![Some("1"), None]
+        ]
+    );
+    // (3, 2) leaves (1, NULL) surely different, not (NULL, 2) or
+    // (NULL, NULL).
+    view.add(&[Some("3"), Some("2")]);
+    assert_eq!(variants(&view), [vec![Some("1"), None]]);
+    // (1, 5) also keeps (1, NULL) undecided.
+    view.add(&[Some("1"), Some("5")]);
+    assert!(variants(&view).is_empty());
+    // A single column: NULL holds only against an empty set.
+    let single = parse(SQ, &[]);
+    let mut set = single.new_view(0).expect("a view");
+    assert_eq!(
+        set.null_variants_not_in(&[Some("7")]),
+        Some(vec![vec![None]])
+    );
+    set.add(&[Some("8")]);
+    assert_eq!(set.null_variants_not_in(&[Some("7")]), Some(Vec::new()));
 }
