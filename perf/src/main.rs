@@ -135,6 +135,11 @@ const WORKLOADS: &[Workload] = &[
         },
     },
     Workload {
+        name: "subquery",
+        about: "2k/10k membership subquery shapes: move-in/move-out latency, writes until durable, RSS per shape and per dependency value",
+        run: |size| subquery::run(subquery::Args::sized(size)),
+    },
+    Workload {
         name: "restore",
         about: "one shard restoring idle shapes from LMDB; heap per idle shape (was restore-bench)",
         run: |size| restore::run(size.pick(10_000, 100_000)),

@@ -10,4 +10,5 @@ pub mod large_shape;
 pub mod restore;
 pub mod shard_write;
 pub mod shutdown;
+pub mod subquery;
 pub mod write_latency;
