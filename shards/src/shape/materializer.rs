@@ -198,13 +198,17 @@ impl Materializer {
             }
             Change::Delete { relation, old } if relation.id == self.relation => {
                 if old.0 != OldTupleKind::Full {
-                    return Err("a subquery's table does not send old rows (REPLICA IDENTITY FULL)");
+                    return Err(
+                        "a subquery's table does not send old rows (REPLICA IDENTITY FULL)",
+                    );
                 }
                 (Some(values(&old.1, None)), None)
             }
             Change::Update { relation, old, new } if relation.id == self.relation => {
                 let Some((OldTupleKind::Full, old)) = old else {
-                    return Err("a subquery's table does not send old rows (REPLICA IDENTITY FULL)");
+                    return Err(
+                        "a subquery's table does not send old rows (REPLICA IDENTITY FULL)",
+                    );
                 };
                 (Some(values(old, None)), Some(values(new, Some(old))))
             }

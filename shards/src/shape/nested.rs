@@ -141,7 +141,10 @@ impl Mirror {
         for child in 0..self.children.len() {
             match self.key(child, &row) {
                 Some(key) => {
-                    self.index[child].entry(key).or_default().insert(row.clone());
+                    self.index[child]
+                        .entry(key)
+                        .or_default()
+                        .insert(row.clone());
                 }
                 None => {
                     self.unkeyed[child].insert(row.clone());
@@ -243,10 +246,17 @@ impl Mirror {
     /// Child `child`'s value crossed 0↔1 (`entered`: it is now in the
     /// child's set): the rows it decides are evaluated before and after,
     /// and those that flip counted in or out.
-    pub(crate) fn child_moved(&mut self, child: usize, value: &[Option<&str>], entered: bool, emit: &mut Emit<'_>) {
+    pub(crate) fn child_moved(
+        &mut self,
+        child: usize,
+        value: &[Option<&str>],
+        entered: bool,
+        emit: &mut Emit<'_>,
+    ) {
         // A NULL moving changes `NOT IN` for every row; rows with a NULL
         // tested or without a key are always candidates.
-        let affected: Vec<Row> = if value.iter().any(Option::is_none) || self.keyed[child].is_none() {
+        let affected: Vec<Row> = if value.iter().any(Option::is_none) || self.keyed[child].is_none()
+        {
             self.rows.keys().cloned().collect()
         } else {
             let keyed = self.seen[child]
@@ -281,12 +291,7 @@ pub(crate) fn distinct_values(view: &SubqueryView) -> Vec<ValueText> {
     let columns = view.column_texts();
     let len = columns.first().map_or(0, Vec::len);
     (0..len)
-        .map(|j| {
-            columns
-                .iter()
-                .map(|c| c[j].map(str::to_string))
-                .collect()
-        })
+        .map(|j| columns.iter().map(|c| c[j].map(str::to_string)).collect())
         .collect()
 }
 
@@ -296,7 +301,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::change::{Change, Column, Datum, OldTupleKind, Relation, ReplicaIdentity, Transaction};
+    use crate::change::{
+        Change, Column, Datum, OldTupleKind, Relation, ReplicaIdentity, Transaction,
+    };
     use crate::lsn::Lsn;
     use crate::shape::definition::TableName;
     use crate::shape::materializer::Materialized;
@@ -383,7 +390,12 @@ mod tests {
                     .iter()
                     .enumerate()
                     .map(|(i, d)| {
-                        kept.extend(clause.dnf().and_then(|p| p.tested_columns(i)).unwrap_or_default());
+                        kept.extend(
+                            clause
+                                .dnf()
+                                .and_then(|p| p.tested_columns(i))
+                                .unwrap_or_default(),
+                        );
                         level(d, clause.new_view(i).expect("view"))
                     })
                     .collect();
@@ -464,7 +476,12 @@ mod tests {
     /// Random changes on every table of the levels, one to four per
     /// transaction; after each, the materializer's set equals `expected`
     /// over the rows, and its moves are exactly the set's differences.
-    fn churn(outer_sql: &str, seeds: &[Seed], expected: &dyn Fn(&Rows) -> Vec<Option<u32>>, seed: u64) {
+    fn churn(
+        outer_sql: &str,
+        seeds: &[Seed],
+        expected: &dyn Fn(&Rows) -> Vec<Option<u32>>,
+        seed: u64,
+    ) {
         let mut rng = Rng(seed);
         let tables: Vec<&'static str> = seeds.iter().map(|s| s.1).collect();
         let mut rows: Rows = tables.iter().map(|t| (*t, Vec::new())).collect();
@@ -482,7 +499,8 @@ mod tests {
         // As the snapshot's seeding queries would.
         for &(path, t, leaf) in seeds {
             for row in &rows[t] {
-                let texts: Vec<Option<String>> = row.iter().map(|v| v.map(|v| v.to_string())).collect();
+                let texts: Vec<Option<String>> =
+                    row.iter().map(|v| v.map(|v| v.to_string())).collect();
                 let refs: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
                 match leaf {
                     Some(c) if row[0] == Some(1) => m.seed_at(path, &refs[c..=c]),
@@ -503,7 +521,10 @@ mod tests {
                 let change = match (rng.below(3), list.is_empty()) {
                     (0, _) | (_, true) => {
                         list.push(new);
-                        Change::Insert { relation: relation(t), new: new.map(datum).to_vec() }
+                        Change::Insert {
+                            relation: relation(t),
+                            new: new.map(datum).to_vec(),
+                        }
                     }
                     (1, false) => {
                         let old = list.swap_remove(rng.below(list.len() as u64) as usize);
@@ -536,16 +557,29 @@ mod tests {
             match m.apply(&tx) {
                 Materialized::Unchanged => {}
                 Materialized::Moved(batch) => {
-                    let parse = |v: &ValueText| v[0].as_deref().map(|t| t.parse::<u32>().expect("int"));
+                    let parse =
+                        |v: &ValueText| v[0].as_deref().map(|t| t.parse::<u32>().expect("int"));
                     moved_in = distinct(batch.moved_in.iter().map(parse));
                     moved_out = distinct(batch.moved_out.iter().map(parse));
                 }
                 Materialized::Invalidated(why) => panic!("seed {seed} xid {xid}: {why}"),
             }
             assert_eq!(set_of(m.view()), after, "seed {seed} xid {xid}");
-            let entered: Vec<Option<u32>> = after.iter().filter(|v| !before.contains(v)).copied().collect();
-            let left: Vec<Option<u32>> = before.iter().filter(|v| !after.contains(v)).copied().collect();
-            assert_eq!((moved_in, moved_out), (entered, left), "seed {seed} xid {xid}");
+            let entered: Vec<Option<u32>> = after
+                .iter()
+                .filter(|v| !before.contains(v))
+                .copied()
+                .collect();
+            let left: Vec<Option<u32>> = before
+                .iter()
+                .filter(|v| !after.contains(v))
+                .copied()
+                .collect();
+            assert_eq!(
+                (moved_in, moved_out),
+                (entered, left),
+                "seed {seed} xid {xid}"
+            );
             before = after;
         }
     }
@@ -564,8 +598,18 @@ mod tests {
     }
 
     /// Column `c` of the rows of `t` that `test` keeps (SQL: true only).
-    fn select(rows: &Rows, t: &str, c: usize, test: &dyn Fn(&[Option<u32>; 2]) -> Option<bool>) -> Vec<Option<u32>> {
-        distinct(rows[t].iter().filter(|r| test(r) == Some(true)).map(|r| r[c]))
+    fn select(
+        rows: &Rows,
+        t: &str,
+        c: usize,
+        test: &dyn Fn(&[Option<u32>; 2]) -> Option<bool>,
+    ) -> Vec<Option<u32>> {
+        distinct(
+            rows[t]
+                .iter()
+                .filter(|r| test(r) == Some(true))
+                .map(|r| r[c]),
+        )
     }
 
     const MEMBERSHIP: &str = "project_id IN (SELECT project_id FROM members WHERE team_id IN (SELECT team_id FROM team_members WHERE user_id = $1))";

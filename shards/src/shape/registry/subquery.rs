@@ -101,7 +101,9 @@ impl DependencySpec {
             }
             _ => Materializer::new(
                 self.relation,
-                self.filter.clone().map(|f| Box::new(f) as Box<dyn RowFilter>),
+                self.filter
+                    .clone()
+                    .map(|f| Box::new(f) as Box<dyn RowFilter>),
                 self.selected.clone(),
                 view,
             ),
