@@ -341,6 +341,10 @@ fn nested_under_and_or_not_at_either_level() {
         "project_id IN (SELECT project_id FROM members WHERE team_id NOT IN (SELECT team_id FROM team_members WHERE user_id = $1))",
         "project_id IN (SELECT project_id FROM members WHERE team_id IN (SELECT team_id FROM team_members WHERE user_id = $1) AND project_id <> 1)",
         "project_id IN (SELECT project_id FROM members WHERE team_id IN (SELECT team_id FROM team_members WHERE user_id = $1) OR team_id = 30)",
+        // Row forms (plain columns on both sides): a pair at the outer
+        // level, a pair at the middle one.
+        "(project_id, project_id) IN (SELECT project_id, project_id FROM members WHERE team_id IN (SELECT team_id FROM team_members WHERE user_id = $1))",
+        "project_id IN (SELECT project_id FROM members WHERE (team_id, team_id) IN (SELECT team_id, team_id FROM team_members WHERE user_id = $1))",
     ] {
         db.client()
             .batch_execute(
