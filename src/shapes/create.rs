@@ -266,7 +266,7 @@ async fn snapshot(
     // A subquery shape's views, as of this snapshot: before any held
     // transaction is applied (those the snapshot saw are then dropped, from
     // the views as from the rows).
-    for (d, seed) in sql.seeds.iter().enumerate() {
+    for seed in &sql.seeds {
         let params: Vec<Option<&str>> = seed.params.iter().map(|p| Some(p.as_str())).collect();
         let mut rows = conn.query_stream(&seed.sql, &params).await?;
         while let Some(row) = rows.next().await? {
@@ -274,10 +274,14 @@ async fn snapshot(
                 break;
             }
             let value: Vec<Option<&str>> = (0..seed.width).map(|i| row.get(i)).collect();
-            shape.seed_dependency(d, &value);
+            shape.seed_dependency(&seed.path, &value);
             runtime::yield_if_needed().await;
         }
     }
+    // A middle level's values follow from its rows and its children's.
+    shape
+        .finish_seeds()
+        .map_err(|why| PgError::Protocol(why.to_string()))?;
     service
         .registry
         .borrow_mut()

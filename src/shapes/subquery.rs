@@ -1,16 +1,15 @@
-//! Subquery shapes on the edge (issue 17, slices 1 and 2): what the
-//! catalog and the where clause make of one (its dependencies, typed
-//! against their tables, a row form's selected columns in the order
-//! written), the queries that seed its views in the snapshot's
-//! transaction, and what is not served yet (nesting), refused with a 400
-//! rather than served wrong.
+//! Subquery shapes on the edge (issue 17, slices 1 to 3): what the
+//! catalog and the where clause make of one (its dependencies at every
+//! level, typed against their tables, a row form's selected columns in the
+//! order written), and the queries that seed its views and its middle
+//! levels' mirrors in the snapshot's transaction.
 
 use std::collections::BTreeMap;
 
 use shards::shape::definition::{ShapeDefinition, ShapeHandle, TableName};
 use shards::shape::registry::schema_fingerprint;
 use shards::shape::registry::{DependencySpec, ShapeSpec, SubquerySpec};
-use shards::shape::where_clause::WhereClause;
+use shards::shape::where_clause::{Dependency, WhereClause};
 
 use super::catalog::TableInfo;
 use super::create::{select_columns, snapshot_query, SnapshotSql};
@@ -25,8 +24,11 @@ pub struct SeedSql {
     pub table: TableName,
     pub sql: String,
     pub params: Vec<String>,
-    /// Output columns (the selected ones, in subquery order).
+    /// Output columns (an innermost level's selected ones, in subquery
+    /// order; a middle level's mirrored ones, ascending).
     pub width: usize,
+    /// The level (see `Shape::seed_dependency`).
+    pub path: Vec<usize>,
 }
 
 fn unsupported(message: &str) -> ShapeReply {
@@ -52,15 +54,6 @@ pub fn build_spec(
     let mut dependencies = Vec::new();
     let mut seeds = Vec::new();
     for (i, dependency) in clause.dependencies().into_iter().enumerate() {
-        // One level (issue 17, slices 1 and 2): a middle level's moves
-        // need queries of their own, not made yet.
-        if dependency
-            .where_sql
-            .as_deref()
-            .is_some_and(WhereClause::has_subquery)
-        {
-            return Err(unsupported("Nested subqueries are not supported yet"));
-        }
         let positions = dnf.positions_of(i);
         let negated = positions.first().is_some_and(|&p| dnf.is_negated(p));
         if positions.is_empty() || positions.iter().any(|&p| dnf.is_negated(p) != negated) {
@@ -68,61 +61,9 @@ pub fn build_spec(
                 "A subquery must be tested directly under AND, OR and NOT, with one polarity",
             ));
         }
-        let inner = tables.get(&dependency.table).ok_or_else(|| {
-            ShapeReply::invalid(&[(
-                "table",
-                format!(
-                    "Table {} does not exist. If the table name contains capitals or special characters you must quote it.",
-                    dependency.table
-                ),
-            )])
-        })?;
-        let inner_filter = match &dependency.where_sql {
-            Some(sql) => Some(filter::compile(sql, inner, &dependency.params)?),
-            None => None,
-        };
-        let columns: Vec<usize> = dependency
-            .columns
-            .iter()
-            .map(|name| inner.schema.column_index(name))
-            .collect::<Option<_>>()
-            .ok_or_else(|| unsupported("a subquery column is missing"))?;
-        let list: Vec<String> = columns
-            .iter()
-            .map(|&c| quote_ident(&inner.schema.columns[c].name))
-            .collect();
-        let mut seed_sql = format!(
-            "SELECT {} FROM {}.{}",
-            list.join(", "),
-            quote_ident(&dependency.table.schema),
-            quote_ident(&dependency.table.name)
-        );
-        let mut params = Vec::new();
-        if let Some(f) = &inner_filter {
-            let (where_sql, values) = f.to_sql();
-            seed_sql.push_str(" WHERE ");
-            seed_sql.push_str(&where_sql);
-            params = values;
-        }
-        seeds.push(SeedSql {
-            table: dependency.table.clone(),
-            sql: seed_sql,
-            params,
-            width: columns.len(),
-        });
-        dependencies.push(DependencySpec {
-            relation: inner.schema.relation_id,
-            fingerprint: schema_fingerprint(
-                inner
-                    .schema
-                    .columns
-                    .iter()
-                    .map(|c| (c.name.as_str(), c.type_oid)),
-            ),
-            filter: inner_filter.map(|f| f.clause().clone()),
-            selected: columns,
-            negated,
-        });
+        let mut spec = dependency_spec(&dependency, tables, vec![i], &mut seeds)?;
+        spec.negated = negated;
+        dependencies.push(spec);
     }
     let persisted = super::persist::encode_with_tables(&handle, &definition, &info, tables);
     let TableInfo { schema, .. } = info;
@@ -152,6 +93,120 @@ pub fn build_spec(
         })),
     };
     Ok((spec, snapshot_sql))
+}
+
+/// One level of a subquery (`path`: the outer clause's dependency, then
+/// the subquery of each middle level's where) and, below a middle level,
+/// its own subqueries; each level's seeding query goes to `seeds`. An
+/// innermost level seeds its values; a middle level (a where with
+/// subqueries) mirrors every row of its table, the columns its where reads
+/// and it selects (`shards::shape::nested`).
+fn dependency_spec(
+    dependency: &Dependency,
+    tables: &BTreeMap<TableName, TableInfo>,
+    path: Vec<usize>,
+    seeds: &mut Vec<SeedSql>,
+) -> Result<DependencySpec, ShapeReply> {
+    let inner = tables.get(&dependency.table).ok_or_else(|| {
+        ShapeReply::invalid(&[(
+            "table",
+            format!(
+                "Table {} does not exist. If the table name contains capitals or special characters you must quote it.",
+                dependency.table
+            ),
+        )])
+    })?;
+    let nested = dependency
+        .where_sql
+        .as_deref()
+        .is_some_and(WhereClause::has_subquery);
+    let inner_filter = match &dependency.where_sql {
+        Some(sql) if nested => Some(filter::compile_with_tables(
+            sql,
+            inner,
+            &dependency.params,
+            tables,
+        )?),
+        Some(sql) => Some(filter::compile(sql, inner, &dependency.params)?),
+        None => None,
+    };
+    let columns: Vec<usize> = dependency
+        .columns
+        .iter()
+        .map(|name| inner.schema.column_index(name))
+        .collect::<Option<_>>()
+        .ok_or_else(|| unsupported("a subquery column is missing"))?;
+    let table_sql = format!(
+        "{}.{}",
+        quote_ident(&dependency.table.schema),
+        quote_ident(&dependency.table.name)
+    );
+    let list = |columns: &[usize]| -> String {
+        columns
+            .iter()
+            .map(|&c| quote_ident(&inner.schema.columns[c].name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut children = Vec::new();
+    let mut kept = Vec::new();
+    match inner_filter.as_ref().filter(|_| nested) {
+        Some(f) => {
+            let clause = f.clause();
+            kept.extend_from_slice(clause.referenced_columns());
+            kept.extend_from_slice(&columns);
+            for (i, child) in clause.dependencies().iter().enumerate() {
+                if let Some(tested) = clause.dnf().and_then(|d| d.tested_columns(i)) {
+                    kept.extend(tested);
+                }
+                let mut child_path = path.clone();
+                child_path.push(i);
+                children.push(dependency_spec(child, tables, child_path, seeds)?);
+            }
+            kept.sort_unstable();
+            kept.dedup();
+            // Every row: which ones count depends on the children's values.
+            seeds.push(SeedSql {
+                table: dependency.table.clone(),
+                sql: format!("SELECT {} FROM {table_sql}", list(&kept)),
+                params: Vec::new(),
+                width: kept.len(),
+                path,
+            });
+        }
+        None => {
+            let mut seed_sql = format!("SELECT {} FROM {table_sql}", list(&columns));
+            let mut params = Vec::new();
+            if let Some(f) = &inner_filter {
+                let (where_sql, values) = f.to_sql();
+                seed_sql.push_str(" WHERE ");
+                seed_sql.push_str(&where_sql);
+                params = values;
+            }
+            seeds.push(SeedSql {
+                table: dependency.table.clone(),
+                sql: seed_sql,
+                params,
+                width: columns.len(),
+                path,
+            });
+        }
+    }
+    Ok(DependencySpec {
+        relation: inner.schema.relation_id,
+        fingerprint: schema_fingerprint(
+            inner
+                .schema
+                .columns
+                .iter()
+                .map(|c| (c.name.as_str(), c.type_oid)),
+        ),
+        filter: inner_filter.map(|f| f.clause().clone()),
+        selected: columns,
+        negated: false,
+        children,
+        kept,
+    })
 }
 
 /// Whether a stored canonical definition has a subquery in its where

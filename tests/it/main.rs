@@ -39,6 +39,7 @@ mod shape_sse;
 mod shape_subset;
 mod shape_unload;
 mod standby;
+mod subquery_nested;
 mod subquery_row;
 mod subquery_sql;
 mod subquery_wire;

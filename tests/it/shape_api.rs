@@ -354,13 +354,8 @@ fn every_bad_request_gets_electrics_status_and_body() {
             "where",
             "At location 3: left side of `IN (SELECT ...)` has type int4 but subquery returns text[]",
         ),
-        // Valid and served since issue 17's slice 1, except what that
-        // slice does not do yet (nesting), refused rather than served wrong.
-        (
-            "where=id%20IN%20(SELECT%20a%20FROM%20pairs%20WHERE%20a%20IN%20(SELECT%20a%20FROM%20pairs))",
-            "where",
-            "Nested subqueries are not supported yet",
-        ),
+        // Valid subqueries are served since issue 17 (nested ones since
+        // its slice 3: `subquery_nested.rs`).
     ] {
         check(
             &format!("/v1/shape?table=items&offset=-1&{url}"),

@@ -18,8 +18,9 @@ use std::collections::HashSet;
 use crate::change::{Change, OldTupleKind, RelationId, Transaction, Xid};
 
 use super::convert::values;
+use super::nested::Mirror;
 use super::registry::RowFilter;
-use super::where_clause::{SubqueryView, ValueKey};
+use super::where_clause::{SubqueryView, ValueKey, WhereClause};
 
 /// A value of the dependency: its text per selected column, NULL as None.
 pub type ValueText = Vec<Option<String>>;
@@ -44,11 +45,30 @@ pub enum Materialized {
 
 pub struct Materializer {
     relation: RelationId,
-    /// The inner where; None selects every row.
+    /// The inner where; None selects every row (a middle level's where is
+    /// its mirror's).
     filter: Option<Box<dyn RowFilter>>,
     /// Table column indices of the selected columns, in subquery order.
     selected: Vec<usize>,
     view: SubqueryView,
+    /// A middle level of a nested subquery: its table's rows and its own
+    /// subqueries' values (see `nested.rs`). None for an innermost level.
+    mirror: Option<Box<Mirror>>,
+}
+
+/// One 0↔1 crossing of a value's count: its text, and whether it entered.
+type Crossing = (ValueText, bool);
+
+/// Counts a row's value in or out of `view`, noting a crossing.
+fn count(view: &mut SubqueryView, value: &[Option<&str>], add: bool, out: &mut Vec<Crossing>) {
+    let crossed = if add {
+        view.add(value)
+    } else {
+        view.remove(value)
+    };
+    if crossed {
+        out.push((value.iter().map(|t| t.map(str::to_string)).collect(), add));
+    }
 }
 
 impl Materializer {
@@ -65,6 +85,28 @@ impl Materializer {
             filter,
             selected,
             view,
+            mirror: None,
+        }
+    }
+
+    /// A middle level: `clause` (with subqueries, one child per subquery)
+    /// decides which of the table's rows give values; `kept` the table
+    /// columns mirrored per row (what `clause` reads, and `selected`).
+    pub fn nested(
+        relation: RelationId,
+        clause: WhereClause,
+        selected: Vec<usize>,
+        kept: Vec<usize>,
+        children: Vec<Materializer>,
+        view: SubqueryView,
+    ) -> Materializer {
+        let mirror = Mirror::new(clause, kept, &selected, children);
+        Materializer {
+            relation,
+            filter: None,
+            selected,
+            view,
+            mirror: Some(Box::new(mirror)),
         }
     }
 
@@ -76,10 +118,43 @@ impl Materializer {
         &self.view
     }
 
+    /// Whether this level mirrors its table (a middle level).
+    pub fn is_nested(&self) -> bool {
+        self.mirror.is_some()
+    }
+
     /// Counts one row of the seeding query (which already applied the
     /// inner where): the selected columns' texts.
     pub fn seed(&mut self, value: &[Option<&str>]) {
         self.view.add(value);
+    }
+
+    /// Counts one seeding row of the level at `path` below this one
+    /// (empty: this one): an innermost level's selected texts, or a middle
+    /// level's kept columns (every row of its table).
+    pub fn seed_at(&mut self, path: &[usize], row: &[Option<&str>]) {
+        match (path.split_first(), self.mirror.as_deref_mut()) {
+            (None, None) => self.seed(row),
+            (None, Some(mirror)) => mirror.seed_row(row),
+            (Some((&child, rest)), Some(mirror)) => {
+                if let Some(child) = mirror.children.get_mut(child) {
+                    child.seed_at(rest, row);
+                }
+            }
+            (Some(_), None) => {}
+        }
+    }
+
+    /// Every seeding row is in: a middle level computes its values from
+    /// its rows and its children's values.
+    pub fn finish_seed(&mut self) -> Result<(), &'static str> {
+        let Materializer { view, mirror, .. } = self;
+        match mirror.as_deref_mut() {
+            Some(mirror) => mirror.finish_seed(&mut |value, add| {
+                count(view, value, add, &mut Vec::new());
+            }),
+            None => Ok(()),
+        }
     }
 
     fn matches(&self, row: &[Option<&str>]) -> bool {
@@ -95,60 +170,88 @@ impl Materializer {
             .collect()
     }
 
-    /// Applies the transaction's changes on the dependency's table; its
-    /// moves are the values whose presence differs before and after.
+    /// Applies one change to this level (and, for a middle level, to its
+    /// children first): the values whose count crossed 0↔1, in order.
+    fn apply_change(&mut self, change: &Change) -> Result<Vec<Crossing>, &'static str> {
+        let mut out = Vec::new();
+        if let Some(mirror) = self.mirror.as_deref_mut() {
+            for child in 0..mirror.children.len() {
+                let moved = mirror.children[child].apply_change(change)?;
+                for (value, entered) in moved {
+                    let text: Vec<Option<&str>> = value.iter().map(|t| t.as_deref()).collect();
+                    let view = &mut self.view;
+                    mirror.child_moved(child, &text, entered, &mut |v, add| {
+                        count(view, v, add, &mut out)
+                    });
+                }
+            }
+        }
+        let (old, new) = match change {
+            Change::Truncate { relations, .. } => {
+                if relations.iter().any(|r| r.id == self.relation) {
+                    return Err("a subquery's table was truncated");
+                }
+                return Ok(out);
+            }
+            Change::Insert { relation, new } if relation.id == self.relation => {
+                (None, Some(values(new, None)))
+            }
+            Change::Delete { relation, old } if relation.id == self.relation => {
+                if old.0 != OldTupleKind::Full {
+                    return Err(
+                        "a subquery's table does not send old rows (REPLICA IDENTITY FULL)",
+                    );
+                }
+                (Some(values(&old.1, None)), None)
+            }
+            Change::Update { relation, old, new } if relation.id == self.relation => {
+                let Some((OldTupleKind::Full, old)) = old else {
+                    return Err(
+                        "a subquery's table does not send old rows (REPLICA IDENTITY FULL)",
+                    );
+                };
+                (Some(values(old, None)), Some(values(new, Some(old))))
+            }
+            _ => return Ok(out),
+        };
+        for (row, add) in [(old, false), (new, true)] {
+            let Some(row) = row else {
+                continue;
+            };
+            let Materializer { view, mirror, .. } = self;
+            if let Some(mirror) = mirror.as_deref_mut() {
+                mirror.row(&row, add, &mut |v, add| count(view, v, add, &mut out))?;
+                continue;
+            }
+            if !self.matches(&row) {
+                continue;
+            }
+            let value = self.value_of(&row);
+            count(&mut self.view, &value, add, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Applies the transaction's changes on the dependency's tables (its
+    /// own, and for a middle level its children's); its moves are the
+    /// values whose presence differs before and after.
     pub fn apply(&mut self, tx: &Transaction) -> Materialized {
-        // Presence before the transaction of every value it touched, with
-        // the text first seen for it, in first-touched order.
+        // Presence before the transaction of every value that crossed,
+        // with the text first seen for it, in first-crossed order.
         let mut touched: HashSet<ValueKey> = HashSet::new();
         let mut order: Vec<(ValueKey, bool, ValueText)> = Vec::new();
         for change in &tx.changes {
-            let (old, new) = match change {
-                Change::Truncate { relations, .. } => {
-                    if relations.iter().any(|r| r.id == self.relation) {
-                        return Materialized::Invalidated("a subquery's table was truncated");
-                    }
-                    continue;
-                }
-                Change::Insert { relation, new } if relation.id == self.relation => {
-                    (None, Some(values(new, None)))
-                }
-                Change::Delete { relation, old } if relation.id == self.relation => {
-                    if old.0 != OldTupleKind::Full {
-                        return Materialized::Invalidated(
-                            "a subquery's table does not send old rows (REPLICA IDENTITY FULL)",
-                        );
-                    }
-                    (Some(values(&old.1, None)), None)
-                }
-                Change::Update { relation, old, new } if relation.id == self.relation => {
-                    let Some((OldTupleKind::Full, old)) = old else {
-                        return Materialized::Invalidated(
-                            "a subquery's table does not send old rows (REPLICA IDENTITY FULL)",
-                        );
-                    };
-                    (Some(values(old, None)), Some(values(new, Some(old))))
-                }
-                _ => continue,
+            let crossings = match self.apply_change(change) {
+                Ok(c) => c,
+                Err(why) => return Materialized::Invalidated(why),
             };
-            for (row, add) in [(old, false), (new, true)] {
-                let Some(row) = row.filter(|row| self.matches(row)) else {
-                    continue;
-                };
-                let value = self.value_of(&row);
-                let Some(key) = self.view.key_of(&value) else {
-                    // Not of the column's type: cannot come from the column.
+            for (text, entered) in crossings {
+                let refs: Vec<Option<&str>> = text.iter().map(|t| t.as_deref()).collect();
+                let Some(key) = self.view.key_of(&refs) else {
                     continue;
                 };
                 if touched.insert(key.clone()) {
-                    let before = self.view.holds(&key);
-                    let text = value.iter().map(|t| t.map(str::to_string)).collect();
-                    order.push((key, before, text));
-                }
-                if add {
-                    self.view.add(&value);
-                } else {
-                    self.view.remove(&value);
+                    order.push((key, !entered, text));
                 }
             }
         }

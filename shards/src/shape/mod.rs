@@ -10,6 +10,7 @@ mod interleave_tests;
 pub mod json;
 pub mod log;
 pub mod materializer;
+pub mod nested;
 pub mod offset;
 pub mod registry;
 mod relation_index;

@@ -23,7 +23,9 @@ use crate::shape::offset::LogOffset;
 use crate::shape::where_clause::{SubqueryView, TagSalt};
 
 use super::shape::{Applied, Shape, ShapeState};
-use super::subquery::{as_refs, boundary, ActiveMove, Due, MoveInJob, MoveInRows, SubquerySpec};
+use super::subquery::{
+    as_refs, boundary, ActiveMove, DependencySpec, Due, MoveInJob, MoveInRows, SubquerySpec,
+};
 
 type Step = Result<bool, &'static str>;
 
@@ -82,37 +84,78 @@ impl Shape {
         encode::tagged_row(out, &self.layout(), row, tagging, move_in);
     }
 
-    /// Counts a row of dependency `d`'s seeding query (run in the shape's
-    /// snapshot transaction, before any transaction is applied).
-    pub fn seed_dependency(&self, d: usize, value: &[Option<&str>]) {
+    /// Counts a row of a seeding query (run in the shape's snapshot
+    /// transaction, before any transaction is applied): `path` names the
+    /// level, the outer clause's dependency first, then the subquery of
+    /// each middle level's where (see `Materializer::seed_at`).
+    pub fn seed_dependency(&self, path: &[usize], value: &[Option<&str>]) {
         let mut state = self.state.borrow_mut();
-        if let Some(sub) = state.subquery.as_mut() {
-            if let (Some(m), Some(client)) = (sub.materializers.get_mut(d), sub.client.get_mut(d)) {
-                m.seed(value);
-                super::subquery::set_add(client, value);
-            }
-            if let Some(seeded) = sub.seeded.as_mut().and_then(|s| s.get_mut(d)) {
-                super::subquery::set_add(seeded, value);
-            }
+        let Some(sub) = state.subquery.as_mut() else {
+            return;
+        };
+        let Some((&d, rest)) = path.split_first() else {
+            return;
+        };
+        let Some(m) = sub.materializers.get_mut(d) else {
+            return;
+        };
+        m.seed_at(rest, value);
+        if m.is_nested() {
+            // Its values come once every level is seeded.
+            return;
+        }
+        if let Some(client) = sub.client.get_mut(d) {
+            super::subquery::set_add(client, value);
+        }
+        if let Some(seeded) = sub.seeded.as_mut().and_then(|s| s.get_mut(d)) {
+            super::subquery::set_add(seeded, value);
         }
     }
 
-    /// The relations this shape's subqueries read (each once), with the
-    /// index key changes on it are routed by: the inner where's (its
-    /// equality column), when a single subquery reads that relation.
+    /// Every seeding row is in: middle levels compute their values, and
+    /// the outer level's views take those of nested dependencies.
+    pub fn finish_seeds(&self) -> Result<(), &'static str> {
+        let mut state = self.state.borrow_mut();
+        let Some(sub) = state.subquery.as_mut() else {
+            return Ok(());
+        };
+        for d in 0..sub.materializers.len() {
+            if !sub.materializers[d].is_nested() {
+                continue;
+            }
+            sub.materializers[d].finish_seed()?;
+            for value in crate::shape::nested::distinct_values(sub.materializers[d].view()) {
+                let text = as_refs(&value);
+                super::subquery::set_add(&mut sub.client[d], &text);
+                if let Some(seeded) = sub.seeded.as_mut().and_then(|s| s.get_mut(d)) {
+                    super::subquery::set_add(seeded, &text);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The relations this shape's subqueries read at every level (each
+    /// once), with the index key changes on it are routed by: an
+    /// innermost level's where's (its equality column), when it alone
+    /// reads that relation. A middle level mirrors every row of its table.
     pub(super) fn dependency_relations(&self) -> Vec<(RelationId, Option<(usize, Vec<String>)>)> {
         let Some(spec) = self.subquery_spec() else {
             return Vec::new();
         };
-        let mut relations: Vec<RelationId> = spec.dependencies.iter().map(|d| d.relation).collect();
+        let levels: Vec<&DependencySpec> =
+            spec.dependencies.iter().flat_map(|d| d.levels()).collect();
+        let mut relations: Vec<RelationId> = levels.iter().map(|d| d.relation).collect();
         relations.sort_unstable();
         relations.dedup();
         relations
             .into_iter()
             .map(|relation| {
-                let mut reading = spec.dependencies.iter().filter(|d| d.relation == relation);
+                let mut reading = levels.iter().filter(|d| d.relation == relation);
                 let key = match (reading.next(), reading.next()) {
-                    (Some(only), None) => only.filter.as_ref().and_then(|f| f.index_key()),
+                    (Some(only), None) if only.children.is_empty() => {
+                        only.filter.as_ref().and_then(|f| f.index_key())
+                    }
                     _ => None,
                 };
                 (relation, key)
@@ -120,7 +163,8 @@ impl Shape {
             .collect()
     }
 
-    /// The stored fingerprints of the subqueries reading `relation`.
+    /// The stored fingerprints of the subqueries reading `relation`, at
+    /// every level.
     pub(super) fn dependency_fingerprints(
         &self,
         relation: RelationId,
@@ -128,6 +172,7 @@ impl Shape {
         self.subquery_spec()
             .into_iter()
             .flat_map(|s| s.dependencies.iter())
+            .flat_map(|d| d.levels())
             .filter(move |d| d.relation == relation)
             .map(|d| d.fingerprint)
     }

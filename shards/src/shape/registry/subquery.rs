@@ -64,8 +64,60 @@ pub struct DependencySpec {
     /// Inner table column indices of the selected columns.
     pub selected: Vec<usize>,
     /// Whether the clause tests this subquery through `NOT`: a value
-    /// entering the set moves rows out, one leaving moves rows in.
+    /// entering the set moves rows out, one leaving moves rows in (the
+    /// outer level's only: a middle level evaluates its where instead).
     pub negated: bool,
+    /// A middle level of a nested subquery: one per subquery of `filter`
+    /// (its values decide which rows of this table count). Empty for an
+    /// innermost level.
+    pub children: Vec<DependencySpec>,
+    /// A middle level's mirrored columns (ascending): what `filter` reads
+    /// and `selected`. Empty for an innermost level.
+    pub kept: Vec<usize>,
+}
+
+impl DependencySpec {
+    /// This level's materializer (and its children's, for a middle level),
+    /// its values typed as `view`.
+    pub(super) fn materializer(&self, view: SubqueryView) -> Materializer {
+        match (&self.filter, self.children.is_empty()) {
+            (Some(clause), false) => {
+                let children = self
+                    .children
+                    .iter()
+                    .enumerate()
+                    .map(|(i, child)| {
+                        child.materializer(clause.new_view(i).expect("a view per subquery"))
+                    })
+                    .collect();
+                Materializer::nested(
+                    self.relation,
+                    clause.clone(),
+                    self.selected.clone(),
+                    self.kept.clone(),
+                    children,
+                    view,
+                )
+            }
+            _ => Materializer::new(
+                self.relation,
+                self.filter
+                    .clone()
+                    .map(|f| Box::new(f) as Box<dyn RowFilter>),
+                self.selected.clone(),
+                view,
+            ),
+        }
+    }
+
+    /// This level and every level below it, depth first.
+    pub(super) fn levels(&self) -> Vec<&DependencySpec> {
+        let mut all = vec![self];
+        for child in &self.children {
+            all.extend(child.levels());
+        }
+        all
+    }
 }
 
 impl RowFilter for WhereClause {
@@ -145,14 +197,7 @@ impl SubqueryState {
                 .dependencies
                 .iter()
                 .enumerate()
-                .map(|(i, d)| {
-                    Materializer::new(
-                        d.relation,
-                        d.filter.clone().map(|f| Box::new(f) as Box<dyn RowFilter>),
-                        d.selected.clone(),
-                        view(i),
-                    )
-                })
+                .map(|(i, d)| d.materializer(view(i)))
                 .collect(),
             client: (0..n).map(view).collect(),
             pending: vec![BTreeMap::new(); n],

@@ -188,6 +188,19 @@ impl DnfPlan {
             .and_then(|p| p.sublink().map(|(index, _)| index))
     }
 
+    /// The columns subquery `index` tests, in the order written; None
+    /// when no position tests it or a tested side is not a plain column.
+    pub fn tested_columns(&self, index: usize) -> Option<Vec<usize>> {
+        let position = self.positions_of(index).into_iter().next()?;
+        let (_, lhs) = self.positions.get(position)?.sublink()?;
+        lhs.iter()
+            .map(|e| match e {
+                Expr::Column { index, .. } => Some(*index),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether a position holds its leaf negated (`NOT IN`).
     pub fn is_negated(&self, position: usize) -> bool {
         self.positions.get(position).is_some_and(|p| p.negated)

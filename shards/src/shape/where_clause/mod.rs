@@ -482,6 +482,22 @@ impl WhereClause {
         Some((sql, params))
     }
 
+    /// The columns subquery `index` tests, when a row's texts of them key
+    /// a lookup in its view: plain columns of exactly the subquery's
+    /// types (another type compares through a cast, whose equality the
+    /// view's keys need not share). None otherwise.
+    pub fn keyed_columns(&self, index: usize) -> Option<Vec<usize>> {
+        let tested = self.dnf.as_ref()?.tested_columns(index)?;
+        let subquery = self.subqueries.get(index)?;
+        let same = tested.len() == subquery.types.len()
+            && tested.iter().zip(&subquery.types).all(|(&c, ty)| {
+                self.columns
+                    .get(c)
+                    .is_some_and(|c| c.dims == 0 && !c.is_enum && c.type_name == ty.sql_name())
+            });
+        same.then_some(tested)
+    }
+
     /// An empty view for subquery `index`, typed as its selected columns.
     pub fn new_view(&self, index: usize) -> Option<SubqueryView> {
         self.subqueries
