@@ -106,7 +106,10 @@ pub fn recover(
             None => Err("no views were kept for it (not a clean stop, or a move was in flight)"),
         };
         match kept {
-            Ok(()) => recovery.subquery_resumed += 1,
+            Ok(()) => {
+                registry.route_restored_by_values(*id);
+                recovery.subquery_resumed += 1;
+            }
             Err(why) => {
                 tracing::info!(shape = id, "subquery shape not resumed: {why}");
                 if registry.contains(*id) {

@@ -2,7 +2,7 @@
 //! their where clause's equality/IN column when they have one) and the
 //! fingerprint of a table's columns that shapes are checked against.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::change::{Relation, Tuple};
 use crate::shape::convert;
@@ -99,6 +99,13 @@ pub(crate) struct RelationShapes {
     /// every transaction on the relation, whatever the index says.
     pub(crate) pending: Vec<ShapeId>,
     pub(crate) count: usize,
+    /// Subquery shapes keyed by their subquery's values (`col IN (SELECT
+    /// ..)`): column → value text → shapes. Unlike `indexed` the values
+    /// move (the registry adds and removes them as the shape's views do).
+    by_subquery: HashMap<usize, HashMap<String, Vec<ShapeId>>>,
+    /// Each such shape's column and the values it is under, for moves and
+    /// its removal.
+    subquery_keys: HashMap<ShapeId, (usize, HashSet<String>)>,
 }
 
 impl RelationShapes {
@@ -118,6 +125,68 @@ impl RelationShapes {
         }
     }
 
+    /// A subquery shape routed by the values of column `column` (none
+    /// yet: [`RelationShapes::key_value`] adds them). One already here
+    /// unindexed (restored before its views were) moves over.
+    pub(crate) fn add_subquery(&mut self, id: ShapeId, column: usize) {
+        if self.subquery_keys.contains_key(&id) {
+            return;
+        }
+        if !self.unindexed.remove(&id) {
+            self.count += 1;
+        }
+        self.subquery_keys.insert(id, (column, HashSet::new()));
+    }
+
+    /// Whether `id` is routed by its subquery's values.
+    pub(crate) fn is_subquery_keyed(&self, id: ShapeId) -> bool {
+        self.subquery_keys.contains_key(&id)
+    }
+
+    /// Routes rows whose column prints as `value` to subquery shape `id`.
+    pub(crate) fn key_value(&mut self, id: ShapeId, value: &str) {
+        let Some((column, values)) = self.subquery_keys.get_mut(&id) else {
+            return;
+        };
+        if values.insert(value.to_string()) {
+            self.by_subquery
+                .entry(*column)
+                .or_default()
+                .entry(value.to_string())
+                .or_default()
+                .push(id);
+        }
+    }
+
+    /// Stops routing rows with `value` to subquery shape `id`.
+    pub(crate) fn unkey_value(&mut self, id: ShapeId, value: &str) {
+        let Some((column, values)) = self.subquery_keys.get_mut(&id) else {
+            return;
+        };
+        if values.remove(value) {
+            Self::drop_key(&mut self.by_subquery, *column, value, id);
+        }
+    }
+
+    fn drop_key(
+        map: &mut HashMap<usize, HashMap<String, Vec<ShapeId>>>,
+        column: usize,
+        value: &str,
+        id: ShapeId,
+    ) {
+        if let Some(by_value) = map.get_mut(&column) {
+            if let Some(ids) = by_value.get_mut(value) {
+                ids.retain(|&s| s != id);
+                if ids.is_empty() {
+                    by_value.remove(value);
+                }
+            }
+            if by_value.is_empty() {
+                map.remove(&column);
+            }
+        }
+    }
+
     pub(crate) fn remove(&mut self, id: ShapeId) {
         self.count -= 1;
         if !self.pending.is_empty() {
@@ -126,21 +195,17 @@ impl RelationShapes {
         if self.unindexed.remove(&id) {
             return;
         }
+        if let Some((column, values)) = self.subquery_keys.remove(&id) {
+            for value in values {
+                Self::drop_key(&mut self.by_subquery, column, &value, id);
+            }
+            return;
+        }
         let Some((column, values)) = self.keys.remove(&id) else {
             return;
         };
-        if let Some(by_value) = self.indexed.get_mut(&column) {
-            for value in values {
-                if let Some(ids) = by_value.get_mut(&value) {
-                    ids.retain(|&s| s != id);
-                    if ids.is_empty() {
-                        by_value.remove(&value);
-                    }
-                }
-            }
-            if by_value.is_empty() {
-                self.indexed.remove(&column);
-            }
+        for value in values {
+            Self::drop_key(&mut self.indexed, column, &value, id);
         }
     }
 
@@ -149,6 +214,7 @@ impl RelationShapes {
         self.unindexed
             .iter()
             .chain(self.keys.keys())
+            .chain(self.subquery_keys.keys())
             .chain(self.pending.iter())
             .copied()
     }
@@ -157,12 +223,65 @@ impl RelationShapes {
     /// tuple (no row is built: this runs for every change).
     pub(crate) fn candidates(&self, tuple: &Tuple, old: Option<&Tuple>, out: &mut Vec<ShapeId>) {
         out.extend(self.unindexed.iter().copied());
-        for (&column, by_value) in &self.indexed {
+        for (&column, by_value) in self.indexed.iter().chain(&self.by_subquery) {
             if let Some(value) = convert::value_at(tuple, old, column) {
                 if let Some(ids) = by_value.get(value) {
                     out.extend_from_slice(ids);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::Datum;
+
+    fn row(project: &str) -> Tuple {
+        vec![
+            Datum::Text(bytes::Bytes::from("1")),
+            Datum::Text(bytes::Bytes::from(project.to_string())),
+        ]
+    }
+
+    fn candidates(shapes: &RelationShapes, project: &str) -> Vec<ShapeId> {
+        let mut out = Vec::new();
+        shapes.candidates(&row(project), None, &mut out);
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn subquery_shapes_are_routed_by_values_that_move() {
+        let mut shapes = RelationShapes::default();
+        shapes.add(1, None);
+        // Restored unindexed first, then keyed: it moves over, counted once.
+        shapes.add(2, None);
+        shapes.add_subquery(2, 1);
+        shapes.add_subquery(3, 1);
+        assert_eq!(shapes.count, 3);
+        assert!(shapes.is_subquery_keyed(2) && !shapes.is_subquery_keyed(1));
+        shapes.key_value(2, "7");
+        shapes.key_value(2, "7");
+        shapes.key_value(3, "7");
+        shapes.key_value(3, "8");
+        assert_eq!(
+            candidates(&shapes, "7"),
+            [1, 2, 3],
+            "a value keyed twice routes once"
+        );
+        assert_eq!(candidates(&shapes, "8"), [1, 3]);
+        assert_eq!(candidates(&shapes, "9"), [1], "only the unindexed shape");
+        shapes.unkey_value(3, "8");
+        assert_eq!(candidates(&shapes, "8"), [1]);
+        shapes.remove(2);
+        assert_eq!(candidates(&shapes, "7"), [1, 3]);
+        shapes.remove(3);
+        assert_eq!(shapes.count, 1);
+        assert!(shapes.by_subquery.is_empty(), "no value left behind");
+        let mut all: Vec<ShapeId> = shapes.all().collect();
+        all.sort_unstable();
+        assert_eq!(all, [1]);
     }
 }

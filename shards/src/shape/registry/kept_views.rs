@@ -49,7 +49,13 @@ impl Shape {
     fn kept_views(&self, through: Lsn) -> Option<Vec<u8>> {
         let state = self.state.borrow();
         let sub = state.subquery.as_ref()?;
-        let at_rest = !state.gone
+        // A nested subquery's middle levels mirror their tables' rows,
+        // which these bytes do not hold: such a shape re-syncs (409).
+        let nested = self
+            .subquery_spec()
+            .is_some_and(|spec| spec.dependencies.iter().any(|d| !d.children.is_empty()));
+        let at_rest = !nested
+            && !state.gone
             && state.snapshot_end.is_some()
             // (a filtering gate is re-armed from the snapshot's end on rebuild)
             && !matches!(state.gate, Gate::Pending(_))

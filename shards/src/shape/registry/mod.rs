@@ -307,8 +307,14 @@ impl Registry {
         let replaced = self.by_definition.insert(shape.spec.canonical.clone(), id);
         assert!(replaced.is_none(), "two live shapes for one definition");
         self.by_handle.insert(shape.handle().to_string(), id);
+        let subquery_key = shape.spec.subqueries.as_deref().and_then(|s| s.key());
         let shapes = self.by_relation.entry(relation).or_default();
-        shapes.add(id, index_key);
+        match (index_key, subquery_key) {
+            // Routed by its subquery's values from its snapshot on (while
+            // pending it takes every transaction on the relation anyway).
+            (None, Some((column, _))) => shapes.add_subquery(id, column),
+            (index_key, _) => shapes.add(id, index_key),
+        }
         if pending {
             shapes.pending.push(id);
         }
@@ -450,6 +456,9 @@ impl Registry {
         let Some(shape) = self.shapes.get(&id).cloned() else {
             return;
         };
+        // Its views are seeded: routed by their values before it stops
+        // taking every transaction on the relation.
+        self.route_by_values(&shape, true);
         if let Some(shapes) = self.by_relation.get_mut(&shape.relation_id()) {
             shapes.pending.retain(|&s| s != id);
         }
@@ -494,8 +503,12 @@ impl Registry {
                 match shape.try_splice(last_seen) {
                     Applied::Nothing => {}
                     Applied::Grew => shape.changed.notify_all(),
-                    Applied::Invalidated(why) => self.remove(id, why),
+                    Applied::Invalidated(why) => {
+                        self.remove(id, why);
+                        continue;
+                    }
                 }
+                self.route_by_values(&shape, false);
                 if !shape.is_moving() {
                     self.moving.remove(&id);
                 }
@@ -535,8 +548,54 @@ impl Registry {
         match shape.apply(tx, indices) {
             Applied::Nothing => {}
             Applied::Grew => shape.changed.notify_all(),
-            Applied::Invalidated(why) => self.remove(shape.id, why),
+            Applied::Invalidated(why) => return self.remove(shape.id, why),
         }
+        self.route_by_values(shape, false);
+    }
+
+    /// Moves a subquery shape's routing by value (see
+    /// `Shape::index_changes`) to what its views hold now.
+    fn route_by_values(&mut self, shape: &Rc<Shape>, all: bool) {
+        if shape.spec.subqueries.is_none() {
+            return;
+        }
+        let (keep, drop) = shape.index_changes(all);
+        if keep.is_empty() && drop.is_empty() {
+            return;
+        }
+        let Some(shapes) = self.by_relation.get_mut(&shape.relation_id()) else {
+            return;
+        };
+        for value in &keep {
+            shapes.key_value(shape.id, value);
+        }
+        for value in &drop {
+            shapes.unkey_value(shape.id, value);
+        }
+    }
+
+    /// Recovery restored a subquery shape's views: it is routed by their
+    /// values from now (it was restored unindexed, taking everything).
+    pub fn route_restored_by_values(&mut self, id: ShapeId) {
+        let Some(shape) = self.shapes.get(&id).cloned() else {
+            return;
+        };
+        let Some((column, _)) = shape.spec.subqueries.as_deref().and_then(|s| s.key()) else {
+            return;
+        };
+        if shape
+            .spec
+            .filter
+            .as_ref()
+            .and_then(|f| f.index_key())
+            .is_some()
+        {
+            return;
+        }
+        if let Some(shapes) = self.by_relation.get_mut(&shape.relation_id()) {
+            shapes.add_subquery(id, column);
+        }
+        self.route_by_values(&shape, true);
     }
 
     /// Applies a committed transaction to every shape it concerns.

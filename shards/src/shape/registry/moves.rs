@@ -30,7 +30,7 @@ use super::subquery::{
 type Step = Result<bool, &'static str>;
 
 impl Shape {
-    fn subquery_spec(&self) -> Option<&SubquerySpec> {
+    pub(super) fn subquery_spec(&self) -> Option<&SubquerySpec> {
         self.spec.subqueries.as_deref()
     }
 
@@ -184,6 +184,57 @@ impl Shape {
         }
     }
 
+    /// The routing by value this shape asks of the registry since it last
+    /// asked: values to route to it, values to stop routing. A value is
+    /// routed while either view holds it or a move of it is pending, and
+    /// kept while a move-in is in flight (a held transaction is applied
+    /// later under views the splice changes). `all`: every value of its
+    /// views (after seeding or a restore).
+    pub(super) fn index_changes(&self, all: bool) -> (Vec<String>, Vec<String>) {
+        let mut state = self.state.borrow_mut();
+        let Some(sub) = state.subquery.as_mut() else {
+            return (Vec::new(), Vec::new());
+        };
+        let Some(d) = sub.keyed else {
+            return (Vec::new(), Vec::new());
+        };
+        if all {
+            let mut values: Vec<ValueText> = sub.client[d]
+                .counted_texts()
+                .chain(sub.materializers[d].view().counted_texts())
+                .map(|(value, _)| value.to_vec())
+                .collect();
+            values.extend(sub.pending[d].keys().cloned());
+            sub.key_touched.extend(values);
+        }
+        if sub.key_touched.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let at_rest = sub.moving.is_none();
+        let (mut keep, mut drop) = (Vec::new(), Vec::new());
+        let mut later = Vec::new();
+        for value in std::mem::take(&mut sub.key_touched) {
+            // A NULL matches no row under `IN`: never routed.
+            let Some(Some(text)) = value.first().cloned() else {
+                continue;
+            };
+            let refs = super::subquery::as_refs(&value);
+            let held = sub.client[d]
+                .key_of(&refs)
+                .is_some_and(|k| sub.client[d].holds(&k) || sub.materializers[d].view().holds(&k))
+                || sub.pending[d].contains_key(&value);
+            if held {
+                keep.push(text);
+            } else if at_rest {
+                drop.push(text);
+            } else {
+                later.push(value);
+            }
+        }
+        sub.key_touched = later;
+        (keep, drop)
+    }
+
     /// Whether a move-in is in flight (queried or waiting to splice).
     pub fn is_moving(&self) -> bool {
         self.state
@@ -281,6 +332,9 @@ impl Shape {
                 Materialized::Invalidated(why) => return Err(why),
                 Materialized::Moved(batch) => {
                     for value in batch.moved_in.into_iter().chain(batch.moved_out) {
+                        if sub.keyed == Some(d) {
+                            sub.key_touched.push(value.clone());
+                        }
                         let xids = sub.pending[d].entry(value).or_default();
                         for &xid in &batch.txids {
                             if !xids.contains(&xid) {

@@ -53,6 +53,17 @@ pub struct SubquerySpec {
     pub dependencies: Vec<DependencySpec>,
 }
 
+impl SubquerySpec {
+    /// The outer column and the dependency whose values route this
+    /// shape's rows: a positive `col IN (SELECT ..)` every matching row
+    /// must satisfy (`WhereClause::subquery_key`).
+    pub fn key(&self) -> Option<(usize, usize)> {
+        self.clause
+            .subquery_key()
+            .filter(|&(_, d)| self.dependencies.get(d).is_some_and(|dep| !dep.negated))
+    }
+}
+
 /// One subquery: the inner table and how a row of it gives a value.
 pub struct DependencySpec {
     pub relation: RelationId,
@@ -182,6 +193,12 @@ pub(super) struct SubqueryState {
     /// been filtered out under the client views of its time; evaluated
     /// again under today's, they could enter twice.
     pub(super) resume_after: Lsn,
+    /// The dependency the registry routes this shape's rows by (see
+    /// `WhereClause::subquery_key`), if any, and its values whose routing
+    /// may have to change: touched by a transaction or a move since the
+    /// registry last looked (`Shape::index_changes`).
+    pub(super) keyed: Option<usize>,
+    pub(super) key_touched: Vec<ValueText>,
 }
 
 impl SubqueryState {
@@ -205,6 +222,16 @@ impl SubqueryState {
             generation: 0,
             seeded: Some((0..n).map(view).collect()),
             resume_after: Lsn::ZERO,
+            keyed: spec.key().map(|(_, d)| d),
+            key_touched: Vec::new(),
+        }
+    }
+
+    /// Notes that dependency `d`'s `value` may have entered or left its
+    /// views (for the registry's routing by value).
+    pub(super) fn touch(&mut self, d: usize, value: &ValueText) {
+        if self.keyed == Some(d) {
+            self.key_touched.push(value.clone());
         }
     }
 
@@ -268,6 +295,7 @@ impl SubqueryState {
         value: &ValueText,
         due: Due,
     ) {
+        self.touch(d, value);
         let text = as_refs(value);
         // Positive: moving in adds the value; negated: removes it.
         let add = (due == Due::In) != spec.dependencies[d].negated;

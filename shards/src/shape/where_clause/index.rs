@@ -140,3 +140,37 @@ pub(crate) fn index_key(expr: &Expr) -> Option<(usize, Vec<String>)> {
         other => equality(other),
     }
 }
+
+/// Whether two types print equal values as the same text (and unequal
+/// ones as different text): an outer column and a subquery's selected
+/// column of the same family, each keyable.
+fn same_text(outer: &Type, inner: &Type) -> bool {
+    let ints = [Scalar::Int2, Scalar::Int4, Scalar::Int8];
+    let texts = [Scalar::Text, Scalar::Varchar, Scalar::Name];
+    !outer.array
+        && !inner.array
+        && ((ints.contains(&outer.scalar) && ints.contains(&inner.scalar))
+            || (texts.contains(&outer.scalar) && texts.contains(&inner.scalar))
+            || (outer.scalar == Scalar::Uuid && inner.scalar == Scalar::Uuid))
+}
+
+/// `column IN (SELECT c ..)` as the clause or one conjunct of its top
+/// `AND`: every matching row's column then prints as one of the
+/// subquery's values (given `inner(s)`, the type subquery `s` selects,
+/// printing alike). The column and the subquery.
+pub(crate) fn subquery_key(
+    expr: &Expr,
+    inner: &dyn Fn(usize) -> Option<Type>,
+) -> Option<(usize, usize)> {
+    match expr {
+        Expr::And(items) => items.iter().find_map(|item| subquery_key(item, inner)),
+        Expr::Sublink { lhs, subquery } => {
+            let [single] = lhs.as_slice() else {
+                return None;
+            };
+            let (column, ty) = column_of(single)?;
+            same_text(ty, &inner(*subquery)?).then_some((column, *subquery))
+        }
+        _ => None,
+    }
+}

@@ -554,4 +554,16 @@ impl WhereClause {
     pub fn index_key(&self) -> Option<(usize, Vec<String>)> {
         self.index_key.clone()
     }
+
+    /// If every matching row must have column `i` print as one of the
+    /// values of subquery `s` (`col IN (SELECT ..)`, alone or a conjunct of
+    /// an `AND`, the two columns printing alike): `(i, s)`. Changes are
+    /// then routed by the subquery's current values, like an index key
+    /// that moves.
+    pub fn subquery_key(&self) -> Option<(usize, usize)> {
+        index::subquery_key(&self.expr, &|s| {
+            let types = &self.subqueries.get(s)?.types;
+            (types.len() == 1).then(|| types[0].clone())
+        })
+    }
 }
