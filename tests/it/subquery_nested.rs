@@ -441,3 +441,38 @@ fn churn_at_every_level_folds_to_postgres() {
         );
     }
 }
+
+/// A clean stop keeps one-level subquery shapes, not nested ones: their
+/// middle levels mirror their tables' rows, which the kept views do not
+/// hold. The nested shape answers 409 after a graceful restart and a fresh
+/// stream folds to Postgres; the one-level shape beside it keeps its
+/// handle.
+#[test]
+fn a_clean_stop_drops_nested_shapes_and_keeps_one_level_ones() {
+    let db = teams_db("subquery_nested_restart");
+    let mut server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "1000")]);
+    let nested_sql = "project_id IN (SELECT project_id FROM members WHERE team_id IN (SELECT team_id FROM team_members WHERE user_id = $1))";
+    let flat_sql = "project_id IN (SELECT project_id FROM members WHERE team_id = $1)";
+    let mut nested = Stream::new(&definition("tasks", nested_sql, &["1"]));
+    nested.until(&server, 0, |_| true);
+    let mut flat = Stream::new(&definition("tasks", flat_sql, &["10"]));
+    flat.until(&server, 0, |_| true);
+    let flat_handle = flat.handle.clone().unwrap();
+    server.graceful_restart();
+    assert_eq!(nested.status(&server), 409, "a nested shape is not resumed");
+    db.client()
+        .batch_execute("INSERT INTO members VALUES (10, 2)")
+        .unwrap();
+    flat.converge(
+        &server,
+        &COLUMNS,
+        &pg_tasks(&db, &flat_sql.replace("$1", "10")),
+    );
+    assert_eq!(flat.handle.as_deref(), Some(flat_handle.as_str()));
+    let mut fresh = Stream::new(&definition("tasks", nested_sql, &["1"]));
+    fresh.until(&server, 0, |_| true);
+    assert_eq!(
+        fresh.view(&COLUMNS),
+        pg_tasks(&db, &nested_sql.replace("$1", "1"))
+    );
+}

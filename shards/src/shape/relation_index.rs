@@ -139,6 +139,7 @@ impl RelationShapes {
     }
 
     /// Whether `id` is routed by its subquery's values.
+    #[cfg(test)]
     pub(crate) fn is_subquery_keyed(&self, id: ShapeId) -> bool {
         self.subquery_keys.contains_key(&id)
     }
