@@ -270,6 +270,20 @@ pub fn run(args: Args) -> String {
     let rss_shapes = settled_rss_kib(&server);
     let per_shape = (rss_shapes.saturating_sub(rss_empty) * 1024) as f64 / users as f64;
     eprintln!("{users} shapes in {creation_seconds:.1}s, {per_shape:.0} B RSS each");
+    // The same number of plain shapes of the same size (`project_id = k`,
+    // 4 rows): what any built shape costs, beside which the subquery's
+    // share shows.
+    for_each("plain shapes created", 0..users, 8, |agent, k| {
+        let url = format!(
+            "{base}/v1/shape?table=tasks&offset=-1&where={}",
+            crate::bench::encode(&format!("project_id = {k}"))
+        );
+        let reply = get_admitted(agent, &url);
+        assert_eq!(reply.status, 200, "plain shape {k}: {}", reply.body);
+    });
+    let rss_plain = settled_rss_kib(&server);
+    let per_plain = (rss_plain.saturating_sub(rss_shapes) * 1024) as f64 / users as f64;
+    eprintln!("{users} plain shapes: {per_plain:.0} B RSS each");
 
     // Move-in and move-out latency, one user at a time, every shape live.
     let agent = agent();
@@ -392,6 +406,7 @@ pub fn run(args: Args) -> String {
          | shapes | changes/s |\n|---|---|\n| none | {unshaped:.0} |\n| {users} membership shapes | {shaped:.0} |\n\n\
          ## Memory\n\n\
          | what | RSS bytes each |\n|---|---|\n| membership shape (3 values, 12 rows) | {per_shape:.0} |\n\
+         | plain shape `project_id = k` (4 rows), for comparison | {per_plain:.0} |\n\
          | dependency value ({values} values in one shape's subquery; empty snapshot) | {per_value:.0} |\n\n\
          Electric 1.7.4 reports ~275 MiB per 1M dependency values (~288 B each). Each shape keeps two views of its \
          dependency (the materializer's truth with a count per value, and the values its log reflects), so a value \
