@@ -277,3 +277,28 @@ pub fn sorted_texts(
     texts.sort();
     texts
 }
+
+/// A numeric knob of a seeded test from the environment (a long run sets
+/// it), else `default` (the CI run).
+pub fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A text knob of a seeded test from the environment, else `default`.
+pub fn knob_text(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// `text` as a query-string value: every byte but letters, digits and
+/// `-_.` percent-encoded.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -16,6 +16,7 @@ mod live_fanout;
 mod memory_budget;
 mod nginx;
 mod oracle;
+mod oracle_subquery;
 mod pg_tls;
 mod postgres_away;
 mod proxy_cache;

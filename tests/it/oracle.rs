@@ -12,17 +12,10 @@
 
 use std::time::Duration;
 
-use crate::harness::{database, sorted_texts};
+use crate::harness::{database, knob, knob_text, sorted_texts, url_encode};
 use crate::rng::Rng;
 use crate::server::Server;
 use crate::shape_client::ShapeClient;
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 const KINDS: &[&str] = &["a", "b", "c", "d"];
 const NAMES: &[&str] = &["alpha", "beta", "gamma", "delta", "alps", "bet"];
@@ -107,17 +100,7 @@ fn mutation(rng: &mut Rng) -> String {
 }
 
 fn query_string(table: &str, clause: &str) -> String {
-    let encoded: String = form_urlencoded_encode(clause);
-    format!("table={table}&where={encoded}")
-}
-
-fn form_urlencoded_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    format!("table={table}&where={}", url_encode(clause))
 }
 
 #[test]
@@ -129,7 +112,7 @@ fn shapes_match_the_oracle_across_batches_and_restarts() {
     let mutations = knob("MUTATIONS_PER_TXN", 10);
     let restart_every = knob("RESTART_SERVER_EVERY", 3);
     let client_restart_every = knob("RESTART_CLIENT_EVERY", 0);
-    let restart_type = std::env::var("RESTART_TYPE").unwrap_or_else(|_| "alternate".into());
+    let restart_type = knob_text("RESTART_TYPE", "alternate");
     let replay = format!(
         "replay with SEED={seed} SHAPE_COUNT={shape_count} BATCH_COUNT={batches} TXNS_PER_BATCH={txns} MUTATIONS_PER_TXN={mutations} RESTART_SERVER_EVERY={restart_every} RESTART_TYPE={restart_type} RESTART_CLIENT_EVERY={client_restart_every}"
     );

@@ -23,6 +23,25 @@ pub struct Stream {
     pub rows: BTreeMap<String, Row>,
 }
 
+/// Why a stream stopped short of converging.
+#[derive(Debug)]
+pub enum Diverged {
+    /// The server answered 409: the shape is gone, its client re-syncs.
+    Gone(String),
+    /// Anything else: another status, a handle changing without a 409, a
+    /// message a correct stream never sends, or a fold still differing at
+    /// the deadline.
+    Failed(String),
+}
+
+impl std::fmt::Display for Diverged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Diverged::Gone(e) | Diverged::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 pub struct Row {
     pub value: Map<String, Value>,
     pub tags: Vec<String>,
@@ -96,32 +115,94 @@ impl Stream {
 
     /// One request (live once up to date); panics on anything but 200.
     pub fn poll(&mut self, server: &Server) {
+        let live = self.up_to_date;
+        if let Err(e) = self.try_poll(server, live) {
+            panic!(
+                "{e}\nserver warnings:\n{}",
+                server
+                    .log()
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("removed"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+
+    /// One request, `live` or not; a 409 is `Diverged::Gone`, any other
+    /// status, a handle changing without one, or a message a correct
+    /// stream never sends is `Diverged::Failed`.
+    pub fn try_poll(&mut self, server: &Server, live: bool) -> Result<(), Diverged> {
         let mut url = self.url();
-        if self.up_to_date {
+        if live {
             url.push_str("&live=true");
         }
-        let reply = server.get(&url);
-        assert_eq!(
-            reply.status,
-            200,
-            "GET {url}: {}\nserver warnings:\n{}",
-            reply.body,
-            server
-                .log()
-                .lines()
-                .filter(|l| l.contains("WARN") || l.contains("removed"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        self.handle = reply.header("electric-handle").map(str::to_string);
-        self.offset = reply.header("electric-offset").unwrap().to_string();
+        let reply = server
+            .try_get(&url)
+            .map_err(|e| Diverged::Failed(format!("GET {url}: {e}")))?;
+        match reply.status {
+            200 => {}
+            409 => return Err(Diverged::Gone(format!("GET {url}: 409 {}", reply.body))),
+            status => {
+                return Err(Diverged::Failed(format!(
+                    "GET {url}: {status} {}",
+                    reply.body
+                )))
+            }
+        }
+        let handle = reply.header("electric-handle").map(str::to_string);
+        if self.handle.is_some() && handle != self.handle {
+            return Err(Diverged::Failed(format!(
+                "GET {url}: the handle changed to {handle:?} without a 409"
+            )));
+        }
+        self.handle = handle;
+        self.offset = reply
+            .header("electric-offset")
+            .ok_or_else(|| Diverged::Failed(format!("GET {url}: no electric-offset")))?
+            .to_string();
         for message in reply.json().as_array().unwrap() {
             if message["headers"]["control"] == "up-to-date" {
                 self.up_to_date = true;
                 continue;
             }
-            self.fold(message);
+            self.fold(message)
+                .map_err(|e| Diverged::Failed(format!("GET {url}: {e}: {message}")))?;
             self.messages.push(message.clone());
+        }
+        Ok(())
+    }
+
+    /// Polls until up to date with the folded rows equal to `expected` (as
+    /// `Stream::view`): first a catch-up request (no wait at the tip),
+    /// then live ones while they differ, for at most `timeout`.
+    pub fn try_converge(
+        &mut self,
+        server: &Server,
+        columns: &[&str],
+        expected: &[String],
+        timeout: Duration,
+    ) -> Result<(), Diverged> {
+        let deadline = Instant::now() + timeout;
+        self.try_poll(server, false)?;
+        loop {
+            let got = self.view(columns);
+            if self.up_to_date && got == expected {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<_> = expected.iter().filter(|w| !got.contains(w)).collect();
+                let extra: Vec<_> = got.iter().filter(|g| !expected.contains(g)).collect();
+                let tail = self.messages.len().saturating_sub(40);
+                return Err(Diverged::Failed(format!(
+                    "not converged after {timeout:?}: {} rows vs {} expected; missing {missing:?}, extra {extra:?}; last messages: {:#?}",
+                    got.len(),
+                    expected.len(),
+                    &self.messages[tail..]
+                )));
+            }
+            let live = self.up_to_date;
+            self.try_poll(server, live)?;
         }
     }
 
@@ -130,7 +211,7 @@ impl Stream {
         server.get(&self.url()).status
     }
 
-    fn fold(&mut self, message: &Value) {
+    fn fold(&mut self, message: &Value) -> Result<(), String> {
         let headers = &message["headers"];
         if let Some(event) = headers["event"].as_str() {
             for row in self.rows.values_mut() {
@@ -145,15 +226,18 @@ impl Stream {
             if event == "move-out" {
                 self.rows.retain(|_, row| row.included());
             }
-            return;
+            return Ok(());
         }
         let Some(operation) = headers["operation"].as_str() else {
-            return;
+            return Ok(());
         };
         let key = message["key"].as_str().unwrap().to_string();
         let value = message["value"].as_object().cloned().unwrap_or_default();
         match operation {
             "insert" => {
+                if self.rows.contains_key(&key) {
+                    return Err(format!("insert of a row already held ({key})"));
+                }
                 self.rows.insert(
                     key,
                     Row {
@@ -164,16 +248,21 @@ impl Stream {
                 );
             }
             "update" => {
-                let row = self.rows.get_mut(&key).expect("update of a row not held");
+                let Some(row) = self.rows.get_mut(&key) else {
+                    return Err(format!("update of a row not held ({key})"));
+                };
                 row.value.extend(value);
                 row.tags = strings(&headers["tags"]);
                 row.active = bools(&headers["active_conditions"]);
             }
             "delete" => {
-                self.rows.remove(&key);
+                if self.rows.remove(&key).is_none() {
+                    return Err(format!("delete of a row not held ({key})"));
+                }
             }
-            other => panic!("operation {other}"),
+            other => return Err(format!("operation {other}")),
         }
+        Ok(())
     }
 
     /// Polls until up to date, then until `done` holds for the messages
