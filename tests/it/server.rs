@@ -187,9 +187,10 @@ impl Server {
                 // for every transaction with an xid, cluster-wide): say what.
                 panic!(
                     "timed out after 60 s waiting for the server to be active\n\
-                     server log:\n{}\ncluster:\n{}",
+                     server log:\n{}\ncluster:\n{}\nserver threads:\n{}",
                     self.log_tail(),
-                    crate::harness::cluster_activity()
+                    crate::harness::cluster_activity(),
+                    thread_stacks(self.child.id())
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -390,4 +391,34 @@ fn spawn(
         command.env(key, value);
     }
     command.spawn().unwrap()
+}
+
+/// Every thread's stack of a process that hangs, by gdb when the machine
+/// has it (a start that never becomes active says where it waits).
+fn thread_stacks(pid: u32) -> String {
+    let output = Command::new("timeout")
+        .args([
+            "30",
+            "gdb",
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt 30",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    match output {
+        Ok(output) => {
+            let text = String::from_utf8_lossy(&output.stdout);
+            // Frames only: gdb's chatter about symbols is not the point.
+            let frames: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("Thread ") || l.starts_with('#'))
+                .collect();
+            let all = frames.join("\n");
+            all.chars().take(30_000).collect()
+        }
+        Err(e) => format!("(no gdb: {e})"),
+    }
 }
