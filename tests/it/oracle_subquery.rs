@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{database, knob, knob_text, url_encode};
 use crate::rng::Rng;
 use crate::server::Server;
-use crate::tag_fold::{Diverged, Stream};
+use crate::tag_fold::{joined_rows, Diverged, Stream};
 
 const USERS: u64 = 10;
 const ORGS: u64 = 4;
@@ -127,19 +127,7 @@ impl Shape {
             self.table,
             self.oracle_clause()
         );
-        let mut out: Vec<String> = pg
-            .query(&sql, &[])
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .iter()
-            .map(|row| {
-                (0..row.len())
-                    .map(|i| row.get::<_, Option<String>>(i).unwrap_or("NULL".into()))
-                    .collect::<Vec<_>>()
-                    .join("|")
-            })
-            .collect();
-        out.sort();
-        out
+        joined_rows(pg, &sql)
     }
 }
 

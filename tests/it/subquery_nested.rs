@@ -12,48 +12,17 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{database, TestDb};
+use crate::harness::{database, url_encode, TestDb};
 use crate::rng::Rng;
 use crate::server::Server;
-use crate::tag_fold::{ops, patterns, pg_rows, Stream};
-
-/// A where clause as a query parameter (every byte but letters and digits
-/// escaped).
-fn encode(sql: &str) -> String {
-    sql.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'_' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
+use crate::tag_fold::{ops, patterns, pg_rows, snapshot_end, value_hash, Stream};
 
 fn definition(table: &str, sql: &str, params: &[&str]) -> String {
-    let mut out = format!("table={table}&where={}", encode(sql));
+    let mut out = format!("table={table}&where={}", url_encode(sql));
     for (i, p) in params.iter().enumerate() {
-        out.push_str(&format!("&params%5B{}%5D={}", i + 1, encode(p)));
+        out.push_str(&format!("&params%5B{}%5D={}", i + 1, url_encode(p)));
     }
     out
-}
-
-/// Electric's tag hash of a single column's value for this shape.
-fn hash(db: &TestDb, handle: &str, value: &str) -> String {
-    db.client()
-        .query_one(
-            "SELECT md5('single_stack' || $1 || 'v:' || $2)",
-            &[&handle, &value],
-        )
-        .unwrap()
-        .get(0)
-}
-
-fn snapshot_end(messages: &[Value]) -> bool {
-    messages
-        .iter()
-        .any(|m| m["headers"]["control"] == "snapshot-end")
 }
 
 /// Tasks 1..=12 in projects `g % 4`; teams 10 (projects 0, 1), 20 (2) and
@@ -126,7 +95,7 @@ fn two_levels_move_with_memberships_middle_rows_and_outer_rows() {
     let mut stream = Stream::new(&definition("tasks", TWO_LEVELS, &["1"]));
     stream.until(&server, 0, |_| true);
     let handle = stream.handle.clone().unwrap();
-    let h = |v: &str| hash(&db, &handle, v);
+    let h = |v: &str| value_hash(&db, &handle, Some(v));
 
     // Snapshot: the tasks of team 10's projects, tagged by project.
     let rows: Vec<&Value> = stream
@@ -239,7 +208,7 @@ fn three_levels_move_with_every_level() {
     let mut stream = Stream::new(&definition("tasks", THREE_LEVELS, &["1"]));
     stream.until(&server, 0, |_| true);
     let handle = stream.handle.clone().unwrap();
-    let h = |v: &str| hash(&db, &handle, v);
+    let h = |v: &str| value_hash(&db, &handle, Some(v));
     // Org 200 has team 30, which has project 3.
     assert_eq!(stream.view(&COLUMNS), pg_tasks(&db, &pg_where));
     assert_eq!(stream.view(&COLUMNS).len(), 3);

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{database, TestDb};
 use crate::server::Server;
-use crate::tag_fold::{ops, patterns, pg_rows, Stream};
+use crate::tag_fold::{ops, patterns, pg_rows, snapshot_end, value_hash, Stream};
 
 /// Electric's tag hash of an `(org_id, project_id)` pair for this shape,
 /// computed by Postgres the way Electric's snapshot SQL does: md5 of the
@@ -28,12 +28,6 @@ fn pair_hash(db: &TestDb, handle: &str, org: Option<&str>, project: Option<&str>
         )
         .unwrap()
         .get(0)
-}
-
-fn snapshot_end(messages: &[Value]) -> bool {
-    messages
-        .iter()
-        .any(|m| m["headers"]["control"] == "snapshot-end")
 }
 
 /// Docs of (org, project) pairs, `g % 2` and `g % 3`, and user 1 a member
@@ -342,17 +336,6 @@ fn pairs_under_and_or() {
         db.client().batch_execute(sql).unwrap();
     }
     stream.converge(&server, &COLUMNS, &pg_rows(&db, pg));
-}
-
-/// The hash of one value (a single column) for this shape, by Postgres.
-fn value_hash(db: &TestDb, handle: &str, value: Option<&str>) -> String {
-    db.client()
-        .query_one(
-            "SELECT md5('single_stack' || $1 || CASE WHEN $2::text IS NULL THEN 'NULL' ELSE 'v:' || $2 END)",
-            &[&handle, &value],
-        )
-        .unwrap()
-        .get(0)
 }
 
 /// The same NULL rule for a single column: a NULL row is in a `NOT IN`

@@ -12,18 +12,7 @@ use serde_json::Value;
 
 use crate::harness::{database, TestDb};
 use crate::server::Server;
-use crate::tag_fold::{ops, pg_rows, Stream};
-
-/// Electric's tag hash of a single value for this shape, by Postgres' md5.
-fn hash(db: &TestDb, handle: &str, value: &str) -> String {
-    db.client()
-        .query_one(
-            "SELECT md5('single_stack' || $1 || 'v:' || $2)",
-            &[&handle, &value],
-        )
-        .unwrap()
-        .get(0)
-}
+use crate::tag_fold::{ops, pg_rows, value_hash, Stream};
 
 fn membership_db(name: &str) -> TestDb {
     let db = database(name);
@@ -55,7 +44,7 @@ fn membership_tags_moves_and_fold() {
     let mut stream = Stream::new(MEMBERSHIP);
     stream.until(&server, 0, |_| true);
     let handle = stream.handle.clone().unwrap();
-    let h = |v: &str| hash(&db, &handle, v);
+    let h = |v: &str| value_hash(&db, &handle, Some(v));
     let columns = ["id", "project_id", "title"];
 
     // Snapshot: the member's project's rows, each tagged with its value.
@@ -427,7 +416,7 @@ fn not_in_moves_are_inverted() {
     let tag_value = first["value"]["project_id"].as_str().unwrap().to_string();
     assert_eq!(
         first["headers"]["tags"],
-        serde_json::json!([hash(&db, &handle, &tag_value)])
+        serde_json::json!([value_hash(&db, &handle, Some(tag_value.as_str()))])
     );
 
     // A value entering the set moves its rows out.
@@ -440,7 +429,7 @@ fn not_in_moves_are_inverted() {
     assert_eq!(ops(got), ["move-out"], "{got:#?}");
     assert_eq!(
         got[0]["headers"]["patterns"],
-        serde_json::json!([{"pos": 0, "value": hash(&db, &handle, "1")}])
+        serde_json::json!([{"pos": 0, "value": value_hash(&db, &handle, Some("1"))}])
     );
     assert_eq!(stream.view(&columns), pg_rows(&db, pg));
 
@@ -456,7 +445,7 @@ fn not_in_moves_are_inverted() {
     assert_eq!(got[0]["headers"]["event"], "move-in", "{got:#?}");
     assert_eq!(
         got[0]["headers"]["patterns"],
-        serde_json::json!([{"pos": 0, "value": hash(&db, &handle, "0")}])
+        serde_json::json!([{"pos": 0, "value": value_hash(&db, &handle, Some("0"))}])
     );
     assert_eq!(got.len(), 1 + 3 + 1, "{got:#?}");
     assert_eq!(stream.view(&columns), pg_rows(&db, pg));
@@ -493,7 +482,7 @@ fn and_or_combination_with_params_inside_and_out() {
         .expect("task 1 (project 1) in the snapshot");
     assert_eq!(
         row1["headers"]["tags"],
-        serde_json::json!([format!("{}/1/", hash(&db, &handle, "1")), "//1"])
+        serde_json::json!([format!("{}/1/", value_hash(&db, &handle, Some("1"))), "//1"])
     );
     assert_eq!(
         row1["headers"]["active_conditions"],
@@ -739,7 +728,7 @@ fn unselected_tested_column_key_changes_and_replica_full() {
     assert!(row["value"].get("project_id").is_none(), "{row}");
     assert_eq!(
         row["headers"]["tags"],
-        serde_json::json!([hash(&db, &handle, "1")])
+        serde_json::json!([value_hash(&db, &handle, Some("1"))])
     );
 
     let from = stream.messages.len();
@@ -753,7 +742,7 @@ fn unselected_tested_column_key_changes_and_replica_full() {
         assert!(m["value"].get("project_id").is_none(), "{m}");
         assert_eq!(
             m["headers"]["tags"],
-            serde_json::json!([hash(&db, &handle, "2")])
+            serde_json::json!([value_hash(&db, &handle, Some("2"))])
         );
     }
 
@@ -767,7 +756,7 @@ fn unselected_tested_column_key_changes_and_replica_full() {
     assert_eq!(got[1]["headers"]["operation"], "insert", "{got:#?}");
     assert_eq!(
         got[1]["headers"]["tags"],
-        serde_json::json!([hash(&db, &handle, "2")])
+        serde_json::json!([value_hash(&db, &handle, Some("2"))])
     );
     for sql in [
         "DELETE FROM members WHERE user_id = 1 AND project_id = 1",

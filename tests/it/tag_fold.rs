@@ -320,10 +320,15 @@ impl Stream {
 
 /// Postgres' rows for `sql` (text columns), joined like `Stream::view`.
 pub fn pg_rows(db: &TestDb, sql: &str) -> Vec<String> {
-    let mut out: Vec<String> = db
-        .client()
+    joined_rows(&mut db.client(), sql)
+}
+
+/// Every row of `sql`, its text columns joined by `|` (`NULL` for a
+/// NULL), sorted: what a fold's view is compared with.
+pub fn joined_rows(client: &mut postgres::Client, sql: &str) -> Vec<String> {
+    let mut out: Vec<String> = client
         .query(sql, &[])
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .iter()
         .map(|row| {
             (0..row.len())
@@ -334,6 +339,25 @@ pub fn pg_rows(db: &TestDb, sql: &str) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+/// Electric's tag hash of a single column's value for this shape (`NULL`
+/// for a NULL), computed by Postgres' md5.
+pub fn value_hash(db: &TestDb, handle: &str, value: Option<&str>) -> String {
+    db.client()
+        .query_one(
+            "SELECT md5('single_stack' || $1 || CASE WHEN $2::text IS NULL THEN 'NULL' ELSE 'v:' || $2 END)",
+            &[&handle, &value],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Whether `messages` hold a `snapshot-end` (a move-in's end).
+pub fn snapshot_end(messages: &[Value]) -> bool {
+    messages
+        .iter()
+        .any(|m| m["headers"]["control"] == "snapshot-end")
 }
 
 /// The message kinds in order: an event's or control's name, else
