@@ -325,15 +325,25 @@ mod tests {
     /// `project_id IN (SELECT project_id FROM members WHERE user_id = 1)`,
     /// materialised.
     fn materializer() -> Materializer {
-        let tables = |t: &TableName| (t.name == "members").then(member_columns);
-        let outer = WhereClause::parse_with_tables(
+        materialized(
             "project_id IN (SELECT project_id FROM members WHERE user_id = 1)",
-            &member_columns(),
-            &BTreeMap::new(),
-            &tables,
+            vec![1],
         )
-        .expect("clause");
+    }
+
+    /// `clause`'s one subquery over `members` as a materializer taking the
+    /// member columns `selected` (the ones the subquery selects, in order).
+    fn materialized(clause: &str, selected: Vec<usize>) -> Materializer {
+        let tables = |t: &TableName| (t.name == "members").then(member_columns);
+        let outer =
+            WhereClause::parse_with_tables(clause, &member_columns(), &BTreeMap::new(), &tables)
+                .expect("clause");
         let dependency = &outer.dependencies()[0];
+        let names: Vec<String> = selected
+            .iter()
+            .map(|&i| member_columns()[i].name.clone())
+            .collect();
+        assert_eq!(dependency.columns, names);
         let inner = WhereClause::parse_with_tables(
             dependency.where_sql.as_deref().expect("inner where"),
             &member_columns(),
@@ -344,7 +354,7 @@ mod tests {
         Materializer::new(
             7,
             Some(Box::new(Filter(inner))),
-            vec![1],
+            selected,
             outer.new_view(0).expect("view"),
         )
     }
@@ -453,28 +463,9 @@ mod tests {
     /// `(user_id, project_id) IN (SELECT user_id, project_id FROM members
     /// WHERE user_id <> 0)`, materialised: values are pairs.
     fn pairs() -> Materializer {
-        let tables = |t: &TableName| (t.name == "members").then(member_columns);
-        let outer = WhereClause::parse_with_tables(
+        materialized(
             "(user_id, project_id) IN (SELECT user_id, project_id FROM members WHERE user_id <> 0)",
-            &member_columns(),
-            &BTreeMap::new(),
-            &tables,
-        )
-        .expect("clause");
-        let dependency = &outer.dependencies()[0];
-        assert_eq!(dependency.columns, ["user_id", "project_id"]);
-        let inner = WhereClause::parse_with_tables(
-            dependency.where_sql.as_deref().expect("inner where"),
-            &member_columns(),
-            &dependency.params,
-            &tables,
-        )
-        .expect("inner clause");
-        Materializer::new(
-            7,
-            Some(Box::new(Filter(inner))),
             vec![0, 1],
-            outer.new_view(0).expect("view"),
         )
     }
 
