@@ -307,13 +307,12 @@ impl Registry {
         let replaced = self.by_definition.insert(shape.spec.canonical.clone(), id);
         assert!(replaced.is_none(), "two live shapes for one definition");
         self.by_handle.insert(shape.handle().to_string(), id);
-        let subquery_key = shape.spec.subqueries.as_deref().and_then(|s| s.key());
         let shapes = self.by_relation.entry(relation).or_default();
-        match (index_key, subquery_key) {
+        match routed_by_values(&shape.spec) {
             // Routed by its subquery's values from its snapshot on (while
             // pending it takes every transaction on the relation anyway).
-            (None, Some((column, _))) => shapes.add_subquery(id, column),
-            (index_key, _) => shapes.add(id, index_key),
+            Some(column) => shapes.add_subquery(id, column),
+            None => shapes.add(id, index_key),
         }
         if pending {
             shapes.pending.push(id);
@@ -580,18 +579,9 @@ impl Registry {
         let Some(shape) = self.shapes.get(&id).cloned() else {
             return;
         };
-        let Some((column, _)) = shape.spec.subqueries.as_deref().and_then(|s| s.key()) else {
+        let Some(column) = routed_by_values(&shape.spec) else {
             return;
         };
-        if shape
-            .spec
-            .filter
-            .as_ref()
-            .and_then(|f| f.index_key())
-            .is_some()
-        {
-            return;
-        }
         if let Some(shapes) = self.by_relation.get_mut(&shape.relation_id()) {
             shapes.add_subquery(id, column);
         }
@@ -814,4 +804,17 @@ impl Registry {
     pub fn contains(&self, id: ShapeId) -> bool {
         self.shapes.contains_key(&id) || self.cold.contains_key(&id)
     }
+}
+
+/// The column a shape's changes are routed by the values of its subquery
+/// (see `SubquerySpec::key`), unless its where has a fixed equality key,
+/// which routes tighter and never moves.
+fn routed_by_values(spec: &ShapeSpec) -> Option<usize> {
+    if spec.filter.as_ref().and_then(|f| f.index_key()).is_some() {
+        return None;
+    }
+    spec.subqueries
+        .as_deref()
+        .and_then(|s| s.key())
+        .map(|(column, _)| column)
 }
