@@ -268,6 +268,7 @@ fn run_with_database(
                     log_records_replayed = r.records,
                     dropped = r.dropped,
                     subquery_resumed = r.subquery_resumed,
+                    subquery_reseeding = r.subquery_reseeding,
                     orphan_files = r.orphans,
                     after = if was_clean {
                         "a clean shutdown"
@@ -305,6 +306,7 @@ fn run_with_database(
             registry
                 .borrow_mut()
                 .set_move_runner(crate::shapes::movein::runner(Rc::downgrade(&service)));
+            crate::shapes::reseed::start(&service);
             eviction.publish(index, &registry.borrow());
             let router = Router::new(links, service);
             let gauges = metrics.storage[index].clone();

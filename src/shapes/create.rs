@@ -233,22 +233,12 @@ pub(super) fn snapshot_query(
     }
 }
 
-/// Opens the snapshot transaction, records its visibility, runs the query
-/// and writes its rows into the shape's log as they arrive, then
-/// `snapshot-end`. `started` is told once the query runs: planning errors
-/// (a where clause Postgres rejects) reach the creating request.
-async fn snapshot(
-    service: &Rc<ShapeService>,
-    shape: &Rc<Shape>,
-    conn: &mut Pooled,
-    sql: &SnapshotSql,
-    started: &Started,
-) -> Result<(), PgError> {
-    conn.set_reusable(false);
+/// Opens a `REPEATABLE READ READ ONLY` transaction and reads its snapshot,
+/// with the WAL insert position read after it: every commit the snapshot
+/// sees is below it (see `PgSnapshot::wal_lsn`).
+pub(super) async fn begin_snapshot(conn: &mut Pooled) -> Result<PgSnapshot, PgError> {
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
-    // The insert position, read after the snapshot: every commit the
-    // snapshot sees is below it (see `PgSnapshot::wal_lsn`).
     let rows = conn
         .query_rows("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text")
         .await?;
@@ -263,10 +253,18 @@ async fn snapshot(
         .and_then(|l| l.parse().ok())
         .ok_or_else(|| PgError::Protocol("pg_current_wal_insert_lsn() returned nothing".into()))?;
     snapshot.wal_lsn = Some(wal_lsn.0);
-    // A subquery shape's views, as of this snapshot: before any held
-    // transaction is applied (those the snapshot saw are then dropped, from
-    // the views as from the rows).
-    for seed in &sql.seeds {
+    Ok(snapshot)
+}
+
+/// Runs a subquery shape's seeding queries in the open transaction and
+/// counts their rows into its views (`Shape::seed_dependency`), then lets
+/// middle levels compute their values.
+pub(super) async fn seed_views(
+    conn: &mut Pooled,
+    shape: &Shape,
+    seeds: &[super::subquery::SeedSql],
+) -> Result<(), PgError> {
+    for seed in seeds {
         let params: Vec<Option<&str>> = seed.params.iter().map(|p| Some(p.as_str())).collect();
         let mut rows = conn.query_stream(&seed.sql, &params).await?;
         while let Some(row) = rows.next().await? {
@@ -278,10 +276,28 @@ async fn snapshot(
             runtime::yield_if_needed().await;
         }
     }
-    // A middle level's values follow from its rows and its children's.
     shape
         .finish_seeds()
-        .map_err(|why| PgError::Protocol(why.to_string()))?;
+        .map_err(|why| PgError::Protocol(why.to_string()))
+}
+
+/// Opens the snapshot transaction, records its visibility, runs the query
+/// and writes its rows into the shape's log as they arrive, then
+/// `snapshot-end`. `started` is told once the query runs: planning errors
+/// (a where clause Postgres rejects) reach the creating request.
+async fn snapshot(
+    service: &Rc<ShapeService>,
+    shape: &Rc<Shape>,
+    conn: &mut Pooled,
+    sql: &SnapshotSql,
+    started: &Started,
+) -> Result<(), PgError> {
+    conn.set_reusable(false);
+    let snapshot = begin_snapshot(conn).await?;
+    // A subquery shape's views, as of this snapshot: before any held
+    // transaction is applied (those the snapshot saw are then dropped, from
+    // the views as from the rows).
+    seed_views(conn, shape, &sql.seeds).await?;
     service
         .registry
         .borrow_mut()

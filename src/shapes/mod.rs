@@ -11,6 +11,7 @@ pub mod persist;
 pub mod pool;
 pub mod recover;
 pub mod rehome;
+pub mod reseed;
 pub mod service;
 pub mod subquery;
 pub mod subset;

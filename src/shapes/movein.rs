@@ -7,7 +7,6 @@
 use std::rc::{Rc, Weak};
 
 use shards::runtime;
-use shards::shape::encode::PgSnapshot;
 use shards::shape::registry::{MoveInJob, MoveInRows, MAX_MOVE_IN_BYTES};
 
 use super::create::SnapshotSql;
@@ -97,27 +96,9 @@ async fn query(
     params: &[String],
 ) -> Result<MoveInRows, String> {
     let pg = |e: PgError| e.to_string();
-    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(pg)?;
-    // The insert position read after the snapshot: every transaction it
-    // sees committed below it (`PgSnapshot::holds`), which bounds how long
-    // the splice may wait for held transactions it saw.
-    let head = conn
-        .query_rows("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text")
-        .await
-        .map_err(pg)?;
-    let mut snapshot = head
-        .first()
-        .and_then(|r| r.get(0))
-        .and_then(PgSnapshot::parse)
-        .ok_or("pg_current_snapshot() returned no snapshot")?;
-    let wal_lsn: shards::Lsn = head
-        .first()
-        .and_then(|r| r.get(1))
-        .and_then(|l| l.parse().ok())
-        .ok_or("pg_current_wal_insert_lsn() returned nothing")?;
-    snapshot.wal_lsn = Some(wal_lsn.0);
+    // Its WAL position bounds how long the splice may wait for held
+    // transactions it saw.
+    let snapshot = super::create::begin_snapshot(conn).await.map_err(pg)?;
     let bound: Vec<Option<&str>> = params.iter().map(|p| Some(p.as_str())).collect();
     let mut stream = conn.query_stream(&sql.sql, &bound).await.map_err(pg)?;
     let mut rows = Vec::new();

@@ -33,6 +33,9 @@ pub struct Recovery {
     pub large_snapshots_lost: usize,
     /// Subquery shapes resumed from a clean stop's kept views.
     pub subquery_resumed: usize,
+    /// Subquery shapes resumed from their durable client views, their
+    /// values to be read again (`reseed.rs`).
+    pub subquery_reseeding: usize,
 }
 
 /// Builds restored shapes' specs from their creation records (a subquery
@@ -53,6 +56,21 @@ pub fn spec_loader(config: &ShapeConfig) -> SpecLoader {
     })
 }
 
+/// A subquery shape's seeding queries, from its creation record.
+pub fn seeds_of(
+    persisted: &[u8],
+    config: &ShapeConfig,
+) -> Result<Vec<super::subquery::SeedSql>, String> {
+    let unreadable = |e: String| format!("unreadable creation record: {e}");
+    let (handle, definition, info) = persist::decode(persisted).map_err(unreadable)?;
+    let tables = persist::decode_tables(persisted)
+        .map_err(unreadable)?
+        .ok_or("a creation record without its subquery tables")?;
+    super::subquery::build_spec(handle, definition, info, &tables, config)
+        .map(|(_, sql)| sql.seeds)
+        .map_err(|reply| String::from_utf8_lossy(&reply.body).into_owned())
+}
+
 /// Restores `registry` from `meta` and the segments in `log_dir` (already
 /// cut at a torn tail by `SegmentWriter::open`).
 pub fn recover(
@@ -66,6 +84,7 @@ pub fn recover(
     // Taken (deleted) first: they describe the last clean stop only, and
     // this run makes them stale as soon as it applies anything.
     let kept_views = meta.take_views()?;
+    let client_views = meta.client_views()?;
     let mut loaded = meta.load()?;
     loaded.shapes.sort_unstable_by_key(|r| r.id);
     for record in &loaded.shapes {
@@ -80,7 +99,23 @@ pub fn recover(
             registry.forget_record(record.id, record.definition_hash);
         }
     }
-    let tail = replay(log_dir, loaded.checkpoint, registry, &mut recovery, config)?;
+    // Subquery shapes are built now: their client views as the checkpoint
+    // kept them, the segment log's moves replayed on top.
+    for (id, bytes) in &client_views {
+        if let Some(shape) = registry.get(*id) {
+            if let Err(why) = shape.restore_client_views(bytes) {
+                tracing::warn!(shape = id, "cannot restore a subquery shape's views: {why}");
+            }
+        }
+    }
+    let (tail, position) = replay(
+        log_dir,
+        loaded.checkpoint,
+        loaded.checkpoint_seen,
+        registry,
+        &mut recovery,
+        config,
+    )?;
     // A snapshot cut off by the crash cannot be resumed (its transaction is
     // gone): those shapes are dropped and their clients re-sync.
     let unfinished = registry.unfinished_snapshots();
@@ -88,12 +123,11 @@ pub fn recover(
         registry.remove(*id, "its snapshot was interrupted by the restart");
     }
     recovery.dropped = unfinished.len();
-    // Subquery shapes resume with their handle only from a clean stop's
-    // kept views (`registry/kept_views.rs`): a crash left none (their
-    // truth and any in-flight move are not journaled yet, issue 17 §3), and
-    // views followed by log records would be stale. The rest go (clients
-    // get 409 and re-sync, as Electric does for every restart) rather than
-    // serve rows from views that lost their moves.
+    // Subquery shapes resume with their handle: at rest after a clean
+    // stop from its kept views (`registry/kept_views.rs`: no query);
+    // otherwise from their durable client views, their truth read again
+    // once the shard runs (`registry/durable_views.rs`, `reseed.rs`). Only
+    // one whose views were never made durable goes (409, re-sync).
     let subquery = registry.ids_where(super::subquery::canonical_has_subquery);
     for id in &subquery {
         let kept = match kept_views.get(id) {
@@ -103,17 +137,26 @@ pub fn recover(
                 Some(shape) => shape.restore_views(bytes),
                 None => Err("it could not be rebuilt"),
             },
-            None => Err("no views were kept for it (not a clean stop, or a move was in flight)"),
+            None => Err("no views were kept for it"),
         };
-        match kept {
+        if kept.is_ok() {
+            registry.route_restored_by_values(*id);
+            recovery.subquery_resumed += 1;
+            continue;
+        }
+        let reseed = match registry.get(*id) {
+            Some(shape) => shape.prepare_reseed(position),
+            None => Err("it could not be rebuilt"),
+        };
+        match reseed {
             Ok(()) => {
-                registry.route_restored_by_values(*id);
-                recovery.subquery_resumed += 1;
+                registry.reseed_later(*id);
+                recovery.subquery_reseeding += 1;
             }
             Err(why) => {
                 tracing::info!(shape = id, "subquery shape not resumed: {why}");
                 if registry.contains(*id) {
-                    registry.remove(*id, "subquery shapes are kept only across clean stops");
+                    registry.remove(*id, "its subquery views could not be restored");
                 }
                 recovery.dropped += 1;
             }
@@ -138,21 +181,26 @@ fn canonical_without_where(canonical: &str) -> bool {
     canonical.contains("|where=|params=")
 }
 
-/// Replays segment records from `checkpoint` on.
+/// Replays segment records from `checkpoint` on. Returns whether any
+/// shape record follows the checkpoint, and the shard's last processed
+/// position a flush recorded.
 fn replay(
     log_dir: &Path,
     checkpoint: shards::storage::meta::Checkpoint,
+    checkpoint_seen: u64,
     registry: &mut Registry,
     recovery: &mut Recovery,
     config: &ShapeConfig,
-) -> std::io::Result<bool> {
+) -> std::io::Result<(bool, Lsn)> {
     let load = spec_loader(config);
-    // Whether any record other than a flush's commit marker follows the
-    // checkpoint (a clean stop's closing checkpoint covers everything).
+    // Whether any record other than a flush's commit marker or position
+    // follows the checkpoint (a clean stop's closing checkpoint covers
+    // everything).
     let mut tail = false;
+    let mut position = Lsn(checkpoint_seen);
     let indices = match segment_indices(log_dir) {
         Ok(indices) => indices,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((false, position)),
         Err(e) => return Err(e),
     };
     for index in indices.into_iter().filter(|&i| i >= checkpoint.segment) {
@@ -164,7 +212,7 @@ fn replay(
         };
         for record in Scanner::new(&bytes[from..]) {
             recovery.records += 1;
-            tail |= record.kind != Kind::Commit;
+            tail |= !matches!(record.kind, Kind::Commit | Kind::Position);
             match record.kind {
                 Kind::ShapeCreated => {
                     if registry.contains(record.shape) {
@@ -211,11 +259,31 @@ fn replay(
                     }
                 }
                 Kind::ShapeRemoved => registry.forget(record.shape, "removed before the restart"),
+                Kind::ViewSet | Kind::ViewMove => {
+                    if let Some(shape) = registry.get(record.shape) {
+                        let replayed = match record.kind {
+                            Kind::ViewSet => shape.replay_view_set(record.payload),
+                            _ => shape.replay_view_move(record.payload),
+                        };
+                        if let Err(why) = replayed {
+                            tracing::warn!(
+                                shape = record.shape,
+                                "cannot replay a view record: {why}"
+                            );
+                        }
+                    }
+                }
+                Kind::HeldFrom => {
+                    if let Some(shape) = registry.get(record.shape) {
+                        shape.replay_held_from(Lsn(record.lsn));
+                    }
+                }
+                Kind::Position => position = position.max(Lsn(record.lsn)),
                 Kind::Commit => {}
             }
         }
     }
-    Ok(tail)
+    Ok((tail, position))
 }
 
 /// Deletes serving files whose shape is gone (removed, or a crash came

@@ -200,14 +200,8 @@ fn membership_tags_moves_and_fold() {
     let mut server = server;
     let messages_before = stream.messages.len();
     server.graceful_restart();
-    // (the log is coloured: its escapes go before matching)
-    let plain: String = server
-        .log()
-        .split('\u{1b}')
-        .map(|part| part.split_once('m').map_or(part, |(_, rest)| rest))
-        .collect();
     assert!(
-        plain.contains("subquery_resumed=1"),
+        plain_log(&server).contains("subquery_resumed=1"),
         "{}",
         server.log_tail()
     );
@@ -241,35 +235,52 @@ fn membership_tags_moves_and_fold() {
     stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
     assert_eq!(stream.handle.as_deref(), Some(handle.as_str()));
 
-    // A SIGKILL cannot resume it yet (its views are kept by clean stops
-    // only): its handle is gone (409), never served from views that lost
-    // their moves, and a fresh stream folds to Postgres.
+    // A SIGKILL resumes it too: its client views are durable, its
+    // memberships are read again; the same stream goes on through moves
+    // made while it was down and after.
     db.client()
         .batch_execute("DELETE FROM members WHERE user_id = 1 AND project_id = 1")
         .unwrap();
     stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
-    server.crash_and_restart();
-    let url = format!(
-        "/v1/shape?{MEMBERSHIP}&offset={}&handle={handle}",
-        stream.offset
+    server.kill();
+    db.client()
+        .batch_execute("INSERT INTO members VALUES (1, 1); DELETE FROM members WHERE user_id = 1 AND project_id = 3")
+        .unwrap();
+    server.restart();
+    assert!(
+        plain_log(&server).contains("subquery_reseeding=1"),
+        "{}",
+        server.log_tail()
     );
-    let reply = server.get(&url);
-    assert_eq!(reply.status, 409, "{}", reply.body);
-    let mut again = Stream::new(MEMBERSHIP);
-    again.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
-    // A clean stop after a crash keeps the new shape again.
-    let again_handle = again.handle.clone().unwrap();
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    assert_eq!(stream.handle.as_deref(), Some(handle.as_str()));
+    db.client()
+        .batch_execute("INSERT INTO members VALUES (1, 3); UPDATE tasks SET title = 'after kill' WHERE project_id = 1")
+        .unwrap();
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    assert_eq!(stream.handle.as_deref(), Some(handle.as_str()));
+    // And a clean stop after that keeps it at rest again.
     server.graceful_restart();
     db.client()
-        .batch_execute("INSERT INTO members VALUES (1, 1)")
+        .batch_execute("DELETE FROM members WHERE user_id = 1 AND project_id = 1")
         .unwrap();
-    again.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
-    assert_eq!(again.handle.as_deref(), Some(again_handle.as_str()));
+    stream.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    assert_eq!(stream.handle.as_deref(), Some(handle.as_str()));
+}
+
+/// The server's log without its colour escapes.
+fn plain_log(server: &Server) -> String {
+    server
+        .log()
+        .split('\u{1b}')
+        .map(|part| part.split_once('m').map_or(part, |(_, rest)| rest))
+        .collect()
 }
 
 /// SIGKILL while a move-in is in flight (its query blocked by a lock, the
-/// membership applied, nothing spliced): the shape is not resumed (409),
-/// and a fresh stream folds to Postgres, membership included.
+/// membership applied, nothing spliced): the shape resumes with its handle
+/// (the move is redone from the re-read memberships) and the same stream
+/// folds to Postgres, membership included.
 #[test]
 fn sigkill_between_membership_and_splice() {
     let db = membership_db("subquery_wire_kill_splice");
@@ -298,23 +309,19 @@ fn sigkill_between_membership_and_splice() {
     server.kill();
     locker.batch_execute("COMMIT").unwrap();
     server.restart();
-    let url = format!(
-        "/v1/shape?{MEMBERSHIP}&offset={}&handle={}",
-        stream.offset,
-        stream.handle.as_deref().unwrap()
-    );
-    assert_eq!(server.get(&url).status, 409);
-    let mut fresh = Stream::new(MEMBERSHIP);
+    let handle = stream.handle.clone();
     let want = pg_rows(&db, PG_MEMBERSHIP);
     assert!(want.iter().any(|r| r.contains("|2|")), "{want:?}");
-    fresh.converge(&server, &columns, &want);
+    stream.converge(&server, &columns, &want);
+    assert_eq!(stream.handle, handle);
 }
 
-/// A clean stop while a move-in is in flight does not keep the shape: its
-/// held transactions were confirmed to Postgres with the shard's position
-/// and would not come back (409, and a fresh stream folds to Postgres).
+/// A clean stop while a move-in is in flight keeps the shape: the
+/// transactions it held were not confirmed to Postgres (the held floor),
+/// so they come back, and the move is redone after its views are read
+/// again; the same stream folds to Postgres.
 #[test]
-fn graceful_stop_during_a_move_in_drops_the_shape() {
+fn graceful_stop_during_a_move_in_keeps_the_shape() {
     let db = membership_db("subquery_wire_stop_moving");
     let mut server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "500")]);
     let columns = ["id", "project_id", "title"];
@@ -341,19 +348,16 @@ fn graceful_stop_during_a_move_in_drops_the_shape() {
     });
     locker.batch_execute("COMMIT").unwrap();
     server.restart();
-    let url = format!(
-        "/v1/shape?{MEMBERSHIP}&offset={}&handle={}",
-        stream.offset,
-        stream.handle.as_deref().unwrap()
-    );
-    assert_eq!(server.get(&url).status, 409);
-    let mut fresh = Stream::new(MEMBERSHIP);
-    fresh.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
+    let handle = stream.handle.clone();
+    let want = pg_rows(&db, PG_MEMBERSHIP);
+    assert!(want.iter().any(|r| r.contains("|3|")), "{want:?}");
+    stream.converge(&server, &columns, &want);
+    assert_eq!(stream.handle, handle);
 }
 
 /// SIGKILL after a move-out reached the stream and before an outer change
-/// of a moved-out row: not resumed (409); a fresh stream folds to
-/// Postgres, the changed row absent.
+/// of a moved-out row: resumed with its handle; the same stream folds to
+/// Postgres, the changed row absent, the membership added while down in.
 #[test]
 fn sigkill_between_move_out_and_outer_change() {
     let db = membership_db("subquery_wire_kill_move_out");
@@ -377,16 +381,18 @@ fn sigkill_between_move_out_and_outer_change() {
         )
         .unwrap();
     server.restart();
-    let url = format!(
-        "/v1/shape?{MEMBERSHIP}&offset={}&handle={}",
-        stream.offset,
-        stream.handle.as_deref().unwrap()
-    );
-    assert_eq!(server.get(&url).status, 409);
-    let mut fresh = Stream::new(MEMBERSHIP);
+    let handle = stream.handle.clone();
     let want = pg_rows(&db, PG_MEMBERSHIP);
     assert!(!want.iter().any(|r| r.contains("while down")), "{want:?}");
-    fresh.converge(&server, &columns, &want);
+    stream.converge(&server, &columns, &want);
+    assert_eq!(stream.handle, handle);
+    assert!(
+        !stream
+            .messages
+            .iter()
+            .any(|m| m["value"]["title"] == "while down"),
+        "a moved-out row's change never reaches the stream"
+    );
 }
 
 #[test]

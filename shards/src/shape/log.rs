@@ -305,7 +305,17 @@ impl Region {
     }
 
     /// A view of chunk `index`'s items after `after` (all with None).
-    fn view(&self, index: usize, after: Option<LogOffset>, end: LogOffset) -> ReadView {
+    /// Items of chunk `index` after `after` (up to `upto` when given), the
+    /// response ending at `end`; `sealed` when that is the whole rest of a
+    /// sealed chunk.
+    fn view(
+        &self,
+        index: usize,
+        after: Option<LogOffset>,
+        upto: Option<LogOffset>,
+        end: LogOffset,
+        sealed: bool,
+    ) -> ReadView {
         let chunk = &self.chunks[index];
         let mut start = chunk.start;
         if let (Some(after), false) = (after, chunk.sealed) {
@@ -329,13 +339,13 @@ impl Region {
             .tail
             .iter()
             .skip(from)
-            .take_while(|t| t.pos < chunk.end)
+            .take_while(|t| t.pos < chunk.end && upto.is_none_or(|u| t.offset <= u))
             .filter(|t| after.is_none_or(|a| t.offset > a))
             .map(|t| t.json.clone())
             .collect();
         ReadView {
             end,
-            sealed: chunk.sealed,
+            sealed,
             after,
             disk,
             mem,
@@ -561,6 +571,13 @@ pub struct ShapeLog {
     snapshot: Region,
     snapshot_done: bool,
     main: Region,
+    /// Entries past this are not served yet (None: every one is). A
+    /// subquery shape's log is served only up to what the segment log made
+    /// durable: after a crash its tail is rebuilt differently (move-in rows
+    /// come from queries, moves from re-seeded views), so a client must
+    /// never have read past the durable point. A plain shape's tail comes
+    /// back identical from Postgres' resend, so it is served at once.
+    served: Option<LogOffset>,
 }
 
 impl ShapeLog {
@@ -570,7 +587,37 @@ impl ShapeLog {
             snapshot: Region::new(dir.join(format!("{id}.snap")), chunk_bytes_max),
             snapshot_done: false,
             main: Region::new(dir.join(format!("{id}.log")), chunk_bytes_max),
+            served: None,
         }
+    }
+
+    /// From now on entries are served only up to what `serve_through`
+    /// allows; those already in the log are (they are durable).
+    pub fn serve_durable_only(&mut self) {
+        self.served = Some(self.last_offset());
+    }
+
+    /// Entries up to `end` are durable: serve them. Returns whether that
+    /// is more than before.
+    pub fn serve_through(&mut self, end: LogOffset) -> bool {
+        match &mut self.served {
+            Some(served) if end > *served => {
+                assert!(
+                    end <= self.main.last_offset().unwrap_or(LogOffset::SNAPSHOT_END),
+                    "served past the log's last entry"
+                );
+                *served = end;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The last offset served: the last entry's, or less while entries
+    /// wait for their flush.
+    pub fn served_offset(&self) -> LogOffset {
+        let last = self.last_offset();
+        self.served.map_or(last, |served| served.min(last))
     }
 
     /// Snapshot rows so far (its `snapshot-end` not counted).
@@ -633,13 +680,13 @@ impl ShapeLog {
             }
             LogOffset::At { .. } => {}
         }
-        let last = self.last_offset();
+        let last = self.served_offset();
         if after > last {
             return LogRead::OutOfBounds;
         }
         let chunks = &self.main.chunks;
         let index = chunks.partition_point(|c| c.last <= after);
-        if index == chunks.len() {
+        if index == chunks.len() || chunks[index].first > last {
             return LogRead::Items(ReadView {
                 end: last,
                 sealed: false,
@@ -648,12 +695,10 @@ impl ShapeLog {
                 mem: Vec::new(),
             });
         }
-        let end = if chunks[index].sealed {
-            chunks[index].last
-        } else {
-            last
-        };
-        LogRead::Items(self.main.view(index, Some(after), end))
+        // A sealed chunk not wholly served yet is read like an open one.
+        let sealed = chunks[index].sealed && chunks[index].last <= last;
+        let end = if sealed { chunks[index].last } else { last };
+        LogRead::Items(self.main.view(index, Some(after), Some(end), end, sealed))
     }
 
     pub fn sealed_snapshot_chunks(&self) -> u64 {
@@ -665,7 +710,9 @@ impl ShapeLog {
             Some(chunk) if chunk.sealed => LogRead::Items(self.snapshot.view(
                 index as usize,
                 None,
+                None,
                 LogOffset::snapshot_chunk(index),
+                true,
             )),
             Some(_) => LogRead::NotYet,
             None if self.snapshot_done => LogRead::OutOfBounds,
@@ -715,6 +762,10 @@ impl ShapeLog {
         self.snapshot.restore(snapshot);
         self.main.restore(main);
         self.snapshot_done = snapshot_done;
+        if self.served.is_some() {
+            // Checkpointed items are durable.
+            self.served = Some(self.last_offset());
+        }
     }
 
     /// The serving files.

@@ -144,6 +144,8 @@ pub fn checkpoint(
         logs.push((shape.id, record));
     }
     meta.checkpoint(&crate::storage::meta::CheckpointBatch {
+        client_views: Vec::new(),
+        seen: 0,
         logs,
         stamps: registry.take_read_stamps(),
         at: Default::default(),

@@ -201,6 +201,13 @@ impl GroupCommit {
             // (no await in between), so they describe the same position.
             self.signals.last_commit.set(Some(Instant::now()));
             let seen = self.signals.seen.get();
+            // What may be published: not past a transaction a subquery
+            // shape holds unapplied (a crash must have Postgres send it
+            // again).
+            let publishable = match self.registry.borrow().held_floor() {
+                Some(floor) => seen.min(floor),
+                None => seen,
+            };
             // A checkpoint needs the ticks' metadata in LMDB first (its
             // records skip shapes LMDB does not know, and the segments it
             // frees hold their creations) and, after a failed one, its
@@ -216,16 +223,17 @@ impl GroupCommit {
                     && may_checkpoint
                     && (last_checkpoint.elapsed() >= self.config.checkpoint_interval
                         || self.registry.borrow_mut().take_memory_pressure()));
-            let idle = seen <= durable && journal.borrow().is_empty() && !checkpoint_due;
+            let idle = publishable <= durable && journal.borrow().is_empty() && !checkpoint_due;
             idle_ticks = if idle {
                 idle_ticks.saturating_add(1)
             } else {
                 0
             };
-            let (records, batch, checkpoint, views) = {
+            let (records, batch, checkpoint, views, unpublished) = {
                 let mut registry = self.registry.borrow_mut();
                 let records = std::mem::take(&mut *journal.borrow_mut());
                 let batch = registry.take_meta_batch();
+                let unpublished = registry.take_unpublished();
                 // The closing tick's subquery views, taken with its journal:
                 // a move-in result arriving during the awaits below may
                 // splice after it, and views taken then would describe
@@ -238,17 +246,23 @@ impl GroupCommit {
                         registry.unload_idle(self.config.unload_idle_checkpoints);
                     }
                     (
-                        registry.capture_logs(),
+                        (registry.capture_logs(), registry.capture_client_views()),
                         registry.take_doomed_files(),
                         registry.take_read_stamps(),
                     )
                 });
-                (records, batch, checkpoint, views)
+                (records, batch, checkpoint, views, unpublished)
             };
             self.writer.append_framed(&records);
             let wrote = !records.is_empty();
             drop(records);
             let position = self.writer.position();
+            if wrote {
+                // (`durable_views.rs`; a checkpoint keeps its own in LMDB)
+                let mut marker = Vec::new();
+                super::record::encode(&mut marker, seen.0, 0, super::record::Kind::Position, &[]);
+                self.writer.append_framed(&marker);
+            }
             if !self.config.fault_flush_delay.is_zero() {
                 runtime::sleep(self.config.fault_flush_delay).await;
             }
@@ -267,6 +281,7 @@ impl GroupCommit {
                 self.registry
                     .borrow_mut()
                     .set_unflushed(self.writer.pending());
+                self.registry.borrow_mut().requeue_unpublished(&unpublished);
                 if let Some((_, doomed, stamps)) = checkpoint {
                     self.registry
                         .borrow_mut()
@@ -283,12 +298,16 @@ impl GroupCommit {
             self.succeeded(&mut outage, Part::SegmentLog);
             // The journal went to the segment log: its bytes are free.
             self.registry.borrow().freed().notify_all();
-            if seen > durable {
+            for (shape, end) in &unpublished {
+                shape.serve_through(*end);
+            }
+            drop(unpublished);
+            if publishable > durable {
                 assert!(
-                    seen <= self.signals.seen.get(),
+                    publishable <= self.signals.seen.get(),
                     "durable never passes what was applied"
                 );
-                durable = seen;
+                durable = publishable;
                 self.progress.publish(self.index, durable);
             }
             let metadata_due = outage
@@ -319,7 +338,7 @@ impl GroupCommit {
                 }
             }
             self.publish_gauges(durable);
-            if let Some((captures, doomed, stamps)) = checkpoint {
+            if let Some(((captures, client_views), doomed, stamps)) = checkpoint {
                 if !pending_meta.is_empty() {
                     // LMDB failed this tick: not before its metadata.
                     self.registry
@@ -331,6 +350,8 @@ impl GroupCommit {
                 let job = Checkpoint {
                     freed: self.registry.borrow().freed(),
                     captures,
+                    client_views,
+                    seen,
                     doomed,
                     stamps,
                     position,
@@ -549,10 +570,17 @@ impl GroupCommit {
 /// One checkpoint: the captured tails go to the serving files, which are
 /// synced; then LMDB records their state and the segment position they
 /// cover; then the tails are trimmed and older segments deleted.
+type ClientViews = Vec<(Rc<Shape>, (u64, Lsn), Vec<u8>)>;
+
 struct Checkpoint {
     /// Pinged once the tails are trimmed (memory freed).
     freed: Rc<Notify>,
     captures: Vec<(Rc<Shape>, Captured, LogRecord)>,
+    /// Subquery shapes' client views (`durable_views.rs`), as of the
+    /// same position.
+    client_views: ClientViews,
+    /// The shard's processed position at the capture.
+    seen: Lsn,
     doomed: Vec<std::path::PathBuf>,
     stamps: Vec<(u64, u64)>,
     position: super::meta::Checkpoint,
@@ -589,7 +617,13 @@ impl Checkpoint {
                 .map(|(shape, _, record)| (shape.id, record.clone()))
                 .collect(),
             stamps: std::mem::take(&mut self.stamps),
+            client_views: self
+                .client_views
+                .iter_mut()
+                .map(|(shape, _, bytes)| (shape.id, std::mem::take(bytes)))
+                .collect(),
             at: self.position,
+            seen: self.seen.0,
         };
         let (meta, files_dir, doomed) = (self.meta, self.files_dir, self.doomed);
         let mut files = self
@@ -631,6 +665,9 @@ impl Checkpoint {
         }
         for (shape, captured, _) in &self.captures {
             shape.written(captured);
+        }
+        for (shape, saved, _) in &self.client_views {
+            shape.views_saved(*saved);
         }
         self.freed.notify_all();
         self.stats.checkpoints.set(self.stats.checkpoints.get() + 1);

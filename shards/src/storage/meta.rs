@@ -116,7 +116,13 @@ pub struct CheckpointBatch {
     pub logs: Vec<(u64, LogRecord)>,
     /// `(shape id, read stamp)` of shapes read since the last checkpoint.
     pub stamps: Vec<(u64, u64)>,
+    /// `(shape id, client-state bytes)` of subquery shapes whose client
+    /// views changed since the last checkpoint (`registry/durable_views.rs`).
+    pub client_views: Vec<(u64, Vec<u8>)>,
     pub at: Checkpoint,
+    /// The shard's processed position when the checkpoint was taken (see
+    /// `record::Kind::Position`, which later flushes record).
+    pub seen: u64,
 }
 
 /// Everything a restart needs from LMDB.
@@ -125,6 +131,8 @@ pub struct Loaded {
     pub shapes: Vec<ShapeRecord>,
     pub logs: std::collections::HashMap<u64, LogRecord>,
     pub checkpoint: Checkpoint,
+    /// The processed position the checkpoint was taken at (0: none kept).
+    pub checkpoint_seen: u64,
 }
 
 type IdDb = Database<'static, U64<BigEndian>, Bytes>;
@@ -150,8 +158,14 @@ pub struct MetaStats {
 }
 
 const CHECKPOINT_KEY: &str = "checkpoint";
+/// The processed position of the checkpoint (u64 LE).
+const CHECKPOINT_SEEN_KEY: &str = "checkpoint_seen";
 /// Key prefix of a subquery shape's views kept by a clean stop.
 const VIEWS_PREFIX: &str = "views/";
+
+/// Subquery shapes' client views as of the checkpoint, one key per shape
+/// (`cv/<id>`): unlike a clean stop's kept views they always exist.
+const CLIENT_VIEWS_PREFIX: &str = "cv/";
 
 /// Test seam: the next N reads of a creation record fail (this thread).
 #[cfg(test)]
@@ -290,6 +304,12 @@ impl MetaStore {
             };
             loaded.checkpoint = Checkpoint { segment, offset };
         }
+        if let Some(bytes) = self.state.get(&txn, CHECKPOINT_SEEN_KEY).map_err(err)? {
+            let seen: [u8; 8] = bytes
+                .try_into()
+                .map_err(|_| err("checkpoint position is not 8 bytes"))?;
+            loaded.checkpoint_seen = u64::from_le_bytes(seen);
+        }
         Ok(loaded)
     }
 
@@ -317,6 +337,9 @@ impl MetaStore {
             self.shapes.delete(&mut txn, &id).map_err(err)?;
             self.logs.delete(&mut txn, &id).map_err(err)?;
             self.stamps.delete(&mut txn, &id).map_err(err)?;
+            self.state
+                .delete(&mut txn, &format!("{CLIENT_VIEWS_PREFIX}{id}"))
+                .map_err(err)?;
         }
         txn.commit().map_err(err)
     }
@@ -357,6 +380,24 @@ impl MetaStore {
         Ok(views)
     }
 
+    /// Every subquery shape's client views as the last checkpoint wrote
+    /// them.
+    pub fn client_views(&self) -> std::io::Result<std::collections::HashMap<u64, Vec<u8>>> {
+        let txn = self.env.read_txn().map_err(err)?;
+        let mut views = std::collections::HashMap::new();
+        for item in self
+            .state
+            .prefix_iter(&txn, CLIENT_VIEWS_PREFIX)
+            .map_err(err)?
+        {
+            let (key, bytes) = item.map_err(err)?;
+            if let Ok(id) = key[CLIENT_VIEWS_PREFIX.len()..].parse::<u64>() {
+                views.insert(id, bytes.to_vec());
+            }
+        }
+        Ok(views)
+    }
+
     /// Records a checkpoint and makes it (and every earlier commit) durable.
     pub fn checkpoint(&self, batch: &CheckpointBatch) -> std::io::Result<()> {
         let mut txn = self.env.write_txn().map_err(err)?;
@@ -373,10 +414,20 @@ impl MetaStore {
                 self.stamps.put(&mut txn, id, stamp).map_err(err)?;
             }
         }
+        for (id, bytes) in &batch.client_views {
+            if self.shapes.get(&txn, id).map_err(err)?.is_some() {
+                self.state
+                    .put(&mut txn, &format!("{CLIENT_VIEWS_PREFIX}{id}"), bytes)
+                    .map_err(err)?;
+            }
+        }
         let mut at = [0u8; 16];
         at[..8].copy_from_slice(&batch.at.segment.to_le_bytes());
         at[8..].copy_from_slice(&batch.at.offset.to_le_bytes());
         self.state.put(&mut txn, CHECKPOINT_KEY, &at).map_err(err)?;
+        self.state
+            .put(&mut txn, CHECKPOINT_SEEN_KEY, &batch.seen.to_le_bytes())
+            .map_err(err)?;
         txn.commit().map_err(err)?;
         self.env.force_sync().map_err(err)
     }
@@ -430,6 +481,8 @@ mod tests {
             last_lsn: 99,
         };
         meta.checkpoint(&CheckpointBatch {
+            client_views: Vec::new(),
+            seen: 0,
             logs: vec![(2, log.clone()), (42, log.clone())],
             stamps: vec![(3, 777), (42, 1)],
             at: Checkpoint {
@@ -476,6 +529,8 @@ mod tests {
             offset: 8192,
         };
         meta.checkpoint(&CheckpointBatch {
+            client_views: Vec::new(),
+            seen: 0,
             logs: vec![],
             stamps: vec![],
             at,

@@ -40,6 +40,21 @@ pub enum Kind {
     /// (the checkpoint writes them), so recovery keeps the snapshot only if
     /// it holds them all.
     SnapshotEndCounted = 7,
+    /// The shard's processed position when this flush's records were
+    /// taken (its LSN; no shape, no payload): every transaction committed
+    /// below it was applied to every shape not holding it, and what that
+    /// applying journaled is in this flush or an earlier one.
+    Position = 8,
+    /// A subquery shape's client views, whole (payload: see
+    /// `registry/durable_views.rs`): at its seeding.
+    ViewSet = 9,
+    /// One value moved into or out of a subquery shape's client view, in
+    /// the same flush as the move's log items.
+    ViewMove = 10,
+    /// A subquery shape started holding transactions at this LSN (a
+    /// move-in in flight, or a re-seed after a restart), or (LSN 0)
+    /// holds none any more: those it holds are not applied yet.
+    HeldFrom = 11,
 }
 
 impl Kind {
@@ -52,6 +67,10 @@ impl Kind {
             5 => Kind::ShapeRemoved,
             6 => Kind::Commit,
             7 => Kind::SnapshotEndCounted,
+            8 => Kind::Position,
+            9 => Kind::ViewSet,
+            10 => Kind::ViewMove,
+            11 => Kind::HeldFrom,
             _ => return None,
         })
     }

@@ -126,11 +126,11 @@ impl Shape {
     }
 }
 
-fn put_u32(out: &mut Vec<u8>, n: usize) {
+pub(super) fn put_u32(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&(n as u32).to_le_bytes());
 }
 
-fn put_value(out: &mut Vec<u8>, value: &[Option<String>]) {
+pub(super) fn put_value(out: &mut Vec<u8>, value: &[Option<String>]) {
     put_u32(out, value.len());
     for column in value {
         match column {
@@ -144,7 +144,7 @@ fn put_value(out: &mut Vec<u8>, value: &[Option<String>]) {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 const SHORT: &str = "kept views cut short";
 
@@ -158,21 +158,21 @@ impl Reader<'_> {
         Ok(head)
     }
 
-    fn u8(&mut self) -> Result<u8, &'static str> {
+    pub(super) fn u8(&mut self) -> Result<u8, &'static str> {
         Ok(self.take(1)?[0])
     }
 
-    fn u32(&mut self) -> Result<usize, &'static str> {
+    pub(super) fn u32(&mut self) -> Result<usize, &'static str> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes(b.try_into().map_err(|_| SHORT)?) as usize)
     }
 
-    fn u64(&mut self) -> Result<u64, &'static str> {
+    pub(super) fn u64(&mut self) -> Result<u64, &'static str> {
         let b = self.take(8)?;
         Ok(u64::from_le_bytes(b.try_into().map_err(|_| SHORT)?))
     }
 
-    fn value(&mut self) -> Result<Value, &'static str> {
+    pub(super) fn value(&mut self) -> Result<Value, &'static str> {
         let columns = self.u32()?;
         let mut value = Vec::with_capacity(columns.min(64));
         for _ in 0..columns {

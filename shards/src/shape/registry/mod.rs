@@ -27,6 +27,7 @@ pub use super::relation_index::schema_fingerprint;
 
 mod capture;
 mod cold;
+mod durable_views;
 mod kept_views;
 mod liveness;
 mod memory;
@@ -38,7 +39,7 @@ use cold::Cold;
 pub use cold::{SWEEP_PER_CHECKPOINT, UNLOAD_PER_CHECKPOINT};
 pub use liveness::Liveness;
 pub use memory::wait_for_memory;
-use shape::{Applied, Gate, Held, MetaDirty, MoveJobs, ShapeState};
+use shape::{Applied, Gate, Held, MetaDirty, MoveJobs, ShapeState, Unpublished};
 pub use shape::{Journal, RowFilter, Shape, ShapeId, ShapeSpec, SpecLoader, MAX_HELD_TRANSACTIONS};
 pub use subquery::{
     DependencySpec, MoveInJob, MoveInRows, SubquerySpec, DEFAULT_BUFFER_MAX_TRANSACTIONS,
@@ -83,6 +84,8 @@ pub struct Registry {
     /// Shapes whose metadata record changed since the last tick's commit
     /// (shared with the shapes: a finished snapshot marks itself).
     meta_dirty: MetaDirty,
+    /// Subquery shapes whose new items wait for a flush to be served.
+    unpublished: Unpublished,
     /// `(id, definition hash)` of shapes removed since the last commit.
     meta_removed: Vec<(ShapeId, u64)>,
     /// Read stamps set since the last checkpoint (one per shape at most).
@@ -113,6 +116,9 @@ pub struct Registry {
     /// Shapes with a move-in in flight, retried for their splice as the
     /// shard's position moves.
     moving: BTreeSet<ShapeId>,
+    /// Subquery shapes resuming after a crash whose truth is being read
+    /// again (`durable_views.rs`).
+    reseeding: BTreeSet<ShapeId>,
     /// Flags of shapes other shards keep replies of (built or cold; made
     /// on first ask), ended when the shape goes.
     liveness: HashMap<ShapeId, Liveness>,
@@ -151,6 +157,7 @@ impl Registry {
             by_read: BTreeSet::new(),
             files_dir: files_dir.to_path_buf(),
             meta_dirty: MetaDirty::default(),
+            unpublished: Unpublished::default(),
             meta_removed: Vec::new(),
             read_stamps: HashMap::new(),
             doomed_files: Vec::new(),
@@ -163,6 +170,7 @@ impl Registry {
             move_jobs: Rc::default(),
             move_runner: None,
             moving: BTreeSet::new(),
+            reseeding: BTreeSet::new(),
             liveness: HashMap::new(),
         }
     }
@@ -352,9 +360,16 @@ impl Registry {
             created_ms,
             journal: self.journal.clone(),
             meta_dirty: self.meta_dirty.clone(),
+            unpublished: self.unpublished.clone(),
             column_names,
             state: RefCell::new(ShapeState {
-                log: ShapeLog::new(&self.files_dir, id, self.chunk_bytes_max),
+                log: {
+                    let mut log = ShapeLog::new(&self.files_dir, id, self.chunk_bytes_max);
+                    if spec.subqueries.is_some() {
+                        log.serve_durable_only();
+                    }
+                    log
+                },
                 snapshot_end: None,
                 gate,
                 gone: false,
@@ -437,6 +452,7 @@ impl Registry {
             self.routes.unsubscribe(dependency, self.shard);
         }
         self.moving.remove(&id);
+        self.reseeding.remove(&id);
         {
             let mut state = shape.state.borrow_mut();
             // Its tail leaves the shard's total now (readers may still hold

@@ -100,8 +100,9 @@ impl Shape {
             return;
         };
         m.seed_at(rest, value);
-        if m.is_nested() {
-            // Its values come once every level is seeded.
+        if m.is_nested() || sub.reseeding {
+            // Its values come once every level is seeded; a re-read after
+            // a restart seeds the truth only (the client views are durable).
             return;
         }
         if let Some(client) = sub.client.get_mut(d) {
@@ -124,6 +125,9 @@ impl Shape {
                 continue;
             }
             sub.materializers[d].finish_seed()?;
+            if sub.reseeding {
+                continue;
+            }
             for value in crate::shape::nested::distinct_values(sub.materializers[d].view()) {
                 let text = as_refs(&value);
                 super::subquery::set_add(&mut sub.client[d], &text);
@@ -131,6 +135,9 @@ impl Shape {
                     super::subquery::set_add(seeded, &text);
                 }
             }
+        }
+        if !sub.reseeding {
+            self.journal_view_set(sub);
         }
         Ok(())
     }
@@ -254,6 +261,7 @@ impl Shape {
             return Applied::Invalidated("a subquery shape without its subqueries");
         };
         let result = self.route(state, spec, tx, indices);
+        self.journal_held(state);
         self.recount(state);
         match result {
             Ok(true) => Applied::Grew,
@@ -326,7 +334,22 @@ impl Shape {
             return Err(why);
         }
         let sub = state.subquery.as_mut().ok_or("no subquery state")?;
+        // After a restart the truth was read again in a snapshot: the
+        // transactions it saw are in it already.
+        let seen = match &sub.reseed_filter {
+            Some(s) if s.holds(tx.xid, tx.commit_lsn.0) => true,
+            Some(s) => {
+                if s.ends_filtering(tx.xid, tx.commit_lsn.0) {
+                    sub.reseed_filter = None;
+                }
+                false
+            }
+            None => false,
+        };
         for (d, materializer) in sub.materializers.iter_mut().enumerate() {
+            if seen {
+                break;
+            }
             match materializer.apply(tx) {
                 Materialized::Unchanged => {}
                 Materialized::Invalidated(why) => return Err(why),
@@ -500,7 +523,7 @@ impl Shape {
                             std::slice::from_ref(&value),
                             &sub.client[d],
                         )?);
-                        sub.move_client(spec, d, &value, Due::Out);
+                        self.move_client(sub, spec, d, &value, Due::Out);
                     }
                 }
             }
@@ -638,12 +661,25 @@ impl Shape {
                 step.map(|_| grew)
             }
         };
+        self.journal_held(&mut state);
         self.recount(&state);
         match result {
             Ok(true) => Applied::Grew,
             Ok(false) => Applied::Nothing,
             Err(why) => Applied::Invalidated(why),
         }
+    }
+
+    /// Writes the due move-outs and starts a due move-in, outside any
+    /// transaction (after a restart's re-read).
+    pub(super) fn write_pending_moves(
+        &self,
+        state: &mut ShapeState,
+        spec: &SubquerySpec,
+    ) -> Result<bool, &'static str> {
+        let grew = self.write_move_outs(state, spec, None)?;
+        self.start_move_in(state, spec)?;
+        Ok(grew)
     }
 
     fn splice(
@@ -669,7 +705,7 @@ impl Shape {
         let patterns = {
             let sub = state.subquery.as_mut().ok_or("no subquery state")?;
             for value in &values {
-                sub.move_client(spec, d, value, Due::In);
+                self.move_client(sub, spec, d, value, Due::In);
             }
             self.patterns(spec, d, &values, &sub.client[d])?
         };

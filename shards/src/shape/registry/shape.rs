@@ -107,11 +107,16 @@ pub type Journal = Rc<RefCell<Vec<u8>>>;
 /// Shapes whose metadata record must be rewritten at the next tick.
 pub(super) type MetaDirty = Rc<RefCell<HashSet<ShapeId>>>;
 
+/// Subquery shapes with log items journaled since the last tick took the
+/// journal: served once that tick's flush made them durable.
+pub(super) type Unpublished = Rc<RefCell<HashSet<ShapeId>>>;
+
 pub struct Shape {
     pub id: ShapeId,
     pub spec: ShapeSpec,
     pub(super) journal: Journal,
     pub(super) meta_dirty: MetaDirty,
+    pub(super) unpublished: Unpublished,
     /// When it was last read, on the server-wide read clock (for LRU).
     pub(super) read_stamp: Cell<u64>,
     /// The registry's checkpoint epoch when it was last used (unloading).
@@ -182,8 +187,17 @@ impl Shape {
         self.read_stamp.get()
     }
 
+    /// The last offset served (see `ShapeLog::served_offset`).
     pub fn last_offset(&self) -> LogOffset {
-        self.state.borrow().log.last_offset()
+        self.state.borrow().log.served_offset()
+    }
+
+    /// The tick that took the journal holding this shape's items up to
+    /// `end` made them durable: serve them, waking its readers.
+    pub fn serve_through(&self, end: LogOffset) {
+        if self.state.borrow_mut().log.serve_through(end) {
+            self.changed.notify_all();
+        }
     }
 
     pub fn snapshot_done(&self) -> bool {
@@ -314,6 +328,7 @@ impl Shape {
     pub fn restore_entry(&self, commit_lsn: Lsn, offset: LogOffset, item: &[u8]) {
         let mut state = self.state.borrow_mut();
         state.log.push_entry(offset, item);
+        state.log.serve_through(offset);
         state.last_lsn = state.last_lsn.max(commit_lsn);
         self.recount(&state);
     }
@@ -576,6 +591,9 @@ impl Shape {
             &payload,
         );
         log.push_entry(offset, bytes);
+        if self.spec.subqueries.is_some() {
+            self.unpublished.borrow_mut().insert(self.id);
+        }
     }
 }
 

@@ -199,6 +199,21 @@ pub(super) struct SubqueryState {
     /// registry last looked (`Shape::index_changes`).
     pub(super) keyed: Option<usize>,
     pub(super) key_touched: Vec<ValueText>,
+    /// What a crash must find (`durable_views.rs`): the client views'
+    /// version (bumped by every move) and the first transaction held, as
+    /// last journaled and as the last successful checkpoint wrote them.
+    pub(super) views_version: u64,
+    pub(super) held_journaled: Lsn,
+    pub(super) saved: Option<(u64, Lsn)>,
+    /// Recovery: the client views were restored (from the checkpoint or
+    /// the segment log), and the first transaction the shape held then.
+    pub(super) views_restored: bool,
+    pub(super) restored_held_from: Lsn,
+    /// After a crash: the truth is being read again (`Registry::reseed`);
+    /// transactions are held by the gate meanwhile. Then the snapshot it
+    /// was read in, whose transactions the materializers skip.
+    pub(super) reseeding: bool,
+    pub(super) reseed_filter: Option<PgSnapshot>,
 }
 
 impl SubqueryState {
@@ -224,6 +239,13 @@ impl SubqueryState {
             resume_after: Lsn::ZERO,
             keyed: spec.key().map(|(_, d)| d),
             key_touched: Vec::new(),
+            views_version: 0,
+            held_journaled: Lsn::ZERO,
+            saved: None,
+            views_restored: false,
+            restored_held_from: Lsn::ZERO,
+            reseeding: false,
+            reseed_filter: None,
         }
     }
 

@@ -147,6 +147,11 @@ impl SubqueryView {
         }
     }
 
+    /// An empty view of the same types.
+    pub fn empty_like(&self) -> SubqueryView {
+        SubqueryView::new(self.types.clone())
+    }
+
     /// Number of distinct values.
     pub fn len(&self) -> usize {
         self.entries.len()
