@@ -12,15 +12,13 @@
 //! WHERE <clause>`.
 //!
 //! 409s are counted per restart kind and shape kind. What is asserted is
-//! what the server promises today (docs/design/subqueries-next.md,
-//! Status): plain and one-level subquery shapes keep their handle across
-//! graceful and rolling restarts (0 × 409), plain shapes across SIGKILL
-//! too; a SIGKILL may drop one-level shapes and any restart may drop
-//! nested ones (409), and their client then re-syncs with a fresh stream
-//! that must fold to Postgres. No shape answers 409 between restarts.
-//! With RESTART_AT_REST=0 a SIGKILL may also drop a plain shape created
-//! during that batch's writes (served before its creation record was
-//! durable).
+//! what the server promises (docs/design/subqueries-next.md, Status):
+//! every shape, plain, one-level or nested, keeps its handle across
+//! graceful, rolling and SIGKILL restarts (0 × 409), and no shape answers
+//! 409 between restarts. With RESTART_AT_REST=0 a SIGKILL may drop a
+//! shape created during that batch's writes (served before its creation
+//! record was durable); its client then re-syncs with a fresh stream that
+//! must fold to Postgres.
 //!
 //! Knobs (environment): SEED, SHAPE_COUNT, BATCH_COUNT, TXNS_PER_BATCH,
 //! MUTATIONS_PER_TXN, NEW_SHAPES_PER_BATCH (shapes created in the middle
@@ -28,9 +26,7 @@
 //! (graceful|brutal|rolling|alternate: graceful, rolling, brutal in turn),
 //! RESTART_AT_REST (1: restart once every stream equals Postgres, so no
 //! move is in flight; 0: right after the batch's writes, while the server
-//! still applies them; a clean stop may then drop a one-level shape whose
-//! move was in flight, so their 409s are allowed, and only convergence is
-//! checked).
+//! still applies them and moves are in flight).
 //! Defaults are the CI run: 12 shapes (and one more per batch) × 8
 //! batches × 8 transactions × 8 statements, a restart after every batch. Any failure prints the line
 //! that replays it (the test prints it first, so a panic deep in a client
@@ -614,19 +610,10 @@ impl Tally {
     /// Whether a 409 for a `kind` shape is what the server promises
     /// today (module doc).
     fn allowed(&self, phase: Phase, f: &Follower, batch: u64) -> bool {
-        match f.shape.kind {
-            // Without `at_rest`, a SIGKILL may come before the creation
-            // record of a shape created during that batch's writes is
-            // durable, though its snapshot was served: the shape is gone.
-            ShapeKind::Plain => {
-                !self.at_rest && phase == Phase::Brutal && f.created_in_batch == batch
-            }
-            // Without `at_rest`, a clean stop may land during a move.
-            ShapeKind::OneLevel => {
-                phase == Phase::Brutal || (!self.at_rest && phase != Phase::Running)
-            }
-            ShapeKind::Nested => phase != Phase::Running,
-        }
+        // Without `at_rest`, a SIGKILL may come before the creation record
+        // of a shape created during that batch's writes is durable, though
+        // its snapshot was served: the shape is gone.
+        !self.at_rest && phase == Phase::Brutal && f.created_in_batch == batch
     }
 
     /// Counts a 409 for `f` (failing if it is not allowed) and starts it

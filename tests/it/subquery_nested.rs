@@ -411,13 +411,12 @@ fn churn_at_every_level_folds_to_postgres() {
     }
 }
 
-/// A clean stop keeps one-level subquery shapes, not nested ones: their
-/// middle levels mirror their tables' rows, which the kept views do not
-/// hold. The nested shape answers 409 after a graceful restart and a fresh
-/// stream folds to Postgres; the one-level shape beside it keeps its
-/// handle.
+/// Restarts keep nested shapes too: a clean stop and a SIGKILL both
+/// resume them with their handle (their middle levels' rows are read
+/// again), beside a one-level shape; moves from every level made while
+/// the server was down and after fold to Postgres on the same streams.
 #[test]
-fn a_clean_stop_drops_nested_shapes_and_keeps_one_level_ones() {
+fn restarts_keep_nested_and_one_level_shapes() {
     let db = teams_db("subquery_nested_restart");
     let mut server = Server::start(&db, &[("ELECTRIC_LONG_POLL_TIMEOUT", "1000")]);
     let nested_sql = "project_id IN (SELECT project_id FROM members WHERE team_id IN (SELECT team_id FROM team_members WHERE user_id = $1))";
@@ -426,22 +425,37 @@ fn a_clean_stop_drops_nested_shapes_and_keeps_one_level_ones() {
     nested.until(&server, 0, |_| true);
     let mut flat = Stream::new(&definition("tasks", flat_sql, &["10"]));
     flat.until(&server, 0, |_| true);
-    let flat_handle = flat.handle.clone().unwrap();
+    let handles = (nested.handle.clone(), flat.handle.clone());
+    let converge = |nested: &mut Stream, flat: &mut Stream, server: &Server| {
+        nested.converge(
+            server,
+            &COLUMNS,
+            &pg_tasks(&db, &nested_sql.replace("$1", "1")),
+        );
+        flat.converge(
+            server,
+            &COLUMNS,
+            &pg_tasks(&db, &flat_sql.replace("$1", "10")),
+        );
+        assert_eq!((nested.handle.clone(), flat.handle.clone()), handles);
+    };
     server.graceful_restart();
-    assert_eq!(nested.status(&server), 409, "a nested shape is not resumed");
     db.client()
         .batch_execute("INSERT INTO members VALUES (10, 2)")
         .unwrap();
-    flat.converge(
-        &server,
-        &COLUMNS,
-        &pg_tasks(&db, &flat_sql.replace("$1", "10")),
-    );
-    assert_eq!(flat.handle.as_deref(), Some(flat_handle.as_str()));
-    let mut fresh = Stream::new(&definition("tasks", nested_sql, &["1"]));
-    fresh.until(&server, 0, |_| true);
-    assert_eq!(
-        fresh.view(&COLUMNS),
-        pg_tasks(&db, &nested_sql.replace("$1", "1"))
-    );
+    converge(&mut nested, &mut flat, &server);
+    // SIGKILL, with moves at both levels while it is down.
+    server.kill();
+    db.client()
+        .batch_execute(
+            "INSERT INTO team_members VALUES (1, 20);
+             DELETE FROM members WHERE team_id = 10 AND project_id = 2;",
+        )
+        .unwrap();
+    server.restart();
+    converge(&mut nested, &mut flat, &server);
+    db.client()
+        .batch_execute("INSERT INTO members VALUES (10, 2)")
+        .unwrap();
+    converge(&mut nested, &mut flat, &server);
 }

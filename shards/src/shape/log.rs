@@ -875,6 +875,38 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
+    /// A log served only up to its durable point: entries past it are
+    /// not read (not even when they seal a chunk, which is then read as an
+    /// open one up to the point), and `serve_through` lets them out.
+    #[test]
+    fn entries_past_the_durable_point_are_not_served() {
+        let d = dir("served");
+        let mut log = ShapeLog::new(&d, 6, 8);
+        log.serve_durable_only();
+        log.finish_snapshot(b"end");
+        log.push_entry(off("1_0"), b"aaaa");
+        assert_eq!(log.served_offset(), off("0_inf"));
+        assert_eq!(items(log.read(off("0_inf"))), ("".into(), "0_inf".into()));
+        assert!(log.serve_through(off("1_0")));
+        assert!(!log.serve_through(off("1_0")), "no wake-up for nothing new");
+        log.push_entry(off("2_0"), b"bbbb"); // seals the chunk, not served
+        let view = match log.read(off("0_inf")) {
+            LogRead::Items(view) => view,
+            other => panic!("{other:?}"),
+        };
+        assert!(!view.sealed, "a chunk served in part is not cacheable");
+        assert_eq!(items(log.read(off("0_inf"))), ("aaaa".into(), "1_0".into()));
+        assert!(matches!(log.read(off("2_0")), LogRead::OutOfBounds));
+        log.push_entry(off("3_0"), b"cc");
+        assert!(log.serve_through(off("3_0")));
+        assert_eq!(
+            items(log.read(off("0_inf"))),
+            ("aaaa,bbbb".into(), "2_0".into())
+        );
+        assert_eq!(items(log.read(off("2_0"))), ("cc".into(), "3_0".into()));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn a_view_survives_the_trim_of_its_tail() {
         let d = dir("trim");

@@ -211,7 +211,10 @@ impl Shape {
         // Move items written before any resent transaction sort after
         // every durable item and before that transaction's entries.
         state.last_lsn = state.last_lsn.max(Lsn(resume.0 - 1));
-        state.gate = Gate::Pending(Held::default());
+        let before = std::mem::replace(&mut state.gate, Gate::Pending(Held::default()));
+        if let Some(sub) = state.subquery.as_mut() {
+            sub.gate_after_reseed = Some(before);
+        }
         drop(state);
         // A crash during the re-read resumes from the same place.
         self.journal(resume, Kind::HeldFrom, &[]);
@@ -225,7 +228,12 @@ impl Shape {
     fn finish_reseed(&self, snapshot: PgSnapshot) -> Result<Vec<Arc<Transaction>>, &'static str> {
         let spec = self.subquery_spec().ok_or("not a subquery shape")?;
         let mut state = self.state.borrow_mut();
-        let held = match std::mem::replace(&mut state.gate, Gate::Open) {
+        let after = state
+            .subquery
+            .as_mut()
+            .and_then(|sub| sub.gate_after_reseed.take())
+            .unwrap_or(Gate::Open);
+        let held = match std::mem::replace(&mut state.gate, after) {
             Gate::Pending(held) => held.txs,
             other => {
                 state.gate = other;

@@ -214,6 +214,9 @@ pub(super) struct SubqueryState {
     /// was read in, whose transactions the materializers skip.
     pub(super) reseeding: bool,
     pub(super) reseed_filter: Option<PgSnapshot>,
+    /// The gate the shape had before its re-read (its own snapshot's
+    /// filter, still dropping transactions that snapshot saw), back after.
+    pub(super) gate_after_reseed: Option<super::shape::Gate>,
 }
 
 impl SubqueryState {
@@ -246,6 +249,7 @@ impl SubqueryState {
             restored_held_from: Lsn::ZERO,
             reseeding: false,
             reseed_filter: None,
+            gate_after_reseed: None,
         }
     }
 
