@@ -54,6 +54,7 @@ impl ShardCore {
         let last_seen = progress.durable(index);
         let signals = Rc::new(CommitSignals::default());
         signals.seen.set(last_seen);
+        registry.borrow_mut().set_flush_wake(signals.wake.clone());
         let meta_stats = Rc::new(MetaStats::default());
         let ShardStorage { writer, meta } = storage;
         ShardCore {

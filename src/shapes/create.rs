@@ -328,6 +328,8 @@ async fn snapshot(
         if shape.finish_snapshot(&snapshot) {
             service.registry.borrow_mut().request_checkpoint();
         }
+        // Its end is served once durable: the next tick, now.
+        service.registry.borrow().wake_flush();
     }
     Ok(())
 }

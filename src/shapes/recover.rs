@@ -130,6 +130,13 @@ pub fn recover(
     // one whose views were never made durable goes (409, re-sync).
     let subquery = registry.ids_where(super::subquery::canonical_has_subquery);
     for id in &subquery {
+        if registry
+            .get(*id)
+            .is_some_and(|shape| shape.spec.subqueries.is_none())
+        {
+            // Its where only mentions `select` (in a literal).
+            continue;
+        }
         let kept = match kept_views.get(id) {
             Some(_) if tail => Err("records followed its kept views"),
             Some(bytes) => match registry.get(*id) {

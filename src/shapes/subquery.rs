@@ -209,9 +209,9 @@ fn dependency_spec(
     })
 }
 
-/// Whether a stored canonical definition has a subquery in its where
-/// (recovery drops those: their views are not persisted yet). Errs on
-/// the side of yes: a where merely mentioning `select` is re-synced too.
+/// Whether a stored canonical definition may have a subquery in its
+/// where (recovery resumes those by their views). Errs on the side of
+/// yes: a where merely mentioning `select` is checked too.
 pub fn canonical_has_subquery(canonical: &str) -> bool {
     let start = canonical.find("|where=").map_or(0, |i| i + 7);
     let end = canonical[start..]

@@ -578,6 +578,10 @@ pub struct ShapeLog {
     /// never have read past the durable point. A plain shape's tail comes
     /// back identical from Postgres' resend, so it is served at once.
     served: Option<LogOffset>,
+    /// The snapshot's last chunk (with `snapshot-end`) waits until the
+    /// shape is durable: a client told it is up to date must find the
+    /// shape after a crash.
+    end_held: bool,
 }
 
 impl ShapeLog {
@@ -588,7 +592,28 @@ impl ShapeLog {
             snapshot_done: false,
             main: Region::new(dir.join(format!("{id}.log")), chunk_bytes_max),
             served: None,
+            end_held: false,
         }
+    }
+
+    /// The live snapshot just ended: its last chunk waits for durability.
+    pub fn hold_snapshot_end(&mut self) {
+        self.end_held = true;
+    }
+
+    /// The shape is durable: serve its snapshot's end. Returns whether it
+    /// was held.
+    pub fn release_snapshot_end(&mut self) -> bool {
+        std::mem::replace(&mut self.end_held, false)
+    }
+
+    pub fn snapshot_end_held(&self) -> bool {
+        self.end_held
+    }
+
+    /// Whether every snapshot item is in the serving file.
+    pub fn snapshot_on_disk(&self) -> bool {
+        self.snapshot.tail.is_empty()
     }
 
     /// From now on entries are served only up to what `serve_through`
@@ -707,6 +732,14 @@ impl ShapeLog {
 
     fn read_snapshot_chunk(&self, index: u64) -> LogRead {
         match self.snapshot.chunks.get(index as usize) {
+            Some(chunk)
+                if chunk.sealed
+                    && self.end_held
+                    && self.snapshot_done
+                    && index as usize + 1 == self.snapshot.chunks.len() =>
+            {
+                LogRead::NotYet
+            }
             Some(chunk) if chunk.sealed => LogRead::Items(self.snapshot.view(
                 index as usize,
                 None,

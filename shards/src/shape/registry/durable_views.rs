@@ -337,6 +337,7 @@ impl Registry {
             self.apply_one(&shape, tx, None);
         }
         self.run_moves();
+        self.wake_flush();
     }
 
     /// Checkpoint: the client views of subquery shapes that changed since

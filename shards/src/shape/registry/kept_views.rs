@@ -7,12 +7,12 @@
 //! its journal), written once after its checkpoint, and taken (read and
 //! deleted) by the next recovery: a run
 //! that applies anything makes them stale, so a crash must never find
-//! them (such shapes are dropped, their clients re-sync with a 409).
+//! them (a crash resumes shapes as `durable_views.rs` says).
 //!
-//! Not kept (dropped on restart): a shape with a move-in in flight (its
-//! held transactions are confirmed to Postgres with the shard's position
-//! and would not come back) or pending moves, and a shape whose snapshot
-//! did not finish.
+//! Not kept here (they resume through `durable_views.rs`, their truth
+//! read again): a shape with a move-in in flight or pending moves, a
+//! nested one (its middle levels' rows are not in these bytes); a shape
+//! whose snapshot did not finish is dropped.
 //!
 //! Layout: version, the shard position the views hold through, then per
 //! dependency the materializer's values with counts and the client view's

@@ -86,6 +86,9 @@ pub struct Registry {
     meta_dirty: MetaDirty,
     /// Subquery shapes whose new items wait for a flush to be served.
     unpublished: Unpublished,
+    /// Wakes the group commit (an idle one ticks slowly) when items wait
+    /// for a flush to be served outside the feed's applies (a splice).
+    flush_wake: Option<Rc<Notify>>,
     /// `(id, definition hash)` of shapes removed since the last commit.
     meta_removed: Vec<(ShapeId, u64)>,
     /// Read stamps set since the last checkpoint (one per shape at most).
@@ -158,6 +161,7 @@ impl Registry {
             files_dir: files_dir.to_path_buf(),
             meta_dirty: MetaDirty::default(),
             unpublished: Unpublished::default(),
+            flush_wake: None,
             meta_removed: Vec::new(),
             read_stamps: HashMap::new(),
             doomed_files: Vec::new(),
@@ -557,6 +561,21 @@ impl Registry {
             }
         }
         self.run_moves();
+        self.wake_flush();
+    }
+
+    /// The group commit's wake-up (see `flush_wake`).
+    pub fn set_flush_wake(&mut self, wake: Rc<Notify>) {
+        self.flush_wake = Some(wake);
+    }
+
+    /// Items wait to be served: let the group commit flush them now.
+    pub fn wake_flush(&self) {
+        if let Some(wake) = &self.flush_wake {
+            if !self.unpublished.borrow().is_empty() {
+                wake.notify_all();
+            }
+        }
     }
 
     fn apply_one(&mut self, shape: &Rc<Shape>, tx: &Arc<Transaction>, indices: Option<&[usize]>) {

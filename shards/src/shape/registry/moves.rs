@@ -8,8 +8,9 @@
 //! position right after the log's last item, or `(last applied commit
 //! LSN, 0)` when that transaction wrote nothing, so it sorts after every
 //! earlier item and before the next transaction's (whose commit LSN is
-//! higher). They are not derived from the WAL alone, which is fine while
-//! subquery shapes are not kept across restarts (they are dropped).
+//! higher). They are not derived from the WAL alone, so after a crash
+//! they are not made again identically: these shapes serve only durable
+//! items (`durable_views.rs`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -194,10 +194,24 @@ impl Shape {
 
     /// The tick that took the journal holding this shape's items up to
     /// `end` made them durable: serve them, waking its readers.
+    /// A snapshot that ended is durable with it unless rows of it were
+    /// not journaled (then with the checkpoint that writes them: see
+    /// `written`).
     pub fn serve_through(&self, end: LogOffset) {
-        if self.state.borrow_mut().log.serve_through(end) {
+        let mut state = self.state.borrow_mut();
+        let mut grew = state.log.serve_through(end);
+        if state.log.snapshot_end_held() && !self.large_snapshot() {
+            grew |= state.log.release_snapshot_end();
+        }
+        drop(state);
+        if grew {
             self.changed.notify_all();
         }
+    }
+
+    /// Rows of its snapshot were left out of the journal.
+    fn large_snapshot(&self) -> bool {
+        self.snapshot_journaled.get() >= SNAPSHOT_JOURNAL_BYTES
     }
 
     pub fn snapshot_done(&self) -> bool {
@@ -269,12 +283,15 @@ impl Shape {
         {
             let mut state = self.state.borrow_mut();
             state.log.finish_snapshot(PgSnapshot::served_end(&stored));
+            // Served once durable (`serve_through`, `written`).
+            state.log.hold_snapshot_end();
             state.snapshot_end = Some(stored);
             self.recount(&state);
         }
         self.meta_dirty.borrow_mut().insert(self.id);
+        self.unpublished.borrow_mut().insert(self.id);
         self.changed.notify_all();
-        self.snapshot_journaled.get() >= SNAPSHOT_JOURNAL_BYTES
+        self.large_snapshot()
     }
 
     /// Recovery: a snapshot row as the log holds it.
@@ -379,6 +396,15 @@ impl Shape {
         let mut state = self.state.borrow_mut();
         state.log.written(captured);
         self.recount(&state);
+        // A large snapshot is durable once a checkpoint holds all its rows.
+        let released = state.log.snapshot_end_held()
+            && state.log.snapshot_done()
+            && state.log.snapshot_on_disk()
+            && state.log.release_snapshot_end();
+        drop(state);
+        if released {
+            self.changed.notify_all();
+        }
     }
 
     /// Recovery: the checkpointed log state (the files are already cut to
@@ -402,8 +428,8 @@ impl Shape {
     /// log state checkpointed).
     pub(super) fn to_cold(&self) -> Option<Box<Cold>> {
         let state = self.state.borrow();
-        // A subquery shape's views live only in memory (issue 17: not
-        // persisted yet), so it stays built.
+        // A subquery shape's truth lives only in memory (it is read again
+        // only after a restart), so it stays built.
         if state.gone
             || state.subquery.is_some()
             || state.snapshot_end.is_none()
