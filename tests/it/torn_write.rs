@@ -160,6 +160,8 @@ const HEADER: usize = 25;
 const SHAPE_CREATED: u8 = 4;
 /// Ends the records of one flush (`len | crc | lsn 0 | shape 0 | 6`).
 const COMMIT: u8 = 6;
+/// A flush's processed position (after its records, before its marker).
+const POSITION: u8 = 8;
 
 /// The records of a segment, up to its zero padding. The test reads only
 /// what the server wrote whole, so anything else is a failure.
@@ -402,7 +404,10 @@ fn torn_tail(prefix: &str, damage: Damage, target: Target, newest: &str) {
                 let bytes = std::fs::read(&path).unwrap();
                 let records = records(&bytes, &path);
                 let marker = records.last().filter(|r| r.kind == COMMIT)?;
-                let entry = records.iter().rev().find(|r| r.kind != COMMIT)?;
+                let entry = records
+                    .iter()
+                    .rev()
+                    .find(|r| r.kind != COMMIT && r.kind != POSITION)?;
                 if entry.lsn != newest_lsn {
                     return None;
                 }
