@@ -26,8 +26,7 @@ use shards::shape::definition::{definition_hash, ShapeHandle};
 use shards::shape::encode::PgSnapshot;
 use shards::shape::registry::Registry;
 use shards::storage::meta::{
-    Checkpoint, CheckpointBatch, ChunkRecord, LogRecord, MetaBatch, MetaStore, RegionRecord,
-    ShapeRecord,
+    CheckpointBatch, ChunkRecord, LogRecord, MetaBatch, MetaStore, RegionRecord, ShapeRecord,
 };
 
 /// Counts live heap bytes, so memory per shape is exact whatever the
@@ -98,11 +97,7 @@ pub fn run(shapes: usize) -> String {
     let built = Instant::now();
     for batch in (0..shapes).collect::<Vec<_>>().chunks(10_000) {
         let mut records = MetaBatch::default();
-        let mut logs = CheckpointBatch {
-            logs: Vec::new(),
-            stamps: Vec::new(),
-            at: Checkpoint::default(),
-        };
+        let mut logs = CheckpointBatch::default();
         for &k in batch {
             let definition = g_equals(k);
             let handle = ShapeHandle::new(definition.hash(), k as u64);
