@@ -40,6 +40,11 @@ use super::Registry;
 
 const VERSION: u8 = 1;
 
+/// A view record's payload at most (a record is bounded, views are not):
+/// larger views are journaled as an empty `ViewSet` and `ViewMove`
+/// records of this size each.
+const VIEW_RECORD_BYTES: usize = 1 << 20;
+
 impl SubqueryState {
     /// The first transaction held and not applied yet, if any.
     pub(super) fn held_from(&self) -> Lsn {
@@ -53,10 +58,19 @@ impl SubqueryState {
     }
 
     fn encode_client(&self) -> Vec<u8> {
+        self.encode_client_with(true)
+    }
+
+    /// The client state, its values left out unless `values`.
+    fn encode_client_with(&self, values: bool) -> Vec<u8> {
         let mut out = vec![VERSION];
         out.extend_from_slice(&self.held_from().0.to_le_bytes());
         put_u32(&mut out, self.client.len());
         for view in &self.client {
+            if !values {
+                put_u32(&mut out, 0);
+                continue;
+            }
             let values: Vec<_> = view.counted_texts().collect();
             put_u32(&mut out, values.len());
             for (value, _) in values {
@@ -107,7 +121,29 @@ impl Shape {
     /// Journals the whole client views (at seeding).
     pub(super) fn journal_view_set(&self, sub: &mut SubqueryState) {
         sub.views_version += 1;
-        self.journal(Lsn::ZERO, Kind::ViewSet, &sub.encode_client());
+        let whole = sub.encode_client();
+        if whole.len() <= VIEW_RECORD_BYTES {
+            self.journal(Lsn::ZERO, Kind::ViewSet, &whole);
+            return;
+        }
+        self.journal(Lsn::ZERO, Kind::ViewSet, &sub.encode_client_with(false));
+        for (d, view) in sub.client.iter().enumerate() {
+            let mut payload = Vec::new();
+            for (value, _) in view.counted_texts() {
+                if payload.is_empty() {
+                    put_u32(&mut payload, d);
+                    payload.push(1);
+                }
+                put_value(&mut payload, value);
+                if payload.len() >= VIEW_RECORD_BYTES {
+                    self.journal(Lsn::ZERO, Kind::ViewMove, &payload);
+                    payload.clear();
+                }
+            }
+            if !payload.is_empty() {
+                self.journal(Lsn::ZERO, Kind::ViewMove, &payload);
+            }
+        }
     }
 
     /// Moves `value` into or out of dependency `d`'s client view, and
@@ -156,22 +192,25 @@ impl Shape {
         self.restore_client_views(payload)
     }
 
-    /// Recovery: a `ViewMove` record.
+    /// Recovery: a `ViewMove` record (one value moved, or a large view's
+    /// values added in turn after its `ViewSet`).
     pub fn replay_view_move(&self, payload: &[u8]) -> Result<(), &'static str> {
         let mut state = self.state.borrow_mut();
         let sub = state.subquery.as_mut().ok_or("not a subquery shape")?;
         let mut r = Reader(payload);
         let d = r.u32()?;
         let add = r.u8()? != 0;
-        let value = r.value()?;
         let view = sub
             .client
             .get_mut(d)
             .ok_or("a view move of no dependency")?;
-        if add {
-            set_add(view, &as_refs(&value));
-        } else {
-            set_remove(view, &as_refs(&value));
+        while !r.0.is_empty() {
+            let value = r.value()?;
+            if add {
+                set_add(view, &as_refs(&value));
+            } else {
+                set_remove(view, &as_refs(&value));
+            }
         }
         Ok(())
     }
