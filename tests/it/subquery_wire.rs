@@ -395,6 +395,54 @@ fn sigkill_between_move_out_and_outer_change() {
     );
 }
 
+/// A subquery whose values do not fit one journal record (150,000 of
+/// them, about 2 MB of client view): the view is journaled in bounded
+/// records and, after a SIGKILL right after the shape was served (before
+/// any checkpoint holds it), rebuilt from them; the same stream then
+/// follows moves of those values.
+#[test]
+fn a_large_value_set_survives_a_sigkill() {
+    let db = database("subquery_wire_large_set");
+    db.client()
+        .batch_execute(
+            "CREATE TABLE tasks (id int PRIMARY KEY, project_id int, title text);
+             CREATE TABLE big_set (v int PRIMARY KEY);
+             INSERT INTO big_set SELECT g FROM generate_series(1, 150000) g;
+             INSERT INTO tasks SELECT g, g * 1000, 'task ' || g FROM generate_series(1, 20) g;
+             INSERT INTO tasks VALUES (100, 999999, 'outside');",
+        )
+        .unwrap();
+    let mut server = Server::start(
+        &db,
+        &[
+            ("ELECTRIC_LONG_POLL_TIMEOUT", "500"),
+            ("SHAPESHARD_CHECKPOINT_INTERVAL_MS", "600000"),
+        ],
+    );
+    let shape = "table=tasks&where=project_id%20IN%20(SELECT%20v%20FROM%20big_set)";
+    let pg = "SELECT id::text, project_id::text, title FROM tasks WHERE project_id IN (SELECT v FROM big_set)";
+    let columns = ["id", "project_id", "title"];
+    let mut stream = Stream::new(shape);
+    stream.converge(&server, &columns, &pg_rows(&db, pg));
+    assert_eq!(stream.rows.len(), 20);
+    server.kill();
+    db.client()
+        .batch_execute(
+            "DELETE FROM big_set WHERE v IN (1000, 2000); INSERT INTO big_set VALUES (999999)",
+        )
+        .unwrap();
+    server.restart();
+    let handle = stream.handle.clone();
+    stream.converge(&server, &columns, &pg_rows(&db, pg));
+    assert_eq!(stream.handle, handle);
+    assert_eq!(stream.rows.len(), 19);
+    db.client()
+        .batch_execute("INSERT INTO big_set VALUES (1000)")
+        .unwrap();
+    stream.converge(&server, &columns, &pg_rows(&db, pg));
+    assert_eq!(stream.handle, handle);
+}
+
 #[test]
 fn not_in_moves_are_inverted() {
     let db = database("subquery_wire_not_in");
