@@ -93,6 +93,11 @@ fn equality_key(value: &Value, scalar: &Scalar) -> String {
             }
         }
         Value::Text(text) if *scalar == Scalar::Bpchar => text.trim_end_matches(' ').to_string(),
+        // Keys are compared within one column (one type): these are
+        // injective, and equal to Postgres' text, which is then not kept
+        // twice (`Entry::text`).
+        Value::Text(text) => text.clone(),
+        Value::Int(i) => i.to_string(),
         Value::Interval(interval) => format!("{}", interval.span()),
         other => format!("{other:?}"),
     }
@@ -109,8 +114,15 @@ type Tuple = Vec<Option<String>>;
 #[derive(Clone, Debug)]
 struct Entry {
     count: u64,
-    /// The text first seen for this key (Postgres' output), to bind back.
-    text: Vec<Option<String>>,
+    /// The text first seen for this key (Postgres' output), to bind back;
+    /// None when it is the key itself (integers, text: most values).
+    text: Option<Vec<Option<String>>>,
+}
+
+impl Entry {
+    fn text<'a>(&'a self, key: &'a Tuple) -> &'a [Option<String>] {
+        self.text.as_deref().unwrap_or(key)
+    }
 }
 
 /// A subquery's result as a multiset of values (a dependency's rows may
@@ -197,9 +209,10 @@ impl SubqueryView {
             return false;
         };
         let has_null = tuple.iter().any(Option::is_none);
+        let same = tuple.iter().zip(text).all(|(k, t)| k.as_deref() == *t);
         let entry = self.entries.entry(tuple).or_insert_with(|| Entry {
             count: 0,
-            text: text.iter().map(|t| t.map(str::to_string)).collect(),
+            text: (!same).then(|| text.iter().map(|t| t.map(str::to_string)).collect()),
         });
         entry.count += 1;
         let moved_in = entry.count == 1;
@@ -286,7 +299,7 @@ impl SubqueryView {
 
     /// Every distinct value's text with its count (to keep the view).
     pub fn counted_texts(&self) -> impl Iterator<Item = (&[Option<String>], u64)> {
-        self.entries.values().map(|e| (e.text.as_slice(), e.count))
+        self.entries.iter().map(|(k, e)| (e.text(k), e.count))
     }
 
     /// `value` (a row of several columns, none NULL) with some of its
@@ -324,8 +337,8 @@ impl SubqueryView {
     /// The distinct values' texts, per column (for binding as arrays).
     pub fn column_texts(&self) -> Vec<Vec<Option<&str>>> {
         let mut columns = vec![Vec::with_capacity(self.entries.len()); self.types.len()];
-        for entry in self.entries.values() {
-            for (column, text) in columns.iter_mut().zip(&entry.text) {
+        for (key, entry) in &self.entries {
+            for (column, text) in columns.iter_mut().zip(entry.text(key)) {
                 column.push(text.as_deref());
             }
         }
