@@ -206,20 +206,25 @@ impl Shape {
         let Some(d) = sub.keyed else {
             return (Vec::new(), Vec::new());
         };
+        // Every value of the views or pending is routed (no copy of the
+        // values on the way: views may hold millions).
+        let mut keep: Vec<String> = Vec::new();
         if all {
-            let mut values: Vec<ValueText> = sub.client[d]
+            keep = sub.client[d]
                 .counted_texts()
                 .chain(sub.materializers[d].view().counted_texts())
-                .map(|(value, _)| value.to_vec())
+                .map(|(value, _)| value)
+                .chain(sub.pending[d].keys().map(Vec::as_slice))
+                .filter_map(|value| value.first().cloned().flatten())
                 .collect();
-            values.extend(sub.pending[d].keys().cloned());
-            sub.key_touched.extend(values);
+            keep.sort_unstable();
+            keep.dedup();
         }
         if sub.key_touched.is_empty() {
-            return (Vec::new(), Vec::new());
+            return (keep, Vec::new());
         }
         let at_rest = sub.moving.is_none();
-        let (mut keep, mut drop) = (Vec::new(), Vec::new());
+        let mut drop = Vec::new();
         let mut later = Vec::new();
         for value in std::mem::take(&mut sub.key_touched) {
             // A NULL matches no row under `IN`: never routed.
