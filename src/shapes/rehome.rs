@@ -80,6 +80,8 @@ pub fn rehome(storage: &Path, shards: usize) -> Result<Rehomed, String> {
         std::fs::create_dir_all(&shapes)
             .map_err(|e| io(&format!("cannot create {}", shapes.display()), e))?;
     }
+    let mut kept_views: Vec<Vec<(u64, Vec<u8>)>> = vec![Vec::new(); shards];
+    let mut seen = 0;
     let mut moved = 0;
     for i in 0..from {
         let old = dir.join(i.to_string());
@@ -88,6 +90,17 @@ pub fn rehome(storage: &Path, shards: usize) -> Result<Rehomed, String> {
         let mut loaded = meta
             .load()
             .map_err(|e| io(&format!("shard {i} metadata"), e))?;
+        // Subquery shapes' views move with them: a clean stop's kept views
+        // (resumed with no query) and the checkpoint's client views (the
+        // others re-read their truth); every old shard applied all it was
+        // sent below its own position, so the new shards take the maximum.
+        let mut kept = meta
+            .kept_views()
+            .map_err(|e| io(&format!("shard {i} metadata"), e))?;
+        let mut client = meta
+            .client_views()
+            .map_err(|e| io(&format!("shard {i} metadata"), e))?;
+        seen = seen.max(loaded.checkpoint_seen);
         loaded.shapes.sort_unstable_by_key(|r| r.id);
         for record in loaded.shapes {
             let j = shard_of(owner_key(record.definition_hash), shards);
@@ -111,6 +124,12 @@ pub fn rehome(storage: &Path, shards: usize) -> Result<Rehomed, String> {
             }
             let log = loaded.logs.remove(&record.id).unwrap_or_default();
             logs[j].logs.push((id, log));
+            if let Some(bytes) = kept.remove(&record.id) {
+                kept_views[j].push((id, bytes));
+            }
+            if let Some(bytes) = client.remove(&record.id) {
+                logs[j].client_views.push((id, bytes));
+            }
             records[j].put.push(ShapeRecord { id, ..record });
             moved += 1;
         }
@@ -123,8 +142,13 @@ pub fn rehome(storage: &Path, shards: usize) -> Result<Rehomed, String> {
             .map_err(|e| io(&format!("new shard {j} metadata"), e))?;
         // Nothing to replay: the new shard starts a fresh segment log.
         logs[j].at = Checkpoint::default();
+        logs[j].seen = seen;
         meta.checkpoint(&logs[j])
             .map_err(|e| io(&format!("new shard {j} metadata"), e))?;
+        if !kept_views[j].is_empty() {
+            meta.put_views(&kept_views[j])
+                .map_err(|e| io(&format!("new shard {j} metadata"), e))?;
+        }
         std::fs::write(shard.join("clean"), b"clean\n")
             .map_err(|e| io("cannot write a clean marker", e))?;
     }

@@ -362,14 +362,8 @@ impl MetaStore {
     /// moment of the last clean stop only, so once this run applies
     /// anything they are stale, and a crash in this run must not find them.
     pub fn take_views(&self) -> std::io::Result<std::collections::HashMap<u64, Vec<u8>>> {
+        let views = self.kept_views()?;
         let mut txn = self.env.write_txn().map_err(err)?;
-        let mut views = std::collections::HashMap::new();
-        for item in self.state.prefix_iter(&txn, VIEWS_PREFIX).map_err(err)? {
-            let (key, bytes) = item.map_err(err)?;
-            if let Ok(id) = key[VIEWS_PREFIX.len()..].parse::<u64>() {
-                views.insert(id, bytes.to_vec());
-            }
-        }
         for id in views.keys() {
             self.state
                 .delete(&mut txn, &format!("{VIEWS_PREFIX}{id}"))
@@ -383,15 +377,20 @@ impl MetaStore {
     /// Every subquery shape's client views as the last checkpoint wrote
     /// them.
     pub fn client_views(&self) -> std::io::Result<std::collections::HashMap<u64, Vec<u8>>> {
+        self.by_prefix(CLIENT_VIEWS_PREFIX)
+    }
+
+    /// A clean stop's kept views, left in place (`take_views` deletes).
+    pub fn kept_views(&self) -> std::io::Result<std::collections::HashMap<u64, Vec<u8>>> {
+        self.by_prefix(VIEWS_PREFIX)
+    }
+
+    fn by_prefix(&self, prefix: &str) -> std::io::Result<std::collections::HashMap<u64, Vec<u8>>> {
         let txn = self.env.read_txn().map_err(err)?;
         let mut views = std::collections::HashMap::new();
-        for item in self
-            .state
-            .prefix_iter(&txn, CLIENT_VIEWS_PREFIX)
-            .map_err(err)?
-        {
+        for item in self.state.prefix_iter(&txn, prefix).map_err(err)? {
             let (key, bytes) = item.map_err(err)?;
-            if let Ok(id) = key[CLIENT_VIEWS_PREFIX.len()..].parse::<u64>() {
+            if let Ok(id) = key[prefix.len()..].parse::<u64>() {
                 views.insert(id, bytes.to_vec());
             }
         }
