@@ -257,6 +257,21 @@ impl Server {
         }
     }
 
+    /// SIGKILL (a crash), and waits for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = CURRENT.compare_exchange(
+            self.pid(),
+            0,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+
     /// SIGTERM, waiting up to 60 s.
     pub fn stop(&mut self) -> Stopped {
         self.stop_within(Duration::from_secs(60))

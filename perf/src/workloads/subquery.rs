@@ -8,6 +8,9 @@
 //!   `snapshot-end`); move-out latency likewise (the `move-out` event);
 //! - write throughput: task updates and membership churn until durable
 //!   (`confirmed_flush_lsn`), beside the same writes with no shape at all;
+//! - a SIGKILL with every shape live: restart → active, and → a sample of
+//!   users' shapes resumed with their handle (their memberships read again)
+//!   and moving again (a move-in reaches a live client);
 //! - memory: RSS per membership shape, and per dependency value (one shape
 //!   whose subquery selects `values` values, none of which matches a task,
 //!   so its snapshot is empty and only the views grow).
@@ -328,6 +331,52 @@ pub fn run(args: Args) -> String {
     let shaped = write_until_durable(&mut pg, users, writes, 1);
     eprintln!("writes with {users} membership shapes: {shaped:.0} changes/s");
 
+    // A SIGKILL with every shape live: each resumes with its handle once
+    // its memberships are read again.
+    let mut server = server;
+    server.kill();
+    let killed = Instant::now();
+    let mut server = Server::spawn(&config, &dir.join("server.log"));
+    let active = server.wait_active(Duration::from_secs(120)) - killed;
+    let mut resumed = 0;
+    let mut lost = 0;
+    let mut moved_again = Duration::ZERO;
+    for s in 0..samples.min(50) {
+        let user = (s * 104_729 + 13) % users;
+        let project = (user + projects / 3 + s) % projects;
+        let reply = get_admitted(&agent, &shape_url(&base, user, Some(&shapes[user].1)));
+        if reply.status != 200 {
+            lost += 1;
+            crate::report::failure(format!(
+                "user {user}: {} after the SIGKILL, not its shape resumed: {}",
+                reply.status, reply.body
+            ));
+            continue;
+        }
+        resumed += 1;
+        let at = catch_up(&agent, &base, user, shapes[user].1.clone());
+        let mut pg_in = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        let (_, inserts, _) = live_until(&base, user, at, "snapshot-end", || {
+            pg_in
+                .batch_execute(&format!(
+                    "INSERT INTO members VALUES ({user}, {project}) ON CONFLICT DO NOTHING"
+                ))
+                .expect("membership");
+            Instant::now()
+        });
+        moved_again = killed.elapsed();
+        if inserts != TASKS_PER_PROJECT {
+            failures += 1;
+            crate::report::failure(format!(
+                "user {user}: the move-in after the restart brought {inserts} rows"
+            ));
+        }
+    }
+    failures += lost;
+    eprintln!(
+        "SIGKILL: active after {active:.1?}, {resumed} sampled shapes resumed, the last moved again {moved_again:.1?} after the kill"
+    );
+
     // Memory per dependency value: one shape whose subquery selects
     // `values` values (its snapshot is empty: no task has such a project).
     let rss_before_big = settled_rss_kib(&server);
@@ -404,6 +453,10 @@ pub fn run(args: Args) -> String {
          {writes} changes in transactions of {TXN_ROWS} task updates, each also adding one membership and removing one \
          (every transaction moves two users' shapes), until `confirmed_flush_lsn` reaches the last commit.\n\n\
          | shapes | changes/s |\n|---|---|\n| none | {unshaped:.0} |\n| {users} membership shapes | {shaped:.0} |\n\n\
+         ## SIGKILL with every shape live\n\n\
+         The server is killed and started again on its storage: active (replication streaming) {:.2} s after the kill; \
+         {resumed} of {} sampled users' shapes answered with their handle (no 409: durable client views, memberships \
+         read again), each then got a move-in on the same stream; the last of those arrived {:.2} s after the kill.\n\n\
          ## Memory\n\n\
          | what | RSS bytes each |\n|---|---|\n| membership shape (3 values, 12 rows) | {per_shape:.0} |\n\
          | plain shape `project_id = k` (4 rows), for comparison | {per_plain:.0} |\n\
@@ -417,6 +470,9 @@ pub fn run(args: Args) -> String {
         created.value_at_quantile(0.99) as f64 / 1000.0,
         row("move-in", &move_in),
         row("move-out", &move_out),
+        active.as_secs_f64(),
+        samples.min(50),
+        moved_again.as_secs_f64(),
     );
     let mut server = server;
     server.stop();
