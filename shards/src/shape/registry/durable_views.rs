@@ -12,8 +12,8 @@
 //! - the shard's processed position per flush (`Position` record): a shape
 //!   resumes from there, or from the transaction it first held;
 //! - the *truth* (materializers) is read again after the restart in a
-//!   fresh snapshot (`Registry::reseed`, the edge runs the seeding
-//!   queries); transactions that snapshot saw are skipped by the
+//!   fresh snapshot (`Registry::reseed_later` / `reseeded`; the edge runs
+//!   the seeding queries, `src/shapes/reseed.rs`); transactions that snapshot saw are skipped by the
 //!   materializers only. Moves are then "compare the two views" as always:
 //!   an unspliced move-in is simply redone. Equivalent to the inner changes
 //!   between the durable point and the re-read arriving at once.
@@ -27,7 +27,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::change::Transaction;
-
 use crate::lsn::Lsn;
 use crate::shape::encode::PgSnapshot;
 use crate::shape::offset::LogOffset;
