@@ -16,9 +16,9 @@
 //! every shape, plain, one-level or nested, keeps its handle across
 //! graceful, rolling and SIGKILL restarts (0 × 409), and no shape answers
 //! 409 between restarts. With RESTART_AT_REST=0 a SIGKILL may drop a
-//! shape created during that batch's writes (served before its creation
-//! record was durable); its client then re-syncs with a fresh stream that
-//! must fold to Postgres.
+//! shape created during that batch's writes before it was durable (its
+//! client never saw its snapshot end); its client then re-syncs with a
+//! fresh stream that must fold to Postgres.
 //!
 //! Knobs (environment): SEED, SHAPE_COUNT, BATCH_COUNT, TXNS_PER_BATCH,
 //! MUTATIONS_PER_TXN, NEW_SHAPES_PER_BATCH (shapes created in the middle
@@ -610,9 +610,10 @@ impl Tally {
     /// Whether a 409 for a `kind` shape is what the server promises
     /// today (module doc).
     fn allowed(&self, phase: Phase, f: &Follower, batch: u64) -> bool {
-        // Without `at_rest`, a SIGKILL may come before the creation record
-        // of a shape created during that batch's writes is durable, though
-        // its snapshot was served: the shape is gone.
+        // Without `at_rest`, a SIGKILL may come while a shape created
+        // during that batch's writes is not durable yet: gone, though the
+        // client never saw its snapshot end (served only once durable;
+        // since then no run of seeds 1-13 saw such a 409).
         !self.at_rest && phase == Phase::Brutal && f.created_in_batch == batch
     }
 
