@@ -241,15 +241,7 @@ impl Server {
             std::thread::sleep(Duration::from_micros(200));
         };
         let took = signalled.elapsed();
-        let _ = CURRENT.compare_exchange(
-            self.pid(),
-            0,
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
+        self.exited();
         Stopped {
             signalled,
             took,
@@ -261,6 +253,12 @@ impl Server {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.exited();
+    }
+
+    /// The process is gone: it is no longer the current one, and its
+    /// output is all read.
+    fn exited(&mut self) {
         let _ = CURRENT.compare_exchange(
             self.pid(),
             0,
