@@ -32,7 +32,7 @@ use crate::shape::encode::PgSnapshot;
 use crate::shape::offset::LogOffset;
 use crate::storage::record::{self, Kind};
 
-use super::kept_views::{put_u32, put_value, Reader};
+use super::kept_views::{put_header, put_u32, put_value, Reader};
 use super::shape::{Gate, Held, Shape, ShapeId, ShapeState};
 use super::subquery::{as_refs, set_add, set_remove, Due, SubqueryState};
 use super::Registry;
@@ -62,9 +62,8 @@ impl SubqueryState {
 
     /// The client state, its values left out unless `values`.
     fn encode_client_with(&self, values: bool) -> Vec<u8> {
-        let mut out = vec![VERSION];
-        out.extend_from_slice(&self.held_from().0.to_le_bytes());
-        put_u32(&mut out, self.client.len());
+        let mut out = Vec::new();
+        put_header(&mut out, VERSION, self.held_from(), self.client.len());
         for view in &self.client {
             if !values {
                 put_u32(&mut out, 0);
@@ -83,13 +82,7 @@ impl SubqueryState {
     /// `encode_client`'s bytes.
     fn decode_client(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
         let mut r = Reader(bytes);
-        if r.u8()? != VERSION {
-            return Err("client views of another version");
-        }
-        let held = Lsn(r.u64()?);
-        if r.u32()? != self.client.len() {
-            return Err("client views of another clause");
-        }
+        let held = r.header(VERSION, self.client.len())?;
         for d in 0..self.client.len() {
             let mut view = self.client[d].empty_like();
             for _ in 0..r.u32()? {
@@ -97,9 +90,7 @@ impl SubqueryState {
             }
             self.client[d] = view;
         }
-        if !r.0.is_empty() {
-            return Err("client views with trailing bytes");
-        }
+        r.end()?;
         self.restored_held_from = held;
         self.views_restored = true;
         Ok(())

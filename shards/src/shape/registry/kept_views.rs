@@ -68,9 +68,8 @@ impl Shape {
         // A run that processed less than the last one (nothing routed to
         // its shard yet) still skips what the last one did.
         let through = through.max(sub.resume_after);
-        let mut out = vec![VERSION];
-        out.extend_from_slice(&through.0.to_le_bytes());
-        put_u32(&mut out, sub.materializers.len());
+        let mut out = Vec::new();
+        put_header(&mut out, VERSION, through, sub.materializers.len());
         for (materializer, client) in sub.materializers.iter().zip(&sub.client) {
             let truth: Vec<_> = materializer.view().counted_texts().collect();
             put_u32(&mut out, truth.len());
@@ -97,13 +96,7 @@ impl Shape {
         }
         let sub = state.subquery.as_mut().ok_or("not a subquery shape")?;
         let mut r = Reader(bytes);
-        if r.u8()? != VERSION {
-            return Err("kept views of another version");
-        }
-        let through = Lsn(r.u64()?);
-        if r.u32()? != sub.materializers.len() {
-            return Err("kept views of another clause");
-        }
+        let through = r.header(VERSION, sub.materializers.len())?;
         for d in 0..sub.materializers.len() {
             for _ in 0..r.u32()? {
                 let count = r.u64()?;
@@ -117,13 +110,19 @@ impl Shape {
                 set_add(&mut sub.client[d], &as_refs(&value));
             }
         }
-        if !r.0.is_empty() {
-            return Err("kept views with trailing bytes");
-        }
+        r.end()?;
         sub.seeded = None;
         sub.resume_after = through;
         Ok(())
     }
+}
+
+/// The start of views bytes (kept views, client views): the format's
+/// version, a WAL position, the number of dependencies.
+pub(super) fn put_header(out: &mut Vec<u8>, version: u8, lsn: Lsn, dependencies: usize) {
+    out.push(version);
+    out.extend_from_slice(&lsn.0.to_le_bytes());
+    put_u32(out, dependencies);
 }
 
 pub(super) fn put_u32(out: &mut Vec<u8>, n: usize) {
@@ -146,9 +145,31 @@ pub(super) fn put_value(out: &mut Vec<u8>, value: &[Option<String>]) {
 
 pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
-const SHORT: &str = "kept views cut short";
+const SHORT: &str = "views cut short";
 
 impl Reader<'_> {
+    /// `put_header`'s fields, checked against this build's `version` and
+    /// the clause's number of `dependencies`; the position.
+    pub(super) fn header(&mut self, version: u8, dependencies: usize) -> Result<Lsn, &'static str> {
+        if self.u8()? != version {
+            return Err("views of another version");
+        }
+        let lsn = Lsn(self.u64()?);
+        if self.u32()? != dependencies {
+            return Err("views of another clause");
+        }
+        Ok(lsn)
+    }
+
+    /// Every byte was read.
+    pub(super) fn end(&self) -> Result<(), &'static str> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err("views with trailing bytes")
+        }
+    }
+
     fn take(&mut self, n: usize) -> Result<&[u8], &'static str> {
         if self.0.len() < n {
             return Err(SHORT);
