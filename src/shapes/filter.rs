@@ -2,6 +2,7 @@
 //! parser and evaluator, typed against the table's columns.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use shards::shape::definition::TableName;
 use shards::shape::registry::RowFilter;
@@ -13,7 +14,7 @@ use crate::pg::conn::Connection;
 use crate::pg::error::PgError;
 
 #[derive(Clone, Debug)]
-pub struct Filter(WhereClause);
+pub struct Filter(Arc<WhereClause>);
 
 /// Parses and type-checks `sql` against the table; errors are Electric's
 /// `{"where": [...]}` 400s.
@@ -35,7 +36,7 @@ pub fn compile_with_tables(
 ) -> Result<Filter, ShapeReply> {
     let lookup = |table: &TableName| tables.get(table).map(where_columns);
     WhereClause::parse_with_tables(sql, &where_columns(info), params, &lookup)
-        .map(Filter)
+        .map(|clause| Filter(Arc::new(clause)))
         .map_err(|e| ShapeReply::invalid(&[(e.field.as_str(), e.message)]))
 }
 
@@ -78,6 +79,12 @@ impl Filter {
     /// The typed clause (subquery shapes evaluate it against views).
     pub fn clause(&self) -> &WhereClause {
         &self.0
+    }
+
+    /// The typed clause, shared (a subquery shape's spec and filter, and
+    /// its dependencies' materializers, hold one copy).
+    pub fn shared(&self) -> Arc<WhereClause> {
+        Arc::clone(&self.0)
     }
 }
 

@@ -11,7 +11,7 @@ use shards::shape::schema::{ColumnInfo, TableSchema};
 use super::catalog::TableInfo;
 
 pub fn encode(handle: &ShapeHandle, definition: &ShapeDefinition, info: &TableInfo) -> Vec<u8> {
-    record(handle, definition, info).to_string().into_bytes()
+    exact(record(handle, definition, info))
 }
 
 /// A subquery shape's record: also its subqueries' tables as the catalog
@@ -36,7 +36,15 @@ pub fn encode_with_tables(
             })
             .collect(),
     );
-    v.to_string().into_bytes()
+    exact(v)
+}
+
+/// A record's bytes, their buffer no larger than they are: every live
+/// shape keeps its own.
+fn exact(record: Value) -> Vec<u8> {
+    let mut bytes = record.to_string().into_bytes();
+    bytes.shrink_to_fit();
+    bytes
 }
 
 /// The subqueries' tables of a record (None: a plain shape's, or one

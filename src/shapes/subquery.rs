@@ -47,7 +47,7 @@ pub fn build_spec(
     let selected = select_columns(&info.schema, definition.columns.as_deref())?;
     let sql = definition.where_sql.as_deref().unwrap_or_default();
     let filter = filter::compile_with_tables(sql, &info, &definition.params, tables)?;
-    let clause = filter.clause().clone();
+    let clause = filter.shared();
     let dnf = clause
         .dnf()
         .ok_or_else(|| unsupported("a subquery clause without its layout"))?;
@@ -65,6 +65,7 @@ pub fn build_spec(
         spec.negated = negated;
         dependencies.push(spec);
     }
+    dependencies.shrink_to_fit();
     let persisted = super::persist::encode_with_tables(&handle, &definition, &info, tables);
     let TableInfo { schema, .. } = info;
     let key = schema.key_columns();
@@ -201,7 +202,7 @@ fn dependency_spec(
                 .iter()
                 .map(|c| (c.name.as_str(), c.type_oid)),
         ),
-        filter: inner_filter.map(|f| f.clause().clone()),
+        filter: inner_filter.map(|f| f.shared()),
         selected: columns,
         negated: false,
         children,

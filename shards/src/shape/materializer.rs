@@ -94,7 +94,7 @@ impl Materializer {
     /// columns mirrored per row (what `clause` reads, and `selected`).
     pub fn nested(
         relation: RelationId,
-        clause: WhereClause,
+        clause: std::sync::Arc<WhereClause>,
         selected: Vec<usize>,
         kept: Vec<usize>,
         children: Vec<Materializer>,

@@ -39,7 +39,7 @@ pub(crate) type Emit<'e> = dyn FnMut(&[Option<&str>], bool) + 'e;
 
 pub(crate) struct Mirror {
     /// The level's where, with its own subqueries (the children).
-    clause: WhereClause,
+    clause: std::sync::Arc<WhereClause>,
     /// Table columns kept per row, ascending: what the where reads and
     /// what the level selects.
     kept: Vec<usize>,
@@ -64,7 +64,7 @@ pub(crate) struct Mirror {
 impl Mirror {
     /// `kept` must hold every column `clause` references and `selected`.
     pub(crate) fn new(
-        clause: WhereClause,
+        clause: std::sync::Arc<WhereClause>,
         kept: Vec<usize>,
         selected: &[usize],
         children: Vec<Materializer>,
@@ -401,7 +401,14 @@ mod tests {
                     .collect();
                 kept.sort_unstable();
                 kept.dedup();
-                Materializer::nested(id, clause, selected, kept, children, view)
+                Materializer::nested(
+                    id,
+                    std::sync::Arc::new(clause),
+                    selected,
+                    kept,
+                    children,
+                    view,
+                )
             }
             clause => Materializer::new(
                 id,

@@ -92,7 +92,7 @@ impl RelationColumns {
 pub(crate) struct RelationShapes {
     pub(crate) unindexed: BTreeSet<ShapeId>,
     /// column → value text → shapes requiring that value.
-    pub(crate) indexed: HashMap<usize, HashMap<String, Vec<ShapeId>>>,
+    pub(crate) indexed: HashMap<usize, HashMap<Box<str>, Vec<ShapeId>>>,
     /// Where each indexed shape is in `indexed`, for its removal.
     keys: HashMap<ShapeId, (usize, Vec<String>)>,
     /// Shapes still waiting for their snapshot's visibility: they hold
@@ -102,10 +102,10 @@ pub(crate) struct RelationShapes {
     /// Subquery shapes keyed by their subquery's values (`col IN (SELECT
     /// ..)`): column → value text → shapes. Unlike `indexed` the values
     /// move (the registry adds and removes them as the shape's views do).
-    by_subquery: HashMap<usize, HashMap<String, Vec<ShapeId>>>,
+    by_subquery: HashMap<usize, HashMap<Box<str>, Vec<ShapeId>>>,
     /// Each such shape's column and the values it is under, for moves and
     /// its removal.
-    subquery_keys: HashMap<ShapeId, (usize, HashSet<String>)>,
+    subquery_keys: HashMap<ShapeId, (usize, HashSet<Box<str>>)>,
 }
 
 impl RelationShapes {
@@ -115,7 +115,7 @@ impl RelationShapes {
             Some((column, values)) => {
                 let by_value = self.indexed.entry(column).or_default();
                 for value in &values {
-                    by_value.entry(value.clone()).or_default().push(id);
+                    by_value.entry(value.as_str().into()).or_default().push(id);
                 }
                 self.keys.insert(id, (column, values));
             }
@@ -149,11 +149,11 @@ impl RelationShapes {
         let Some((column, values)) = self.subquery_keys.get_mut(&id) else {
             return;
         };
-        if values.insert(value.to_string()) {
+        if values.insert(value.into()) {
             self.by_subquery
                 .entry(*column)
                 .or_default()
-                .entry(value.to_string())
+                .entry(value.into())
                 .or_default()
                 .push(id);
         }
@@ -170,7 +170,7 @@ impl RelationShapes {
     }
 
     fn drop_key(
-        map: &mut HashMap<usize, HashMap<String, Vec<ShapeId>>>,
+        map: &mut HashMap<usize, HashMap<Box<str>, Vec<ShapeId>>>,
         column: usize,
         value: &str,
         id: ShapeId,

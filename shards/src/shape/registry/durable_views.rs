@@ -72,7 +72,7 @@ impl SubqueryState {
             let values: Vec<_> = view.counted_texts().collect();
             put_u32(&mut out, values.len());
             for (value, _) in values {
-                put_value(&mut out, value);
+                put_value(&mut out, &value);
             }
         }
         out
@@ -124,7 +124,7 @@ impl Shape {
                     put_u32(&mut payload, d);
                     payload.push(1);
                 }
-                put_value(&mut payload, value);
+                put_value(&mut payload, &value);
                 if payload.len() >= VIEW_RECORD_BYTES {
                     self.journal(Lsn::ZERO, Kind::ViewMove, &payload);
                     payload.clear();
@@ -277,7 +277,7 @@ impl Shape {
                 .view()
                 .counted_texts()
                 .chain(sub.client[d].counted_texts())
-                .map(|(value, _)| value.to_vec())
+                .map(|(value, _)| value.iter().map(|t| t.map(str::to_string)).collect())
                 .collect();
             for value in values {
                 if sub.due(spec, d, &value) != Due::None {

@@ -75,12 +75,12 @@ impl Shape {
             put_u32(&mut out, truth.len());
             for (value, count) in truth {
                 out.extend_from_slice(&count.to_le_bytes());
-                put_value(&mut out, value);
+                put_value(&mut out, &value);
             }
             let shown: Vec<_> = client.counted_texts().collect();
             put_u32(&mut out, shown.len());
             for (value, _) in shown {
-                put_value(&mut out, value);
+                put_value(&mut out, &value);
             }
         }
         Some(out)
@@ -129,12 +129,13 @@ pub(super) fn put_u32(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&(n as u32).to_le_bytes());
 }
 
-pub(super) fn put_value(out: &mut Vec<u8>, value: &[Option<String>]) {
+pub(super) fn put_value<S: AsRef<str>>(out: &mut Vec<u8>, value: &[Option<S>]) {
     put_u32(out, value.len());
     for column in value {
         match column {
             None => out.push(0),
             Some(text) => {
+                let text = text.as_ref();
                 out.push(1);
                 put_u32(out, text.len());
                 out.extend_from_slice(text.as_bytes());

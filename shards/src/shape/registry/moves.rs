@@ -213,9 +213,12 @@ impl Shape {
             keep = sub.client[d]
                 .counted_texts()
                 .chain(sub.materializers[d].view().counted_texts())
-                .map(|(value, _)| value)
-                .chain(sub.pending[d].keys().map(Vec::as_slice))
-                .filter_map(|value| value.first().cloned().flatten())
+                .filter_map(|(value, _)| value.first().copied().flatten().map(str::to_string))
+                .chain(
+                    sub.pending[d]
+                        .keys()
+                        .filter_map(|value| value.first().cloned().flatten()),
+                )
                 .collect();
             keep.sort_unstable();
             keep.dedup();

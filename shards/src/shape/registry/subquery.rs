@@ -43,8 +43,9 @@ pub const MAX_MOVE_IN_BYTES: usize = 64 * 1024 * 1024;
 
 /// What a subquery shape is, beyond a plain shape (fixed at creation).
 pub struct SubquerySpec {
-    /// The outer where clause, typed with its subqueries.
-    pub clause: WhereClause,
+    /// The outer where clause, typed with its subqueries (shared with the
+    /// shape's filter).
+    pub clause: Arc<WhereClause>,
     /// `ELECTRIC_DATABASE_ID`: the tags' salt with the shape's handle.
     pub stack_id: String,
     /// Transactions held during a move-in before the shape is invalidated.
@@ -71,7 +72,8 @@ pub struct DependencySpec {
     /// message that changes those columns invalidates the shape).
     pub fingerprint: u64,
     /// The inner where (its parameters bound); None selects every row.
-    pub filter: Option<WhereClause>,
+    /// Shared with its materializer.
+    pub filter: Option<Arc<WhereClause>>,
     /// Inner table column indices of the selected columns.
     pub selected: Vec<usize>,
     /// Whether the clause tests this subquery through `NOT`: a value
@@ -103,7 +105,7 @@ impl DependencySpec {
                     .collect();
                 Materializer::nested(
                     self.relation,
-                    clause.clone(),
+                    Arc::clone(clause),
                     self.selected.clone(),
                     self.kept.clone(),
                     children,
@@ -131,7 +133,7 @@ impl DependencySpec {
     }
 }
 
-impl RowFilter for WhereClause {
+impl RowFilter for Arc<WhereClause> {
     fn matches<'v>(&self, value: &dyn Fn(usize) -> Option<&'v str>) -> bool {
         WhereClause::matches(self, value)
     }

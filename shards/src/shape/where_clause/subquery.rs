@@ -103,27 +103,54 @@ fn equality_key(value: &Value, scalar: &Scalar) -> String {
     }
 }
 
+/// A value's identity in a [`SubqueryView`]: its columns' equality keys
+/// packed into one string (see [`pack`]), so a value costs one small
+/// allocation beside its slot (views may hold millions of values).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ValueKey(Box<str>);
+
+/// Packs one value's columns (equality keys, or Postgres' text), None for
+/// NULL, into one string. Postgres' text never holds a NUL, so NUL can
+/// delimit: a single column is its text as is (`"\0"` for NULL: most
+/// values are one integer or one text, stored without overhead); a row is
+/// each column as NUL then `v` and its text, or NUL then `n`. None for a
+/// text holding a NUL (no column of a table can give it).
+fn pack<S: AsRef<str>>(columns: &[Option<S>]) -> Option<Box<str>> {
+    if columns.iter().flatten().any(|t| t.as_ref().contains('\0')) {
+        return None;
+    }
+    if let [single] = columns {
+        return Some(single.as_ref().map_or("\0", AsRef::as_ref).into());
+    }
+    let mut out = String::new();
+    for column in columns {
+        out.push('\0');
+        match column {
+            None => out.push('n'),
+            Some(text) => {
+                out.push('v');
+                out.push_str(text.as_ref());
+            }
+        }
+    }
+    Some(out.into_boxed_str())
+}
+
+/// A packed value's columns again (`width` of them, as the view's types).
+fn unpack(packed: &str, width: usize) -> Vec<Option<&str>> {
+    if width == 1 {
+        return vec![(packed != "\0").then_some(packed)];
+    }
+    packed
+        .split('\0')
+        .skip(1)
+        .map(|column| column.strip_prefix('v'))
+        .collect()
+}
+
 /// Columns of a row form past which [`SubqueryView::null_variants_not_in`]
 /// gives up (2^n − 1 variants per value, each a scan of the view).
 pub const MAX_NULL_VARIANT_COLUMNS: usize = 8;
-
-/// One value of a subquery's result: a key per selected column, None for
-/// NULL.
-type Tuple = Vec<Option<String>>;
-
-#[derive(Clone, Debug)]
-struct Entry {
-    count: u64,
-    /// The text first seen for this key (Postgres' output), to bind back;
-    /// None when it is the key itself (integers, text: most values).
-    text: Option<Vec<Option<String>>>,
-}
-
-impl Entry {
-    fn text<'a>(&'a self, key: &'a Tuple) -> &'a [Option<String>] {
-        self.text.as_deref().unwrap_or(key)
-    }
-}
 
 /// A subquery's result as a multiset of values (a dependency's rows may
 /// repeat a value): evaluation asks whether a value is in it, with SQL's
@@ -131,15 +158,16 @@ impl Entry {
 #[derive(Clone, Debug)]
 pub struct SubqueryView {
     types: Vec<Type>,
-    entries: HashMap<Tuple, Entry>,
+    /// Each distinct value's key and the rows counted with it.
+    entries: HashMap<ValueKey, u64>,
+    /// The text first seen for a key (Postgres' output, packed), to bind
+    /// back, for the few values whose text is not their key (`1.50` is
+    /// `1.5`; integers and text, most values, are their own key).
+    texts: HashMap<ValueKey, Box<str>>,
     /// Distinct tuples holding a NULL: they make a failed lookup unknown
     /// rather than false, so they are kept apart to be scanned.
     with_null: usize,
 }
-
-/// A value's identity in a [`SubqueryView`].
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ValueKey(Tuple);
 
 /// How a value stands against a view, in SQL's three-valued logic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +183,7 @@ impl SubqueryView {
         SubqueryView {
             types,
             entries: HashMap::new(),
+            texts: HashMap::new(),
             with_null: 0,
         }
     }
@@ -178,9 +207,9 @@ impl SubqueryView {
         self.with_null > 0
     }
 
-    /// Values per column, in Postgres text; None when a text does not
-    /// parse as its column's type (it cannot come from that column).
-    fn tuple_of_text(&self, text: &[Option<&str>]) -> Option<Tuple> {
+    /// Equality keys per column, from Postgres text; None when a text does
+    /// not parse as its column's type (it cannot come from that column).
+    fn keys_of_text(&self, text: &[Option<&str>]) -> Option<Vec<Option<String>>> {
         if text.len() != self.types.len() {
             return None;
         }
@@ -193,7 +222,7 @@ impl SubqueryView {
             .collect()
     }
 
-    fn tuple_of_values(&self, values: &[Value]) -> Tuple {
+    fn keys_of_values(&self, values: &[Value]) -> Vec<Option<String>> {
         values
             .iter()
             .zip(&self.types)
@@ -205,52 +234,59 @@ impl SubqueryView {
     /// true when the value was absent (a move in). False, and nothing
     /// counted, for text that is not of the column's type.
     pub fn add(&mut self, text: &[Option<&str>]) -> bool {
-        let Some(tuple) = self.tuple_of_text(text) else {
+        let Some(keys) = self.keys_of_text(text) else {
             return false;
         };
-        let has_null = tuple.iter().any(Option::is_none);
-        let same = tuple.iter().zip(text).all(|(k, t)| k.as_deref() == *t);
-        let entry = self.entries.entry(tuple).or_insert_with(|| Entry {
-            count: 0,
-            text: (!same).then(|| text.iter().map(|t| t.map(str::to_string)).collect()),
-        });
-        entry.count += 1;
-        let moved_in = entry.count == 1;
-        if moved_in && has_null {
+        let Some(key) = pack(&keys).map(ValueKey) else {
+            return false;
+        };
+        let count = self.entries.entry(key.clone()).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            return false;
+        }
+        if keys.iter().any(Option::is_none) {
             self.with_null += 1;
         }
-        moved_in
+        let same = keys.iter().zip(text).all(|(k, t)| k.as_deref() == *t);
+        if !same {
+            if let Some(packed) = pack(text) {
+                self.texts.insert(key, packed);
+            }
+        }
+        true
     }
 
     /// Counts one row with this value less; true when it was the last (a
     /// move out).
     pub fn remove(&mut self, text: &[Option<&str>]) -> bool {
-        let Some(tuple) = self.tuple_of_text(text) else {
+        let Some(key) = self.key_of(text) else {
             return false;
         };
-        let Some(entry) = self.entries.get_mut(&tuple) else {
+        let Some(count) = self.entries.get_mut(&key) else {
             return false;
         };
-        entry.count -= 1;
-        if entry.count > 0 {
+        *count -= 1;
+        if *count > 0 {
             return false;
         }
-        if tuple.iter().any(Option::is_none) {
+        if text.iter().any(Option::is_none) {
             self.with_null -= 1;
         }
-        self.entries.remove(&tuple);
+        self.entries.remove(&key);
+        self.texts.remove(&key);
         true
     }
 
     /// The value's identity in the view (equal exactly when Postgres' `=`
     /// says so); None for text that is not of the columns' types.
     pub fn key_of(&self, text: &[Option<&str>]) -> Option<ValueKey> {
-        self.tuple_of_text(text).map(ValueKey)
+        pack(&self.keys_of_text(text)?).map(ValueKey)
     }
 
     /// Whether the view holds the value (at least one row has it).
     pub fn holds(&self, key: &ValueKey) -> bool {
-        self.entries.contains_key(&key.0)
+        self.entries.contains_key(key)
     }
 
     /// Whether a value given as text is in the view.
@@ -273,22 +309,24 @@ impl SubqueryView {
     /// every column does, differs when any non-NULL pair differs, else is
     /// unknown; the `IN` holds if one equals, is false if all differ.
     pub(crate) fn contains(&self, values: &[Value]) -> Membership {
-        let tuple = self.tuple_of_values(values);
-        let lhs_has_null = tuple.iter().any(Option::is_none);
-        if !lhs_has_null && self.entries.contains_key(&tuple) {
-            return Membership::In;
-        }
-        if !lhs_has_null && self.with_null == 0 {
-            return Membership::NotIn;
+        let keys = self.keys_of_values(values);
+        let lhs_has_null = keys.iter().any(Option::is_none);
+        if !lhs_has_null {
+            if pack(&keys).is_some_and(|key| self.entries.contains_key(&ValueKey(key))) {
+                return Membership::In;
+            }
+            if self.with_null == 0 {
+                return Membership::NotIn;
+            }
         }
         // Only NULLs can make it unknown: scan for a tuple that does not
         // differ in any column where both sides are known. For a single
         // column with a NULL on the left that is any tuple at all.
-        let undecided = |other: &Tuple| {
-            tuple
-                .iter()
-                .zip(other)
-                .all(|(a, b)| a.is_none() || b.is_none() || a == b)
+        let width = self.types.len();
+        let undecided = |other: &ValueKey| {
+            keys.iter()
+                .zip(unpack(&other.0, width))
+                .all(|(a, b)| a.is_none() || b.is_none() || a.as_deref() == b)
         };
         if self.entries.keys().any(undecided) {
             Membership::Unknown
@@ -297,9 +335,17 @@ impl SubqueryView {
         }
     }
 
+    /// A key's text as Postgres printed it (the key itself for most).
+    fn text_of<'a>(&'a self, key: &'a ValueKey) -> Vec<Option<&'a str>> {
+        let packed = self.texts.get(key).unwrap_or(&key.0);
+        unpack(packed, self.types.len())
+    }
+
     /// Every distinct value's text with its count (to keep the view).
-    pub fn counted_texts(&self) -> impl Iterator<Item = (&[Option<String>], u64)> {
-        self.entries.iter().map(|(k, e)| (e.text(k), e.count))
+    pub fn counted_texts(&self) -> impl Iterator<Item = (Vec<Option<&str>>, u64)> {
+        self.entries
+            .iter()
+            .map(|(key, &count)| (self.text_of(key), count))
     }
 
     /// `value` (a row of several columns, none NULL) with some of its
@@ -337,9 +383,9 @@ impl SubqueryView {
     /// The distinct values' texts, per column (for binding as arrays).
     pub fn column_texts(&self) -> Vec<Vec<Option<&str>>> {
         let mut columns = vec![Vec::with_capacity(self.entries.len()); self.types.len()];
-        for (key, entry) in &self.entries {
-            for (column, text) in columns.iter_mut().zip(entry.text(key)) {
-                column.push(text.as_deref());
+        for key in self.entries.keys() {
+            for (column, text) in columns.iter_mut().zip(self.text_of(key)) {
+                column.push(text);
             }
         }
         columns

@@ -696,3 +696,64 @@ fn where_clause_subquery_row_null_variants_are_those_not_in_holds_for() {
     set.add(&[Some("8")]);
     assert_eq!(set.null_variants_not_in(&[Some("7")]), Some(Vec::new()));
 }
+
+#[test]
+fn where_clause_subquery_views_give_back_each_value_as_first_seen() {
+    // Values are packed into one key each: NULL, the empty text and a
+    // row's NULL and empty columns must all come back apart.
+    let owner = parse("owner IN (SELECT role FROM members)", &[]);
+    let mut texts = owner.new_view(0).expect("a view");
+    assert!(texts.add(&[Some("")]));
+    assert!(texts.add(&[None]));
+    assert!(texts.add(&[Some("v")]));
+    assert!(!texts.add(&[Some("v")]));
+    let mut counted: Vec<(Vec<Option<String>>, u64)> = texts
+        .counted_texts()
+        .map(|(v, n)| (v.iter().map(|t| t.map(str::to_string)).collect(), n))
+        .collect();
+    counted.sort();
+    assert_eq!(
+        counted,
+        [
+            (vec![None], 1),
+            (vec![Some(String::new())], 1),
+            (vec![Some("v".to_string())], 2)
+        ]
+    );
+    // A text holding a NUL comes from no column: not counted.
+    assert!(!texts.add(&[Some("a\0b")]));
+    assert_eq!(texts.len(), 3);
+
+    let row = parse("(owner, id) IN (SELECT role, user_id FROM members)", &[]);
+    let mut pairs = row.new_view(0).expect("a view");
+    assert!(pairs.add(&[Some(""), None]));
+    assert!(pairs.add(&[None, Some("1")]));
+    assert!(pairs.add(&[Some("n"), Some("1")]));
+    let mut counted: Vec<Vec<Option<&str>>> = pairs.counted_texts().map(|(v, _)| v).collect();
+    counted.sort();
+    assert_eq!(
+        counted,
+        [
+            vec![None, Some("1")],
+            vec![Some(""), None],
+            vec![Some("n"), Some("1")]
+        ]
+    );
+    assert!(pairs.remove(&[Some(""), None]));
+    assert_eq!(
+        pairs.contains_text(&[Some("x"), Some("1")]),
+        Membership::Unknown
+    );
+
+    // A numeric keeps the text first seen (bound back as Postgres printed
+    // it) until its last row goes; then the next one's.
+    let price = parse("price IN (SELECT price FROM projects)", &[]);
+    let mut prices = price.new_view(0).expect("a view");
+    assert!(prices.add(&[Some("1.50")]));
+    assert!(!prices.add(&[Some("1.5")]));
+    assert_eq!(prices.column_texts(), [vec![Some("1.50")]]);
+    assert!(!prices.remove(&[Some("1.500")]));
+    assert!(prices.remove(&[Some("1.5")]));
+    assert!(prices.add(&[Some("1.5")]));
+    assert_eq!(prices.column_texts(), [vec![Some("1.5")]]);
+}

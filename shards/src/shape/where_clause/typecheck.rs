@@ -192,6 +192,8 @@ impl<'a> Checker<'a> {
                 self.subqueries.push(subquery);
             }
         }
+        // Kept for the clause's life, in every subquery shape.
+        self.subqueries.shrink_to_fit();
         Ok(())
     }
 
