@@ -136,6 +136,16 @@ fn pack<S: AsRef<str>>(columns: &[Option<S>]) -> Option<Box<str>> {
     Some(out.into_boxed_str())
 }
 
+/// The key of a value's equality keys: a single column's string moves
+/// into it (a lookup per evaluated row or counted change allocates once).
+fn key_from(keys: Vec<Option<String>>) -> Option<ValueKey> {
+    match <[Option<String>; 1]>::try_from(keys) {
+        Ok([Some(text)]) if !text.contains('\0') => Some(ValueKey(text.into_boxed_str())),
+        Ok(single) => pack(&single).map(ValueKey),
+        Err(keys) => pack(&keys).map(ValueKey),
+    }
+}
+
 /// A packed value's columns again (`width` of them, as the view's types).
 fn unpack(packed: &str, width: usize) -> Vec<Option<&str>> {
     if width == 1 {
@@ -237,23 +247,24 @@ impl SubqueryView {
         let Some(keys) = self.keys_of_text(text) else {
             return false;
         };
-        let Some(key) = pack(&keys).map(ValueKey) else {
+        let has_null = keys.iter().any(Option::is_none);
+        let same = keys.iter().zip(text).all(|(k, t)| k.as_deref() == *t);
+        let Some(key) = key_from(keys) else {
             return false;
         };
-        let count = self.entries.entry(key.clone()).or_insert(0);
-        *count += 1;
-        if *count > 1 {
+        if let Some(count) = self.entries.get_mut(&key) {
+            *count += 1;
             return false;
         }
-        if keys.iter().any(Option::is_none) {
+        if has_null {
             self.with_null += 1;
         }
-        let same = keys.iter().zip(text).all(|(k, t)| k.as_deref() == *t);
         if !same {
             if let Some(packed) = pack(text) {
-                self.texts.insert(key, packed);
+                self.texts.insert(key.clone(), packed);
             }
         }
+        self.entries.insert(key, 1);
         true
     }
 
@@ -281,7 +292,7 @@ impl SubqueryView {
     /// The value's identity in the view (equal exactly when Postgres' `=`
     /// says so); None for text that is not of the columns' types.
     pub fn key_of(&self, text: &[Option<&str>]) -> Option<ValueKey> {
-        pack(&self.keys_of_text(text)?).map(ValueKey)
+        key_from(self.keys_of_text(text)?)
     }
 
     /// Whether the view holds the value (at least one row has it).
@@ -311,13 +322,15 @@ impl SubqueryView {
     pub(crate) fn contains(&self, values: &[Value]) -> Membership {
         let keys = self.keys_of_values(values);
         let lhs_has_null = keys.iter().any(Option::is_none);
-        if !lhs_has_null {
-            if pack(&keys).is_some_and(|key| self.entries.contains_key(&ValueKey(key))) {
-                return Membership::In;
-            }
-            if self.with_null == 0 {
-                return Membership::NotIn;
-            }
+        if !lhs_has_null && self.with_null == 0 {
+            return match key_from(keys) {
+                Some(key) if self.entries.contains_key(&key) => Membership::In,
+                _ => Membership::NotIn,
+            };
+        }
+        if !lhs_has_null && pack(&keys).is_some_and(|key| self.entries.contains_key(&ValueKey(key)))
+        {
+            return Membership::In;
         }
         // Only NULLs can make it unknown: scan for a tuple that does not
         // differ in any column where both sides are known. For a single
