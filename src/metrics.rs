@@ -271,7 +271,7 @@ impl Metrics {
     /// Per-shard storage series (label `shard`), and the fence.
     fn render_storage(&self, out: &mut String) {
         type Field = fn(&StorageGauges) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 16] = [
+        let series: [(&str, &str, &str, Field); 18] = [
             (
                 "shapeshard_storage_failing",
                 "gauge",
@@ -337,6 +337,18 @@ impl Metrics {
                 "counter",
                 "Cold shapes built again (by a read, a change or a schema check).",
                 |g| &g.shapes_rebuilt,
+            ),
+            (
+                "shapeshard_subquery_dependencies_shared",
+                "gauge",
+                "Subquery dependencies whose values the shard keeps once for every shape with that subquery.",
+                |g| &g.subquery_truths,
+            ),
+            (
+                "shapeshard_subquery_dependency_readers",
+                "gauge",
+                "Subquery shapes reading a shared dependency (one per shape and subquery).",
+                |g| &g.subquery_truth_readers,
             ),
             (
                 "shapeshard_shard_memory_bytes",

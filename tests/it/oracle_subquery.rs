@@ -94,6 +94,17 @@ impl Shape {
         out
     }
 
+    /// The same rows through another outer where with the same
+    /// subqueries and parameters.
+    fn twin(&self) -> Shape {
+        Shape {
+            table: self.table,
+            clause: format!("({}) AND id > 0", self.clause),
+            params: self.params.clone(),
+            kind: self.kind,
+        }
+    }
+
     /// The where clause with its parameters written in (all integers), for
     /// Postgres.
     fn oracle_clause(&self) -> String {
@@ -699,18 +710,23 @@ fn subquery_shapes_match_the_oracle_across_batches_and_restarts() {
             ("ELECTRIC_LOG_LEVEL", "info"),
         ],
     );
-    let mut followers: Vec<Follower> = (0..shape_count)
-        .map(|n| {
-            let shape = generate_shape(&mut rng, n);
-            println!("shape {n}: {shape}");
-            Follower {
+    let mut followers: Vec<Follower> = Vec::new();
+    for n in 0..shape_count {
+        let shape = generate_shape(&mut rng, n);
+        // Some subquery shapes get a twin with the same subqueries (and
+        // parameters) and another outer where: on one shard they read one
+        // shared truth per subquery.
+        let twin = (shape.kind != ShapeKind::Plain && n % 2 == 1).then(|| shape.twin());
+        for shape in std::iter::once(shape).chain(twin) {
+            println!("shape {}: {shape}", followers.len());
+            followers.push(Follower {
                 stream: Stream::new(&shape.definition()),
                 shape,
                 resyncs: 0,
                 created_in_batch: 0,
-            }
-        })
-        .collect();
+            });
+        }
+    }
     let mut tally = Tally {
         at_rest,
         replay: replay.clone(),
@@ -718,6 +734,8 @@ fn subquery_shapes_match_the_oracle_across_batches_and_restarts() {
         moves: BTreeMap::new(),
     };
     let mut restarts: BTreeMap<Phase, usize> = BTreeMap::new();
+    // The most shared truths seen before a restart, with their readers.
+    let mut most_shared = (0, 0);
     check_all(
         &server,
         &mut pg,
@@ -783,6 +801,11 @@ fn subquery_shapes_match_the_oracle_across_batches_and_restarts() {
                 &replay,
             );
         }
+        let shared = (
+            server.metric("shapeshard_subquery_dependencies_shared"),
+            server.metric("shapeshard_subquery_dependency_readers"),
+        );
+        most_shared = most_shared.max(shared);
         if !restart {
             continue;
         }
@@ -830,10 +853,12 @@ fn subquery_shapes_match_the_oracle_across_batches_and_restarts() {
     println!(
         "oracle_subquery: {} shapes, {batches} batches, restarts {restarts:?}, \
          409s {:?} ({resyncs} re-syncs), not resumed because {not_resumed:?}, move events {:?}, \
-         rows held at the end {rows:?}, {:.1?}",
+         rows held at the end {rows:?}, at most {} shared truths read by {}, {:.1?}",
         followers.len(),
         tally.gone,
         tally.moves,
+        most_shared.0,
+        most_shared.1,
         started.elapsed()
     );
     // Not a vacuous run: the churn moved subquery shapes' rows in and out.

@@ -647,43 +647,7 @@ fn concurrent_churn_folds_to_postgres() {
     plain.converge(&server, &columns, &pg_rows(&db, PG_MEMBERSHIP));
     or.converge(&server, &columns, &pg_rows(&db, pg_either));
 
-    let writers: Vec<_> = (0..2u64)
-        .map(|w| {
-            let mut client = db.client();
-            std::thread::spawn(move || {
-                let mut rng = crate::rng::Rng(0x5eed + w);
-                let deadline = Instant::now() + Duration::from_secs(6);
-                while Instant::now() < deadline {
-                    let project = rng.below(6);
-                    let id = 1 + rng.below(40);
-                    let sql = match rng.below(7) {
-                        0 => format!("INSERT INTO members VALUES (1, {project}) ON CONFLICT DO NOTHING"),
-                        1 => format!("DELETE FROM members WHERE user_id = 1 AND project_id = {project}"),
-                        2 => format!("UPDATE tasks SET project_id = {project} WHERE id = {id}"),
-                        3 => format!("INSERT INTO tasks (id, project_id, title) VALUES ({id}, {project}, 'r{id}') ON CONFLICT (id) DO UPDATE SET title = tasks.title || 'x'"),
-                        4 => format!("DELETE FROM tasks WHERE id = {id}"),
-                        5 => format!(
-                            "BEGIN; INSERT INTO members VALUES (1, {project}) ON CONFLICT DO NOTHING; UPDATE tasks SET project_id = {project}, title = 't' WHERE id = {id}; COMMIT"
-                        ),
-                        _ => format!(
-                            "BEGIN; DELETE FROM members WHERE user_id = 1 AND project_id = {project}; INSERT INTO tasks (id, project_id, title) VALUES ({id}, {project}, 'y') ON CONFLICT (id) DO UPDATE SET project_id = {project}; COMMIT"
-                        ),
-                    };
-                    // Two writers may deadlock or conflict: that transaction
-                    // is simply not made.
-                    if client.batch_execute(&sql).is_err() {
-                        let _ = client.batch_execute("ROLLBACK");
-                    }
-                    // A busy but plausible rate (hundreds of transactions a
-                    // second). Unthrottled, a debug server lags the
-                    // database by thousands of transactions, and a move-in
-                    // holds more than the buffer's 1000 (Electric's bound;
-                    // then the shape is invalidated, tested below).
-                    std::thread::sleep(Duration::from_millis(3));
-                }
-            })
-        })
-        .collect();
+    let writers = churn(&db, 6);
     // Read live meanwhile, so splices happen while the stream is followed.
     while writers.iter().any(|w| !w.is_finished()) {
         plain.poll(&server);
@@ -703,6 +667,160 @@ fn concurrent_churn_folds_to_postgres() {
     assert!(moves(&plain, "move-in") > 3 && moves(&plain, "move-out") > 3);
     // Neither shape was invalidated on the way (a 409 would have panicked
     // in `poll`): both are still the ones first synced.
+}
+
+/// Two writers churning memberships of users 1 and 2 and tasks for `secs`
+/// seconds (deadlocks and conflicts are simply not made).
+fn churn(db: &TestDb, secs: u64) -> Vec<std::thread::JoinHandle<()>> {
+    (0..2u64)
+        .map(|w| {
+            let mut client = db.client();
+            std::thread::spawn(move || {
+                let mut rng = crate::rng::Rng(0x5eed + w);
+                let deadline = Instant::now() + Duration::from_secs(secs);
+                while Instant::now() < deadline {
+                    let project = rng.below(6);
+                    let id = 1 + rng.below(40);
+                    let user = 1 + rng.below(4) / 3;
+                    let sql = match rng.below(7) {
+                        0 => format!("INSERT INTO members VALUES ({user}, {project}) ON CONFLICT DO NOTHING"),
+                        1 => format!("DELETE FROM members WHERE user_id = {user} AND project_id = {project}"),
+                        2 => format!("UPDATE tasks SET project_id = {project} WHERE id = {id}"),
+                        3 => format!("INSERT INTO tasks (id, project_id, title) VALUES ({id}, {project}, 'r{id}') ON CONFLICT (id) DO UPDATE SET title = tasks.title || 'x', done = NOT tasks.done"),
+                        4 => format!("DELETE FROM tasks WHERE id = {id}"),
+                        5 => format!(
+                            "BEGIN; INSERT INTO members VALUES ({user}, {project}) ON CONFLICT DO NOTHING; UPDATE tasks SET project_id = {project}, title = 't' WHERE id = {id}; COMMIT"
+                        ),
+                        _ => format!(
+                            "BEGIN; DELETE FROM members WHERE user_id = {user} AND project_id = {project}; INSERT INTO tasks (id, project_id, title) VALUES ({id}, {project}, 'y') ON CONFLICT (id) DO UPDATE SET project_id = {project}; COMMIT"
+                        ),
+                    };
+                    if client.batch_execute(&sql).is_err() {
+                        let _ = client.batch_execute("ROLLBACK");
+                    }
+                    // A busy but plausible rate (hundreds of transactions a
+                    // second). Unthrottled, a debug server lags the
+                    // database by thousands of transactions, and a move-in
+                    // holds more than the buffer's 1000 (Electric's bound;
+                    // then the shape is invalidated, tested below).
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            })
+        })
+        .collect()
+}
+
+/// Shapes with the same subquery (same table, where and parameters) read
+/// one copy of its values per shard, applied once per transaction: while
+/// memberships and tasks churn, with move-ins holding transactions in some
+/// shapes and not others, every shape's folded stream ends equal to
+/// Postgres, and the shards report fewer shared dependencies than shapes
+/// reading them.
+#[test]
+fn shapes_with_one_subquery_share_its_values() {
+    let db = membership_db("subquery_wire_shared");
+    let server = Server::start(
+        &db,
+        &[
+            ("ELECTRIC_LONG_POLL_TIMEOUT", "500"),
+            ("ELECTRIC_LOG_LEVEL", "info"),
+        ],
+    );
+    let sub = |user: u32| {
+        format!("project_id%20IN%20(SELECT%20project_id%20FROM%20members%20WHERE%20user_id%20%3D%20%241)&params%5B1%5D={user}")
+    };
+    let pg_sub = |user: u32| {
+        format!("project_id IN (SELECT project_id FROM members WHERE user_id = {user})")
+    };
+    let cases = [
+        (
+            format!("table=tasks&where={}", sub(1)),
+            format!(
+                "SELECT id::text, project_id::text, title FROM tasks WHERE {}",
+                pg_sub(1)
+            ),
+        ),
+        (
+            format!("table=tasks&columns=id,project_id,title&where={}", sub(1)),
+            format!(
+                "SELECT id::text, project_id::text, title FROM tasks WHERE {}",
+                pg_sub(1)
+            ),
+        ),
+        (
+            format!("table=tasks&where=done%20%3D%20false%20AND%20{}", sub(1)),
+            format!(
+                "SELECT id::text, project_id::text, title FROM tasks WHERE done = false AND {}",
+                pg_sub(1)
+            ),
+        ),
+        (
+            format!(
+                "table=tasks&where=title%20LIKE%20%27%25x%27%20OR%20{}",
+                sub(1)
+            ),
+            format!(
+                "SELECT id::text, project_id::text, title FROM tasks WHERE title LIKE '%x' OR {}",
+                pg_sub(1)
+            ),
+        ),
+        (
+            format!("table=tasks&where={}", sub(2)),
+            format!(
+                "SELECT id::text, project_id::text, title FROM tasks WHERE {}",
+                pg_sub(2)
+            ),
+        ),
+    ];
+    let columns = ["id", "project_id", "title"];
+    let mut streams: Vec<Stream> = cases.iter().map(|(q, _)| Stream::new(q)).collect();
+    for (stream, (_, pg)) in streams.iter_mut().zip(&cases) {
+        stream.converge(&server, &columns, &pg_rows(&db, pg));
+    }
+    let writers = churn(&db, 6);
+    while writers.iter().any(|w| !w.is_finished()) {
+        for stream in &mut streams {
+            stream.poll(&server);
+        }
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    for (stream, (_, pg)) in streams.iter_mut().zip(&cases) {
+        stream.converge(&server, &columns, &pg_rows(&db, pg));
+    }
+    let moves: usize = streams[..4]
+        .iter()
+        .map(|s| {
+            s.messages
+                .iter()
+                .filter(|m| m["headers"]["event"] == "move-in")
+                .count()
+        })
+        .sum();
+    assert!(
+        moves > 4,
+        "the churn moved user 1's shapes ({moves} move-ins)"
+    );
+    // Every shape reads a shared truth once at the shard's position; four
+    // shapes of user 1 on two shards share at most two, user 2's one more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let readers = server.metric("shapeshard_subquery_dependency_readers");
+        let shared = server.metric("shapeshard_subquery_dependencies_shared");
+        if readers == 5 {
+            assert!(shared <= 3, "{shared} shared truths for 5 readers");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{readers} of 5 shapes read shared truths"
+        );
+        db.client()
+            .batch_execute("UPDATE tasks SET title = title WHERE id = 1; UPDATE members SET user_id = user_id WHERE false")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// While a move-in query cannot finish (its table is locked), transactions

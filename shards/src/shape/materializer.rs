@@ -34,7 +34,7 @@ pub struct MoveBatch {
     pub txids: Vec<Xid>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Materialized {
     /// The set did not change (or the transaction did not touch it).
     Unchanged,
@@ -272,7 +272,7 @@ impl Materializer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -324,7 +324,7 @@ mod tests {
 
     /// `project_id IN (SELECT project_id FROM members WHERE user_id = 1)`,
     /// materialised.
-    fn materializer() -> Materializer {
+    pub(crate) fn materializer() -> Materializer {
         materialized(
             "project_id IN (SELECT project_id FROM members WHERE user_id = 1)",
             vec![1],
@@ -366,7 +366,7 @@ mod tests {
         ]
     }
 
-    fn tx(xid: u32, changes: Vec<Change>) -> Transaction {
+    pub(crate) fn tx(xid: u32, changes: Vec<Change>) -> Transaction {
         Transaction {
             xid,
             commit_lsn: Lsn(u64::from(xid) * 100),
@@ -376,14 +376,14 @@ mod tests {
         }
     }
 
-    fn insert(user: u32, project: Option<u32>) -> Change {
+    pub(crate) fn insert(user: u32, project: Option<u32>) -> Change {
         Change::Insert {
             relation: members(),
             new: row(user, project),
         }
     }
 
-    fn delete(user: u32, project: Option<u32>) -> Change {
+    pub(crate) fn delete(user: u32, project: Option<u32>) -> Change {
         Change::Delete {
             relation: members(),
             old: (OldTupleKind::Full, row(user, project)),

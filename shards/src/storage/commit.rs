@@ -557,6 +557,9 @@ impl GroupCommit {
         StorageGauges::set(&g.shapes_cold, registry.cold_count() as u64);
         StorageGauges::set(&g.shapes_unloaded, registry.unloaded_count());
         StorageGauges::set(&g.shapes_rebuilt, registry.rebuilt_count());
+        let (truths, readers) = registry.shared_truths();
+        StorageGauges::set(&g.subquery_truths, truths as u64);
+        StorageGauges::set(&g.subquery_truth_readers, readers as u64);
         StorageGauges::set(&g.memory_bytes, registry.memory_bytes() as u64);
         g.memory_peak_bytes.fetch_max(
             registry.memory_bytes() as u64,

@@ -24,6 +24,10 @@ pub struct StorageGauges {
     pub shapes_unloaded: AtomicU64,
     /// Cold shapes built again (by a read, a change or a schema check).
     pub shapes_rebuilt: AtomicU64,
+    /// Subquery dependencies' truths shared by definition, and the
+    /// subquery shapes reading them.
+    pub subquery_truths: AtomicU64,
+    pub subquery_truth_readers: AtomicU64,
     /// Journal + memory tails now, and the budget they are held under.
     pub memory_bytes: AtomicU64,
     pub memory_budget_bytes: AtomicU64,

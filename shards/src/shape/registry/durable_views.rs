@@ -53,7 +53,7 @@ impl SubqueryState {
         self.moving
             .as_ref()
             .and_then(|m| m.held.first())
-            .map_or(Lsn::ZERO, |(tx, _)| tx.commit_lsn)
+            .map_or(Lsn::ZERO, |h| h.tx.commit_lsn)
     }
 
     fn encode_client(&self) -> Vec<u8> {
@@ -273,12 +273,13 @@ impl Shape {
         sub.reseeding = false;
         sub.reseed_filter = Some(snapshot);
         for d in 0..sub.client.len() {
-            let values: Vec<Vec<Option<String>>> = sub.materializers[d]
-                .view()
-                .counted_texts()
-                .chain(sub.client[d].counted_texts())
-                .map(|(value, _)| value.iter().map(|t| t.map(str::to_string)).collect())
-                .collect();
+            let values: Vec<Vec<Option<String>>> = sub.truths[d].with_view(|truth| {
+                truth
+                    .counted_texts()
+                    .chain(sub.client[d].counted_texts())
+                    .map(|(value, _)| value.iter().map(|t| t.map(str::to_string)).collect())
+                    .collect()
+            });
             for value in values {
                 if sub.due(spec, d, &value) != Due::None {
                     sub.pending[d].entry(value).or_default();

@@ -69,14 +69,16 @@ impl Shape {
         // its shard yet) still skips what the last one did.
         let through = through.max(sub.resume_after);
         let mut out = Vec::new();
-        put_header(&mut out, VERSION, through, sub.materializers.len());
-        for (materializer, client) in sub.materializers.iter().zip(&sub.client) {
-            let truth: Vec<_> = materializer.view().counted_texts().collect();
-            put_u32(&mut out, truth.len());
-            for (value, count) in truth {
-                out.extend_from_slice(&count.to_le_bytes());
-                put_value(&mut out, &value);
-            }
+        put_header(&mut out, VERSION, through, sub.truths.len());
+        for (truth, client) in sub.truths.iter().zip(&sub.client) {
+            truth.with_view(|view| {
+                let truth: Vec<_> = view.counted_texts().collect();
+                put_u32(&mut out, truth.len());
+                for (value, count) in truth {
+                    out.extend_from_slice(&count.to_le_bytes());
+                    put_value(&mut out, &value);
+                }
+            });
             let shown: Vec<_> = client.counted_texts().collect();
             put_u32(&mut out, shown.len());
             for (value, _) in shown {
@@ -96,13 +98,16 @@ impl Shape {
         }
         let sub = state.subquery.as_mut().ok_or("not a subquery shape")?;
         let mut r = Reader(bytes);
-        let through = r.header(VERSION, sub.materializers.len())?;
-        for d in 0..sub.materializers.len() {
+        let through = r.header(VERSION, sub.truths.len())?;
+        for d in 0..sub.truths.len() {
+            let truth = sub.truths[d]
+                .private_mut()
+                .ok_or("a shared truth cannot be restored")?;
             for _ in 0..r.u32()? {
                 let count = r.u64()?;
                 let value = r.value()?;
                 for _ in 0..count {
-                    sub.materializers[d].seed(&as_refs(&value));
+                    truth.seed(&as_refs(&value));
                 }
             }
             for _ in 0..r.u32()? {

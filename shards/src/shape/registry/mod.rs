@@ -34,6 +34,7 @@ mod memory;
 mod moves;
 mod shape;
 mod subquery;
+mod truths;
 
 use cold::Cold;
 pub use cold::{SWEEP_PER_CHECKPOINT, UNLOAD_PER_CHECKPOINT};
@@ -125,6 +126,12 @@ pub struct Registry {
     /// Flags of shapes other shards keep replies of (built or cold; made
     /// on first ask), ended when the shape goes.
     liveness: HashMap<ShapeId, Liveness>,
+    /// Dependency truths shared by definition (`truths.rs`), and the
+    /// subquery shapes not reading shared ones yet.
+    truths: truths::Truths,
+    unshared: BTreeSet<ShapeId>,
+    /// Commit position of the last transaction applied.
+    last_commit: Lsn,
 }
 
 impl Registry {
@@ -176,7 +183,31 @@ impl Registry {
             moving: BTreeSet::new(),
             reseeding: BTreeSet::new(),
             liveness: HashMap::new(),
+            truths: Rc::default(),
+            unshared: BTreeSet::new(),
+            last_commit: Lsn::ZERO,
         }
+    }
+
+    /// Shared dependency truths, and the subquery shapes reading them.
+    pub fn shared_truths(&self) -> (usize, usize) {
+        self.truths.borrow().counts()
+    }
+
+    /// Subquery shapes at the shard's position join the shared truths of
+    /// their dependencies (one materializer per definition per shard).
+    fn share_truths(&mut self) {
+        if self.unshared.is_empty() {
+            return;
+        }
+        let last_commit = self.last_commit;
+        let shapes = &self.shapes;
+        let truths = &self.truths;
+        self.unshared.retain(|id| {
+            shapes
+                .get(id)
+                .is_some_and(|shape| !shape.share_truths(truths, last_commit))
+        });
     }
 
     /// What runs subquery shapes' move-in queries (the edge: Postgres).
@@ -316,6 +347,9 @@ impl Registry {
         let pending = matches!(gate, Gate::Pending(_));
         let index_key = spec.filter.as_ref().and_then(|f| f.index_key());
         let shape = self.build(id, spec, gate, created_ms, read_stamp);
+        if shape.spec.subqueries.is_some() {
+            self.unshared.insert(id);
+        }
         let replaced = self.by_definition.insert(shape.spec.canonical.clone(), id);
         assert!(replaced.is_none(), "two live shapes for one definition");
         self.by_handle.insert(shape.handle().to_string(), id);
@@ -465,6 +499,9 @@ impl Registry {
             shape.counted.set(0);
             state.gone = true;
             state.gate = Gate::Open;
+            // Its views (and its hold on a shared truth) go now, not when
+            // its last reader lets go of it.
+            state.subquery = None;
         }
         shape.changed.notify_all();
     }
@@ -498,6 +535,7 @@ impl Registry {
             self.apply_one(&shape, &tx, None);
         }
         self.run_moves();
+        self.share_truths();
     }
 
     /// Starts the move-in queries shapes asked for, and splices those whose
@@ -561,6 +599,7 @@ impl Registry {
             }
         }
         self.run_moves();
+        self.share_truths();
         self.wake_flush();
     }
 
@@ -626,6 +665,7 @@ impl Registry {
     /// Applies a committed transaction to every shape it concerns.
     pub fn apply_transaction(&mut self, tx: &Arc<Transaction>) {
         self.last_seen = self.last_seen.max(tx.end_lsn).max(tx.commit_lsn);
+        self.last_commit = self.last_commit.max(tx.commit_lsn);
         // Per shape, the indices of the changes that may concern it.
         let mut per_shape: HashMap<ShapeId, Vec<usize>> = HashMap::new();
         let mut candidates = Vec::new();
@@ -697,6 +737,7 @@ impl Registry {
         if !self.moving.is_empty() || !self.move_jobs.borrow().is_empty() {
             self.run_moves();
         }
+        self.share_truths();
     }
 
     /// Subquery shapes a change on a table their subqueries read may move.
@@ -792,6 +833,7 @@ impl Registry {
         if !self.moving.is_empty() {
             self.run_moves();
         }
+        self.share_truths();
     }
 
     /// The shapes on `relation`, built or cold, from the per-relation

@@ -19,13 +19,14 @@ use crate::change::{RelationId, Transaction};
 use crate::lsn::Lsn;
 use crate::shape::convert::{Converter, RowTags};
 use crate::shape::encode::{self, Move, Tagging};
-use crate::shape::materializer::{Materialized, ValueText};
+use crate::shape::materializer::{Materialized, MoveBatch, ValueText};
 use crate::shape::offset::LogOffset;
 use crate::shape::where_clause::{SubqueryView, TagSalt};
 
 use super::shape::{Applied, Shape, ShapeState};
 use super::subquery::{
-    as_refs, boundary, ActiveMove, DependencySpec, Due, MoveInJob, MoveInRows, SubquerySpec,
+    as_refs, boundary, ActiveMove, DependencySpec, Due, HeldTx, MoveInJob, MoveInRows,
+    SubquerySpec, SubqueryState,
 };
 
 type Step = Result<bool, &'static str>;
@@ -97,7 +98,7 @@ impl Shape {
         let Some((&d, rest)) = path.split_first() else {
             return;
         };
-        let Some(m) = sub.materializers.get_mut(d) else {
+        let Some(m) = sub.truths.get_mut(d).and_then(|t| t.private_mut()) else {
             return;
         };
         m.seed_at(rest, value);
@@ -121,15 +122,15 @@ impl Shape {
         let Some(sub) = state.subquery.as_mut() else {
             return Ok(());
         };
-        for d in 0..sub.materializers.len() {
-            if !sub.materializers[d].is_nested() {
+        for d in 0..sub.truths.len() {
+            let Some(m) = sub.truths[d].private_mut().filter(|m| m.is_nested()) else {
                 continue;
-            }
-            sub.materializers[d].finish_seed()?;
+            };
+            m.finish_seed()?;
             if sub.reseeding {
                 continue;
             }
-            for value in crate::shape::nested::distinct_values(sub.materializers[d].view()) {
+            for value in crate::shape::nested::distinct_values(m.view()) {
                 let text = as_refs(&value);
                 super::subquery::set_add(&mut sub.client[d], &text);
                 if let Some(seeded) = sub.seeded.as_mut().and_then(|s| s.get_mut(d)) {
@@ -210,16 +211,18 @@ impl Shape {
         // values on the way: views may hold millions).
         let mut keep: Vec<String> = Vec::new();
         if all {
-            keep = sub.client[d]
-                .counted_texts()
-                .chain(sub.materializers[d].view().counted_texts())
-                .filter_map(|(value, _)| value.first().copied().flatten().map(str::to_string))
-                .chain(
-                    sub.pending[d]
-                        .keys()
-                        .filter_map(|value| value.first().cloned().flatten()),
-                )
-                .collect();
+            keep = sub.truths[d].with_view(|truth| {
+                sub.client[d]
+                    .counted_texts()
+                    .chain(truth.counted_texts())
+                    .filter_map(|(value, _)| value.first().copied().flatten().map(str::to_string))
+                    .collect()
+            });
+            keep.extend(
+                sub.pending[d]
+                    .keys()
+                    .filter_map(|value| value.first().cloned().flatten()),
+            );
             keep.sort_unstable();
             keep.dedup();
         }
@@ -237,7 +240,7 @@ impl Shape {
             let refs = super::subquery::as_refs(&value);
             let held = sub.client[d]
                 .key_of(&refs)
-                .is_some_and(|k| sub.client[d].holds(&k) || sub.materializers[d].view().holds(&k))
+                .is_some_and(|k| sub.client[d].holds(&k) || sub.truths[d].holds(&k))
                 || sub.pending[d].contains_key(&value);
             if held {
                 keep.push(text);
@@ -249,6 +252,45 @@ impl Shape {
         }
         sub.key_touched = later;
         (keep, drop)
+    }
+
+    /// Joins the shard's shared truths once this shape is at the shard's
+    /// position (`truths.rs`): its snapshot's filter is over (or the shard
+    /// is past the snapshot's WAL position), nothing is held or read
+    /// again, and a restored shape's skip is behind. `last_commit`: the
+    /// shard's last applied transaction. True when nothing is left to join.
+    pub(super) fn share_truths(&self, truths: &super::truths::Truths, last_commit: Lsn) -> bool {
+        let mut state = self.state.borrow_mut();
+        let Some(spec) = self.subquery_spec().filter(|_| !state.gone) else {
+            return true;
+        };
+        let caught_up = match &state.gate {
+            super::shape::Gate::Open => true,
+            super::shape::Gate::Filtering(s) => s.wal_lsn.is_some_and(|w| w <= last_commit.0),
+            super::shape::Gate::Pending(_) => false,
+        };
+        let Some(sub) = state.subquery.as_mut() else {
+            return true;
+        };
+        if !caught_up
+            || last_commit == Lsn::ZERO
+            || sub.moving.is_some()
+            || sub.reseeding
+            || sub.reseed_filter.is_some()
+            || sub.resume_after > last_commit
+        {
+            return false;
+        }
+        for (d, truth) in sub.truths.iter_mut().enumerate() {
+            if truth.is_shared() {
+                continue;
+            }
+            let Some(view) = spec.clause.new_view(d) else {
+                continue;
+            };
+            truth.share(truths, spec.dependencies[d].definition(&view), last_commit);
+        }
+        true
     }
 
     /// Whether a move-in is in flight (queried or waiting to splice).
@@ -269,7 +311,7 @@ impl Shape {
         let Some(spec) = self.subquery_spec() else {
             return Applied::Invalidated("a subquery shape without its subqueries");
         };
-        let result = self.route(state, spec, tx, indices);
+        let result = self.route(state, spec, tx, indices, None);
         self.journal_held(state);
         self.recount(state);
         match result {
@@ -289,12 +331,14 @@ impl Shape {
         spec: &SubquerySpec,
         tx: &Arc<Transaction>,
         indices: Option<&[usize]>,
+        moves: Option<Vec<Option<MoveBatch>>>,
     ) -> Step {
         let sub = state.subquery.as_mut().ok_or("no subquery state")?;
         if tx.commit_lsn < sub.resume_after {
             return Ok(false);
         }
-        if let Some(active) = sub.moving.as_mut() {
+        let SubqueryState { moving, truths, .. } = sub;
+        if let Some(active) = moving.as_mut() {
             // Once the move-in's snapshot is known, a transaction it saw
             // goes before the splice whatever comes next: apply it now
             // (its moves deferred) rather than hold it. A shard lagging
@@ -306,21 +350,33 @@ impl Shape {
                     .as_ref()
                     .is_some_and(|r| r.snapshot.holds(tx.xid, tx.commit_lsn.0));
             if seen {
-                return self.process(state, spec, tx, indices, true);
+                return self.process(state, spec, tx, indices, moves, true);
             }
             if active.held.len() >= spec.buffer_max {
                 return Err("subquery buffer overflow");
             }
-            active
-                .held
-                .push((tx.clone(), indices.map(<[usize]>::to_vec)));
+            // A shared truth moves on with the shard: what it made of the
+            // transaction is kept for when the shape applies it.
+            let moves = match moves {
+                Some(moves) => moves,
+                None => truths
+                    .iter_mut()
+                    .map(|t| t.capture(tx))
+                    .collect::<Result<_, _>>()?,
+            };
+            active.held.push(HeldTx {
+                tx: tx.clone(),
+                indices: indices.map(<[usize]>::to_vec),
+                moves,
+            });
             return Ok(false);
         }
-        self.process(state, spec, tx, indices, false)
+        self.process(state, spec, tx, indices, moves, false)
     }
 
-    /// Applies one transaction: the dependencies' materializers, then
-    /// (unless `deferred`, inside a splice) the due move-outs, then the
+    /// Applies one transaction: the dependencies' truths (or the moves
+    /// they made of it when it arrived held, `moves`), then (unless
+    /// `deferred`, inside a splice) the due move-outs, then the
     /// transaction's own changes against the client views, then (unless
     /// deferred) a move-in if one is due.
     fn process(
@@ -329,6 +385,7 @@ impl Shape {
         spec: &SubquerySpec,
         tx: &Transaction,
         indices: Option<&[usize]>,
+        mut moves: Option<Vec<Option<MoveBatch>>>,
         deferred: bool,
     ) -> Step {
         let all: Vec<usize>;
@@ -355,11 +412,25 @@ impl Shape {
             }
             None => false,
         };
-        for (d, materializer) in sub.materializers.iter_mut().enumerate() {
-            if seen {
-                break;
+        for (d, truth) in sub.truths.iter_mut().enumerate() {
+            let captured = moves
+                .as_mut()
+                .and_then(|m| m.get_mut(d))
+                .and_then(Option::take);
+            if let Some(batch) = &captured {
+                truth.release(batch, tx);
             }
-            match materializer.apply(tx) {
+            if seen {
+                continue;
+            }
+            let result = match captured {
+                Some(batch) if batch.moved_in.is_empty() && batch.moved_out.is_empty() => {
+                    Materialized::Unchanged
+                }
+                Some(batch) => Materialized::Moved(batch),
+                None => truth.apply(tx),
+            };
+            match result {
                 Materialized::Unchanged => {}
                 Materialized::Invalidated(why) => return Err(why),
                 Materialized::Moved(batch) => {
@@ -658,8 +729,10 @@ impl Shape {
                 let held = std::mem::take(&mut active.held);
                 let mut grew = false;
                 let mut step = Ok(false);
-                for (tx, indices) in &held {
-                    match self.process(&mut state, spec, tx, indices.as_deref(), true) {
+                for h in held {
+                    let HeldTx { tx, indices, moves } = h;
+                    match self.process(&mut state, spec, &tx, indices.as_deref(), Some(moves), true)
+                    {
                         Ok(g) => grew |= g,
                         Err(why) => {
                             step = Err(why);
@@ -708,8 +781,8 @@ impl Shape {
         } = active;
         let rows = result.ok_or("a splice without rows")?;
         let post = held.split_off(at);
-        for (tx, indices) in &held {
-            self.process(state, spec, tx, indices.as_deref(), true)?;
+        for HeldTx { tx, indices, moves } in held {
+            self.process(state, spec, &tx, indices.as_deref(), Some(moves), true)?;
         }
         let patterns = {
             let sub = state.subquery.as_mut().ok_or("no subquery state")?;
@@ -741,8 +814,8 @@ impl Shape {
         }
         grew |= self.write_move_outs(state, spec, None)?;
         self.start_move_in(state, spec)?;
-        for (tx, indices) in post {
-            grew |= self.route(state, spec, &tx, indices.as_deref())?;
+        for HeldTx { tx, indices, moves } in post {
+            grew |= self.route(state, spec, &tx, indices.as_deref(), Some(moves))?;
         }
         Ok(grew)
     }

@@ -29,10 +29,11 @@ use std::sync::Arc;
 use crate::change::{RelationId, Transaction, Xid};
 use crate::lsn::Lsn;
 use crate::shape::encode::PgSnapshot;
-use crate::shape::materializer::{Materializer, ValueText};
+use crate::shape::materializer::{Materializer, MoveBatch, ValueText};
 use crate::shape::where_clause::{SubqueryView, WhereClause};
 
 use super::shape::{RowFilter, ShapeId};
+use super::truths::Source;
 
 /// Electric's `ELECTRIC_SUBQUERY_BUFFER_MAX_TRANSACTIONS` default.
 pub const DEFAULT_BUFFER_MAX_TRANSACTIONS: usize = 1000;
@@ -162,6 +163,15 @@ pub struct MoveInRows {
     pub rows: Vec<Vec<Option<String>>>,
 }
 
+/// A transaction a move-in holds: its changes routed to the shape (None:
+/// all), and per dependency the moves a shared truth made of it when it
+/// arrived (None: the private materializer applies it when it is applied).
+pub(super) struct HeldTx {
+    pub(super) tx: Arc<Transaction>,
+    pub(super) indices: Option<Vec<usize>>,
+    pub(super) moves: Vec<Option<MoveBatch>>,
+}
+
 /// The move-in in flight.
 pub(super) struct ActiveMove {
     pub(super) generation: u64,
@@ -171,12 +181,14 @@ pub(super) struct ActiveMove {
     pub(super) values: Vec<ValueText>,
     pub(super) txids: Vec<Xid>,
     /// Transactions routed to the shape since the move started, in order.
-    pub(super) held: Vec<(Arc<Transaction>, Option<Vec<usize>>)>,
+    pub(super) held: Vec<HeldTx>,
     pub(super) result: Option<MoveInRows>,
 }
 
 pub(super) struct SubqueryState {
-    pub(super) materializers: Vec<Materializer>,
+    /// Per dependency: the truth, the shard's shared one once this shape
+    /// is at the shard's position (`truths.rs`).
+    pub(super) truths: Vec<Source>,
     pub(super) client: Vec<SubqueryView>,
     /// Per dependency: values touched since they last agreed, with the
     /// xids that touched them (ordered: deterministic event contents).
@@ -230,11 +242,11 @@ impl SubqueryState {
                 .expect("one dependency per subquery of the clause")
         };
         SubqueryState {
-            materializers: spec
+            truths: spec
                 .dependencies
                 .iter()
                 .enumerate()
-                .map(|(i, d)| d.materializer(view(i)))
+                .map(|(i, d)| Source::Private(d.materializer(view(i))))
                 .collect(),
             client: (0..n).map(view).collect(),
             pending: vec![BTreeMap::new(); n],
@@ -303,7 +315,7 @@ impl SubqueryState {
         let Some(key) = self.client[d].key_of(&text) else {
             return Due::None;
         };
-        let truth = self.materializers[d].view().holds(&key);
+        let truth = self.truths[d].holds(&key);
         let client = self.client[d].holds(&key);
         let negated = spec.dependencies[d].negated;
         match (truth, client) {
@@ -344,7 +356,7 @@ pub(super) fn boundary(active: &ActiveMove, last_seen: Lsn) -> Option<usize> {
     if let Some(n) = active
         .held
         .iter()
-        .position(|(tx, _)| !snapshot.holds(tx.xid, tx.commit_lsn.0))
+        .position(|h| !snapshot.holds(h.tx.xid, h.tx.commit_lsn.0))
     {
         return Some(n);
     }

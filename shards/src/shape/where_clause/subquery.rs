@@ -203,6 +203,11 @@ impl SubqueryView {
         SubqueryView::new(self.types.clone())
     }
 
+    /// The values' types, as text (what a view's keys depend on).
+    pub fn type_signature(&self) -> String {
+        format!("{:?}", self.types)
+    }
+
     /// Number of distinct values.
     pub fn len(&self) -> usize {
         self.entries.len()
