@@ -249,8 +249,24 @@ pub fn run(args: Args) -> String {
     let unshaped = write_until_durable(&mut pg, users, writes, 0);
     eprintln!("writes with no shape: {unshaped:.0} changes/s");
 
-    // One shape per user.
+    // A fresh server's first shapes pay its fixed costs (I/O buffers
+    // touched for the first time, maps growing): measured apart, with
+    // plain shapes of another where, so the per-shape figures below are
+    // what one more shape costs.
+    let rss_fresh = settled_rss_kib(&server);
+    for_each("warm-up shapes created", 0..users, 8, |agent, k| {
+        let url = format!(
+            "{base}/v1/shape?table=tasks&offset=-1&where={}",
+            crate::bench::encode(&format!("id >= 0 AND project_id = {k}"))
+        );
+        let reply = get_admitted(agent, &url);
+        assert_eq!(reply.status, 200, "warm-up shape {k}: {}", reply.body);
+    });
     let rss_empty = settled_rss_kib(&server);
+    let per_warm_up = (rss_empty.saturating_sub(rss_fresh) * 1024) as f64 / users as f64;
+    eprintln!("{users} warm-up shapes: {per_warm_up:.0} B RSS each");
+
+    // One shape per user.
     let started = Instant::now();
     let mut created = Histogram::<u64>::new(3).unwrap();
     let shapes: Vec<(u64, ShapeAt)> = for_each("created", 0..users, 8, |agent, user| {
@@ -392,6 +408,42 @@ pub fn run(args: Args) -> String {
     let per_value = (rss_big.saturating_sub(rss_before_big) * 1024) as f64 / values as f64;
     eprintln!("{values} dependency values: {per_value:.0} B RSS each");
 
+    // More shapes with the same subquery (another outer where each): a
+    // shard keeps one truth per subquery definition, so each more shape
+    // on a shard that has it costs its client view only. Writes let every
+    // shape pass its snapshot's position and join.
+    let twins = 4;
+    for t in 0..twins {
+        let twin = get_admitted(
+            &agent,
+            &format!(
+                "{base}/v1/shape?table=tasks&offset=-1&where={}",
+                crate::bench::encode(&format!(
+                    "project_id IN (SELECT v FROM big_set) AND id >= {t}"
+                ))
+            ),
+        );
+        assert_eq!(twin.status, 200, "{}", twin.body);
+    }
+    for _ in 0..3 {
+        pg.batch_execute("UPDATE tasks SET title = title WHERE id = 0")
+            .expect("a write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rss_twins = settled_rss_kib(&server);
+    let per_twin_value =
+        (rss_twins.saturating_sub(rss_big) * 1024) as f64 / (values * twins) as f64;
+    let metrics = server.metrics();
+    let total = |name: &str| crate::server::series(&metrics, name).iter().sum::<u64>();
+    let (shared, readers) = (
+        total("shapeshard_subquery_dependencies_shared"),
+        total("shapeshard_subquery_dependency_readers"),
+    );
+    eprintln!(
+        "{twins} more shapes on the same {values} values: {per_twin_value:.0} B RSS per value each; \
+         {shared} shared truths, {readers} readers"
+    );
+
     let row = |name: &str, h: &Histogram<u64>| {
         format!(
             "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
@@ -458,13 +510,17 @@ pub fn run(args: Args) -> String {
          {resumed} of {} sampled users' shapes answered with their handle (no 409: durable client views, memberships \
          read again), each then got a move-in on the same stream; the last of those arrived {:.2} s after the kill.\n\n\
          ## Memory\n\n\
+         Measured after {users} warm-up plain shapes (another where), which paid a fresh server's fixed costs: \
+         {per_warm_up:.0} B each.\n\n\
          | what | RSS bytes each |\n|---|---|\n| membership shape (3 values, 12 rows) | {per_shape:.0} |\n\
          | plain shape `project_id = k` (4 rows), for comparison | {per_plain:.0} |\n\
-         | dependency value ({values} values in one shape's subquery; empty snapshot) | {per_value:.0} |\n\n\
-         Electric 1.7.4 reports ~275 MiB per 1M dependency values (~288 B each). Each shape keeps two views of its \
-         dependency (the materializer's truth with a count per value, and the values its log reflects), so a value \
-         is counted twice here; views are per shape, not shared by shapes with the same subquery (see \
-         `docs/design/subqueries-next.md`).\n",
+         | dependency value ({values} values in one shape's subquery; empty snapshot) | {per_value:.0} |\n\
+         | dependency value, each of {twins} more shapes with the same subquery | {per_twin_value:.0} |\n\n\
+         Electric 1.7.4 reports ~275 MiB per 1M dependency values (~288 B each). A shape keeps two views of its \
+         dependency: the truth (a count per value) and the values its log reflects. The truth is kept once per \
+         shard for every shape with the same subquery (same table, where and parameters): at the end, \
+         {shared} shared truths had {readers} readers (`/metrics`), so the more shapes cost their own view only \
+         where they share a shard with the first (see `docs/design/subqueries-next.md`).\n",
         Machine::describe(),
         created.value_at_quantile(0.5) as f64 / 1000.0,
         created.value_at_quantile(0.99) as f64 / 1000.0,

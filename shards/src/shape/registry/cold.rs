@@ -139,6 +139,9 @@ impl Registry {
         // A subquery shape is cold only between a restart and its rebuild
         // (it is never unloaded): its inner relations are routed from now.
         self.route_dependencies(id, &shape);
+        if shape.spec.subqueries.is_some() {
+            self.unshared.insert(id);
+        }
         self.shapes.insert(id, shape.clone());
         Some(shape)
     }

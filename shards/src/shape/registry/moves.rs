@@ -272,6 +272,16 @@ impl Shape {
         let Some(sub) = state.subquery.as_mut() else {
             return true;
         };
+        // A re-read's snapshot holds no transaction from the shard's
+        // position on once the shard is past its WAL position: its filter
+        // is over even if no transaction reached this shape since.
+        if sub
+            .reseed_filter
+            .as_ref()
+            .is_some_and(|s| s.wal_lsn.is_some_and(|w| w <= last_commit.0))
+        {
+            sub.reseed_filter = None;
+        }
         if !caught_up
             || last_commit == Lsn::ZERO
             || sub.moving.is_some()
