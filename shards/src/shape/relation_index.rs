@@ -106,6 +106,9 @@ pub(crate) struct RelationShapes {
     /// Each such shape's column and the values it is under, for moves and
     /// its removal.
     subquery_keys: HashMap<ShapeId, (usize, HashSet<Box<str>>)>,
+    /// Such shapes' fixed keys in `indexed` too (the plain equalities of
+    /// the other arms of an `OR`), for their removal.
+    subquery_fixed: HashMap<ShapeId, Vec<(usize, Vec<String>)>>,
 }
 
 impl RelationShapes {
@@ -126,9 +129,15 @@ impl RelationShapes {
     }
 
     /// A subquery shape routed by the values of column `column` (none
-    /// yet: [`RelationShapes::key_value`] adds them). One already here
+    /// yet: [`RelationShapes::key_value`] adds them), and by `fixed` keys
+    /// (an `OR`'s plain arms) like any indexed shape. One already here
     /// unindexed (restored before its views were) moves over.
-    pub(crate) fn add_subquery(&mut self, id: ShapeId, column: usize) {
+    pub(crate) fn add_subquery(
+        &mut self,
+        id: ShapeId,
+        column: usize,
+        fixed: Vec<(usize, Vec<String>)>,
+    ) {
         if self.subquery_keys.contains_key(&id) {
             return;
         }
@@ -136,6 +145,15 @@ impl RelationShapes {
             self.count += 1;
         }
         self.subquery_keys.insert(id, (column, HashSet::new()));
+        if !fixed.is_empty() {
+            for (column, values) in &fixed {
+                let by_value = self.indexed.entry(*column).or_default();
+                for value in values {
+                    by_value.entry(value.as_str().into()).or_default().push(id);
+                }
+            }
+            self.subquery_fixed.insert(id, fixed);
+        }
     }
 
     /// Whether `id` is routed by its subquery's values.
@@ -200,6 +218,11 @@ impl RelationShapes {
             for value in values {
                 Self::drop_key(&mut self.by_subquery, column, &value, id);
             }
+            for (column, values) in self.subquery_fixed.remove(&id).unwrap_or_default() {
+                for value in values {
+                    Self::drop_key(&mut self.indexed, column, &value, id);
+                }
+            }
             return;
         }
         let Some((column, values)) = self.keys.remove(&id) else {
@@ -220,8 +243,9 @@ impl RelationShapes {
             .copied()
     }
 
-    /// Shapes a row may belong to. Reads only the indexed columns of the
-    /// tuple (no row is built: this runs for every change).
+    /// Shapes a row may belong to (a shape keyed twice may come twice:
+    /// callers dedup). Reads only the indexed columns of the tuple (no row
+    /// is built: this runs for every change).
     pub(crate) fn candidates(&self, tuple: &Tuple, old: Option<&Tuple>, out: &mut Vec<ShapeId>) {
         out.extend(self.unindexed.iter().copied());
         for (&column, by_value) in self.indexed.iter().chain(&self.by_subquery) {
@@ -259,8 +283,8 @@ mod tests {
         shapes.add(1, None);
         // Restored unindexed first, then keyed: it moves over, counted once.
         shapes.add(2, None);
-        shapes.add_subquery(2, 1);
-        shapes.add_subquery(3, 1);
+        shapes.add_subquery(2, 1, Vec::new());
+        shapes.add_subquery(3, 1, Vec::new());
         assert_eq!(shapes.count, 3);
         assert!(shapes.is_subquery_keyed(2) && !shapes.is_subquery_keyed(1));
         shapes.key_value(2, "7");
@@ -284,5 +308,32 @@ mod tests {
         let mut all: Vec<ShapeId> = shapes.all().collect();
         all.sort_unstable();
         assert_eq!(all, [1]);
+    }
+
+    #[test]
+    fn an_or_shape_is_routed_by_its_values_and_its_fixed_keys() {
+        let mut shapes = RelationShapes::default();
+        // `project IN (SELECT ..) OR id = 1`: column 1 by values, column 0
+        // by the fixed key.
+        shapes.add_subquery(4, 1, vec![(0, vec!["1".into()])]);
+        shapes.key_value(4, "7");
+        // Row id 1, project 7: by both keys (the registry dedups).
+        assert_eq!(candidates(&shapes, "7"), [4, 4]);
+        assert_eq!(
+            candidates(&shapes, "9"),
+            [4],
+            "id 1 routes whatever the project"
+        );
+        let mut other = Vec::new();
+        let row2 = vec![
+            Datum::Text(bytes::Bytes::from("2")),
+            Datum::Text(bytes::Bytes::from("9")),
+        ];
+        shapes.candidates(&row2, None, &mut other);
+        assert!(other.is_empty(), "neither key: not routed");
+        assert_eq!(shapes.all().count(), 1);
+        shapes.remove(4);
+        assert_eq!(shapes.count, 0);
+        assert!(shapes.indexed.is_empty() && shapes.by_subquery.is_empty());
     }
 }

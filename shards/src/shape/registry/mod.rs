@@ -357,7 +357,7 @@ impl Registry {
         match routed_by_values(&shape.spec) {
             // Routed by its subquery's values from its snapshot on (while
             // pending it takes every transaction on the relation anyway).
-            Some(column) => shapes.add_subquery(id, column),
+            Some((column, fixed)) => shapes.add_subquery(id, column, fixed),
             None => shapes.add(id, index_key),
         }
         if pending {
@@ -653,11 +653,11 @@ impl Registry {
         let Some(shape) = self.shapes.get(&id).cloned() else {
             return;
         };
-        let Some(column) = routed_by_values(&shape.spec) else {
+        let Some((column, fixed)) = routed_by_values(&shape.spec) else {
             return;
         };
         if let Some(shapes) = self.by_relation.get_mut(&shape.relation_id()) {
-            shapes.add_subquery(id, column);
+            shapes.add_subquery(id, column, fixed);
         }
         self.route_by_values(&shape, true);
     }
@@ -886,12 +886,12 @@ impl Registry {
 /// The column a shape's changes are routed by the values of its subquery
 /// (see `SubquerySpec::key`), unless its where has a fixed equality key,
 /// which routes tighter and never moves.
-fn routed_by_values(spec: &ShapeSpec) -> Option<usize> {
+fn routed_by_values(spec: &ShapeSpec) -> Option<(usize, Vec<(usize, Vec<String>)>)> {
     if spec.filter.as_ref().and_then(|f| f.index_key()).is_some() {
         return None;
     }
     spec.subqueries
         .as_deref()
-        .and_then(|s| s.key())
-        .map(|(column, _)| column)
+        .and_then(|s| s.routing())
+        .map(|(column, _, fixed)| (column, fixed))
 }

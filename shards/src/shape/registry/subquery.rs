@@ -60,9 +60,15 @@ impl SubquerySpec {
     /// shape's rows: a positive `col IN (SELECT ..)` every matching row
     /// must satisfy (`WhereClause::subquery_key`).
     pub fn key(&self) -> Option<(usize, usize)> {
+        self.routing().map(|(column, d, _)| (column, d))
+    }
+
+    /// [`SubquerySpec::key`] with the fixed keys of an `OR`'s other arms
+    /// (`WhereClause::subquery_routing`): rows reach the shape by either.
+    pub fn routing(&self) -> Option<(usize, usize, Vec<(usize, Vec<String>)>)> {
         self.clause
-            .subquery_key()
-            .filter(|&(_, d)| self.dependencies.get(d).is_some_and(|dep| !dep.negated))
+            .subquery_routing()
+            .filter(|&(_, d, _)| self.dependencies.get(d).is_some_and(|dep| !dep.negated))
     }
 }
 

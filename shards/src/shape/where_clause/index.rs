@@ -174,3 +174,52 @@ pub(crate) fn subquery_key(
         _ => None,
     }
 }
+
+/// A fixed key of the relation index: a column and the texts it may print.
+pub(crate) type FixedKey = (usize, Vec<String>);
+
+/// How a subquery clause's rows are routed: by the values of subquery
+/// `subquery` in `column` (see [`subquery_key`]), and, when the clause is
+/// an `OR` whose other arms each require a plain equality, by those fixed
+/// keys too (`project_id IN (SELECT ..) OR owner_id = 7`): a row can only
+/// match through one of the arms, so it reaches the shape through one of
+/// the keys. None when some arm requires neither (`OR title LIKE ..`).
+pub(crate) fn subquery_routing(
+    expr: &Expr,
+    inner: &dyn Fn(usize) -> Option<Type>,
+) -> Option<(usize, usize, Vec<FixedKey>)> {
+    if let Some((column, subquery)) = subquery_key(expr, inner) {
+        return Some((column, subquery, Vec::new()));
+    }
+    match expr {
+        Expr::And(items) => items.iter().find_map(|item| subquery_routing(item, inner)),
+        Expr::Or(items) => {
+            let mut routed: Option<(usize, usize)> = None;
+            let mut fixed: Vec<FixedKey> = Vec::new();
+            for item in items {
+                // A NULL arm never makes the OR true.
+                if matches!(
+                    item,
+                    Expr::Const {
+                        value: super::value::Value::Null,
+                        ..
+                    }
+                ) {
+                    continue;
+                }
+                if let Some(key) = subquery_key(item, inner) {
+                    // Two subqueries' values would need two routings.
+                    if routed.is_some_and(|r| r != key) {
+                        return None;
+                    }
+                    routed = Some(key);
+                    continue;
+                }
+                fixed.push(index_key(item)?);
+            }
+            let (column, subquery) = routed?;
+            Some((column, subquery, fixed))
+        }
+        _ => None,
+    }
+}

@@ -557,11 +557,21 @@ impl WhereClause {
 
     /// If every matching row must have column `i` print as one of the
     /// values of subquery `s` (`col IN (SELECT ..)`, alone or a conjunct of
-    /// an `AND`, the two columns printing alike): `(i, s)`. Changes are
-    /// then routed by the subquery's current values, like an index key
-    /// that moves.
+    /// an `AND`, the two columns printing alike), or else satisfy one of
+    /// the plain equalities of the other arms of an `OR`
+    /// ([`WhereClause::subquery_routing`]): `(i, s)`. Changes are then
+    /// routed by the subquery's current values, like an index key that
+    /// moves.
     pub fn subquery_key(&self) -> Option<(usize, usize)> {
-        index::subquery_key(&self.expr, &|s| {
+        self.subquery_routing()
+            .map(|(column, subquery, _)| (column, subquery))
+    }
+
+    /// As [`WhereClause::subquery_key`], with the fixed keys (column,
+    /// texts) of the arms of an `OR` beside the subquery's
+    /// (`index::subquery_routing`).
+    pub fn subquery_routing(&self) -> Option<(usize, usize, Vec<(usize, Vec<String>)>)> {
+        index::subquery_routing(&self.expr, &|s| {
             let types = &self.subqueries.get(s)?.types;
             (types.len() == 1).then(|| types[0].clone())
         })

@@ -757,3 +757,41 @@ fn where_clause_subquery_views_give_back_each_value_as_first_seen() {
     assert!(prices.add(&[Some("1.5")]));
     assert_eq!(prices.column_texts(), [vec![Some("1.5")]]);
 }
+
+#[test]
+fn where_clause_subquery_routing_covers_every_arm_of_an_or() {
+    let sub = "project_id IN (SELECT project_id FROM members WHERE user_id = $1)";
+    let routing = |sql: &str| parse(sql, &["7"]).subquery_routing();
+    assert_eq!(routing(sub), Some((PROJECT, 0, Vec::new())));
+    assert_eq!(
+        routing(&format!("{sub} AND owner = 'a'")),
+        Some((PROJECT, 0, Vec::new()))
+    );
+    // Every other arm requires a plain equality: rows come by either key.
+    assert_eq!(
+        routing(&format!("{sub} OR owner = 'a' OR id IN (1, 2)")),
+        Some((
+            PROJECT,
+            0,
+            // (`IN (1, 2)` is an `OR` of equalities, flattened into this one)
+            vec![
+                (OWNER, vec!["a".to_string()]),
+                (ID, vec!["1".to_string()]),
+                (ID, vec!["2".to_string()])
+            ]
+        ))
+    );
+    assert_eq!(
+        routing(&format!("(owner = 'b' AND id > 3) OR ({sub} AND id < 9)")),
+        Some((PROJECT, 0, vec![(OWNER, vec!["b".to_string()])]))
+    );
+    // An arm with no key, a negated subquery, two subqueries' values: no
+    // routing (every change is evaluated).
+    for unrouted in [
+        format!("{sub} OR owner LIKE 'a%'"),
+        format!("NOT ({sub}) OR owner = 'a'"),
+        format!("{sub} OR id IN (SELECT user_id FROM members WHERE role = 'x')"),
+    ] {
+        assert_eq!(routing(&unrouted), None, "{unrouted}");
+    }
+}
