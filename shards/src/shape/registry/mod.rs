@@ -47,6 +47,10 @@ pub use subquery::{
     MAX_MOVE_IN_BYTES,
 };
 
+/// Transactions between two sweeps of the subquery shapes waiting to
+/// share their truths (`Registry::share_truths`).
+const SHARE_SWEEP_EVERY: usize = 256;
+
 pub struct Registry {
     shard: usize,
     routes: Arc<RouteTable>,
@@ -130,6 +134,10 @@ pub struct Registry {
     /// subquery shapes not reading shared ones yet.
     truths: truths::Truths,
     unshared: BTreeSet<ShapeId>,
+    /// The last commit every waiting shape was looked at, and the
+    /// transactions since.
+    share_swept_at: Lsn,
+    since_share_sweep: usize,
     /// Commit position of the last transaction applied.
     last_commit: Lsn,
 }
@@ -185,6 +193,8 @@ impl Registry {
             liveness: HashMap::new(),
             truths: Rc::default(),
             unshared: BTreeSet::new(),
+            share_swept_at: Lsn::ZERO,
+            since_share_sweep: 0,
             last_commit: Lsn::ZERO,
         }
     }
@@ -196,10 +206,19 @@ impl Registry {
 
     /// Subquery shapes at the shard's position join the shared truths of
     /// their dependencies (one materializer per definition per shard).
+    ///
+    /// Shapes that applied something or finished a move are looked at
+    /// then (`share_truths_of`); the others (quiet ones whose snapshot or
+    /// re-read the shard has since passed) by a sweep of every waiting
+    /// shape at LSN ticks and every `SHARE_SWEEP_EVERY` transactions, so
+    /// thousands of shapes waiting to be read again cost no transaction
+    /// a scan of them all.
     fn share_truths(&mut self) {
-        if self.unshared.is_empty() {
+        if self.unshared.is_empty() || self.last_commit <= self.share_swept_at {
             return;
         }
+        self.share_swept_at = self.last_commit;
+        self.since_share_sweep = 0;
         let last_commit = self.last_commit;
         let shapes = &self.shapes;
         let truths = &self.truths;
@@ -208,6 +227,25 @@ impl Registry {
                 .get(id)
                 .is_some_and(|shape| !shape.share_truths(truths, last_commit))
         });
+    }
+
+    /// [`Registry::share_truths`] for the shapes `ids` only.
+    fn share_truths_of(&mut self, ids: &[ShapeId]) {
+        if self.unshared.is_empty() {
+            return;
+        }
+        for id in ids {
+            if !self.unshared.contains(id) {
+                continue;
+            }
+            let done = self
+                .shapes
+                .get(id)
+                .is_none_or(|shape| shape.share_truths(&self.truths, self.last_commit));
+            if done {
+                self.unshared.remove(id);
+            }
+        }
     }
 
     /// What runs subquery shapes' move-in queries (the edge: Postgres).
@@ -535,12 +573,13 @@ impl Registry {
             self.apply_one(&shape, &tx, None);
         }
         self.run_moves();
-        self.share_truths();
+        self.share_truths_of(&[id]);
     }
 
     /// Starts the move-in queries shapes asked for, and splices those whose
     /// rows and boundary are known; again while splices start new ones.
     fn run_moves(&mut self) {
+        let mut settled = Vec::new();
         loop {
             let jobs = std::mem::take(&mut *self.move_jobs.borrow_mut());
             for job in jobs {
@@ -568,12 +607,14 @@ impl Registry {
                 self.route_by_values(&shape, false);
                 if !shape.is_moving() {
                     self.moving.remove(&id);
+                    settled.push(id);
                 }
             }
             if self.move_jobs.borrow().is_empty() {
                 break;
             }
         }
+        self.share_truths_of(&settled);
     }
 
     /// A move-in query finished: its rows (or its failure, which
@@ -599,7 +640,6 @@ impl Registry {
             }
         }
         self.run_moves();
-        self.share_truths();
         self.wake_flush();
     }
 
@@ -712,7 +752,7 @@ impl Registry {
         // shapes whose index excluded every row of this transaction.
         let mut ids: Vec<ShapeId> = per_shape.keys().copied().collect();
         ids.sort_unstable();
-        for id in ids {
+        for &id in &ids {
             if let Some(shape) = self.warm(id) {
                 let indices = &per_shape[&id];
                 self.apply_one(&shape, tx, Some(indices));
@@ -737,7 +777,13 @@ impl Registry {
         if !self.moving.is_empty() || !self.move_jobs.borrow().is_empty() {
             self.run_moves();
         }
-        self.share_truths();
+        if !self.unshared.is_empty() {
+            self.share_truths_of(&ids);
+            self.since_share_sweep += 1;
+            if self.since_share_sweep >= SHARE_SWEEP_EVERY {
+                self.share_truths();
+            }
+        }
     }
 
     /// Subquery shapes a change on a table their subqueries read may move.
