@@ -50,6 +50,9 @@ pub use subquery::{
 /// Transactions between two sweeps of the subquery shapes waiting to
 /// share their truths (`Registry::share_truths`).
 const SHARE_SWEEP_EVERY: usize = 256;
+/// Or after this long, whichever comes first (a shard that receives every
+/// transaction hears of no LSN tick while they flow).
+const SHARE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub struct Registry {
     shard: usize,
@@ -138,6 +141,7 @@ pub struct Registry {
     /// transactions since.
     share_swept_at: Lsn,
     since_share_sweep: usize,
+    share_swept_when: std::time::Instant,
     /// Commit position of the last transaction applied.
     last_commit: Lsn,
 }
@@ -195,6 +199,7 @@ impl Registry {
             unshared: BTreeSet::new(),
             share_swept_at: Lsn::ZERO,
             since_share_sweep: 0,
+            share_swept_when: std::time::Instant::now(),
             last_commit: Lsn::ZERO,
         }
     }
@@ -210,7 +215,8 @@ impl Registry {
     /// Shapes that applied something or finished a move are looked at
     /// then (`share_truths_of`); the others (quiet ones whose snapshot or
     /// re-read the shard has since passed) by a sweep of every waiting
-    /// shape at LSN ticks and every `SHARE_SWEEP_EVERY` transactions, so
+    /// shape at LSN ticks and every `SHARE_SWEEP_EVERY` transactions or
+    /// `SHARE_SWEEP_INTERVAL`, so
     /// thousands of shapes waiting to be read again cost no transaction
     /// a scan of them all.
     fn share_truths(&mut self) {
@@ -219,6 +225,7 @@ impl Registry {
         }
         self.share_swept_at = self.last_commit;
         self.since_share_sweep = 0;
+        self.share_swept_when = std::time::Instant::now();
         let last_commit = self.last_commit;
         let shapes = &self.shapes;
         let truths = &self.truths;
@@ -780,7 +787,9 @@ impl Registry {
         if !self.unshared.is_empty() {
             self.share_truths_of(&ids);
             self.since_share_sweep += 1;
-            if self.since_share_sweep >= SHARE_SWEEP_EVERY {
+            if self.since_share_sweep >= SHARE_SWEEP_EVERY
+                || self.share_swept_when.elapsed() >= SHARE_SWEEP_INTERVAL
+            {
                 self.share_truths();
             }
         }
