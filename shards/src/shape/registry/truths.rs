@@ -246,14 +246,25 @@ impl Source {
             last: None,
             broken: None,
         });
-        if let Some(own) = &own {
+        if let Some(mine) = own.take() {
             // Same transactions, same counts: a mismatch is a bug that
-            // would send wrong moves.
-            assert_eq!(
-                own.view().len(),
-                truth.borrow().materializer.view().len(),
-                "a private truth joining its shared one differs from it"
-            );
+            // would send wrong moves. The shape keeps its own truth then.
+            let (mine_len, shared_len) =
+                (mine.view().len(), truth.borrow().materializer.view().len());
+            if mine_len != shared_len {
+                debug_assert_eq!(
+                    mine_len, shared_len,
+                    "a private truth differs from its shared one"
+                );
+                tracing::error!(
+                    mine = mine_len,
+                    shared = shared_len,
+                    "a subquery shape's values differ from the shared ones of its subquery: it keeps its own"
+                );
+                *self = Source::Private(mine);
+                return;
+            }
+            own = Some(mine);
         }
         *self = Source::Shared {
             truth,
