@@ -27,7 +27,7 @@ use std::rc::{Rc, Weak};
 
 use crate::change::Transaction;
 use crate::lsn::Lsn;
-use crate::shape::materializer::{Materialized, Materializer, MoveBatch, ValueText};
+use crate::shape::materializer::{Materialized, Materializer, MoveBatch};
 use crate::shape::where_clause::{SubqueryView, ValueKey};
 
 use super::subquery::{as_refs, DependencySpec};
@@ -294,8 +294,7 @@ fn sorted(mut batch: MoveBatch) -> MoveBatch {
 
 /// Flips the lag of every value a batch moved.
 fn flip(view: &SubqueryView, lag: &mut HashSet<ValueKey>, batch: &MoveBatch) {
-    let values: Vec<&ValueText> = batch.moved_in.iter().chain(&batch.moved_out).collect();
-    for value in values {
+    for value in batch.moved_in.iter().chain(&batch.moved_out) {
         if let Some(key) = view.key_of(&as_refs(value)) {
             if !lag.remove(&key) {
                 lag.insert(key);

@@ -103,6 +103,19 @@ fn boolean_column(expr: &Expr) -> Option<(usize, Vec<String>)> {
     }
 }
 
+/// The arms of an `OR` that can make it true: a NULL arm never does.
+fn live_arms(items: &[Expr]) -> impl Iterator<Item = &Expr> {
+    items.iter().filter(|item| {
+        !matches!(
+            item,
+            Expr::Const {
+                value: super::value::Value::Null,
+                ..
+            }
+        )
+    })
+}
+
 pub(crate) fn index_key(expr: &Expr) -> Option<(usize, Vec<String>)> {
     if let Some(key) = boolean_column(expr) {
         return Some(key);
@@ -113,17 +126,7 @@ pub(crate) fn index_key(expr: &Expr) -> Option<(usize, Vec<String>)> {
         Expr::Or(items) => {
             let mut column = None;
             let mut values: Vec<String> = Vec::new();
-            for item in items {
-                // A NULL arm never makes the OR true.
-                if matches!(
-                    item,
-                    Expr::Const {
-                        value: super::value::Value::Null,
-                        ..
-                    }
-                ) {
-                    continue;
-                }
+            for item in live_arms(items) {
                 let (index, keys) = equality(item)?;
                 if column.is_some_and(|c| c != index) {
                     return None;
@@ -196,17 +199,7 @@ pub(crate) fn subquery_routing(
         Expr::Or(items) => {
             let mut routed: Option<(usize, usize)> = None;
             let mut fixed: Vec<FixedKey> = Vec::new();
-            for item in items {
-                // A NULL arm never makes the OR true.
-                if matches!(
-                    item,
-                    Expr::Const {
-                        value: super::value::Value::Null,
-                        ..
-                    }
-                ) {
-                    continue;
-                }
+            for item in live_arms(items) {
                 if let Some(key) = subquery_key(item, inner) {
                     // Two subqueries' values would need two routings.
                     if routed.is_some_and(|r| r != key) {
