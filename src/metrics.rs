@@ -271,7 +271,7 @@ impl Metrics {
     /// Per-shard storage series (label `shard`), and the fence.
     fn render_storage(&self, out: &mut String) {
         type Field = fn(&StorageGauges) -> &AtomicU64;
-        let series: [(&str, &str, &str, Field); 18] = [
+        let series: [(&str, &str, &str, Field); 19] = [
             (
                 "shapeshard_storage_failing",
                 "gauge",
@@ -349,6 +349,12 @@ impl Metrics {
                 "gauge",
                 "Subquery shapes reading a shared dependency (one per shape and subquery).",
                 |g| &g.subquery_truth_readers,
+            ),
+            (
+                "shapeshard_subquery_shapes_broad",
+                "gauge",
+                "Subquery shapes with too many values to be routed by them: they evaluate every row of their table.",
+                |g| &g.subquery_broad,
             ),
             (
                 "shapeshard_shard_memory_bytes",

@@ -61,10 +61,15 @@ fn killed_replication_backend_resumes_without_loss_or_repeat() {
         assert!(killed, "the walsender was running and got terminated");
         kills += 1;
         if at == 40 {
-            // Let the next session start, then release durability so later
-            // sessions resume from a newer confirmed position.
-            wait_for("a new session", Duration::from_secs(30), || {
-                (rig.stats.sessions.load(Ordering::SeqCst) >= 2).then_some(())
+            // Let the next session start from the held position and be
+            // resent what was delivered, then release durability so later
+            // sessions resume from a newer confirmed position. (Waiting for
+            // the session alone raced: released before the new session
+            // read the fence, it started past what was delivered.)
+            wait_for("a resend after the kill", Duration::from_secs(30), || {
+                (rig.stats.sessions.load(Ordering::SeqCst) >= 2
+                    && rig.stats.transactions_skipped.load(Ordering::SeqCst) > 0)
+                    .then_some(())
             });
             rig.hold_durability.store(false, Ordering::SeqCst);
         }

@@ -109,7 +109,22 @@ pub(crate) struct RelationShapes {
     /// Such shapes' fixed keys in `indexed` too (the plain equalities of
     /// the other arms of an `OR`), for their removal.
     subquery_fixed: HashMap<ShapeId, Vec<(usize, Vec<String>)>>,
+    /// Subquery shapes with too many values to key (see
+    /// [`BROAD_ABOVE_VALUES`]): they take every row of the relation, as
+    /// unindexed shapes do, and their client views decide. Still in
+    /// `subquery_keys`, with no value.
+    broad: BTreeSet<ShapeId>,
 }
+
+/// Values past which a subquery shape is no longer keyed by them: an index
+/// entry costs about 200 bytes per value and shape, and a shape holding
+/// this many values of the relation's column takes a large part of its
+/// rows anyway. Evaluating a row against its view is a hash lookup.
+pub(crate) const BROAD_ABOVE_VALUES: usize = 16 * 1024;
+
+/// Values under which a broad subquery shape is keyed again (half the
+/// above: a shape near the bound does not swap at every move).
+pub(crate) const NARROW_BELOW_VALUES: usize = BROAD_ABOVE_VALUES / 2;
 
 impl RelationShapes {
     pub(crate) fn add(&mut self, id: ShapeId, key: Option<(usize, Vec<String>)>) {
@@ -162,8 +177,42 @@ impl RelationShapes {
         self.subquery_keys.contains_key(&id)
     }
 
-    /// Routes rows whose column prints as `value` to subquery shape `id`.
+    /// Whether subquery shape `id` takes every row (see `broad`).
+    pub(crate) fn is_broad(&self, id: ShapeId) -> bool {
+        self.broad.contains(&id)
+    }
+
+    pub(crate) fn broad_count(&self) -> usize {
+        self.broad.len()
+    }
+
+    /// Subquery shape `id` takes every row from now: its values are no
+    /// longer keyed.
+    pub(crate) fn broaden(&mut self, id: ShapeId) {
+        let Some((column, values)) = self.subquery_keys.get_mut(&id) else {
+            return;
+        };
+        if !self.broad.insert(id) {
+            return;
+        }
+        let column = *column;
+        for value in std::mem::take(values) {
+            Self::drop_key(&mut self.by_subquery, column, &value, id);
+        }
+    }
+
+    /// Broad subquery shape `id` is keyed again, by no value yet (the
+    /// caller keys them all).
+    pub(crate) fn narrow(&mut self, id: ShapeId) {
+        self.broad.remove(&id);
+    }
+
+    /// Routes rows whose column prints as `value` to subquery shape `id`
+    /// (a broad one takes them all already).
     pub(crate) fn key_value(&mut self, id: ShapeId, value: &str) {
+        if self.broad.contains(&id) {
+            return;
+        }
         let Some((column, values)) = self.subquery_keys.get_mut(&id) else {
             return;
         };
@@ -215,6 +264,7 @@ impl RelationShapes {
             return;
         }
         if let Some((column, values)) = self.subquery_keys.remove(&id) {
+            self.broad.remove(&id);
             for value in values {
                 Self::drop_key(&mut self.by_subquery, column, &value, id);
             }
@@ -248,6 +298,7 @@ impl RelationShapes {
     /// is built: this runs for every change).
     pub(crate) fn candidates(&self, tuple: &Tuple, old: Option<&Tuple>, out: &mut Vec<ShapeId>) {
         out.extend(self.unindexed.iter().copied());
+        out.extend(self.broad.iter().copied());
         for (&column, by_value) in self.indexed.iter().chain(&self.by_subquery) {
             if let Some(value) = convert::value_at(tuple, old, column) {
                 if let Some(ids) = by_value.get(value) {
@@ -308,6 +359,33 @@ mod tests {
         let mut all: Vec<ShapeId> = shapes.all().collect();
         all.sort_unstable();
         assert_eq!(all, [1]);
+    }
+
+    #[test]
+    fn a_broad_subquery_shape_takes_every_row_until_narrowed() {
+        let mut shapes = RelationShapes::default();
+        shapes.add_subquery(2, 1, Vec::new());
+        shapes.add_subquery(3, 1, Vec::new());
+        shapes.key_value(2, "7");
+        shapes.key_value(3, "7");
+        shapes.broaden(2);
+        assert!(shapes.is_broad(2) && !shapes.is_broad(3));
+        assert_eq!(candidates(&shapes, "9"), [2], "every row");
+        assert_eq!(candidates(&shapes, "7"), [2, 3], "its keys are gone");
+        shapes.key_value(2, "8");
+        assert!(
+            !shapes.by_subquery[&1].contains_key("8"),
+            "a broad shape keys nothing"
+        );
+        shapes.narrow(2);
+        assert!(candidates(&shapes, "9").is_empty());
+        shapes.key_value(2, "9");
+        assert_eq!(candidates(&shapes, "9"), [2]);
+        shapes.broaden(2);
+        shapes.remove(2);
+        shapes.remove(3);
+        assert_eq!(shapes.broad_count(), 0);
+        assert!(shapes.by_subquery.is_empty() && shapes.all().next().is_none());
     }
 
     #[test]

@@ -560,6 +560,7 @@ impl GroupCommit {
         let (truths, readers) = registry.shared_truths();
         StorageGauges::set(&g.subquery_truths, truths as u64);
         StorageGauges::set(&g.subquery_truth_readers, readers as u64);
+        StorageGauges::set(&g.subquery_broad, registry.broad_subquery_shapes() as u64);
         StorageGauges::set(&g.memory_bytes, registry.memory_bytes() as u64);
         g.memory_peak_bytes.fetch_max(
             registry.memory_bytes() as u64,

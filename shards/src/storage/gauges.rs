@@ -28,6 +28,8 @@ pub struct StorageGauges {
     /// subquery shapes reading them.
     pub subquery_truths: AtomicU64,
     pub subquery_truth_readers: AtomicU64,
+    /// Subquery shapes with too many values to be routed by them.
+    pub subquery_broad: AtomicU64,
     /// Journal + memory tails now, and the budget they are held under.
     pub memory_bytes: AtomicU64,
     pub memory_budget_bytes: AtomicU64,

@@ -21,7 +21,9 @@ use crate::storage::record::{self, Kind};
 use super::definition::{canonical_selects_all, definition_hash};
 use super::encode::PgSnapshot;
 use super::log::ShapeLog;
-use super::relation_index::{table_fingerprint, RelationColumns, RelationShapes};
+use super::relation_index::{
+    table_fingerprint, RelationColumns, RelationShapes, BROAD_ABOVE_VALUES, NARROW_BELOW_VALUES,
+};
 
 pub use super::relation_index::schema_fingerprint;
 
@@ -202,6 +204,15 @@ impl Registry {
             share_swept_when: std::time::Instant::now(),
             last_commit: Lsn::ZERO,
         }
+    }
+
+    /// Subquery shapes taking every row of their table, having too many
+    /// values to be routed by them.
+    pub fn broad_subquery_shapes(&self) -> usize {
+        self.by_relation
+            .values()
+            .map(RelationShapes::broad_count)
+            .sum()
     }
 
     /// Shared dependency truths, and the subquery shapes reading them.
@@ -679,13 +690,27 @@ impl Registry {
         if shape.spec.subqueries.is_none() {
             return;
         }
-        let (keep, drop) = shape.index_changes(all);
-        if keep.is_empty() && drop.is_empty() {
-            return;
-        }
         let Some(shapes) = self.by_relation.get_mut(&shape.relation_id()) else {
             return;
         };
+        // A shape with many values takes every row instead (see
+        // `BROAD_ABOVE_VALUES`), and is keyed again, by all its values,
+        // once it has few.
+        let mut all = all;
+        match (shape.keyed_values(), shapes.is_broad(shape.id)) {
+            (Some(n), false) if n > BROAD_ABOVE_VALUES => shapes.broaden(shape.id),
+            (Some(n), true) if n < NARROW_BELOW_VALUES => {
+                shapes.narrow(shape.id);
+                all = true;
+            }
+            _ => {}
+        }
+        if shapes.is_broad(shape.id) {
+            // Only to forget the touched values: every row comes anyway.
+            shape.index_changes(false);
+            return;
+        }
+        let (keep, drop) = shape.index_changes(all);
         for value in &keep {
             shapes.key_value(shape.id, value);
         }

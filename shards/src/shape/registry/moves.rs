@@ -193,6 +193,16 @@ impl Shape {
         }
     }
 
+    /// How many values the dependency this shape is routed by holds (the
+    /// larger of its two views), if it is routed by one.
+    pub(super) fn keyed_values(&self) -> Option<usize> {
+        let state = self.state.borrow();
+        let sub = state.subquery.as_ref()?;
+        let d = sub.keyed?;
+        let truth = sub.truths[d].with_view(|v| v.len());
+        Some(truth.max(sub.client[d].len()))
+    }
+
     /// The routing by value this shape asks of the registry since it last
     /// asked: values to route to it, values to stop routing. A value is
     /// routed while either view holds it or a move of it is pending, and
