@@ -103,7 +103,7 @@ pub fn where_clause(data: &[u8]) {
             let _ = view.contains_text(&texts);
             views.push(view);
         }
-        let views: Vec<_> = views.iter().map(Some).collect();
+        let views: Vec<_> = views.iter().map(|v| Some(v.into())).collect();
         let _ = clause.matches_with(&value, &views);
         let _ = clause.to_sql_with_values(&views);
         let salt = TagSalt {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use postgres::types::Type;
 use postgres::SimpleQueryMessage;
 use shards::shape::definition::TableName;
-use shards::shape::where_clause::{SubqueryView, WhereClause, WhereColumn};
+use shards::shape::where_clause::{SubqueryView, ViewRef, WhereClause, WhereColumn};
 
 use crate::harness::database;
 
@@ -186,7 +186,8 @@ fn subquery_sql_agrees_with_evaluation_against_views() {
             }
             views.push(view);
         }
-        let views: Vec<Option<&SubqueryView>> = views.iter().map(Some).collect();
+        let plain_views: Vec<Option<&SubqueryView>> = views.iter().map(Some).collect();
+        let views: Vec<Option<ViewRef>> = views.iter().map(|v| Some(v.into())).collect();
         let ours: Vec<i32> = task_rows
             .iter()
             .filter(|row| {
@@ -203,7 +204,7 @@ fn subquery_sql_agrees_with_evaluation_against_views() {
         let (values_sql, values_params) = clause.to_sql_with_values(&views);
         let with_values = selected(&mut client, &values_sql, &values_params);
         assert_eq!(&full, expected, "{sql}: Postgres on {full_sql}");
-        move_ins += move_ins_agree(&mut client, &clause, &views, &task_rows, sql);
+        move_ins += move_ins_agree(&mut client, &clause, &plain_views, &task_rows, sql);
         assert_eq!(ours, full, "{sql}: ours vs Postgres on {full_sql}");
         assert_eq!(
             with_values, full,
@@ -258,12 +259,14 @@ fn move_ins_agree(
             } else {
                 (&without, full)
             };
-            let mut pre: Vec<Option<&SubqueryView>> = views.to_vec();
-            pre[trigger] = Some(before);
-            let mut post: Vec<Option<&SubqueryView>> = views.to_vec();
-            post[trigger] = Some(after);
+            let mut pre: Vec<Option<ViewRef>> =
+                views.iter().map(|v| v.map(ViewRef::from)).collect();
+            pre[trigger] = Some(before.into());
+            let mut post: Vec<Option<ViewRef>> =
+                views.iter().map(|v| v.map(ViewRef::from)).collect();
+            post[trigger] = Some(after.into());
             let (move_sql, params) = clause
-                .move_in_where(trigger, &moved, after, &pre)
+                .move_in_where(trigger, (&moved).into(), after.into(), &pre)
                 .expect("a move-in where");
             let got = selected(client, &move_sql, &params);
             let expected: Vec<i32> = task_rows

@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use super::materializer::{Materializer, ValueText};
-use super::where_clause::{SubqueryView, ValueKey, WhereClause};
+use super::where_clause::{SubqueryView, ValueKey, ViewRef, WhereClause};
 
 /// Bytes of one level's mirrored rows before its shapes are invalidated.
 pub const MAX_MIRROR_BYTES: usize = 64 * 1024 * 1024;
@@ -106,7 +106,7 @@ impl Mirror {
                 .ok()
                 .and_then(|s| row[s].as_deref())
         };
-        let views: Vec<Option<&SubqueryView>> = self.seen.iter().map(Some).collect();
+        let views: Vec<Option<ViewRef>> = self.seen.iter().map(|v| Some(v.into())).collect();
         self.clause.matches_with(&value, &views)
     }
 

@@ -34,7 +34,7 @@ use crate::storage::record::{self, Kind};
 
 use super::kept_views::{put_header, put_u32, put_value, Reader};
 use super::shape::{Gate, Held, Shape, ShapeId, ShapeState};
-use super::subquery::{as_refs, set_add, set_remove, Due, SubqueryState};
+use super::subquery::{as_refs, set_add, set_remove, ClientView, Due, SubqueryState};
 use super::Registry;
 
 const VERSION: u8 = 1;
@@ -64,12 +64,13 @@ impl SubqueryState {
     fn encode_client_with(&self, values: bool) -> Vec<u8> {
         let mut out = Vec::new();
         put_header(&mut out, VERSION, self.held_from(), self.client.len());
-        for view in &self.client {
+        let bases = self.bases();
+        for (client, base) in self.client.iter().zip(&bases) {
             if !values {
                 put_u32(&mut out, 0);
                 continue;
             }
-            let values: Vec<_> = view.counted_texts().collect();
+            let values: Vec<_> = client.view(base).counted_texts().collect();
             put_u32(&mut out, values.len());
             for (value, _) in values {
                 put_value(&mut out, &value);
@@ -88,7 +89,7 @@ impl SubqueryState {
             for _ in 0..r.u32()? {
                 set_add(&mut view, &as_refs(&r.value()?));
             }
-            self.client[d] = view;
+            self.client[d] = ClientView::Own(view);
         }
         r.end()?;
         self.restored_held_from = held;
@@ -117,9 +118,10 @@ impl Shape {
             return;
         }
         self.journal(Lsn::ZERO, Kind::ViewSet, &sub.encode_client_with(false));
-        for (d, view) in sub.client.iter().enumerate() {
+        let bases = sub.bases();
+        for (d, (client, base)) in sub.client.iter().zip(&bases).enumerate() {
             let mut payload = Vec::new();
-            for (value, _) in view.counted_texts() {
+            for (value, _) in client.view(base).counted_texts() {
                 if payload.is_empty() {
                     put_u32(&mut payload, d);
                     payload.push(1);
@@ -193,7 +195,9 @@ impl Shape {
         let view = sub
             .client
             .get_mut(d)
-            .ok_or("a view move of no dependency")?;
+            .ok_or("a view move of no dependency")?
+            .own_mut()
+            .ok_or("a view move of a shared truth")?;
         while !r.0.is_empty() {
             let value = r.value()?;
             if add {
@@ -273,13 +277,13 @@ impl Shape {
         sub.reseeding = false;
         sub.reseed_filter = Some(snapshot);
         for d in 0..sub.client.len() {
-            let values: Vec<Vec<Option<String>>> = sub.truths[d].with_view(|truth| {
-                truth
-                    .counted_texts()
-                    .chain(sub.client[d].counted_texts())
+            let values: Vec<Vec<Option<String>>> = {
+                let base = sub.truths[d].base();
+                base.counted_texts()
+                    .chain(sub.client[d].view(&base).counted_texts())
                     .map(|(value, _)| value.iter().map(|t| t.map(str::to_string)).collect())
                     .collect()
-            });
+            };
             for value in values {
                 if sub.due(spec, d, &value) != Due::None {
                     sub.pending[d].entry(value).or_default();

@@ -79,7 +79,8 @@ impl Shape {
                     put_value(&mut out, &value);
                 }
             });
-            let shown: Vec<_> = client.counted_texts().collect();
+            let base = truth.base();
+            let shown: Vec<_> = client.view(&base).counted_texts().collect();
             put_u32(&mut out, shown.len());
             for (value, _) in shown {
                 put_value(&mut out, &value);
@@ -112,7 +113,10 @@ impl Shape {
             }
             for _ in 0..r.u32()? {
                 let value = r.value()?;
-                set_add(&mut sub.client[d], &as_refs(&value));
+                let client = sub.client[d]
+                    .own_mut()
+                    .ok_or("a shared truth cannot be restored")?;
+                set_add(client, &as_refs(&value));
             }
         }
         r.end()?;

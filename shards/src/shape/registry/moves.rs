@@ -21,7 +21,7 @@ use crate::shape::convert::{Converter, RowTags};
 use crate::shape::encode::{self, Move, Tagging};
 use crate::shape::materializer::{Materialized, MoveBatch, ValueText};
 use crate::shape::offset::LogOffset;
-use crate::shape::where_clause::{SubqueryView, TagSalt};
+use crate::shape::where_clause::{TagSalt, ViewRef};
 
 use super::shape::{Applied, Shape, ShapeState};
 use super::subquery::{
@@ -58,9 +58,10 @@ impl Shape {
         let (Some(spec), Some(sub)) = (self.subquery_spec(), state.subquery.as_ref()) else {
             return false;
         };
-        let views: Vec<Option<&SubqueryView>> = match (&sub.seeded, move_in) {
-            (Some(seeded), false) => seeded.iter().map(Some).collect(),
-            _ => sub.views(),
+        let bases = sub.bases();
+        let views: Vec<Option<ViewRef>> = match (&sub.seeded, move_in) {
+            (Some(seeded), false) => seeded.iter().map(|v| Some(v.into())).collect(),
+            _ => sub.views(&bases),
         };
         self.encode_tagged(spec, &views, out, row, move_in);
         true
@@ -70,7 +71,7 @@ impl Shape {
     fn encode_tagged(
         &self,
         spec: &SubquerySpec,
-        views: &[Option<&SubqueryView>],
+        views: &[Option<ViewRef>],
         out: &mut Vec<u8>,
         row: &[Option<&str>],
         move_in: bool,
@@ -107,7 +108,7 @@ impl Shape {
             // a restart seeds the truth only (the client views are durable).
             return;
         }
-        if let Some(client) = sub.client.get_mut(d) {
+        if let Some(client) = sub.client.get_mut(d).and_then(|c| c.own_mut()) {
             super::subquery::set_add(client, value);
         }
         if let Some(seeded) = sub.seeded.as_mut().and_then(|s| s.get_mut(d)) {
@@ -132,7 +133,9 @@ impl Shape {
             }
             for value in crate::shape::nested::distinct_values(m.view()) {
                 let text = as_refs(&value);
-                super::subquery::set_add(&mut sub.client[d], &text);
+                if let Some(client) = sub.client[d].own_mut() {
+                    super::subquery::set_add(client, &text);
+                }
                 if let Some(seeded) = sub.seeded.as_mut().and_then(|s| s.get_mut(d)) {
                     super::subquery::set_add(seeded, &text);
                 }
@@ -199,8 +202,11 @@ impl Shape {
         let state = self.state.borrow();
         let sub = state.subquery.as_ref()?;
         let d = sub.keyed?;
-        let truth = sub.truths[d].with_view(|v| v.len());
-        Some(truth.max(sub.client[d].len()))
+        // A client view kept over the truth is about as large (counting
+        // it would read every value in flight).
+        let base = sub.truths[d].base();
+        let client = sub.client[d].whole_len().unwrap_or(0);
+        Some(base.len().max(client))
     }
 
     /// The routing by value this shape asks of the registry since it last
@@ -221,13 +227,15 @@ impl Shape {
         // values on the way: views may hold millions).
         let mut keep: Vec<String> = Vec::new();
         if all {
-            keep = sub.truths[d].with_view(|truth| {
+            keep = {
+                let base = sub.truths[d].base();
                 sub.client[d]
+                    .view(&base)
                     .counted_texts()
-                    .chain(truth.counted_texts())
+                    .chain(base.counted_texts())
                     .filter_map(|(value, _)| value.first().copied().flatten().map(str::to_string))
                     .collect()
-            });
+            };
             keep.extend(
                 sub.pending[d]
                     .keys()
@@ -248,9 +256,8 @@ impl Shape {
                 continue;
             };
             let refs = super::subquery::as_refs(&value);
-            let held = sub.client[d]
-                .key_of(&refs)
-                .is_some_and(|k| sub.client[d].holds(&k) || sub.truths[d].holds(&k))
+            let key = sub.truths[d].base().key_of(&refs);
+            let held = key.is_some_and(|k| sub.client_holds(d, &k) || sub.truths[d].holds(&k))
                 || sub.pending[d].contains_key(&value);
             if held {
                 keep.push(text);
@@ -310,6 +317,7 @@ impl Shape {
             };
             truth.share(truths, spec.dependencies[d].definition(&view), last_commit);
         }
+        sub.share_client_views();
         true
     }
 
@@ -357,7 +365,12 @@ impl Shape {
         if tx.commit_lsn < sub.resume_after {
             return Ok(false);
         }
-        let SubqueryState { moving, truths, .. } = sub;
+        let SubqueryState {
+            moving,
+            truths,
+            client,
+            ..
+        } = sub;
         if let Some(active) = moving.as_mut() {
             // Once the move-in's snapshot is known, a transaction it saw
             // goes before the splice whatever comes next: apply it now
@@ -379,10 +392,17 @@ impl Shape {
             // transaction is kept for when the shape applies it.
             let moves = match moves {
                 Some(moves) => moves,
-                None => truths
-                    .iter_mut()
-                    .map(|t| t.capture(tx))
-                    .collect::<Result<_, _>>()?,
+                None => {
+                    let mut moves = Vec::with_capacity(truths.len());
+                    for (truth, client) in truths.iter_mut().zip(client.iter_mut()) {
+                        let batch = truth.capture(tx)?;
+                        if let Some(batch) = &batch {
+                            client.base_moved(batch);
+                        }
+                        moves.push(batch);
+                    }
+                    moves
+                }
             };
             active.held.push(HeldTx {
                 tx: tx.clone(),
@@ -448,7 +468,13 @@ impl Shape {
                     Materialized::Unchanged
                 }
                 Some(batch) => Materialized::Moved(batch),
-                None => truth.apply(tx),
+                None => {
+                    let result = truth.apply(tx);
+                    if let Materialized::Moved(batch) = &result {
+                        sub.client[d].base_moved(batch);
+                    }
+                    result
+                }
             };
             match result {
                 Materialized::Unchanged => {}
@@ -475,7 +501,8 @@ impl Shape {
         {
             let ShapeState { log, subquery, .. } = &mut *state;
             let sub = subquery.as_ref().ok_or("no subquery state")?;
-            let views = sub.views();
+            let bases = sub.bases();
+            let views = sub.views(&bases);
             let clause = &spec.clause;
             let salt = self.salt();
             let filter = |row: &[Option<&str>]| {
@@ -555,7 +582,7 @@ impl Shape {
         spec: &SubquerySpec,
         d: usize,
         values: &[ValueText],
-        view: &SubqueryView,
+        view: ViewRef,
     ) -> Result<Vec<(usize, String)>, &'static str> {
         let salt = self.salt();
         let negated = spec.dependencies[d].negated;
@@ -617,12 +644,16 @@ impl Shape {
                         // Against the view before this value moves: the
                         // values before it in this event already took
                         // out the rows they decide.
-                        patterns.extend(self.patterns(
-                            spec,
-                            d,
-                            std::slice::from_ref(&value),
-                            &sub.client[d],
-                        )?);
+                        let before = {
+                            let base = sub.truths[d].base();
+                            self.patterns(
+                                spec,
+                                d,
+                                std::slice::from_ref(&value),
+                                sub.client[d].view(&base),
+                            )?
+                        };
+                        patterns.extend(before);
                         self.move_client(sub, spec, d, &value, Due::Out);
                     }
                 }
@@ -668,22 +699,20 @@ impl Shape {
                 }
             }
             let mut moved = spec.clause.new_view(d).ok_or("no view for a subquery")?;
-            let mut after = sub.client[d].clone();
+            let bases = sub.bases();
+            let mut after = sub.client[d].detached();
             for value in &values {
                 let text = as_refs(value);
                 moved.add(&text);
-                if spec.dependencies[d].negated {
-                    super::subquery::set_remove(&mut after, &text);
-                } else {
-                    super::subquery::set_add(&mut after, &text);
-                }
+                after.set(&bases[d], &text, !spec.dependencies[d].negated);
             }
             let (where_sql, params) = {
-                let pre = sub.views();
+                let pre = sub.views(&bases);
                 spec.clause
-                    .move_in_where(d, &moved, &after, &pre)
+                    .move_in_where(d, (&moved).into(), after.view(&bases[d]), &pre)
                     .ok_or("no move-in query for a subquery")?
             };
+            drop(bases);
             sub.generation += 1;
             let generation = sub.generation;
             sub.moving = Some(ActiveMove {
@@ -809,7 +838,8 @@ impl Shape {
             for value in &values {
                 self.move_client(sub, spec, d, value, Due::In);
             }
-            self.patterns(spec, d, &values, &sub.client[d])?
+            let base = sub.truths[d].base();
+            self.patterns(spec, d, &values, sub.client[d].view(&base))?
         };
         let txids: Vec<u64> = txids.into_iter().map(u64::from).collect();
         self.append_move_item(
@@ -824,7 +854,8 @@ impl Shape {
             scratch.clear();
             {
                 let sub = state.subquery.as_ref().ok_or("no subquery state")?;
-                self.encode_tagged(spec, &sub.views(), &mut scratch, &row, true);
+                let bases = sub.bases();
+                self.encode_tagged(spec, &sub.views(&bases), &mut scratch, &row, true);
             }
             self.append_move_item(state, None, &scratch)?;
         }

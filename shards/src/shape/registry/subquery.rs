@@ -30,10 +30,11 @@ use crate::change::{RelationId, Transaction, Xid};
 use crate::lsn::Lsn;
 use crate::shape::encode::PgSnapshot;
 use crate::shape::materializer::{Materializer, MoveBatch, ValueText};
-use crate::shape::where_clause::{SubqueryView, WhereClause};
+use crate::shape::where_clause::ValueKey;
+use crate::shape::where_clause::{SubqueryView, ViewRef, WhereClause};
 
 use super::shape::{RowFilter, ShapeId};
-use super::truths::Source;
+use super::truths::{Base, Source};
 
 /// Electric's `ELECTRIC_SUBQUERY_BUFFER_MAX_TRANSACTIONS` default.
 pub const DEFAULT_BUFFER_MAX_TRANSACTIONS: usize = 1000;
@@ -195,7 +196,8 @@ pub(super) struct SubqueryState {
     /// Per dependency: the truth, the shard's shared one once this shape
     /// is at the shard's position (`truths.rs`).
     pub(super) truths: Vec<Source>,
-    pub(super) client: Vec<SubqueryView>,
+    /// Per dependency: the values the shape's log reflects.
+    pub(super) client: Vec<ClientView>,
     /// Per dependency: values touched since they last agreed, with the
     /// xids that touched them (ordered: deterministic event contents).
     pub(super) pending: Vec<BTreeMap<ValueText, Vec<Xid>>>,
@@ -254,7 +256,7 @@ impl SubqueryState {
                 .enumerate()
                 .map(|(i, d)| Source::Private(d.materializer(view(i))))
                 .collect(),
-            client: (0..n).map(view).collect(),
+            client: (0..n).map(|i| ClientView::Own(view(i))).collect(),
             pending: vec![BTreeMap::new(); n],
             moving: None,
             generation: 0,
@@ -281,9 +283,179 @@ impl SubqueryState {
         }
     }
 
-    /// The client views, as the clause's evaluation takes them.
-    pub(super) fn views(&self) -> Vec<Option<&SubqueryView>> {
-        self.client.iter().map(Some).collect()
+    /// Each dependency's truth's own view, to read client views over.
+    pub(super) fn bases(&self) -> Vec<Base<'_>> {
+        self.truths.iter().map(Source::base).collect()
+    }
+
+    /// The client views, as the clause's evaluation takes them (`bases`
+    /// from [`SubqueryState::bases`]).
+    pub(super) fn views<'a>(&'a self, bases: &'a [Base<'a>]) -> Vec<Option<ViewRef<'a>>> {
+        self.client
+            .iter()
+            .zip(bases)
+            .map(|(client, base)| Some(client.view(base)))
+            .collect()
+    }
+
+    /// Whether dependency `d`'s client view holds `key`.
+    pub(super) fn client_holds(&self, d: usize, key: &ValueKey) -> bool {
+        let base = self.truths[d].base();
+        let holds = self.client[d].view(&base).holds(key);
+        if let ClientView::Over {
+            whole: Some(whole), ..
+        } = &self.client[d]
+        {
+            assert_eq!(
+                holds,
+                whole.holds(key),
+                "client view over its truth: {key:?}"
+            );
+        }
+        holds
+    }
+
+    /// Client views of dependencies whose truth is now shared are kept
+    /// over it (they were whole while it was private).
+    pub(super) fn share_client_views(&mut self) {
+        for (truth, client) in self.truths.iter().zip(self.client.iter_mut()) {
+            if truth.is_shared() {
+                client.keep_over(&truth.base());
+            }
+        }
+    }
+}
+
+/// A shape's client view of one dependency.
+pub(super) enum ClientView {
+    /// Kept whole, while the shape's truth is its own (seeding, restored,
+    /// read again after a crash).
+    Own(SubqueryView),
+    /// Kept over the shared truth's view, as the values whose presence
+    /// differs from it: they are equal at rest, so each more shape with
+    /// the same subquery costs next to nothing per value. Every move of
+    /// the shared truth that this shape applies or captures flips those
+    /// values back (`SubqueryState::base_moved`).
+    Over {
+        flips: SubqueryView,
+        /// Debug builds: the whole view, kept too, to check reads against.
+        whole: Option<Box<SubqueryView>>,
+    },
+}
+
+impl ClientView {
+    /// The view as evaluation reads it; `base` is the truth's own view.
+    pub(super) fn view<'a>(&'a self, base: &'a SubqueryView) -> ViewRef<'a> {
+        match self {
+            ClientView::Own(view) => view.into(),
+            ClientView::Over { flips, whole } => {
+                let view = ViewRef::over(base, flips);
+                // (Not while many values are in flight: each read would
+                // be as long as they are.)
+                if let Some(whole) = whole.as_ref().filter(|_| flips.len() <= 256) {
+                    assert_eq!(view.len(), whole.len(), "client view over its truth");
+                    if whole.len() <= 64 {
+                        for (value, _) in whole.counted_texts() {
+                            let key = whole.key_of(&value).expect("a kept value has a key");
+                            assert!(view.holds(&key), "client view lost {value:?}");
+                        }
+                    }
+                }
+                view
+            }
+        }
+    }
+
+    /// The whole view, while it is kept whole (seeding, restoring).
+    pub(super) fn own_mut(&mut self) -> Option<&mut SubqueryView> {
+        match self {
+            ClientView::Own(view) => Some(view),
+            ClientView::Over { .. } => None,
+        }
+    }
+
+    /// Its number of values while it is kept whole.
+    pub(super) fn whole_len(&self) -> Option<usize> {
+        match self {
+            ClientView::Own(view) => Some(view.len()),
+            ClientView::Over { .. } => None,
+        }
+    }
+
+    /// An empty view of the same types.
+    pub(super) fn empty_like(&self) -> SubqueryView {
+        match self {
+            ClientView::Own(view) => view.empty_like(),
+            ClientView::Over { flips, .. } => flips.empty_like(),
+        }
+    }
+
+    /// Makes `value` present or absent (a move written to the log).
+    pub(super) fn set(&mut self, base: &SubqueryView, value: &[Option<&str>], present: bool) {
+        match self {
+            ClientView::Own(view) if present => set_add(view, value),
+            ClientView::Own(view) => set_remove(view, value),
+            ClientView::Over { flips, whole } => {
+                let Some(key) = base.key_of(value) else {
+                    return;
+                };
+                if ViewRef::over(base, flips).holds(&key) != present {
+                    flips.toggle(value);
+                }
+                if let Some(whole) = whole {
+                    if present {
+                        set_add(whole, value);
+                    } else {
+                        set_remove(whole, value);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A copy to change (a move-in's view after it), without the debug
+    /// builds' whole view.
+    pub(super) fn detached(&self) -> ClientView {
+        match self {
+            ClientView::Own(view) => ClientView::Own(view.clone()),
+            ClientView::Over { flips, .. } => ClientView::Over {
+                flips: flips.clone(),
+                whole: None,
+            },
+        }
+    }
+
+    /// The shared truth this view is kept over moved `batch` (the shape
+    /// applied or captured it): the view stays as it was.
+    pub(super) fn base_moved(&mut self, batch: &MoveBatch) {
+        if let ClientView::Over { flips, .. } = self {
+            for value in batch.moved_in.iter().chain(&batch.moved_out) {
+                flips.toggle(&as_refs(value));
+            }
+        }
+    }
+
+    /// Keeps a whole view over `base` from now (its truth became shared).
+    fn keep_over(&mut self, base: &SubqueryView) {
+        let ClientView::Own(own) = self else {
+            return;
+        };
+        let mut flips = own.empty_like();
+        for (value, _) in own.counted_texts() {
+            if own.key_of(&value).is_some_and(|k| !base.holds(&k)) {
+                flips.add(&value);
+            }
+        }
+        for (value, _) in base.counted_texts() {
+            if base.key_of(&value).is_some_and(|k| !own.holds(&k)) {
+                flips.add(&value);
+            }
+        }
+        let whole = std::mem::replace(own, flips.empty_like());
+        *self = ClientView::Over {
+            flips,
+            whole: Some(whole).filter(|_| cfg!(debug_assertions)).map(Box::new),
+        };
     }
 }
 
@@ -318,11 +490,11 @@ impl SubqueryState {
     /// What a pending value of dependency `d` calls for now.
     pub(super) fn due(&self, spec: &SubquerySpec, d: usize, value: &ValueText) -> Due {
         let text = as_refs(value);
-        let Some(key) = self.client[d].key_of(&text) else {
+        let Some(key) = self.truths[d].base().key_of(&text) else {
             return Due::None;
         };
         let truth = self.truths[d].holds(&key);
-        let client = self.client[d].holds(&key);
+        let client = self.client_holds(d, &key);
         let negated = spec.dependencies[d].negated;
         match (truth, client) {
             (true, false) if negated => Due::Out,
@@ -345,11 +517,8 @@ impl SubqueryState {
         let text = as_refs(value);
         // Positive: moving in adds the value; negated: removes it.
         let add = (due == Due::In) != spec.dependencies[d].negated;
-        if add {
-            set_add(&mut self.client[d], &text);
-        } else {
-            set_remove(&mut self.client[d], &text);
-        }
+        let base = self.truths[d].base();
+        self.client[d].set(&base, &text, add);
     }
 }
 

@@ -113,6 +113,23 @@ impl Truth {
     }
 }
 
+/// A truth's view, borrowed for as long as a read takes.
+pub(super) enum Base<'a> {
+    Own(&'a SubqueryView),
+    Shared(std::cell::Ref<'a, Truth>),
+}
+
+impl std::ops::Deref for Base<'_> {
+    type Target = SubqueryView;
+
+    fn deref(&self) -> &SubqueryView {
+        match self {
+            Base::Own(view) => view,
+            Base::Shared(truth) => truth.materializer.view(),
+        }
+    }
+}
+
 /// Where one subquery shape reads a dependency's truth from.
 pub(super) enum Source {
     /// Its own materializer (seeding, restored, re-read, or lagging when
@@ -146,6 +163,15 @@ impl Source {
                 }
                 holds
             }
+        }
+    }
+
+    /// The truth's own view: a shared truth's at the shard's position
+    /// (what a client view over it is kept against, `ClientView::Over`).
+    pub(super) fn base(&self) -> Base<'_> {
+        match self {
+            Source::Private(m) => Base::Own(m.view()),
+            Source::Shared { truth, .. } => Base::Shared(truth.borrow()),
         }
     }
 

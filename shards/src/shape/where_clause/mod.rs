@@ -173,7 +173,7 @@ use std::collections::BTreeMap;
 pub use dnf::{namespaced, namespaced_row, value_hash, DnfPlan, TagSalt};
 pub use error::{WhereError, WhereErrorField};
 pub use identity::identity;
-pub use subquery::{Dependency, Membership, SubqueryView, ValueKey};
+pub use subquery::{Dependency, Membership, SubqueryView, ValueKey, ViewRef};
 
 use crate::shape::definition::TableName;
 
@@ -183,7 +183,7 @@ pub type TableLookup<'a> = dyn Fn(&TableName) -> Option<Vec<WhereColumn>> + 'a;
 
 /// Values of the clause's subqueries by index ([`WhereClause::dependencies`]
 /// order); None (or past the end) where the caller has none.
-pub type Views<'a> = [Option<&'a SubqueryView>];
+pub type Views<'a> = [Option<ViewRef<'a>>];
 
 /// A column of the shape's table, as the where clause may reference it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -447,8 +447,8 @@ impl WhereClause {
     pub fn move_in_where<'v>(
         &self,
         trigger: usize,
-        moved: &'v SubqueryView,
-        after: &'v SubqueryView,
+        moved: ViewRef<'v>,
+        after: ViewRef<'v>,
         pre: &Views<'v>,
     ) -> Option<(String, Vec<String>)> {
         let dnf = self.dnf.as_ref()?;
@@ -458,7 +458,7 @@ impl WhereClause {
         let tree = dnf.move_in_tree(trigger, after_index, moved.has_null(), after.is_empty())?;
         let mut with_after = subqueries.clone();
         with_after.push(subqueries.get(trigger)?.clone());
-        let views: Vec<Option<&SubqueryView>> = (0..=after_index)
+        let views: Vec<Option<ViewRef>> = (0..=after_index)
             .map(|i| {
                 if i == trigger {
                     Some(moved)

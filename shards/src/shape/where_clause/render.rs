@@ -342,7 +342,7 @@ impl Renderer<'_> {
     /// ` = ANY($k::type[])`, or for a row ` IN (SELECT * FROM unnest($k::t1[],
     /// $k+1::t2[]))`; array-typed columns (whose arrays would flatten) as
     /// ` IN (VALUES ($k::t[]), ..)`, one parameter per value.
-    fn values_of(&self, out: &mut String, subquery: &Subquery, view: &super::SubqueryView) {
+    fn values_of(&self, out: &mut String, subquery: &Subquery, view: super::ViewRef<'_>) {
         let columns = view.column_texts();
         let mut bound = self.bound.borrow_mut();
         if subquery.types.iter().any(|t| t.array) {

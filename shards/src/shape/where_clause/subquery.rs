@@ -307,50 +307,7 @@ impl SubqueryView {
 
     /// Whether a value given as text is in the view.
     pub fn contains_text(&self, text: &[Option<&str>]) -> Membership {
-        let values: Option<Vec<Value>> = text
-            .iter()
-            .zip(&self.types)
-            .map(|(t, ty)| match t {
-                None => Some(Value::Null),
-                Some(t) => parse_value(t, ty),
-            })
-            .collect();
-        match values {
-            Some(values) if values.len() == self.types.len() => self.contains(&values),
-            _ => Membership::Unknown,
-        }
-    }
-
-    /// `lhs IN (values)` as Postgres has it for rows: a tuple equals when
-    /// every column does, differs when any non-NULL pair differs, else is
-    /// unknown; the `IN` holds if one equals, is false if all differ.
-    pub(crate) fn contains(&self, values: &[Value]) -> Membership {
-        let keys = self.keys_of_values(values);
-        let lhs_has_null = keys.iter().any(Option::is_none);
-        if !lhs_has_null && self.with_null == 0 {
-            return match key_from(keys) {
-                Some(key) if self.entries.contains_key(&key) => Membership::In,
-                _ => Membership::NotIn,
-            };
-        }
-        if !lhs_has_null && pack(&keys).is_some_and(|key| self.entries.contains_key(&ValueKey(key)))
-        {
-            return Membership::In;
-        }
-        // Only NULLs can make it unknown: scan for a tuple that does not
-        // differ in any column where both sides are known. For a single
-        // column with a NULL on the left that is any tuple at all.
-        let width = self.types.len();
-        let undecided = |other: &ValueKey| {
-            keys.iter()
-                .zip(unpack(&other.0, width))
-                .all(|(a, b)| a.is_none() || b.is_none() || a.as_deref() == b)
-        };
-        if self.entries.keys().any(undecided) {
-            Membership::Unknown
-        } else {
-            Membership::NotIn
-        }
+        ViewRef::from(self).contains_text(text)
     }
 
     /// A key's text as Postgres printed it (the key itself for most).
@@ -364,6 +321,188 @@ impl SubqueryView {
         self.entries
             .iter()
             .map(|(key, &count)| (self.text_of(key), count))
+    }
+
+    /// The distinct values' texts, per column (for binding as arrays).
+    pub fn column_texts(&self) -> Vec<Vec<Option<&str>>> {
+        ViewRef::from(self).column_texts()
+    }
+
+    /// See [`ViewRef::null_variants_not_in`].
+    pub fn null_variants_not_in<'t>(
+        &self,
+        value: &[Option<&'t str>],
+    ) -> Option<Vec<Vec<Option<&'t str>>>> {
+        ViewRef::from(self).null_variants_not_in(value)
+    }
+
+    /// Whether a key has a NULL column (`unpack`'s None).
+    fn key_has_null(&self, key: &ValueKey) -> bool {
+        unpack(&key.0, self.types.len()).iter().any(Option::is_none)
+    }
+
+    /// Adds `key`'s value if absent, removes it if present (a view kept as
+    /// a set of differences: see [`ViewRef`]).
+    pub fn toggle(&mut self, text: &[Option<&str>]) {
+        match self.key_of(text) {
+            Some(key) if self.holds(&key) => {
+                self.remove(text);
+            }
+            Some(_) => {
+                self.add(text);
+            }
+            None => {}
+        }
+    }
+}
+
+/// A view as evaluation reads it: `base`, with the presence of each value
+/// of `flips` inverted. A shape's client view is kept that way over the
+/// shared truth it reads (they are equal at rest, so `flips` is small);
+/// a plain view has no flips.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewRef<'a> {
+    base: &'a SubqueryView,
+    flips: Option<&'a SubqueryView>,
+}
+
+impl<'a> From<&'a SubqueryView> for ViewRef<'a> {
+    fn from(base: &'a SubqueryView) -> ViewRef<'a> {
+        ViewRef { base, flips: None }
+    }
+}
+
+impl<'a> ViewRef<'a> {
+    /// `base` with every value of `flips` inverted.
+    pub fn over(base: &'a SubqueryView, flips: &'a SubqueryView) -> ViewRef<'a> {
+        ViewRef {
+            base,
+            flips: Some(flips).filter(|f| !f.is_empty()),
+        }
+    }
+
+    /// The flips that add a value (absent from the base), and those that
+    /// remove one.
+    fn flipped(&self) -> impl Iterator<Item = (&'a ValueKey, bool)> + 'a {
+        let base = self.base;
+        self.flips
+            .into_iter()
+            .flat_map(|f| f.entries.keys())
+            .map(move |key| (key, !base.holds(key)))
+    }
+
+    pub fn key_of(&self, text: &[Option<&str>]) -> Option<ValueKey> {
+        self.base.key_of(text)
+    }
+
+    pub fn holds(&self, key: &ValueKey) -> bool {
+        self.base.holds(key) != self.flips.is_some_and(|f| f.holds(key))
+    }
+
+    /// Number of distinct values.
+    pub fn len(&self) -> usize {
+        self.flipped().fold(
+            self.base.len(),
+            |n, (_, added)| if added { n + 1 } else { n - 1 },
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether some value has a NULL (which makes `NOT IN` unknown). Each
+    /// evaluation asks: only flips of values with a NULL (rare) are read.
+    pub fn has_null(&self) -> bool {
+        let flips = match self.flips {
+            Some(f) if f.with_null > 0 => Some(f),
+            _ => return self.base.with_null > 0,
+        };
+        let with_null = self.flipped().fold(self.base.with_null, |n, (key, added)| {
+            match flips.is_some_and(|f| f.key_has_null(key)) {
+                false => n,
+                true if added => n + 1,
+                true => n - 1,
+            }
+        });
+        with_null > 0
+    }
+
+    /// Every distinct value's key, each once.
+    fn keys(&self) -> impl Iterator<Item = &'a ValueKey> + 'a {
+        let flips = self.flips;
+        let kept = self
+            .base
+            .entries
+            .keys()
+            .filter(move |k| !flips.is_some_and(|f| f.holds(k)));
+        kept.chain(self.flipped().filter(|&(_, added)| added).map(|(k, _)| k))
+    }
+
+    /// A key's text as Postgres printed it.
+    fn text_of(&self, key: &'a ValueKey) -> Vec<Option<&'a str>> {
+        match self.flips {
+            Some(f) if !self.base.holds(key) => f.text_of(key),
+            _ => self.base.text_of(key),
+        }
+    }
+
+    /// Every distinct value's text with its count (the base's count; one
+    /// for a value only the flips add).
+    pub fn counted_texts(&self) -> impl Iterator<Item = (Vec<Option<&'a str>>, u64)> + 'a {
+        let this = *self;
+        self.keys().map(move |key| {
+            let count = this.base.entries.get(key).copied().unwrap_or(1);
+            (this.text_of(key), count)
+        })
+    }
+
+    /// Whether a value given as text is in the view.
+    pub fn contains_text(&self, text: &[Option<&str>]) -> Membership {
+        let types = &self.base.types;
+        let values: Option<Vec<Value>> = text
+            .iter()
+            .zip(types)
+            .map(|(t, ty)| match t {
+                None => Some(Value::Null),
+                Some(t) => parse_value(t, ty),
+            })
+            .collect();
+        match values {
+            Some(values) if values.len() == types.len() => self.contains(&values),
+            _ => Membership::Unknown,
+        }
+    }
+
+    /// `lhs IN (values)` as Postgres has it for rows: a tuple equals when
+    /// every column does, differs when any non-NULL pair differs, else is
+    /// unknown; the `IN` holds if one equals, is false if all differ.
+    pub(crate) fn contains(&self, values: &[Value]) -> Membership {
+        let keys = self.base.keys_of_values(values);
+        let lhs_has_null = keys.iter().any(Option::is_none);
+        if !lhs_has_null && !self.has_null() {
+            return match key_from(keys) {
+                Some(key) if self.holds(&key) => Membership::In,
+                _ => Membership::NotIn,
+            };
+        }
+        if !lhs_has_null && pack(&keys).is_some_and(|key| self.holds(&ValueKey(key))) {
+            return Membership::In;
+        }
+        // Only NULLs can make it unknown: scan for a tuple that does not
+        // differ in any column where both sides are known. For a single
+        // column with a NULL on the left that is any tuple at all.
+        let width = self.base.types.len();
+        let undecided = |other: &ValueKey| {
+            keys.iter()
+                .zip(unpack(&other.0, width))
+                .all(|(a, b)| a.is_none() || b.is_none() || a.as_deref() == b)
+        };
+        if self.keys().any(undecided) {
+            Membership::Unknown
+        } else {
+            Membership::NotIn
+        }
     }
 
     /// `value` (a row of several columns, none NULL) with some of its
@@ -399,9 +538,9 @@ impl SubqueryView {
     }
 
     /// The distinct values' texts, per column (for binding as arrays).
-    pub fn column_texts(&self) -> Vec<Vec<Option<&str>>> {
-        let mut columns = vec![Vec::with_capacity(self.entries.len()); self.types.len()];
-        for key in self.entries.keys() {
+    pub fn column_texts(&self) -> Vec<Vec<Option<&'a str>>> {
+        let mut columns = vec![Vec::with_capacity(self.len()); self.base.types.len()];
+        for key in self.keys() {
             for (column, text) in columns.iter_mut().zip(self.text_of(key)) {
                 column.push(text);
             }

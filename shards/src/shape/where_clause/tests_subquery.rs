@@ -254,7 +254,7 @@ fn where_clause_subquery_refusals_are_electrics_in_its_order() {
 /// Evaluates `clause` on a tasks row against the given views.
 fn eval(clause: &WhereClause, row: &[(usize, &str)], views: &[&super::SubqueryView]) -> bool {
     let lookup = |i: usize| row.iter().find(|(c, _)| *c == i).map(|(_, v)| *v);
-    let views: Vec<Option<&super::SubqueryView>> = views.iter().map(|v| Some(*v)).collect();
+    let views: Vec<Option<super::ViewRef>> = views.iter().map(|v| Some((*v).into())).collect();
     clause.matches_with(&lookup, &views)
 }
 
@@ -346,7 +346,7 @@ fn where_clause_subquery_renders_with_value_sets() {
     );
     let mut view = clause.new_view(0).expect("a view");
     view.add(&[Some("4")]);
-    let (sql, bound) = clause.to_sql_with_values(&[Some(&view)]);
+    let (sql, bound) = clause.to_sql_with_values(&[Some((&view).into())]);
     assert_eq!(
         sql,
         "((\"owner\" = $1::text COLLATE \"C\") AND (\"project_id\" = ANY ($3::int4[])))"
@@ -358,7 +358,7 @@ fn where_clause_subquery_renders_with_value_sets() {
     let mut pairs = row.new_view(0).expect("a view");
     pairs.add(&[Some("a\"b\\"), Some("1")]);
     pairs.add(&[None, Some("2")]);
-    let (sql, bound) = row.to_sql_with_values(&[Some(&pairs)]);
+    let (sql, bound) = row.to_sql_with_values(&[Some((&pairs).into())]);
     assert_eq!(
         sql,
         "((\"owner\" COLLATE \"C\", \"id\") IN (SELECT * FROM unnest($1::text[], $2::int4[])))"
@@ -388,19 +388,19 @@ fn where_clause_subquery_array_values_bind_one_by_one() {
     )
     .unwrap_or_else(|e| panic!("{}", e.message));
     let mut view = clause.new_view(0).expect("a view");
-    let (sql, bound) = clause.to_sql_with_values(&[Some(&view)]);
+    let (sql, bound) = clause.to_sql_with_values(&[Some((&view).into())]);
     assert_eq!(sql, "(\"tags\" COLLATE \"C\" IN (SELECT NULL WHERE false))");
     assert!(bound.is_empty());
     view.add(&[Some("{a,b}")]);
     view.add(&[None]);
-    let (sql, bound) = clause.to_sql_with_values(&[Some(&view)]);
+    let (sql, bound) = clause.to_sql_with_values(&[Some((&view).into())]);
     assert!(
         sql == "(\"tags\" COLLATE \"C\" IN (VALUES ($1::text[]), (NULL::text[])))"
             || sql == "(\"tags\" COLLATE \"C\" IN (VALUES (NULL::text[]), ($1::text[])))",
         "{sql}"
     );
     assert_eq!(bound, ["{a,b}"]);
-    assert!(clause.matches_with(&|_| Some("{a,b}"), &[Some(&view)]));
+    assert!(clause.matches_with(&|_| Some("{a,b}"), &[Some((&view).into())]));
 }
 
 const SALT: super::TagSalt = super::TagSalt {
@@ -503,7 +503,7 @@ fn where_clause_subquery_active_conditions_count_null_as_false() {
     view.add(&[Some("7")]);
     let active = |row: &[(usize, &str)]| {
         let lookup = |i: usize| row.iter().find(|(c, _)| *c == i).map(|(_, v)| *v);
-        clause.active_conditions(&lookup, &[Some(&view)])
+        clause.active_conditions(&lookup, &[Some((&view).into())])
     };
     let dnf = clause.dnf().expect("a plan");
     assert_eq!(active(&[(PROJECT, "7"), (OWNER, "a")]), [true, false]);
@@ -516,7 +516,7 @@ fn where_clause_subquery_active_conditions_count_null_as_false() {
     let null_row: &[(usize, &str)] = &[(ID, "1")];
     assert_eq!(active(null_row), [false, true]);
     let lookup = |i: usize| null_row.iter().find(|(c, _)| *c == i).map(|(_, v)| *v);
-    assert!(!clause.matches_with(&lookup, &[Some(&view)]));
+    assert!(!clause.matches_with(&lookup, &[Some((&view).into())]));
 }
 
 #[test]
@@ -542,7 +542,12 @@ fn where_clause_subquery_move_in_where_is_candidate_and_not_exclusion() {
     let mut projects = clause.new_view(1).expect("a view");
     projects.add(&[Some("5")]);
     let (sql, bound) = clause
-        .move_in_where(0, &moved, &moved, &[None, Some(&projects)])
+        .move_in_where(
+            0,
+            (&moved).into(),
+            (&moved).into(),
+            &[None, Some((&projects).into())],
+        )
         .expect("a move-in where");
     // The moved values only for the trigger, the pre-move view for the
     // other subquery (negated as written), the other disjunct excluded
@@ -559,7 +564,7 @@ fn where_clause_subquery_move_in_where_is_candidate_and_not_exclusion() {
     let mut after = negated.new_view(0).expect("a view");
     after.add(&[None]);
     let (sql, bound) = negated
-        .move_in_where(0, &moved, &after, &[])
+        .move_in_where(0, (&moved).into(), (&after).into(), &[])
         .expect("a move-in where");
     assert_eq!(
         sql,
@@ -567,9 +572,11 @@ fn where_clause_subquery_move_in_where_is_candidate_and_not_exclusion() {
     );
     assert_eq!(bound, ["{\"2\"}", "{NULL}"]);
     // No position tests a subquery that is not there.
-    assert!(negated.move_in_where(1, &moved, &after, &[]).is_none());
+    assert!(negated
+        .move_in_where(1, (&moved).into(), (&after).into(), &[])
+        .is_none());
     assert!(parse("owner = 'a'", &[])
-        .move_in_where(0, &moved, &after, &[])
+        .move_in_where(0, (&moved).into(), (&after).into(), &[])
         .is_none());
 }
 
@@ -623,9 +630,9 @@ fn where_clause_subquery_deepest_nesting_fits_half_a_stack() {
                 WhereClause::parse_with_tables(&sql, &tasks(), &BTreeMap::new(), &catalog).ok()?;
             let mut view = clause.new_view(0)?;
             view.add(&[Some("1")]);
-            let _ = clause.matches_with(&|_| Some("1"), &[Some(&view)]);
+            let _ = clause.matches_with(&|_| Some("1"), &[Some((&view).into())]);
             let _ = clause.tags(&|_| Some("1"), &SALT);
-            let _ = clause.move_in_where(0, &view, &view, &[]);
+            let _ = clause.move_in_where(0, (&view).into(), (&view).into(), &[]);
             let _ = super::identity(&sql);
             Some(clause.to_sql().0.len() + clause.canonical().len())
         })
@@ -645,7 +652,7 @@ fn where_clause_subquery_row_not_in_move_in_takes_rows_the_value_kept_out() {
     moved.add(&[Some("1"), Some("2")]);
     let after = clause.new_view(0).expect("a view");
     let (sql, bound) = clause
-        .move_in_where(0, &moved, &after, &[])
+        .move_in_where(0, (&moved).into(), (&after).into(), &[])
         .expect("a move-in where");
     // `IS NOT FALSE`: rows half NULL that the value kept out (unknown
     // against it) come back too, not only rows equal to it.
@@ -793,5 +800,89 @@ fn where_clause_subquery_routing_covers_every_arm_of_an_or() {
         format!("{sub} OR id IN (SELECT user_id FROM members WHERE role = 'x')"),
     ] {
         assert_eq!(routing(&unrouted), None, "{unrouted}");
+    }
+}
+
+/// A view kept as flips over a base (a client view over its shared
+/// truth) answers every question as the whole view it stands for, NULLs,
+/// repeated values and texts that are not their key included.
+#[test]
+fn where_clause_subquery_view_over_a_base_is_the_view_it_stands_for() {
+    let row = parse(
+        "(id, project_id) IN (SELECT user_id, project_id FROM members)",
+        &[],
+    );
+    let values: Vec<[Option<&str>; 2]> = vec![
+        [Some("1"), Some("1")],
+        [Some("1"), Some("2")],
+        [Some("2"), None],
+        [None, Some("3")],
+        [Some("3"), Some("3")],
+        [None, None],
+    ];
+    let mut rng = 0x9e37_79b9_u64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    for _ in 0..300 {
+        let mut base = row.new_view(0).expect("a view");
+        let mut whole = row.new_view(0).expect("a view");
+        for value in &values {
+            for _ in 0..next(3) {
+                base.add(value);
+            }
+            if next(2) == 0 {
+                whole.add(value);
+            }
+        }
+        let mut flips = row.new_view(0).expect("a view");
+        for value in &values {
+            let key = base.key_of(value).expect("a key");
+            if base.holds(&key) != whole.holds(&key) {
+                flips.toggle(value);
+            }
+        }
+        let over = super::ViewRef::over(&base, &flips);
+        let plain = super::ViewRef::from(&whole);
+        assert_eq!(over.len(), whole.len());
+        assert_eq!(over.has_null(), plain.has_null());
+        fn texts(v: super::ViewRef<'_>) -> Vec<Vec<Option<String>>> {
+            let mut t: Vec<_> = v
+                .counted_texts()
+                .map(|(t, _)| t.iter().map(|c| c.map(str::to_string)).collect())
+                .collect();
+            t.sort();
+            t
+        }
+        assert_eq!(texts(over), texts(plain));
+        let mut probes: Vec<[Option<&str>; 2]> = values.clone();
+        probes.push([Some("9"), Some("9")]);
+        probes.push([Some("1"), None]);
+        for probe in &probes {
+            assert_eq!(
+                over.contains_text(probe),
+                plain.contains_text(probe),
+                "{probe:?}"
+            );
+            if probe.iter().all(Option::is_some) {
+                assert_eq!(
+                    over.null_variants_not_in(probe),
+                    plain.null_variants_not_in(probe)
+                );
+            }
+        }
+        let mut columns = over.column_texts();
+        let mut expected = plain.column_texts();
+        for c in columns.iter_mut().chain(expected.iter_mut()) {
+            c.sort();
+        }
+        assert_eq!(columns, expected);
+        // Flipping a value twice leaves the view as it was.
+        flips.toggle(&values[0]);
+        flips.toggle(&values[0]);
+        assert_eq!(super::ViewRef::over(&base, &flips).len(), whole.len());
     }
 }
