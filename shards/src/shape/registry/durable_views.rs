@@ -237,6 +237,7 @@ impl Shape {
         if resume == Lsn::ZERO {
             return Err("no processed position in the segment log");
         }
+        sub.streaming = false;
         sub.seeded = None;
         sub.resume_after = resume;
         sub.reseeding = true;

@@ -59,7 +59,7 @@ impl Shape {
             && state.snapshot_end.is_some()
             // (a filtering gate is re-armed from the snapshot's end on rebuild)
             && !matches!(state.gate, Gate::Pending(_))
-            && sub.seeded.is_none()
+            && !sub.streaming
             && sub.moving.is_none()
             && sub.pending.iter().all(|p| p.is_empty());
         if !at_rest {
@@ -120,6 +120,7 @@ impl Shape {
             }
         }
         r.end()?;
+        sub.streaming = false;
         sub.seeded = None;
         sub.resume_after = through;
         Ok(())

@@ -111,9 +111,6 @@ impl Shape {
         if let Some(client) = sub.client.get_mut(d).and_then(|c| c.own_mut()) {
             super::subquery::set_add(client, value);
         }
-        if let Some(seeded) = sub.seeded.as_mut().and_then(|s| s.get_mut(d)) {
-            super::subquery::set_add(seeded, value);
-        }
     }
 
     /// Every seeding row is in: middle levels compute their values, and
@@ -135,9 +132,6 @@ impl Shape {
                 let text = as_refs(&value);
                 if let Some(client) = sub.client[d].own_mut() {
                     super::subquery::set_add(client, &text);
-                }
-                if let Some(seeded) = sub.seeded.as_mut().and_then(|s| s.get_mut(d)) {
-                    super::subquery::set_add(seeded, &text);
                 }
             }
         }
@@ -192,6 +186,7 @@ impl Shape {
     /// The snapshot's rows are all written: its seeded views can go.
     pub(super) fn drop_seeded_views(&self) {
         if let Some(sub) = self.state.borrow_mut().subquery.as_mut() {
+            sub.streaming = false;
             sub.seeded = None;
         }
     }

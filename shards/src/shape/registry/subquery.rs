@@ -203,10 +203,12 @@ pub(super) struct SubqueryState {
     pub(super) pending: Vec<BTreeMap<ValueText, Vec<Xid>>>,
     pub(super) moving: Option<ActiveMove>,
     pub(super) generation: u64,
-    /// The views as seeded in the snapshot's transaction, kept until the
-    /// snapshot's rows are all written: transactions after the snapshot
-    /// may move the client views while rows still stream, and a snapshot
-    /// row's active conditions are those of the snapshot's time.
+    /// Until the snapshot's rows are all written, a snapshot row's active
+    /// conditions are those of the snapshot's time: the views as seeded.
+    /// Transactions after the snapshot may move the client views while
+    /// rows still stream, so the first such move keeps a copy of them
+    /// first (`seeded`); most snapshots end before any move.
+    pub(super) streaming: bool,
     pub(super) seeded: Option<Vec<SubqueryView>>,
     /// Restored from a clean stop's views (`kept_views.rs`): the shard had
     /// processed every transaction committed below this position before
@@ -260,7 +262,8 @@ impl SubqueryState {
             pending: vec![BTreeMap::new(); n],
             moving: None,
             generation: 0,
-            seeded: Some((0..n).map(view).collect()),
+            streaming: true,
+            seeded: None,
             resume_after: Lsn::ZERO,
             keyed: spec.key().map(|(_, d)| d),
             key_touched: Vec::new(),
@@ -295,6 +298,25 @@ impl SubqueryState {
             .iter()
             .zip(bases)
             .map(|(client, base)| Some(client.view(base)))
+            .collect()
+    }
+
+    /// A whole copy of every client view.
+    fn whole_client_views(&self) -> Vec<SubqueryView> {
+        let bases = self.bases();
+        self.client
+            .iter()
+            .zip(&bases)
+            .map(|(client, base)| match client {
+                ClientView::Own(view) => view.clone(),
+                ClientView::Over { .. } => {
+                    let mut whole = client.empty_like();
+                    for (value, _) in client.view(base).counted_texts() {
+                        set_add(&mut whole, &value);
+                    }
+                    whole
+                }
+            })
             .collect()
     }
 
@@ -513,6 +535,12 @@ impl SubqueryState {
         value: &ValueText,
         due: Due,
     ) {
+        if self.streaming && self.seeded.is_none() {
+            tracing::debug!(
+                "a move while the snapshot's rows stream: the views as seeded are kept"
+            );
+            self.seeded = Some(self.whole_client_views());
+        }
         self.touch(d, value);
         let text = as_refs(value);
         // Positive: moving in adds the value; negated: removes it.
