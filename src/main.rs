@@ -6,6 +6,7 @@ use shapeshard::config::{self, Cli, Command};
 /// after many small frees (idle shapes unloaded, shapes removed), stalls a
 /// later large allocation for hundreds of milliseconds consolidating them
 /// (measured by `restore-bench`).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
