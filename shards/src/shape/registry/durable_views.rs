@@ -34,7 +34,7 @@ use crate::storage::record::{self, Kind};
 
 use super::kept_views::{put_header, put_u32, put_value, Reader};
 use super::shape::{Gate, Held, Shape, ShapeId, ShapeState};
-use super::subquery::{as_refs, set_add, set_remove, ClientView, Due, SubqueryState};
+use super::subquery::{as_refs, set_add, set_present, ClientView, Due, SubqueryState};
 use super::Registry;
 
 const VERSION: u8 = 1;
@@ -200,11 +200,7 @@ impl Shape {
             .ok_or("a view move of a shared truth")?;
         while !r.0.is_empty() {
             let value = r.value()?;
-            if add {
-                set_add(view, &as_refs(&value));
-            } else {
-                set_remove(view, &as_refs(&value));
-            }
+            set_present(view, &as_refs(&value), add);
         }
         Ok(())
     }

@@ -71,15 +71,13 @@ impl Shape {
         let mut out = Vec::new();
         put_header(&mut out, VERSION, through, sub.truths.len());
         for (truth, client) in sub.truths.iter().zip(&sub.client) {
-            truth.with_view(|view| {
-                let truth: Vec<_> = view.counted_texts().collect();
-                put_u32(&mut out, truth.len());
-                for (value, count) in truth {
-                    out.extend_from_slice(&count.to_le_bytes());
-                    put_value(&mut out, &value);
-                }
-            });
             let base = truth.base();
+            let counted: Vec<_> = base.counted_texts().collect();
+            put_u32(&mut out, counted.len());
+            for (value, count) in counted {
+                out.extend_from_slice(&count.to_le_bytes());
+                put_value(&mut out, &value);
+            }
             let shown: Vec<_> = client.view(&base).counted_texts().collect();
             put_u32(&mut out, shown.len());
             for (value, _) in shown {

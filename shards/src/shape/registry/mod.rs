@@ -706,8 +706,8 @@ impl Registry {
             _ => {}
         }
         if shapes.is_broad(shape.id) {
-            // Only to forget the touched values: every row comes anyway.
-            shape.index_changes(false);
+            // Every row comes anyway: what its values did is not needed.
+            shape.forget_key_changes();
             return;
         }
         let (keep, drop) = shape.index_changes(all);

@@ -204,6 +204,14 @@ impl Shape {
         Some(base.len().max(client))
     }
 
+    /// Forgets the values whose routing may have changed (a broad shape,
+    /// routed every row, has no use for them).
+    pub(super) fn forget_key_changes(&self) {
+        if let Some(sub) = self.state.borrow_mut().subquery.as_mut() {
+            sub.key_touched.clear();
+        }
+    }
+
     /// The routing by value this shape asks of the registry since it last
     /// asked: values to route to it, values to stop routing. A value is
     /// routed while either view holds it or a move of it is pending, and

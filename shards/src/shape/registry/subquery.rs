@@ -359,7 +359,7 @@ pub(super) enum ClientView {
     /// differs from it: they are equal at rest, so each more shape with
     /// the same subquery costs next to nothing per value. Every move of
     /// the shared truth that this shape applies or captures flips those
-    /// values back (`SubqueryState::base_moved`).
+    /// values back (`ClientView::base_moved`).
     Over {
         flips: SubqueryView,
         /// Debug builds: the whole view, kept too, to check reads against.
@@ -377,13 +377,7 @@ impl ClientView {
                 // (Not while many values are in flight: each read would
                 // be as long as they are.)
                 if let Some(whole) = whole.as_ref().filter(|_| flips.len() <= 256) {
-                    assert_eq!(view.len(), whole.len(), "client view over its truth");
-                    if whole.len() <= 64 {
-                        for (value, _) in whole.counted_texts() {
-                            let key = whole.key_of(&value).expect("a kept value has a key");
-                            assert!(view.holds(&key), "client view lost {value:?}");
-                        }
-                    }
+                    assert_same(view, whole, 64);
                 }
                 view
             }
@@ -417,8 +411,7 @@ impl ClientView {
     /// Makes `value` present or absent (a move written to the log).
     pub(super) fn set(&mut self, base: &SubqueryView, value: &[Option<&str>], present: bool) {
         match self {
-            ClientView::Own(view) if present => set_add(view, value),
-            ClientView::Own(view) => set_remove(view, value),
+            ClientView::Own(view) => set_present(view, value, present),
             ClientView::Over { flips, whole } => {
                 let Some(key) = base.key_of(value) else {
                     return;
@@ -427,11 +420,7 @@ impl ClientView {
                     flips.toggle(value);
                 }
                 if let Some(whole) = whole {
-                    if present {
-                        set_add(whole, value);
-                    } else {
-                        set_remove(whole, value);
-                    }
+                    set_present(whole, value, present);
                 }
             }
         }
@@ -478,22 +467,28 @@ impl ClientView {
             }
         }
         if cfg!(debug_assertions) {
-            let over = ViewRef::over(base, &flips);
-            assert_eq!(
-                over.len(),
-                own.len(),
-                "a client view off its truth beyond pending values"
-            );
-            for (value, _) in own.counted_texts() {
-                let key = own.key_of(&value).expect("a kept value has a key");
-                assert!(over.holds(&key), "{value:?} off its truth, not pending");
-            }
+            assert_same(ViewRef::over(base, &flips), own, usize::MAX);
         }
         let whole = std::mem::replace(own, flips.empty_like());
         *self = ClientView::Over {
             flips,
             whole: Some(whole).filter(|_| cfg!(debug_assertions)).map(Box::new),
         };
+    }
+}
+
+/// Debug checks: a client view kept over its truth is the whole view it
+/// stands for (its size, and each value when there are at most `up_to`).
+fn assert_same(over: ViewRef, whole: &SubqueryView, up_to: usize) {
+    assert_eq!(over.len(), whole.len(), "client view over its truth");
+    if whole.len() <= up_to {
+        for (value, _) in whole.counted_texts() {
+            let key = whole.key_of(&value).expect("a kept value has a key");
+            assert!(
+                over.holds(&key),
+                "client view over its truth lost {value:?}"
+            );
+        }
     }
 }
 
@@ -515,9 +510,13 @@ pub(super) fn set_add(view: &mut SubqueryView, value: &[Option<&str>]) {
     }
 }
 
-/// Removes a value from a view kept as a set.
-pub(super) fn set_remove(view: &mut SubqueryView, value: &[Option<&str>]) {
-    view.remove(value);
+/// Adds or removes a value of a view kept as a set.
+pub(super) fn set_present(view: &mut SubqueryView, value: &[Option<&str>], present: bool) {
+    if present {
+        set_add(view, value);
+    } else {
+        view.remove(value);
+    }
 }
 
 pub(super) fn as_refs(value: &ValueText) -> Vec<Option<&str>> {

@@ -167,21 +167,12 @@ impl Source {
     }
 
     /// The truth's own view: a shared truth's at the shard's position
-    /// (what a client view over it is kept against, `ClientView::Over`).
+    /// (what a client view over it is kept against, `ClientView::Over`;
+    /// other callers read it at rest, when the shape holds nothing).
     pub(super) fn base(&self) -> Base<'_> {
         match self {
             Source::Private(m) => Base::Own(m.view()),
             Source::Shared { truth, .. } => Base::Shared(truth.borrow()),
-        }
-    }
-
-    /// Runs `read` over the truth's values (at the shard's position for a
-    /// shared truth: callers read it at rest, when the shape holds
-    /// nothing).
-    pub(super) fn with_view<R>(&self, read: impl FnOnce(&SubqueryView) -> R) -> R {
-        match self {
-            Source::Private(m) => read(m.view()),
-            Source::Shared { truth, .. } => read(truth.borrow().materializer.view()),
         }
     }
 
@@ -360,7 +351,7 @@ mod tests {
     use crate::shape::materializer::tests::{delete, insert, materializer, tx};
 
     fn key(source: &Source, value: &str) -> ValueKey {
-        source.with_view(|v| v.key_of(&[Some(value)]).expect("a key"))
+        source.base().key_of(&[Some(value)]).expect("a key")
     }
 
     fn seeded() -> Source {

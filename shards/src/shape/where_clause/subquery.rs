@@ -414,12 +414,11 @@ impl<'a> ViewRef<'a> {
     /// Whether some value has a NULL (which makes `NOT IN` unknown). Each
     /// evaluation asks: only flips of values with a NULL (rare) are read.
     pub fn has_null(&self) -> bool {
-        let flips = match self.flips {
-            Some(f) if f.with_null > 0 => Some(f),
-            _ => return self.base.with_null > 0,
+        let Some(flips) = self.flips.filter(|f| f.with_null > 0) else {
+            return self.base.with_null > 0;
         };
         let with_null = self.flipped().fold(self.base.with_null, |n, (key, added)| {
-            match flips.is_some_and(|f| f.key_has_null(key)) {
+            match flips.key_has_null(key) {
                 false => n,
                 true if added => n + 1,
                 true => n - 1,
